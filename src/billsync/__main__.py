@@ -1,0 +1,3 @@
+from billsync.cli.main import main
+
+main()

@@ -1,0 +1,58 @@
+"""Renders every error as ``{"error": {"code", "message"}}`` with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from billsync.api.responses import JSONBody
+from billsync.errors import BillsyncError
+
+log = logging.getLogger("billsync.api")
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONBody:
+    return JSONBody(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _describe(error: dict[str, object]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")  # type: ignore[attr-defined]
+    return f"{location or 'body'}: {error.get('msg')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BillsyncError)
+    async def _billsync_error(_request: Request, error: BillsyncError) -> JSONBody:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        return error_response(error.status_code, error.code, error.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONBody:
+        problems = [_describe(item) for item in error.errors()]
+        code = (
+            "invalid_json"
+            if any(item.get("type") == "json_invalid" for item in error.errors())
+            else "invalid_request"
+        )
+        return error_response(422 if code == "invalid_request" else 400, code, "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONBody:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(
+            error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONBody:
+        log.exception("api.error.unhandled", extra={"path": request.url.path})
+        return error_response(
+            500, "internal_error", "billsync failed to handle this request; it has been logged"
+        )

@@ -1,0 +1,127 @@
+"""POST /v1/usage: the ingest endpoint (the hot path: raw body, exact decoding, one transaction)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from billsync.api.deps import BillsyncDep
+from billsync.api.responses import JSONBody
+from billsync.api.schemas import ErrorRead, UsageBatchCreate, UsageBatchRead
+from billsync.errors import BillsyncError, InvalidRequest, PayloadTooLarge
+from billsync.services.ingest import IngestReport
+
+router = APIRouter(tags=["usage"])
+
+
+def inline_schema(model: type[UsageBatchCreate]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` resolved in place (for ``openapi_extra``)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+# Numbers decode straight to Decimal from their JSON text: 0.1 stays exactly 0.1.
+_decoder = msgspec.json.Decoder(float_hook=Decimal)
+
+
+class InvalidJSON(BillsyncError):
+    status_code = 400
+    code = "invalid_json"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; the limit is {limit}: send smaller batches",
+            code="body_too_large",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the body exceeds the limit of {limit} bytes: send smaller batches",
+                code="body_too_large",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_batch(body: bytes, max_events: int) -> list[Any]:
+    try:
+        document = _decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise InvalidJSON(f"the body is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or "events" not in document:
+        raise InvalidRequest('the body must be an object {"events": [...]}', code="invalid_batch")
+    unknown = set(document) - {"events"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {sorted(unknown)}", code="invalid_batch")
+    events = document["events"]
+    if not isinstance(events, list):
+        raise InvalidRequest("events must be a list", code="invalid_batch")
+    if len(events) > max_events:
+        raise PayloadTooLarge(
+            f"{len(events)} events in one batch; the limit is {max_events}",
+            code="batch_too_large",
+        )
+    return events
+
+
+def report_body(report: IngestReport) -> dict[str, Any]:
+    return {
+        "accepted": report.accepted,
+        "duplicates": report.duplicates,
+        "rejected": report.rejected,
+        "results": [
+            {
+                "id": result.id,
+                "status": result.status.value,
+                "error": None
+                if result.error is None
+                else {"code": result.error.code.value, "message": result.error.message},
+            }
+            for result in report.results
+        ],
+    }
+
+
+@router.post(
+    "/usage",
+    response_model=UsageBatchRead,
+    responses={400: {"model": ErrorRead}, 413: {"model": ErrorRead}, 422: {"model": ErrorRead}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(UsageBatchCreate)}},
+        }
+    },
+)
+async def post_usage(request: Request, billsync: BillsyncDep) -> JSONBody:
+    """Record a batch of usage events. Each event is accepted, a duplicate, or rejected with a
+    code; all accepted events are committed together before the answer."""
+    settings = billsync.settings
+    body = await read_body(request, settings.max_body_bytes)
+    events = decode_batch(body, settings.max_batch_events)
+    report = await run_in_threadpool(billsync.ingest.ingest, events)
+    return JSONBody(report_body(report))

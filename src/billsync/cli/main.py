@@ -1,0 +1,238 @@
+"""The ``billsync`` command line."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from billsync.bootstrap import Billsync, build
+from billsync.catalog_file import load_catalog
+from billsync.cli.ingest_file import ingest_file
+from billsync.config import Settings
+from billsync.core.catalog import CatalogError
+from billsync.core.money import decimal_text, format_minor
+from billsync.db import migrate
+from billsync.db.database import Database
+from billsync.errors import BillsyncError
+from billsync.services.accounts import NewAccount
+from billsync.services.lines import parse_period
+
+app = typer.Typer(help="billsync: usage ledger and Stripe invoice sync.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
+catalog_app = typer.Typer(help="Inspect the catalog.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(catalog_app, name="catalog")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def ensure_schema(database: Database) -> None:
+    """SQLite (one process owns it) is migrated on the spot; PostgreSQL, shared by many
+    processes, only by an explicit ``billsync db upgrade``."""
+    if database.is_sqlite:
+        migrate.upgrade(database)
+        return
+    current, head = migrate.current_revision(database), migrate.head_revision(database)
+    if current != head:
+        raise fail(f"the database schema is at {current}, not {head}: run `billsync db upgrade`")
+
+
+def open_billsync(settings: Settings | None = None) -> Billsync:
+    settings = settings or Settings()
+    try:
+        billsync = build(settings)
+    except CatalogError as error:
+        raise fail(str(error)) from None
+    ensure_schema(billsync.database)
+    return billsync
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    settings = Settings()
+    database = Database(settings.resolved_database_url())
+    migrate.upgrade(database, revision)
+    console.print(f"schema at {migrate.current_revision(database)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database and the newest one available."""
+    settings = Settings()
+    database = Database(settings.resolved_database_url())
+    console.print(
+        f"current: {migrate.current_revision(database)}  head: {migrate.head_revision(database)}"
+    )
+
+
+@accounts_app.command("create")
+def accounts_create(
+    account_id: Annotated[str, typer.Argument(metavar="ID", help="The platform's customer id.")],
+    currency: Annotated[str, typer.Option(help="ISO 4217 code, e.g. usd.")],
+    name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
+    email: Annotated[str | None, typer.Option(help="Billing email.")] = None,
+    anchor_day: Annotated[
+        int | None, typer.Option(help="Day of month periods start (1–28, UTC).")
+    ] = None,
+) -> None:
+    """Create an account."""
+    billsync = open_billsync()
+    try:
+        with billsync.database.transaction() as connection:
+            record = billsync.accounts.create(
+                connection,
+                NewAccount(
+                    account_id, currency, name=name, email=email, billing_anchor_day=anchor_day
+                ),
+            )
+    except BillsyncError as error:
+        raise fail(error.message) from None
+    console.print(f"created account [bold]{record.id}[/] ({record.currency})")
+
+
+@accounts_app.command("show")
+def accounts_show(
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    period: Annotated[str, typer.Option(help="'current' or a date in the period.")] = "current",
+) -> None:
+    """Show an account and its lines for a period."""
+    billsync = open_billsync()
+    try:
+        which = parse_period(period)
+        with billsync.database.read() as connection:
+            account = billsync.accounts.get(connection, account_id)
+            view = billsync.lines.period_lines(connection, account, which)
+    except BillsyncError as error:
+        raise fail(error.message) from None
+    table = Table(
+        title=f"{account.name} ({account.id}) — {view.period.start} to {view.period.end}, "
+        f"{view.currency.upper()}"
+    )
+    for column in ("line", "quantity", "unit", "unit price", "amount", "version"):
+        table.add_column(column, justify="left" if column in ("line", "unit") else "right")
+    for line in view.lines:
+        table.add_row(
+            line.key,
+            decimal_text(line.quantity),
+            line.unit,
+            decimal_text(line.unit_price),
+            format_minor(line.amount, view.currency),
+            str(line.version),
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", format_minor(view.total, view.currency), "")
+    console.print(table)
+
+
+@catalog_app.command("check")
+def catalog_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="Catalog file (default: BILLSYNC_CATALOG).")
+    ] = None,
+) -> None:
+    """Validate a catalog file and list its metrics."""
+    path = path or Settings().catalog
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as error:
+        raise fail(str(error)) from None
+    console.print(f"{path}: {len(catalog.metrics)} metrics in {', '.join(catalog.currencies)}")
+    for metric in catalog.metrics.values():
+        console.print(f"  {metric.id}  per {metric.unit}", highlight=False)
+
+
+@app.command("ingest")
+def ingest(
+    path: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One event per line.")],
+    batch_size: Annotated[int, typer.Option(min=1, max=5000)] = 1000,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write rejected lines with their errors here (JSONL).")
+    ] = None,
+) -> None:
+    """Load usage events from a JSON Lines file, with the API's validation. Exit 1 if any
+    event was rejected."""
+    billsync = open_billsync()
+    summary = ingest_file(billsync, path, batch_size=batch_size, rejects=rejects, console=console)
+    table = Table(title=f"ingested {path}")
+    for column in ("lines", "accepted", "duplicates", "rejected"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(str(n) for n in (summary.lines, summary.accepted, summary.duplicates, summary.rejected))
+    )
+    console.print(table)
+    for line_number, code, message in summary.first_rejections:
+        errors.print(f"line {line_number}: {code}: {message}", highlight=False)
+    if summary.rejected:
+        raise typer.Exit(1)
+
+
+def api_token(settings: Settings) -> str:
+    """The configured token, or one generated once and kept in the data directory."""
+    tokens = settings.api_tokens()
+    if tokens:
+        return tokens[0]
+    path = settings.data_dir / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = "bsk_" + secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: BILLSYNC_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: BILLSYNC_PORT.")] = None,
+    workers: Annotated[int | None, typer.Option(help="API processes (BILLSYNC_WORKERS).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Run the API (on SQLite by default: nothing else to install)."""
+    settings = Settings()
+    billsync = open_billsync(settings)
+    billsync.close()
+    token = api_token(settings)
+    os.environ["BILLSYNC_API_TOKEN"] = ",".join([token, *settings.api_tokens()[1:]])
+    host = host or settings.host
+    port = port or settings.port
+    url = f"http://{host}:{port}"
+    console.print(f"[bold]billsync[/] on {url}  (store: {billsync.database.dialect})")
+    console.print(f"API token: [bold]{token}[/]")
+    console.print(
+        f"try: curl -H 'Authorization: Bearer {token}' {url}/v1/catalog",
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(
+        "billsync.api.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers or settings.workers,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        access_log=access_log,
+        log_level="info",
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""The pure core: catalog, money, periods, rating and folding. No I/O, no clock, no session."""

@@ -1,0 +1,254 @@
+"""Validation of incoming usage events: a decoded JSON object in, a ValidEvent or a Rejection out.
+
+Pure and fast: this runs once per event on the ingest hot path. Checks that need the database
+(does the account exist, was this id seen before) belong to the ingest service.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeGuard
+
+from billsync.core.catalog import DIMENSION_NAME, Catalog, Metric
+
+MAX_ID_LENGTH = 255
+MAX_DIMENSIONS = 16
+MAX_DIMENSION_VALUE_LENGTH = 200
+# |quantity| of one event; keeps line sums far inside every store's exact range.
+MAX_QUANTITY = Decimal(10) ** 15
+FUTURE_TOLERANCE = timedelta(minutes=5)
+EVENT_FIELDS = frozenset({"id", "account", "metric", "quantity", "timestamp", "dimensions"})
+_DECIMAL_TEXT = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+class RejectionCode(enum.StrEnum):
+    """Stable machine codes of a per-event rejection (documented in the README)."""
+
+    INVALID_EVENT = "invalid_event"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_ID = "invalid_id"
+    INVALID_ACCOUNT = "invalid_account"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    UNKNOWN_METRIC = "unknown_metric"
+    METRIC_NOT_PRICED = "metric_not_priced"
+    INVALID_QUANTITY = "invalid_quantity"
+    TOO_MANY_DECIMALS = "too_many_decimals"
+    NEGATIVE_QUANTITY = "negative_quantity"
+    QUANTITY_TOO_LARGE = "quantity_too_large"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    TIMESTAMP_TOO_OLD = "timestamp_too_old"
+    INVALID_DIMENSIONS = "invalid_dimensions"
+    MISSING_DIMENSION = "missing_dimension"
+    DUPLICATE_IN_BATCH = "duplicate_in_batch"
+    DUPLICATE_CONFLICT = "duplicate_conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    event_id: str | None
+    code: RejectionCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    id: str
+    account: str
+    metric: str
+    quantity: Decimal
+    timestamp: datetime  # aware, UTC
+    dimensions: Mapping[str, str]
+
+    def same_payload(self, other: ValidEvent) -> bool:
+        """Whether two events with one id describe the same usage (value equality)."""
+        return (
+            self.account == other.account
+            and self.metric == other.metric
+            and self.quantity == other.quantity
+            and self.timestamp == other.timestamp
+            and dict(self.dimensions) == dict(other.dimensions)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRules:
+    """What the validator needs besides the event: the catalog, the time, the horizon."""
+
+    catalog: Catalog
+    now: datetime
+    horizon: timedelta
+
+
+def parse_quantity(raw: object) -> Decimal | None:
+    """A JSON number (decoded exactly as Decimal or int) or a decimal string; None if invalid."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return Decimal(raw)
+    if isinstance(raw, Decimal):
+        return raw if raw.is_finite() else None
+    if isinstance(raw, str) and _DECIMAL_TEXT.match(raw):
+        try:
+            return Decimal(raw)
+        except InvalidOperation:  # pragma: no cover - the pattern admits only valid text
+            return None
+    return None
+
+
+def decimal_places(number: Decimal) -> int:
+    exponent = number.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+def parse_timestamp(raw: object) -> datetime | None:
+    """RFC 3339 with an explicit offset ('Z' or ±hh:mm), as UTC; None if invalid."""
+    if not isinstance(raw, str) or len(raw) < 20 or raw[10] not in "Tt ":
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC)
+
+
+def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str, str] | Rejection:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return Rejection(event_id, RejectionCode.INVALID_DIMENSIONS, "dimensions must be an object")
+    if len(raw) > MAX_DIMENSIONS:
+        return Rejection(
+            event_id,
+            RejectionCode.INVALID_DIMENSIONS,
+            f"at most {MAX_DIMENSIONS} dimensions per event, got {len(raw)}",
+        )
+    for name, value in raw.items():
+        if not DIMENSION_NAME.match(name):
+            return Rejection(
+                event_id,
+                RejectionCode.INVALID_DIMENSIONS,
+                f"dimension name {name!r} must be lower-case letters, digits and '_' "
+                "(at most 40 characters)",
+            )
+        if not isinstance(value, str) or not value or len(value) > MAX_DIMENSION_VALUE_LENGTH:
+            return Rejection(
+                event_id,
+                RejectionCode.INVALID_DIMENSIONS,
+                f"dimension {name!r} must be a non-empty string of at most "
+                f"{MAX_DIMENSION_VALUE_LENGTH} characters",
+            )
+    for name in metric.group_by:
+        if name not in raw:
+            return Rejection(
+                event_id,
+                RejectionCode.MISSING_DIMENSION,
+                f"metric '{metric.id}' groups usage by '{name}': the event must carry it",
+            )
+    return raw
+
+
+def _valid_text(raw: object) -> TypeGuard[str]:
+    return (
+        isinstance(raw, str)
+        and 0 < len(raw) <= MAX_ID_LENGTH
+        and raw.isprintable()
+        and raw.strip() == raw
+    )
+
+
+def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
+    """Check one decoded event against the catalog and the clock."""
+    if not isinstance(raw, dict):
+        return Rejection(None, RejectionCode.INVALID_EVENT, "each event must be a JSON object")
+    raw_id = raw.get("id")
+    if not _valid_text(raw_id):
+        return Rejection(
+            None,
+            RejectionCode.INVALID_ID,
+            "id is required: a producer-chosen unique string of 1–255 printable characters",
+        )
+    event_id = raw_id
+    if len(raw) > 6 or not EVENT_FIELDS.issuperset(raw):
+        unknown = sorted(set(raw) - EVENT_FIELDS)
+        return Rejection(
+            event_id,
+            RejectionCode.UNKNOWN_FIELD,
+            f"unknown field(s) {unknown}; an event has {sorted(EVENT_FIELDS)}",
+        )
+    account = raw.get("account")
+    if not _valid_text(account):
+        return Rejection(
+            event_id, RejectionCode.INVALID_ACCOUNT, "account is required: the account's id"
+        )
+    metric_id = raw.get("metric")
+    metric = rules.catalog.metrics.get(metric_id) if isinstance(metric_id, str) else None
+    if metric is None:
+        return Rejection(
+            event_id,
+            RejectionCode.UNKNOWN_METRIC,
+            f"metric {metric_id!r} is not in the catalog (GET /v1/catalog lists them)",
+        )
+    quantity = parse_quantity(raw.get("quantity"))
+    if quantity is None:
+        return Rejection(
+            event_id,
+            RejectionCode.INVALID_QUANTITY,
+            'quantity must be a finite decimal number or decimal string, e.g. 12 or "0.25"',
+        )
+    if decimal_places(quantity) > metric.decimals:
+        return Rejection(
+            event_id,
+            RejectionCode.TOO_MANY_DECIMALS,
+            f"metric '{metric.id}' takes at most {metric.decimals} decimal place(s), "
+            f"got {raw.get('quantity')}",
+        )
+    if quantity < 0 and not metric.allow_negative:
+        return Rejection(
+            event_id,
+            RejectionCode.NEGATIVE_QUANTITY,
+            f"metric '{metric.id}' does not take negative quantities (corrections)",
+        )
+    if abs(quantity) > MAX_QUANTITY:
+        return Rejection(
+            event_id, RejectionCode.QUANTITY_TOO_LARGE, "quantity must be at most 10^15 per event"
+        )
+    timestamp = parse_timestamp(raw.get("timestamp"))
+    if timestamp is None:
+        return Rejection(
+            event_id,
+            RejectionCode.INVALID_TIMESTAMP,
+            "timestamp must be RFC 3339 with an offset, e.g. 2026-11-26T10:00:00Z",
+        )
+    if timestamp > rules.now + FUTURE_TOLERANCE:
+        return Rejection(
+            event_id,
+            RejectionCode.TIMESTAMP_IN_FUTURE,
+            "timestamp is more than 5 minutes ahead of billsync's clock "
+            f"({rules.now:%Y-%m-%dT%H:%M:%SZ})",
+        )
+    if timestamp < rules.now - rules.horizon:
+        return Rejection(
+            event_id,
+            RejectionCode.TIMESTAMP_TOO_OLD,
+            f"timestamp is older than the usage horizon ({rules.horizon.days} days)",
+        )
+    dimensions = _check_dimensions(raw.get("dimensions"), event_id, metric)
+    if isinstance(dimensions, Rejection):
+        return dimensions
+    return ValidEvent(
+        id=event_id,
+        account=account,
+        metric=metric.id,
+        quantity=quantity,
+        timestamp=timestamp,
+        dimensions=dimensions,
+    )

@@ -1,0 +1,126 @@
+"""The ledger's schema. Migrations under ``db/migrations`` build it; a test keeps them in step."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from billsync.core.periods import PeriodStatus
+from billsync.db.types import ExactDecimal, JSONDocument, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# 64-bit ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is already 64-bit and is the rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+PERIOD_STATUSES = ", ".join(f"'{status.value}'" for status in PeriodStatus)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    currency: Mapped[str] = mapped_column(String(3))
+    # None: the deployment's default anchor day (BILLSYNC_BILLING_ANCHOR_DAY).
+    billing_anchor_day: Mapped[int | None] = mapped_column(SmallInteger)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(
+            "billing_anchor_day IS NULL OR billing_anchor_day BETWEEN 1 AND 28", name="anchor_day"
+        ),
+    )
+
+
+class BillingPeriod(Base):
+    """One account's monthly period; the row exists once the period has usage."""
+
+    __tablename__ = "billing_periods"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    start: Mapped[date] = mapped_column(Date, primary_key=True)
+    end: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), default=PeriodStatus.OPEN.value)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({PERIOD_STATUSES})", name="status"),
+        Index("ix_billing_periods_status_end", "status", "end"),
+    )
+
+
+class Line(Base):
+    """The compiled total of one (account, period, metric, grouping): what goes on the invoice."""
+
+    __tablename__ = "lines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(255))
+    period_start: Mapped[date] = mapped_column(Date)
+    line_key: Mapped[str] = mapped_column(String(600))
+    metric: Mapped[str] = mapped_column(String(100))
+    grouping: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    # Set on late usage: the period the usage belonged to before that period's invoice closed.
+    late_from: Mapped[date | None] = mapped_column(Date)
+    currency: Mapped[str] = mapped_column(String(3))
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units, rounded once (core.money)
+    version: Mapped[int] = mapped_column(Integer)  # bumps on every change
+    event_count: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "period_start", "line_key"),
+        ForeignKeyConstraint(
+            ["account_id", "period_start"],
+            ["billing_periods.account_id", "billing_periods.start"],
+            name="fk_lines_period_billing_periods",
+        ),
+    )
+
+
+class UsageEvent(Base):
+    """A raw usage event, kept for audit and drill-down; idempotent on the producer's id."""
+
+    __tablename__ = "usage_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(255))
+    metric: Mapped[str] = mapped_column(String(100))
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    dimensions: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    period_start: Mapped[date] = mapped_column(Date)  # the period the usage happened in
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

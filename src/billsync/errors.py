@@ -1,0 +1,46 @@
+"""One error type for everything billsync refuses on purpose.
+
+Each error has an HTTP status, a stable machine code and a message a person can act on. The API
+renders them as ``{"error": {"code", "message"}}``; the CLI prints the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillsyncError(Exception):
+    status_code: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class InvalidRequest(BillsyncError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class NotFound(BillsyncError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(BillsyncError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(BillsyncError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(BillsyncError):
+    status_code = 401
+    code = "unauthorized"

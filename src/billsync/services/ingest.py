@@ -1,0 +1,321 @@
+"""Ingest: validate a batch of usage events, store the new ones, fold them into their lines.
+
+One transaction per batch: every accepted event of the batch and every line it changes commit
+together, or nothing does. An event id already in the ledger is a duplicate and is never
+counted again; the same id with a different payload is refused as ``duplicate_conflict``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal, localcontext
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from billsync.clock import Clock
+from billsync.core.catalog import Catalog, Price
+from billsync.core.folding import LineDelta, LineRef, PlacedUsage, fold, grouping_of, line_key
+from billsync.core.money import EXACT, to_minor_units
+from billsync.core.periods import Period, PeriodStatus, late_usage_target, period_for_date
+from billsync.core.rating import exact_amount
+from billsync.core.usage import Rejection, RejectionCode, UsageRules, ValidEvent, validate_event
+from billsync.db.database import Database
+from billsync.repositories import accounts as account_repository
+from billsync.repositories import ledger
+from billsync.repositories.accounts import AccountRecord
+
+# A concurrent batch on another connection may insert the same new event id first; the
+# transaction is then retried and sees it as a duplicate. Bounded, because it cannot recur
+# for the same ids.
+MAX_ATTEMPTS = 3
+
+
+class EventStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    id: str | None
+    status: EventStatus
+    error: Rejection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    results: list[EventResult]
+
+    def count(self, status: EventStatus) -> int:
+        return sum(1 for result in self.results if result.status is status)
+
+    @property
+    def accepted(self) -> int:
+        return self.count(EventStatus.ACCEPTED)
+
+    @property
+    def duplicates(self) -> int:
+        return self.count(EventStatus.DUPLICATE)
+
+    @property
+    def rejected(self) -> int:
+        return self.count(EventStatus.REJECTED)
+
+
+def _conflict(event_id: str, what: str) -> Rejection:
+    return Rejection(
+        event_id,
+        RejectionCode.DUPLICATE_CONFLICT,
+        f"event id '{event_id}' was already {what} with a different payload; "
+        "it is not counted again (use a new id for new usage)",
+    )
+
+
+class IngestService:
+    def __init__(
+        self,
+        database: Database,
+        catalog: Catalog,
+        clock: Clock,
+        *,
+        horizon: timedelta,
+        default_anchor_day: int,
+    ) -> None:
+        self.database = database
+        self.catalog = catalog
+        self.clock = clock
+        self.horizon = horizon
+        self.default_anchor_day = default_anchor_day
+
+    def ingest(self, raw_events: Sequence[Any]) -> IngestReport:
+        now = self.clock.now()
+        rules = UsageRules(self.catalog, now, self.horizon)
+        outcomes: list[ValidEvent | Rejection] = [validate_event(raw, rules) for raw in raw_events]
+
+        # The first occurrence of an id in the batch is the candidate; later ones mirror it.
+        first_index: dict[str, int] = {}
+        candidates: list[ValidEvent] = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, ValidEvent) and outcome.id not in first_index:
+                first_index[outcome.id] = index
+                candidates.append(outcome)
+
+        decided: dict[str, EventResult] = {}
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with self.database.transaction() as connection:
+                    decided = self._store(connection, candidates, now)
+                break
+            except IntegrityError:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+
+        results: list[EventResult] = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Rejection):
+                results.append(EventResult(outcome.event_id, EventStatus.REJECTED, outcome))
+                continue
+            first = first_index[outcome.id]
+            if first == index:
+                results.append(decided[outcome.id])
+                continue
+            original = outcomes[first]
+            assert isinstance(original, ValidEvent)
+            if not outcome.same_payload(original):
+                results.append(
+                    EventResult(outcome.id, EventStatus.REJECTED, _conflict(outcome.id, "sent"))
+                )
+            elif decided[outcome.id].status is EventStatus.REJECTED:
+                results.append(decided[outcome.id])
+            else:
+                results.append(EventResult(outcome.id, EventStatus.DUPLICATE))
+        return IngestReport(results)
+
+    def _anchor(self, account: AccountRecord) -> int:
+        return account.billing_anchor_day or self.default_anchor_day
+
+    def _store(
+        self, connection: Connection, events: list[ValidEvent], now: datetime
+    ) -> dict[str, EventResult]:
+        decided: dict[str, EventResult] = {}
+        if not events:
+            return decided
+        account_ids = {event.account for event in events}
+        ledger.lock_accounts(connection, account_ids)
+        accounts = account_repository.get_accounts(connection, account_ids)
+        stored = ledger.stored_events(connection, [event.id for event in events])
+
+        fresh: list[tuple[ValidEvent, AccountRecord, Period]] = []
+        periods: dict[tuple[int, date], Period] = {}
+        for event in events:
+            previous = stored.get(event.id)
+            if previous is not None:
+                decided[event.id] = (
+                    EventResult(event.id, EventStatus.DUPLICATE)
+                    if event.same_payload(previous)
+                    else EventResult(
+                        event.id, EventStatus.REJECTED, _conflict(event.id, "accepted")
+                    )
+                )
+                continue
+            account = accounts.get(event.account)
+            if account is None:
+                decided[event.id] = EventResult(
+                    event.id,
+                    EventStatus.REJECTED,
+                    Rejection(
+                        event.id,
+                        RejectionCode.UNKNOWN_ACCOUNT,
+                        f"account '{event.account}' does not exist (POST /v1/accounts creates it)",
+                    ),
+                )
+                continue
+            if account.currency not in self.catalog.metrics[event.metric].prices:
+                decided[event.id] = EventResult(
+                    event.id,
+                    EventStatus.REJECTED,
+                    Rejection(
+                        event.id,
+                        RejectionCode.METRIC_NOT_PRICED,
+                        f"metric '{event.metric}' has no price in {account.currency}",
+                    ),
+                )
+                continue
+            slot = (self._anchor(account), event.timestamp.date())
+            period = periods.get(slot)
+            if period is None:
+                period = periods[slot] = period_for_date(slot[1], slot[0])
+            fresh.append((event, account, period))
+            decided[event.id] = EventResult(event.id, EventStatus.ACCEPTED)
+        if not fresh:
+            return decided
+
+        placed, known = self._place(connection, fresh, now)
+        deltas = fold(placed)
+        line_ids = self._apply_deltas(connection, deltas, accounts, known, now)
+        ledger.insert_events(
+            connection,
+            [
+                ledger.EventRow(event, period.start, line_ids[usage.line])
+                for (event, _, period), usage in zip(fresh, placed, strict=True)
+            ],
+            now,
+        )
+        return decided
+
+    def _place(
+        self,
+        connection: Connection,
+        fresh: list[tuple[ValidEvent, AccountRecord, Period]],
+        now: datetime,
+    ) -> tuple[list[PlacedUsage], dict[str, dict[date, PeriodStatus]]]:
+        """Decide which period's invoice carries each event (the late-usage rule)."""
+        earliest = min(period.start for _, _, period in fresh)
+        known = ledger.period_statuses(
+            connection, {event.account for event, _, _ in fresh}, earliest
+        )
+        targets: dict[tuple[str, date], Period] = {}
+        placed: list[PlacedUsage] = []
+        metrics = self.catalog.metrics
+        for event, account, period in fresh:
+            slot = (account.id, period.start)
+            target = targets.get(slot)
+            if target is None:
+                target = targets[slot] = late_usage_target(period, known[account.id])
+            placed.append(
+                PlacedUsage(
+                    event_id=event.id,
+                    account=account.id,
+                    metric=event.metric,
+                    quantity=event.quantity,
+                    grouping=grouping_of(event.dimensions, metrics[event.metric].group_by),
+                    period_start=period.start,
+                    target_start=target.start,
+                )
+            )
+        missing = {
+            (account_id, target.start): target
+            for (account_id, _), target in targets.items()
+            if target.start not in known[account_id]
+        }
+        ledger.insert_periods(
+            connection, [(account_id, target) for (account_id, _), target in missing.items()], now
+        )
+        for account_id, start in missing:
+            known[account_id][start] = PeriodStatus.OPEN
+        return placed, known
+
+    def _apply_deltas(
+        self,
+        connection: Connection,
+        deltas: dict[LineRef, LineDelta],
+        accounts: dict[str, AccountRecord],
+        known: dict[str, dict[date, PeriodStatus]],
+        now: datetime,
+    ) -> dict[LineRef, int]:
+        """Add each delta to its line and re-rate the line's total: one rounding per line."""
+        base_refs = {
+            delta.ref: LineRef(
+                delta.ref.account, delta.late_from, line_key(delta.metric, delta.grouping)
+            )
+            for delta in deltas.values()
+            if delta.late_from is not None
+        }
+        states = ledger.line_states(connection, [*deltas, *base_refs.values()])
+        new_lines: list[ledger.NewLine] = []
+        changes: list[ledger.LineChange] = []
+        line_ids: dict[LineRef, int] = {}
+        with localcontext(EXACT):
+            for ref, delta in deltas.items():
+                currency = accounts[ref.account].currency
+                price = self.catalog.metrics[delta.metric].prices[currency]
+                state = states.get(ref)
+                quantity = delta.quantity if state is None else state.quantity + delta.quantity
+                base_ref = base_refs.get(ref)
+                base_state = None if base_ref is None else states.get(base_ref)
+                base = Decimal(0) if base_state is None else base_state.quantity
+                amount = _rate(quantity, base, price, currency)
+                if state is None:
+                    new_lines.append(
+                        ledger.NewLine(
+                            ref=ref,
+                            metric=delta.metric,
+                            grouping=delta.grouping,
+                            late_from=delta.late_from,
+                            currency=currency,
+                            quantity=quantity,
+                            amount=amount,
+                            event_count=len(delta.event_ids),
+                        )
+                    )
+                else:
+                    line_ids[ref] = state.id
+                    changes.append(
+                        ledger.LineChange(
+                            id=state.id,
+                            quantity=quantity,
+                            amount=amount,
+                            version=state.version + 1,
+                            event_count=state.event_count + len(delta.event_ids),
+                        )
+                    )
+        line_ids.update(ledger.insert_lines(connection, new_lines, now))
+        ledger.update_lines(connection, changes, now)
+        return line_ids
+
+
+def _rate(quantity: Decimal, base: Decimal, price: Price, currency: str) -> int:
+    """A line's amount. Late usage is charged at the marginal rates of its original period:
+    exact(base + late) − exact(base), where base is what that period already billed — so tiers
+    are not granted twice. Either way, rounded once."""
+    if base == 0:
+        return to_minor_units(exact_amount(quantity, price), currency)
+    return to_minor_units(
+        exact_amount(base + quantity, price) - exact_amount(base, price), currency
+    )
