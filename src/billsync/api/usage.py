@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -12,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from billsync.api.deps import BillsyncDep
 from billsync.api.responses import JSONBody
 from billsync.api.schemas import ErrorRead, UsageBatchCreate, UsageBatchRead
+from billsync.core.usage import BatchShapeError
 from billsync.errors import BillsyncError, InvalidRequest, PayloadTooLarge
 from billsync.services.ingest import IngestReport
 
@@ -35,10 +35,6 @@ def inline_schema(model: type[UsageBatchCreate]) -> dict[str, Any]:
 
     resolved: dict[str, Any] = resolve(schema)
     return resolved
-
-
-# Numbers decode straight to Decimal from their JSON text: 0.1 stays exactly 0.1.
-_decoder = msgspec.json.Decoder(float_hook=Decimal)
 
 
 class InvalidJSON(BillsyncError):
@@ -65,27 +61,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def decode_batch(body: bytes, max_events: int) -> list[Any]:
-    try:
-        document = _decoder.decode(body)
-    except msgspec.DecodeError as error:
-        raise InvalidJSON(f"the body is not valid JSON: {error}") from None
-    if not isinstance(document, dict) or "events" not in document:
-        raise InvalidRequest('the body must be an object {"events": [...]}', code="invalid_batch")
-    unknown = set(document) - {"events"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s) {sorted(unknown)}", code="invalid_batch")
-    events = document["events"]
-    if not isinstance(events, list):
-        raise InvalidRequest("events must be a list", code="invalid_batch")
-    if len(events) > max_events:
-        raise PayloadTooLarge(
-            f"{len(events)} events in one batch; the limit is {max_events}",
-            code="batch_too_large",
-        )
-    return events
 
 
 def report_body(report: IngestReport) -> dict[str, Any]:
@@ -122,6 +97,14 @@ async def post_usage(request: Request, billsync: BillsyncDep) -> JSONBody:
     code; all accepted events are committed together before the answer."""
     settings = billsync.settings
     body = await read_body(request, settings.max_body_bytes)
-    events = decode_batch(body, settings.max_batch_events)
-    report = await run_in_threadpool(billsync.ingest.ingest, events)
+    try:
+        report = await run_in_threadpool(
+            billsync.ingest.ingest_body, body, settings.max_batch_events
+        )
+    except msgspec.DecodeError as error:
+        raise InvalidJSON(f"the body is not valid JSON: {error}") from None
+    except BatchShapeError as error:
+        if error.code == "batch_too_large":
+            raise PayloadTooLarge(str(error), code=error.code) from None
+        raise InvalidRequest(str(error), code=error.code) from None
     return JSONBody(report_body(report))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,9 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from billsync.bootstrap import Billsync
+from billsync.core.usage import decode_generic
 from billsync.services.ingest import EventStatus
 
-_decoder = msgspec.json.Decoder(float_hook=Decimal)
 MAX_SHOWN = 20
 
 
@@ -85,7 +84,7 @@ def ingest_file(
                     continue
                 summary.lines += 1
                 try:
-                    event = _decoder.decode(raw)
+                    event = decode_generic(raw)
                 except msgspec.DecodeError as error:
                     summary.reject(
                         line_number, "invalid_json", f"not valid JSON: {error}", raw, out

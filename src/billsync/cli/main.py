@@ -22,6 +22,7 @@ from billsync.core.money import decimal_text, format_minor
 from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.errors import BillsyncError
+from billsync.repositories import accounts as account_repository
 from billsync.services.accounts import NewAccount
 from billsync.services.lines import parse_period
 
@@ -34,6 +35,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(catalog_app, name="catalog")
 
 console = Console()
+DEMO_ACCOUNT = "demo"
 errors = Console(stderr=True)
 
 
@@ -232,6 +234,22 @@ def serve(
         access_log=access_log,
         log_level="info",
     )
+
+
+@app.command("demo")
+def demo(
+    port: Annotated[int | None, typer.Option(help="Default: BILLSYNC_PORT.")] = None,
+) -> None:
+    """Run billsync on SQLite with the example catalog and a demo account, ready to take usage."""
+    billsync = open_billsync()
+    with billsync.database.transaction() as connection:
+        if account_repository.get_account(connection, DEMO_ACCOUNT) is None:
+            billsync.accounts.create(
+                connection, NewAccount(DEMO_ACCOUNT, "usd", name="Demo Cloud Customer")
+            )
+    billsync.close()
+    console.print(f"demo account: [bold]{DEMO_ACCOUNT}[/] (usd)")
+    serve(host=None, port=port, workers=1, access_log=True)
 
 
 def main() -> None:

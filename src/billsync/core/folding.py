@@ -8,9 +8,9 @@ Folding sums quantities exactly; rating happens once per line, on the line's tot
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, localcontext
+from typing import NamedTuple
 from urllib.parse import quote
 
 from billsync.core.money import EXACT
@@ -29,8 +29,7 @@ def line_key(metric: str, grouping: Mapping[str, str], late_from: date | None = 
     return f"{metric}[{','.join(parts)}]" if parts else metric
 
 
-@dataclass(frozen=True, slots=True)
-class LineRef:
+class LineRef(NamedTuple):
     """Where a line lives: an account's period (by its start date) and the key within it."""
 
     account: str
@@ -38,57 +37,69 @@ class LineRef:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class PlacedUsage:
-    """One accepted event, with the period it belongs to and the period it lands on."""
+class Placement(NamedTuple):
+    """One accepted event, the period it happened in, and the period whose invoice carries it
+    (a later one for late usage)."""
 
-    event_id: str
     account: str
     metric: str
     quantity: Decimal
-    grouping: Mapping[str, str]
-    period_start: date  # the period the usage happened in
-    target_start: date  # the period whose invoice carries it (differs for late usage)
-
-    @property
-    def late_from(self) -> date | None:
-        return self.period_start if self.target_start != self.period_start else None
-
-    @property
-    def line(self) -> LineRef:
-        return LineRef(
-            self.account, self.target_start, line_key(self.metric, self.grouping, self.late_from)
-        )
+    dimensions: Mapping[str, str]
+    period_start: date
+    target_start: date
 
 
-@dataclass(slots=True)
 class LineDelta:
     """What a batch adds to one line."""
 
-    ref: LineRef
-    metric: str
-    grouping: Mapping[str, str]
-    late_from: date | None
-    quantity: Decimal = Decimal(0)
-    event_ids: list[str] = field(default_factory=list)
+    __slots__ = ("event_count", "grouping", "late_from", "metric", "quantity", "ref")
+
+    def __init__(
+        self, ref: LineRef, metric: str, grouping: Mapping[str, str], late_from: date | None
+    ) -> None:
+        self.ref = ref
+        self.metric = metric
+        self.grouping = grouping
+        self.late_from = late_from
+        self.quantity = Decimal(0)
+        self.event_count = 0
 
 
-def fold(usages: Iterable[PlacedUsage]) -> dict[LineRef, LineDelta]:
-    """Sum usage per line, exactly. Independent of the order of ``usages``."""
+def fold(
+    placements: Iterable[Placement], group_by: Mapping[str, tuple[str, ...]]
+) -> tuple[dict[LineRef, LineDelta], list[LineRef]]:
+    """Sum usage per line, exactly: the deltas by line, and each placement's line in order.
+
+    ``group_by`` maps a metric to the dimensions that split it into lines. Independent of the
+    order of ``placements``: addition of Decimals in the EXACT context is exact.
+    """
     deltas: dict[LineRef, LineDelta] = {}
+    refs: list[LineRef] = []
+    memo: dict[tuple[object, ...], LineDelta] = {}
     with localcontext(EXACT):
-        for usage in usages:
-            ref = usage.line
-            delta = deltas.get(ref)
+        for placement in placements:
+            names = group_by[placement.metric]
+            values = tuple(placement.dimensions[name] for name in names) if names else ()
+            slot = (placement.account, placement.metric, placement.period_start,
+                    placement.target_start, values)  # fmt: skip
+            delta = memo.get(slot)
             if delta is None:
-                delta = deltas[ref] = LineDelta(
-                    ref=ref, metric=usage.metric, grouping=usage.grouping, late_from=usage.late_from
+                grouping = dict(zip(names, values, strict=True))
+                late_from = (
+                    placement.period_start
+                    if placement.target_start != placement.period_start
+                    else None
                 )
-            delta.quantity += usage.quantity
-            delta.event_ids.append(usage.event_id)
-    return deltas
-
-
-def grouping_of(dimensions: Mapping[str, str], group_by: Iterable[str]) -> dict[str, str]:
-    """The dimensions that identify a line; the rest stay on the raw event for drill-down."""
-    return {name: dimensions[name] for name in group_by}
+                ref = LineRef(
+                    placement.account,
+                    placement.target_start,
+                    line_key(placement.metric, grouping, late_from),
+                )
+                delta = deltas.get(ref)
+                if delta is None:
+                    delta = deltas[ref] = LineDelta(ref, placement.metric, grouping, late_from)
+                memo[slot] = delta
+            delta.quantity += placement.quantity
+            delta.event_count += 1
+            refs.append(delta.ref)
+    return deltas, refs

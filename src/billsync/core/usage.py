@@ -9,10 +9,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeGuard
+
+import msgspec
 
 from billsync.core.catalog import DIMENSION_NAME, Catalog, Metric
 
@@ -83,6 +85,12 @@ class UsageRules:
     catalog: Catalog
     now: datetime
     horizon: timedelta
+    earliest: datetime = field(init=False)
+    latest: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "earliest", self.now - self.horizon)
+        object.__setattr__(self, "latest", self.now + FUTURE_TOLERANCE)
 
 
 def parse_quantity(raw: object) -> Decimal | None:
@@ -108,12 +116,14 @@ def decimal_places(number: Decimal) -> int:
 
 
 def parse_timestamp(raw: object) -> datetime | None:
-    """RFC 3339 with an explicit offset ('Z' or ±hh:mm), as UTC; None if invalid."""
-    if not isinstance(raw, str) or len(raw) < 20 or raw[10] not in "Tt ":
+    """RFC 3339 with an explicit offset ('Z' or ±hh:mm), as UTC; None if invalid.
+
+    Parsed by msgspec, the same parser as the batch fast path, so both paths agree."""
+    if not isinstance(raw, str):
         return None
     try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
+        moment = msgspec.convert(raw, datetime)
+    except msgspec.ValidationError:
         return None
     if moment.tzinfo is None:
         return None
@@ -166,7 +176,7 @@ def _valid_text(raw: object) -> TypeGuard[str]:
 
 
 def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
-    """Check one decoded event against the catalog and the clock."""
+    """Check one generically decoded event (a dict) against the catalog and the clock."""
     if not isinstance(raw, dict):
         return Rejection(None, RejectionCode.INVALID_EVENT, "each event must be a JSON object")
     raw_id = raw.get("id")
@@ -176,20 +186,83 @@ def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
             RejectionCode.INVALID_ID,
             "id is required: a producer-chosen unique string of 1–255 printable characters",
         )
-    event_id = raw_id
     if len(raw) > 6 or not EVENT_FIELDS.issuperset(raw):
         unknown = sorted(set(raw) - EVENT_FIELDS)
         return Rejection(
-            event_id,
+            raw_id,
             RejectionCode.UNKNOWN_FIELD,
             f"unknown field(s) {unknown}; an event has {sorted(EVENT_FIELDS)}",
         )
-    account = raw.get("account")
+    raw_quantity = raw.get("quantity")
+    return _check_fields(
+        raw_id,
+        raw.get("account"),
+        raw.get("metric"),
+        parse_quantity(raw_quantity),
+        raw_quantity,
+        parse_timestamp(raw.get("timestamp")),
+        raw.get("dimensions"),
+        rules,
+    )
+
+
+class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """The wire shape of an event, type-checked by msgspec while decoding (the fast path)."""
+
+    id: str
+    account: str
+    metric: str
+    quantity: msgspec.Raw
+    timestamp: datetime
+    dimensions: dict[str, str] | None = None
+
+
+class WireBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[WireEvent]
+
+
+def _raw_quantity(raw: msgspec.Raw) -> Decimal | None:
+    text = bytes(raw)
+    if text[:1] == b'"':
+        return parse_quantity(_generic_decoder.decode(text))
+    return parse_quantity(text.decode())
+
+
+def validate_wire_event(event: WireEvent, rules: UsageRules) -> ValidEvent | Rejection:
+    """Check an event whose JSON types msgspec already checked; same rules as validate_event."""
+    if not _valid_text(event.id):
+        return Rejection(
+            None,
+            RejectionCode.INVALID_ID,
+            "id is required: a producer-chosen unique string of 1–255 printable characters",
+        )
+    timestamp = event.timestamp
+    return _check_fields(
+        event.id,
+        event.account,
+        event.metric,
+        _raw_quantity(event.quantity),
+        bytes(event.quantity).decode(errors="replace"),
+        timestamp.astimezone(UTC) if timestamp.tzinfo is not None else None,
+        event.dimensions,
+        rules,
+    )
+
+
+def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot path
+    event_id: str,
+    account: object,
+    metric_id: object,
+    quantity: Decimal | None,
+    quantity_as_sent: object,
+    timestamp: datetime | None,
+    raw_dimensions: object,
+    rules: UsageRules,
+) -> ValidEvent | Rejection:
     if not _valid_text(account):
         return Rejection(
             event_id, RejectionCode.INVALID_ACCOUNT, "account is required: the account's id"
         )
-    metric_id = raw.get("metric")
     metric = rules.catalog.metrics.get(metric_id) if isinstance(metric_id, str) else None
     if metric is None:
         return Rejection(
@@ -197,7 +270,6 @@ def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
             RejectionCode.UNKNOWN_METRIC,
             f"metric {metric_id!r} is not in the catalog (GET /v1/catalog lists them)",
         )
-    quantity = parse_quantity(raw.get("quantity"))
     if quantity is None:
         return Rejection(
             event_id,
@@ -209,7 +281,7 @@ def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
             event_id,
             RejectionCode.TOO_MANY_DECIMALS,
             f"metric '{metric.id}' takes at most {metric.decimals} decimal place(s), "
-            f"got {raw.get('quantity')}",
+            f"got {quantity_as_sent}",
         )
     if quantity < 0 and not metric.allow_negative:
         return Rejection(
@@ -221,34 +293,78 @@ def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
         return Rejection(
             event_id, RejectionCode.QUANTITY_TOO_LARGE, "quantity must be at most 10^15 per event"
         )
-    timestamp = parse_timestamp(raw.get("timestamp"))
     if timestamp is None:
         return Rejection(
             event_id,
             RejectionCode.INVALID_TIMESTAMP,
             "timestamp must be RFC 3339 with an offset, e.g. 2026-11-26T10:00:00Z",
         )
-    if timestamp > rules.now + FUTURE_TOLERANCE:
+    if timestamp > rules.latest:
         return Rejection(
             event_id,
             RejectionCode.TIMESTAMP_IN_FUTURE,
             "timestamp is more than 5 minutes ahead of billsync's clock "
             f"({rules.now:%Y-%m-%dT%H:%M:%SZ})",
         )
-    if timestamp < rules.now - rules.horizon:
+    if timestamp < rules.earliest:
         return Rejection(
             event_id,
             RejectionCode.TIMESTAMP_TOO_OLD,
             f"timestamp is older than the usage horizon ({rules.horizon.days} days)",
         )
-    dimensions = _check_dimensions(raw.get("dimensions"), event_id, metric)
+    dimensions = _check_dimensions(raw_dimensions, event_id, metric)
     if isinstance(dimensions, Rejection):
         return dimensions
-    return ValidEvent(
-        id=event_id,
-        account=account,
-        metric=metric.id,
-        quantity=quantity,
-        timestamp=timestamp,
-        dimensions=dimensions,
-    )
+    return ValidEvent(event_id, account, metric.id, quantity, timestamp, dimensions)
+
+
+_generic_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_batch_decoder = msgspec.json.Decoder(WireBatch)
+
+
+class BatchShapeError(ValueError):
+    """The body is not ``{"events": [...]}``; ``code`` says how."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_generic(body: bytes) -> Any:
+    """JSON with every number decoded exactly (Decimal for fractions, int for integers)."""
+    return _generic_decoder.decode(body)
+
+
+def validate_body(body: bytes, rules: UsageRules, max_events: int) -> list[ValidEvent | Rejection]:
+    """Decode and validate a whole ``{"events": [...]}`` body.
+
+    Fast path: msgspec decodes and type-checks the batch in C when every event is well-formed.
+    Otherwise the body is decoded generically and each event checked on its own, so that one
+    bad event is reported precisely and does not sink the others. Raises
+    ``msgspec.DecodeError`` for malformed JSON and :class:`BatchShapeError` for a wrong shape.
+    """
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    else:
+        if len(batch.events) > max_events:
+            raise BatchShapeError(
+                "batch_too_large",
+                f"{len(batch.events)} events in one batch; the limit is {max_events}",
+            )
+        return [validate_wire_event(event, rules) for event in batch.events]
+    document = decode_generic(body)
+    if not isinstance(document, dict) or "events" not in document:
+        raise BatchShapeError("invalid_batch", 'the body must be an object {"events": [...]}')
+    unknown = set(document) - {"events"}
+    if unknown:
+        raise BatchShapeError("invalid_batch", f"unknown field(s) {sorted(unknown)}")
+    events = document["events"]
+    if not isinstance(events, list):
+        raise BatchShapeError("invalid_batch", "events must be a list")
+    if len(events) > max_events:
+        raise BatchShapeError(
+            "batch_too_large", f"{len(events)} events in one batch; the limit is {max_events}"
+        )
+    return [validate_event(event, rules) for event in events]

@@ -12,7 +12,7 @@ from datetime import date, datetime
 from decimal import Decimal, localcontext
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, text, tuple_, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from billsync.core.folding import LineRef
 from billsync.core.money import EXACT
@@ -102,48 +102,6 @@ def lock_accounts(connection: Connection, account_ids: Iterable[str]) -> None:
         )
 
 
-def stored_events(connection: Connection, event_ids: Sequence[str]) -> dict[str, ValidEvent]:
-    """Events already in the ledger among ``event_ids``, as they were accepted."""
-    found: dict[str, ValidEvent] = {}
-    columns = (
-        usage_events.c.id,
-        usage_events.c.account_id,
-        usage_events.c.metric,
-        usage_events.c.quantity,
-        usage_events.c.occurred_at,
-        usage_events.c.dimensions,
-    )
-    for chunk in _chunks(sorted(set(event_ids)), 2000):
-        for row in connection.execute(select(*columns).where(usage_events.c.id.in_(chunk))):
-            found[row.id] = ValidEvent(
-                id=row.id,
-                account=row.account_id,
-                metric=row.metric,
-                quantity=row.quantity,
-                timestamp=row.occurred_at,
-                dimensions=row.dimensions,
-            )
-    return found
-
-
-def period_statuses(
-    connection: Connection, account_ids: Iterable[str], since: date
-) -> dict[str, dict[date, PeriodStatus]]:
-    """Every known period of these accounts starting on or after ``since``."""
-    ids = sorted(set(account_ids))
-    statuses: dict[str, dict[date, PeriodStatus]] = {account: {} for account in ids}
-    if not ids:
-        return statuses
-    query = select(billing_periods.c.account_id, billing_periods.c.start, billing_periods.c.status)
-    for chunk in _chunks(ids):
-        rows = connection.execute(
-            query.where(billing_periods.c.account_id.in_(chunk), billing_periods.c.start >= since)
-        )
-        for account_id, start, status in rows:
-            statuses[account_id][start] = PeriodStatus(status)
-    return statuses
-
-
 def insert_periods(
     connection: Connection, periods: Iterable[tuple[str, Period]], now: datetime
 ) -> None:
@@ -169,109 +127,6 @@ def set_period_status(
         update(billing_periods)
         .where(billing_periods.c.account_id == account_id, billing_periods.c.start == start)
         .values(status=status.value, updated_at=now)
-    )
-
-
-def line_states(connection: Connection, refs: Iterable[LineRef]) -> dict[LineRef, LineState]:
-    """Current quantity and version of the given lines (those that exist)."""
-    wanted = sorted({(ref.account, ref.period_start, ref.key) for ref in refs})
-    states: dict[LineRef, LineState] = {}
-    key_columns = tuple_(lines.c.account_id, lines.c.period_start, lines.c.line_key)
-    query = select(
-        lines.c.id,
-        lines.c.account_id,
-        lines.c.period_start,
-        lines.c.line_key,
-        lines.c.quantity,
-        lines.c.version,
-        lines.c.event_count,
-    )
-    for chunk in _chunks(wanted):
-        for row in connection.execute(query.where(key_columns.in_(chunk))):
-            states[LineRef(row.account_id, row.period_start, row.line_key)] = LineState(
-                id=row.id, quantity=row.quantity, version=row.version, event_count=row.event_count
-            )
-    return states
-
-
-def insert_lines(
-    connection: Connection, new_lines: Sequence[NewLine], now: datetime
-) -> dict[LineRef, int]:
-    if not new_lines:
-        return {}
-    rows = [
-        {
-            "account_id": line.ref.account,
-            "period_start": line.ref.period_start,
-            "line_key": line.ref.key,
-            "metric": line.metric,
-            "grouping": dict(line.grouping),
-            "late_from": line.late_from,
-            "currency": line.currency,
-            "quantity": line.quantity,
-            "amount": line.amount,
-            "version": 1,
-            "event_count": line.event_count,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for line in new_lines
-    ]
-    result = connection.execute(
-        insert(lines).returning(
-            lines.c.id, lines.c.account_id, lines.c.period_start, lines.c.line_key,
-            sort_by_parameter_order=True,
-        ),
-        rows,
-    )  # fmt: skip
-    return {LineRef(r.account_id, r.period_start, r.line_key): r.id for r in result}
-
-
-def update_lines(connection: Connection, changes: Sequence[LineChange], now: datetime) -> None:
-    if not changes:
-        return
-    connection.execute(
-        update(lines)
-        .where(lines.c.id == bindparam("line_id"))
-        .values(
-            quantity=bindparam("new_quantity"),
-            amount=bindparam("new_amount"),
-            version=bindparam("new_version"),
-            event_count=bindparam("new_event_count"),
-            updated_at=now,
-        ),
-        [
-            {
-                "line_id": change.id,
-                "new_quantity": change.quantity,
-                "new_amount": change.amount,
-                "new_version": change.version,
-                "new_event_count": change.event_count,
-            }
-            for change in changes
-        ],
-    )
-
-
-def insert_events(connection: Connection, rows: Sequence[EventRow], received_at: datetime) -> None:
-    if not rows:
-        return
-    connection.execute(
-        insert(usage_events),
-        [
-            {
-                "id": row.event.id,
-                "account_id": row.event.account,
-                "metric": row.event.metric,
-                "quantity": row.event.quantity,
-                "occurred_at": row.event.timestamp,
-                "dimensions": row.event.dimensions,
-                "period_start": row.period_start,
-                "line_id": row.line_id,
-                "received_at": received_at,
-            }
-            for row in rows
-        ],
     )
 
 

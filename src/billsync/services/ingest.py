@@ -19,15 +19,20 @@ from sqlalchemy.exc import IntegrityError
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog, Price
-from billsync.core.folding import LineDelta, LineRef, PlacedUsage, fold, grouping_of, line_key
+from billsync.core.folding import LineDelta, LineRef, Placement, fold, line_key
 from billsync.core.money import EXACT, to_minor_units
-from billsync.core.periods import Period, PeriodStatus, late_usage_target, period_for_date
+from billsync.core.periods import Period, late_usage_target, period_for_date
 from billsync.core.rating import exact_amount
-from billsync.core.usage import Rejection, RejectionCode, UsageRules, ValidEvent, validate_event
+from billsync.core.usage import (
+    Rejection,
+    RejectionCode,
+    UsageRules,
+    ValidEvent,
+    validate_body,
+    validate_event,
+)
 from billsync.db.database import Database
-from billsync.repositories import accounts as account_repository
-from billsync.repositories import ledger
-from billsync.repositories.accounts import AccountRecord
+from billsync.repositories import ledger, ledger_bulk
 
 # A concurrent batch on another connection may insert the same new event id first; the
 # transaction is then retried and sees it as a duplicate. Bounded, because it cannot recur
@@ -77,6 +82,15 @@ def _conflict(event_id: str, what: str) -> Rejection:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """What ingest needs to know of an account."""
+
+    id: str
+    currency: str
+    anchor_day: int
+
+
 class IngestService:
     def __init__(
         self,
@@ -92,11 +106,23 @@ class IngestService:
         self.clock = clock
         self.horizon = horizon
         self.default_anchor_day = default_anchor_day
+        self._group_by = {metric.id: metric.group_by for metric in catalog.metrics.values()}
+
+    def rules(self) -> UsageRules:
+        return UsageRules(self.catalog, self.clock.now(), self.horizon)
 
     def ingest(self, raw_events: Sequence[Any]) -> IngestReport:
-        now = self.clock.now()
-        rules = UsageRules(self.catalog, now, self.horizon)
-        outcomes: list[ValidEvent | Rejection] = [validate_event(raw, rules) for raw in raw_events]
+        """Ingest generically decoded events (dicts), e.g. lines of a JSONL file."""
+        rules = self.rules()
+        return self.record([validate_event(raw, rules) for raw in raw_events], rules.now)
+
+    def ingest_body(self, body: bytes, max_events: int) -> IngestReport:
+        """Ingest a raw ``{"events": [...]}`` JSON body (see ``core.usage.validate_body``)."""
+        rules = self.rules()
+        return self.record(validate_body(body, rules, max_events), rules.now)
+
+    def record(self, outcomes: Sequence[ValidEvent | Rejection], now: datetime) -> IngestReport:
+        """Store the valid events of a validated batch in one transaction; report every event."""
 
         # The first occurrence of an id in the batch is the candidate; later ones mirror it.
         first_index: dict[str, int] = {}
@@ -137,9 +163,6 @@ class IngestService:
                 results.append(EventResult(outcome.id, EventStatus.DUPLICATE))
         return IngestReport(results)
 
-    def _anchor(self, account: AccountRecord) -> int:
-        return account.billing_anchor_day or self.default_anchor_day
-
     def _store(
         self, connection: Connection, events: list[ValidEvent], now: datetime
     ) -> dict[str, EventResult]:
@@ -148,10 +171,15 @@ class IngestService:
             return decided
         account_ids = {event.account for event in events}
         ledger.lock_accounts(connection, account_ids)
-        accounts = account_repository.get_accounts(connection, account_ids)
-        stored = ledger.stored_events(connection, [event.id for event in events])
+        accounts = {
+            account_id: _Terms(account_id, currency, anchor or self.default_anchor_day)
+            for account_id, (currency, anchor) in ledger_bulk.account_terms(
+                connection, account_ids
+            ).items()
+        }
+        stored = ledger_bulk.stored_events(connection, [event.id for event in events])
 
-        fresh: list[tuple[ValidEvent, AccountRecord, Period]] = []
+        fresh: list[tuple[ValidEvent, _Terms, Period]] = []
         periods: dict[tuple[int, date], Period] = {}
         for event in events:
             previous = stored.get(event.id)
@@ -187,7 +215,7 @@ class IngestService:
                     ),
                 )
                 continue
-            slot = (self._anchor(account), event.timestamp.date())
+            slot = (account.anchor_day, event.timestamp.date())
             period = periods.get(slot)
             if period is None:
                 period = periods[slot] = period_for_date(slot[1], slot[0])
@@ -196,67 +224,62 @@ class IngestService:
         if not fresh:
             return decided
 
-        placed, known = self._place(connection, fresh, now)
-        deltas = fold(placed)
-        line_ids = self._apply_deltas(connection, deltas, accounts, known, now)
-        ledger.insert_events(
+        targets = self._targets(connection, fresh, now)
+        deltas, refs = fold(
+            (
+                Placement(
+                    account.id,
+                    event.metric,
+                    event.quantity,
+                    event.dimensions,
+                    period.start,
+                    targets[account.id, period.start],
+                )
+                for event, account, period in fresh
+            ),
+            self._group_by,
+        )
+        line_ids = self._apply_deltas(connection, deltas, accounts, now)
+        ledger_bulk.insert_events(
             connection,
             [
-                ledger.EventRow(event, period.start, line_ids[usage.line])
-                for (event, _, period), usage in zip(fresh, placed, strict=True)
+                ledger.EventRow(event, period.start, line_ids[ref])
+                for (event, _, period), ref in zip(fresh, refs, strict=True)
             ],
             now,
         )
         return decided
 
-    def _place(
+    def _targets(
         self,
         connection: Connection,
-        fresh: list[tuple[ValidEvent, AccountRecord, Period]],
+        fresh: list[tuple[ValidEvent, _Terms, Period]],
         now: datetime,
-    ) -> tuple[list[PlacedUsage], dict[str, dict[date, PeriodStatus]]]:
-        """Decide which period's invoice carries each event (the late-usage rule)."""
-        earliest = min(period.start for _, _, period in fresh)
-        known = ledger.period_statuses(
-            connection, {event.account for event, _, _ in fresh}, earliest
+    ) -> dict[tuple[str, date], date]:
+        """Which period's invoice carries usage of each (account, period): the late-usage rule.
+        Creates the period rows that do not exist yet."""
+        account_periods = {(account.id, period) for _, account, period in fresh}
+        earliest = min(period.start for _, period in account_periods)
+        known = ledger_bulk.period_statuses(
+            connection, {account_id for account_id, _ in account_periods}, earliest
         )
-        targets: dict[tuple[str, date], Period] = {}
-        placed: list[PlacedUsage] = []
-        metrics = self.catalog.metrics
-        for event, account, period in fresh:
-            slot = (account.id, period.start)
-            target = targets.get(slot)
-            if target is None:
-                target = targets[slot] = late_usage_target(period, known[account.id])
-            placed.append(
-                PlacedUsage(
-                    event_id=event.id,
-                    account=account.id,
-                    metric=event.metric,
-                    quantity=event.quantity,
-                    grouping=grouping_of(event.dimensions, metrics[event.metric].group_by),
-                    period_start=period.start,
-                    target_start=target.start,
-                )
-            )
-        missing = {
-            (account_id, target.start): target
-            for (account_id, _), target in targets.items()
-            if target.start not in known[account_id]
-        }
+        targets: dict[tuple[str, date], date] = {}
+        missing: dict[tuple[str, date], Period] = {}
+        for account_id, period in account_periods:
+            target = late_usage_target(period, known[account_id])
+            targets[account_id, period.start] = target.start
+            if target.start not in known[account_id]:
+                missing[account_id, target.start] = target
         ledger.insert_periods(
             connection, [(account_id, target) for (account_id, _), target in missing.items()], now
         )
-        for account_id, start in missing:
-            known[account_id][start] = PeriodStatus.OPEN
-        return placed, known
+        return targets
 
     def _apply_deltas(
         self,
         connection: Connection,
         deltas: dict[LineRef, LineDelta],
-        accounts: dict[str, AccountRecord],
-        known: dict[str, dict[date, PeriodStatus]],
+        accounts: dict[str, _Terms],
         now: datetime,
     ) -> dict[LineRef, int]:
         """Add each delta to its line and re-rate the line's total: one rounding per line."""
@@ -267,7 +290,7 @@ class IngestService:
             for delta in deltas.values()
             if delta.late_from is not None
         }
-        states = ledger.line_states(connection, [*deltas, *base_refs.values()])
+        states = ledger_bulk.line_states(connection, [*deltas, *base_refs.values()])
         new_lines: list[ledger.NewLine] = []
         changes: list[ledger.LineChange] = []
         line_ids: dict[LineRef, int] = {}
@@ -291,7 +314,7 @@ class IngestService:
                             currency=currency,
                             quantity=quantity,
                             amount=amount,
-                            event_count=len(delta.event_ids),
+                            event_count=delta.event_count,
                         )
                     )
                 else:
@@ -302,11 +325,11 @@ class IngestService:
                             quantity=quantity,
                             amount=amount,
                             version=state.version + 1,
-                            event_count=state.event_count + len(delta.event_ids),
+                            event_count=state.event_count + delta.event_count,
                         )
                     )
-        line_ids.update(ledger.insert_lines(connection, new_lines, now))
-        ledger.update_lines(connection, changes, now)
+        line_ids.update(ledger_bulk.insert_lines(connection, new_lines, now))
+        ledger_bulk.update_lines(connection, changes, now)
         return line_ids
 
 

@@ -89,6 +89,7 @@ def upgrade() -> None:
             "line_key",
             name=op.f("uq_lines_account_id_period_start_line_key"),
         ),
+        postgresql_with={"fillfactor": "70"},
     )
     op.create_table(
         "usage_events",
@@ -101,9 +102,6 @@ def upgrade() -> None:
         sa.Column("period_start", sa.Date(), nullable=False),
         sa.Column("line_id", BIG_ID, nullable=False),
         sa.Column("received_at", UTC_DATETIME, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["line_id"], ["lines.id"], name=op.f("fk_usage_events_line_id_lines")
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_events")),
     )
     with op.batch_alter_table("usage_events", schema=None) as batch_op:

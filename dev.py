@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Set-up and entry point for a fresh machine with only Python 3.11+.
+
+    python3 dev.py demo   # create .venv, install billsync, run the demo
+    python3 dev.py test   # create .venv, install billsync + tools, run lint, types and tests
+
+The virtual environment is rebuilt whenever pyproject.toml or requirements.lock change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".billsync-installed"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "requirements.lock"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_environment() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before the venv exists
+        sys.exit(f"billsync needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    wanted = _fingerprint()
+    if STAMP.exists() and STAMP.read_text().strip() == wanted and PYTHON.exists():
+        return
+    print("setting up .venv (first run, or dependencies changed) ...", flush=True)
+    if not PYTHON.exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    install = [*pip, "install", "-c", "requirements.lock", "-e", ".[dev]"]
+    subprocess.run(install, cwd=ROOT, check=True)
+    STAMP.write_text(wanted + "\n")
+
+
+def run(*command: str) -> int:
+    return subprocess.run([str(BIN / command[0]), *command[1:]], cwd=ROOT, check=False).returncode
+
+
+def test(extra: list[str]) -> int:
+    steps = [
+        ("ruff check", ("ruff", "check", ".")),
+        ("ruff format --check", ("ruff", "format", "--check", ".")),
+        ("mypy", ("mypy",)),
+    ]
+    for title, command in steps:
+        print(f"== {title}", flush=True)
+        if run(*command) != 0:
+            print(f"== {title} failed", flush=True)
+            return 1
+    print("== pytest", flush=True)
+    return run("pytest", *extra)
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    ensure_environment()
+    if sys.argv[1] == "test":
+        return test(sys.argv[2:])
+    return run("billsync", "demo", *sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

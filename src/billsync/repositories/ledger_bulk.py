@@ -1,0 +1,340 @@
+"""The ingest hot path's SQL, written for each driver.
+
+Every function here runs a fixed number of statements per batch, whatever the batch size, and
+talks to the DBAPI connection underneath SQLAlchemy's transaction (same connection, same
+transaction) so that no per-row statement compilation or type processing stands between a
+batch and the store:
+
+- SQLite: ``executemany`` and multi-row ``VALUES`` lists, values pre-rendered in the exact text
+  formats SQLAlchemy's SQLite types read back (``YYYY-MM-DD HH:MM:SS.ffffff`` datetimes, ISO
+  dates, decimal strings, sorted-key JSON);
+- PostgreSQL: one statement per step, its rows passed as a single JSON array parameter
+  (``jsonb_to_recordset``, encoded by orjson: far cheaper than adapting Python lists to
+  arrays), and ``COPY`` for the raw events.
+
+A test reads everything written here back through the SQLAlchemy models, on both stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from billsync.core.folding import LineRef
+from billsync.core.periods import PeriodStatus
+from billsync.core.usage import ValidEvent
+from billsync.repositories.ledger import EventRow, LineChange, LineState, NewLine
+
+# SQLite allows 32,766 bound variables per statement; stay well below.
+SQLITE_MAX_VARIABLES = 30_000
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _records(rows: list[tuple[Any, ...]]) -> str:
+    """Rows as a JSON array of arrays; Decimals and dates as their exact text."""
+    return orjson.dumps(rows, default=str).decode()
+
+
+def _sqlite_datetime(moment: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text: ``YYYY-MM-DD HH:MM:SS.ffffff``, in UTC."""
+    if moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _parse_sqlite_datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _dbapi(connection: Connection) -> Any:
+    return connection.connection.dbapi_connection
+
+
+def _is_postgres(connection: Connection) -> bool:
+    return connection.dialect.name == "postgresql"
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def account_terms(
+    connection: Connection, account_ids: Iterable[str]
+) -> dict[str, tuple[str, int | None]]:
+    """(currency, billing anchor day) of each existing account among ``account_ids``."""
+    ids = sorted(set(account_ids))
+    cursor = _dbapi(connection).cursor()
+    found: dict[str, tuple[str, int | None]] = {}
+    if _is_postgres(connection):
+        cursor.execute(
+            "SELECT id, currency, billing_anchor_day FROM accounts WHERE id = ANY(%s)", (ids,)
+        )
+        rows = cursor.fetchall()
+    else:
+        rows = []
+        for chunk in _chunks(ids, SQLITE_MAX_VARIABLES):
+            marks = ",".join("?" * len(chunk))
+            cursor.execute(
+                f"SELECT id, currency, billing_anchor_day FROM accounts WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            )
+            rows.extend(cursor.fetchall())
+    cursor.close()
+    for account_id, currency, anchor in rows:
+        found[account_id] = (currency, anchor)
+    return found
+
+
+def stored_events(connection: Connection, event_ids: Sequence[str]) -> dict[str, ValidEvent]:
+    """Events already in the ledger among ``event_ids``, as they were accepted."""
+    ids = sorted(set(event_ids))
+    columns = "id, account_id, metric, quantity, occurred_at, dimensions"
+    cursor = _dbapi(connection).cursor()
+    found: dict[str, ValidEvent] = {}
+    if _is_postgres(connection):
+        cursor.execute(f"SELECT {columns} FROM usage_events WHERE id = ANY(%s)", (ids,))  # noqa: S608
+        for event_id, account, metric, quantity, occurred_at, dimensions in cursor.fetchall():
+            found[event_id] = ValidEvent(
+                event_id, account, metric, quantity, occurred_at.astimezone(UTC), dimensions
+            )
+    else:
+        for chunk in _chunks(ids, SQLITE_MAX_VARIABLES):
+            marks = ",".join("?" * len(chunk))
+            cursor.execute(f"SELECT {columns} FROM usage_events WHERE id IN ({marks})", chunk)  # noqa: S608
+            for event_id, account, metric, quantity, occurred_at, dimensions in cursor.fetchall():
+                found[event_id] = ValidEvent(
+                    event_id,
+                    account,
+                    metric,
+                    Decimal(quantity),
+                    _parse_sqlite_datetime(occurred_at),
+                    orjson.loads(dimensions),
+                )
+    cursor.close()
+    return found
+
+
+def period_statuses(
+    connection: Connection, account_ids: Iterable[str], since: date
+) -> dict[str, dict[date, PeriodStatus]]:
+    """Every known period of these accounts starting on or after ``since``."""
+    ids = sorted(set(account_ids))
+    statuses: dict[str, dict[date, PeriodStatus]] = {account: {} for account in ids}
+    cursor = _dbapi(connection).cursor()
+    if _is_postgres(connection):
+        cursor.execute(
+            "SELECT account_id, start, status FROM billing_periods "
+            "WHERE account_id = ANY(%s) AND start >= %s",
+            (ids, since),
+        )
+        for account_id, start, status in cursor.fetchall():
+            statuses[account_id][start] = PeriodStatus(status)
+    else:
+        for chunk in _chunks(ids, SQLITE_MAX_VARIABLES):
+            marks = ",".join("?" * len(chunk))
+            cursor.execute(
+                "SELECT account_id, start, status FROM billing_periods "  # noqa: S608
+                f"WHERE account_id IN ({marks}) AND start >= ?",
+                [*chunk, since.isoformat()],
+            )
+            for account_id, start, status in cursor.fetchall():
+                statuses[account_id][date.fromisoformat(start)] = PeriodStatus(status)
+    cursor.close()
+    return statuses
+
+
+_LINE_STATE_COLUMNS = (
+    "l.id, l.account_id, l.period_start, l.line_key, l.quantity, l.version, l.event_count"
+)
+
+
+def line_states(connection: Connection, refs: Iterable[LineRef]) -> dict[LineRef, LineState]:
+    """Current quantity and version of the given lines (those that exist)."""
+    wanted = sorted({(ref.account, ref.period_start, ref.key) for ref in refs})
+    states: dict[LineRef, LineState] = {}
+    if not wanted:
+        return states
+    cursor = _dbapi(connection).cursor()
+    if _is_postgres(connection):
+        cursor.execute(
+            f"SELECT {_LINE_STATE_COLUMNS} FROM lines l JOIN ("  # noqa: S608
+            "SELECT r->>0 AS a, (r->>1)::date AS p, r->>2 AS k "
+            "FROM jsonb_array_elements(%s::jsonb) AS r) AS w "
+            "ON l.account_id = w.a AND l.period_start = w.p AND l.line_key = w.k",
+            (_records(wanted),),
+        )
+        for line_id, account, start, key, quantity, version, count in cursor.fetchall():
+            states[LineRef(account, start, key)] = LineState(line_id, quantity, version, count)
+    else:
+        for chunk in _chunks(wanted, SQLITE_MAX_VARIABLES // 3):
+            values = ",".join("(?,?,?)" * 1 for _ in chunk)
+            params = [p for a, s, k in chunk for p in (a, s.isoformat(), k)]
+            cursor.execute(
+                f"WITH w(a, p, k) AS (VALUES {values}) SELECT {_LINE_STATE_COLUMNS} "  # noqa: S608
+                "FROM lines l JOIN w ON l.account_id = w.a AND l.period_start = w.p "
+                "AND l.line_key = w.k",
+                params,
+            )
+            for line_id, account, start, key, quantity, version, count in cursor.fetchall():
+                states[LineRef(account, date.fromisoformat(start), key)] = LineState(
+                    line_id, Decimal(quantity), version, count
+                )
+    cursor.close()
+    return states
+
+
+_LINE_COLUMNS = (
+    "account_id, period_start, line_key, metric, grouping, late_from, currency, quantity, "
+    "amount, version, event_count, created_at, updated_at"
+)
+
+
+def insert_lines(
+    connection: Connection, new_lines: Sequence[NewLine], now: datetime
+) -> dict[LineRef, int]:
+    """Create lines at version 1; returns their ids."""
+    ids: dict[LineRef, int] = {}
+    if not new_lines:
+        return ids
+    cursor = _dbapi(connection).cursor()
+    if _is_postgres(connection):
+        cursor.execute(
+            f"INSERT INTO lines ({_LINE_COLUMNS}) "  # noqa: S608
+            "SELECT r->>0, (r->>1)::date, r->>2, r->>3, r->4, (r->>5)::date, r->>6, "
+            "(r->>7)::numeric, (r->>8)::bigint, 1, (r->>9)::bigint, %s, %s "
+            "FROM jsonb_array_elements(%s::jsonb) AS r "
+            "RETURNING id, account_id, period_start, line_key",
+            (
+                now,
+                now,
+                _records(
+                    [
+                        (
+                            line.ref.account,
+                            line.ref.period_start,
+                            line.ref.key,
+                            line.metric,
+                            dict(line.grouping),
+                            line.late_from,
+                            line.currency,
+                            line.quantity,
+                            line.amount,
+                            line.event_count,
+                        )
+                        for line in new_lines
+                    ]
+                ),
+            ),
+        )
+        for line_id, account, start, key in cursor.fetchall():
+            ids[LineRef(account, start, key)] = line_id
+    else:
+        stamp = _sqlite_datetime(now)
+        for chunk in _chunks(new_lines, SQLITE_MAX_VARIABLES // 13):
+            values = ",".join("(?,?,?,?,?,?,?,?,?,1,?,?,?)" for _ in chunk)
+            params: list[Any] = []
+            for line in chunk:
+                params += (
+                    line.ref.account,
+                    line.ref.period_start.isoformat(),
+                    line.ref.key,
+                    line.metric,
+                    _json(dict(line.grouping)),
+                    None if line.late_from is None else line.late_from.isoformat(),
+                    line.currency,
+                    str(line.quantity),
+                    line.amount,
+                    line.event_count,
+                    stamp,
+                    stamp,
+                )
+            cursor.execute(
+                f"INSERT INTO lines ({_LINE_COLUMNS}) VALUES {values} "  # noqa: S608
+                "RETURNING id, account_id, period_start, line_key",
+                params,
+            )
+            for line_id, account, start, key in cursor.fetchall():
+                ids[LineRef(account, date.fromisoformat(start), key)] = line_id
+    cursor.close()
+    return ids
+
+
+def update_lines(connection: Connection, changes: Sequence[LineChange], now: datetime) -> None:
+    if not changes:
+        return
+    cursor = _dbapi(connection).cursor()
+    if _is_postgres(connection):
+        cursor.execute(
+            "UPDATE lines SET quantity = (r->>1)::numeric, amount = (r->>2)::bigint, "
+            "version = (r->>3)::int, event_count = (r->>4)::bigint, updated_at = %s "
+            "FROM jsonb_array_elements(%s::jsonb) AS r WHERE lines.id = (r->>0)::bigint",
+            (
+                now,
+                _records([(c.id, c.quantity, c.amount, c.version, c.event_count) for c in changes]),
+            ),
+        )
+    else:
+        stamp = _sqlite_datetime(now)
+        cursor.executemany(
+            "UPDATE lines SET quantity = ?, amount = ?, version = ?, event_count = ?, "
+            "updated_at = ? WHERE id = ?",
+            [(str(c.quantity), c.amount, c.version, c.event_count, stamp, c.id) for c in changes],
+        )
+    cursor.close()
+
+
+_EVENT_COLUMNS = (
+    "id, account_id, metric, quantity, occurred_at, dimensions, period_start, line_id, received_at"
+)
+
+
+def insert_events(connection: Connection, rows: Sequence[EventRow], received_at: datetime) -> None:
+    if not rows:
+        return
+    cursor = _dbapi(connection).cursor()
+    if _is_postgres(connection):
+        with cursor.copy(f"COPY usage_events ({_EVENT_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                event = row.event
+                copy.write_row(
+                    (
+                        event.id,
+                        event.account,
+                        event.metric,
+                        event.quantity,
+                        event.timestamp,
+                        _json(event.dimensions),
+                        row.period_start,
+                        row.line_id,
+                        received_at,
+                    )
+                )
+    else:
+        stamp = _sqlite_datetime(received_at)
+        cursor.executemany(
+            f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
+            [
+                (
+                    row.event.id,
+                    row.event.account,
+                    row.event.metric,
+                    str(row.event.quantity),
+                    _sqlite_datetime(row.event.timestamp),
+                    _json(row.event.dimensions),
+                    row.period_start.isoformat(),
+                    row.line_id,
+                    stamp,
+                )
+                for row in rows
+            ],
+        )
+    cursor.close()

@@ -1,0 +1,137 @@
+"""Shared fixtures: real SQLite and real PostgreSQL, the example catalog, a manual clock.
+
+PostgreSQL runs when BILLSYNC_TEST_DATABASE_URL is set (e.g.
+postgresql+psycopg://postgres@127.0.0.1:5432/test). In CI (CI=true) it is required: the run
+fails at once if it is missing or unreachable. Elsewhere its tests are skipped with a message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync, build
+from billsync.catalog_file import load_catalog
+from billsync.clock import ManualClock
+from billsync.config import EXAMPLE_CATALOG, Settings
+from billsync.core.catalog import Catalog
+from billsync.db import migrate
+from billsync.db.database import Database
+
+PG_URL_VARIABLE = "BILLSYNC_TEST_DATABASE_URL"
+TEST_TOKEN = "test-token-0123456789"
+# Mid-month, so "current period" tests have room on both sides.
+T0 = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+TABLES = ("usage_events", "lines", "billing_periods", "accounts")
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get(PG_URL_VARIABLE) or None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        return
+    url = _postgres_url()
+    if url is None:
+        pytest.exit(f"CI needs PostgreSQL: set {PG_URL_VARIABLE}", returncode=3)
+    try:
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:  # any failure to connect must stop CI loudly
+        pytest.exit(f"CI needs PostgreSQL at {url}: {error}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def example_catalog() -> Catalog:
+    return load_catalog(EXAMPLE_CATALOG)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating per test is slow)."""
+    path = tmp_path_factory.mktemp("template") / "billsync.db"
+    database = Database(f"sqlite:///{path}")
+    migrate.upgrade(database)
+    database.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_schema_url() -> Iterator[str]:
+    """A private schema in the test database, migrated once, dropped at the end."""
+    url = _postgres_url()
+    if url is None:
+        pytest.skip(f"PostgreSQL tests skipped: set {PG_URL_VARIABLE} to run them")
+    schema = f"billsync_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    scoped_url = scoped.render_as_string(hide_password=False)
+    database = Database(scoped_url)
+    migrate.upgrade(database)
+    database.dispose()
+    yield scoped_url
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty ledger on each store."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "billsync.db"
+        shutil.copy(template, path)
+        db = Database(f"sqlite:///{path}")
+    else:
+        db = Database(request.getfixturevalue("postgres_schema_url"))
+        with db.engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "var", api_token=TEST_TOKEN)
+
+
+@pytest.fixture
+def billsync(
+    settings: Settings, database: Database, clock: ManualClock, example_catalog: Catalog
+) -> Billsync:
+    return build(settings, clock=clock, database=database, catalog=example_catalog)
+
+
+@pytest.fixture
+def client(billsync: Billsync) -> Iterator[TestClient]:
+    with TestClient(
+        create_app(billsync), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
+    ) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def anonymous(billsync: Billsync) -> Iterator[TestClient]:
+    with TestClient(create_app(billsync)) as test_client:
+        yield test_client

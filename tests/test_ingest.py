@@ -1,0 +1,262 @@
+"""Ingest on real SQLite and PostgreSQL: idempotency, atomicity, folding, the late-usage rule."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from billsync.bootstrap import Billsync
+from billsync.clock import ManualClock
+from billsync.core.periods import PeriodStatus
+from billsync.db.tables import billing_periods, lines, usage_events
+from billsync.repositories import ledger, ledger_bulk
+from billsync.repositories.accounts import get_account
+from billsync.services.ingest import EventStatus
+from tests.conftest import T0
+from tests.factories import create_account, event
+
+
+def line_table(
+    billsync: Billsync, account: str = "acme", period: str | date = "current"
+) -> dict[str, Any]:
+    with billsync.database.read() as connection:
+        record = billsync.accounts.get(connection, account)
+        view = billsync.lines.period_lines(connection, record, period)
+    return {line.key: (line.quantity, line.amount, line.version) for line in view.lines}
+
+
+def test_events_fold_into_one_line_per_metric_and_grouping(billsync: Billsync) -> None:
+    create_account(billsync)
+    report = billsync.ingest.ingest(
+        [
+            event("acme", quantity=60, at=T0),
+            event("acme", quantity="30", at=T0 + timedelta(seconds=10)),
+            event("acme", "bandwidth.egress.na-eu.gb", "1.25", at=T0, region="iad"),
+            event("acme", "bandwidth.egress.na-eu.gb", "0.25", at=T0, region="iad", host="h1"),
+            event("acme", "bandwidth.egress.na-eu.gb", "2", at=T0, region="cdg"),
+        ]
+    )
+    assert (report.accepted, report.duplicates, report.rejected) == (5, 0, 0)
+    assert line_table(billsync) == {
+        "machine.shared-cpu-1x.seconds": (Decimal(90), 0, 1),
+        "bandwidth.egress.na-eu.gb[region=iad]": (Decimal("1.50"), 3, 1),
+        "bandwidth.egress.na-eu.gb[region=cdg]": (Decimal(2), 4, 1),
+    }
+
+
+def test_a_duplicate_id_is_never_counted_twice(billsync: Billsync) -> None:
+    create_account(billsync)
+    first = event("acme", quantity=60, at=T0, event_id="e-1")
+    assert billsync.ingest.ingest([first]).accepted == 1
+    again = billsync.ingest.ingest([first, dict(first)])
+    assert [r.status for r in again.results] == [EventStatus.DUPLICATE, EventStatus.DUPLICATE]
+    conflicting = billsync.ingest.ingest([{**first, "quantity": 61}])
+    assert conflicting.results[0].status is EventStatus.REJECTED
+    assert conflicting.results[0].error is not None
+    assert conflicting.results[0].error.code == "duplicate_conflict"
+    # Same value written differently is the same payload.
+    assert billsync.ingest.ingest([{**first, "quantity": "60.0"}]).duplicates == 1
+    assert line_table(billsync)["machine.shared-cpu-1x.seconds"][0] == 60
+    with billsync.database.read() as connection:
+        assert ledger.count_events(connection) == 1
+
+
+def test_line_version_bumps_on_each_change_and_amount_is_rated_on_the_total(
+    billsync: Billsync,
+) -> None:
+    create_account(billsync)
+    # 0.004 GB × $0.02 = $0.00008: each alone rounds to 0 cents; the line is rated on its total.
+    for n in range(3):
+        billsync.ingest.ingest(
+            [
+                event("acme", "bandwidth.egress.na-eu.gb", "100.1", at=T0, region="iad")
+                for _ in range(n + 1)
+            ]
+        )
+    quantity, amount, version = line_table(billsync)["bandwidth.egress.na-eu.gb[region=iad]"]
+    assert quantity == Decimal("600.6")
+    assert amount == 1201  # 600.6 × 0.02 = 12.012 → 1201 cents, rounded once
+    assert version == 3
+
+
+def test_a_failing_batch_leaves_nothing_behind(
+    billsync: Billsync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_account(billsync)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    # The store fails after lines were written, while writing the raw events.
+    monkeypatch.setattr(ledger_bulk, "insert_events", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        billsync.ingest.ingest([event("acme", at=T0), event("acme", "ip.ipv4.hours", 1, at=T0)])
+    with billsync.database.read() as connection:
+        assert connection.execute(select(func.count()).select_from(lines)).scalar_one() == 0
+        assert connection.execute(select(func.count()).select_from(usage_events)).scalar_one() == 0
+        assert (
+            connection.execute(select(func.count()).select_from(billing_periods)).scalar_one() == 0
+        )
+
+
+def test_unknown_account_and_unpriced_currency_are_rejected_per_event(
+    billsync: Billsync,
+) -> None:
+    create_account(billsync)
+    report = billsync.ingest.ingest([event("ghost", at=T0), event("acme", at=T0)])
+    assert [r.status for r in report.results] == [EventStatus.REJECTED, EventStatus.ACCEPTED]
+    assert report.results[0].error is not None
+    assert report.results[0].error.code == "unknown_account"
+
+
+def test_late_usage_lands_on_the_next_open_period_labelled_with_its_own(
+    billsync: Billsync, clock: ManualClock
+) -> None:
+    create_account(billsync)
+    october_day = T0 - timedelta(days=31)  # 2026-10-15
+    billsync.ingest.ingest([event("acme", "volume.gb_hours", "2000", at=october_day)])
+    with billsync.database.transaction() as connection:
+        ledger.set_period_status(
+            connection, "acme", date(2026, 10, 1), PeriodStatus.FINALIZED, clock.now()
+        )
+    report = billsync.ingest.ingest(
+        [
+            event("acme", "volume.gb_hours", "500", at=october_day),  # late
+            event("acme", "volume.gb_hours", "10", at=T0),  # on time
+        ]
+    )
+    assert report.accepted == 2
+    october = line_table(billsync, period=date(2026, 10, 20))
+    assert october == {"volume.gb_hours": (Decimal(2000), 0, 1)}  # untouched once final
+    november = line_table(billsync)
+    late_key = "volume.gb_hours[late_from=2026-10-01]"
+    assert set(november) == {"volume.gb_hours", late_key}
+    # The late 500 GB-hours are charged at October's marginal rates: 190 free, 310 paid.
+    assert november[late_key][0] == 500
+    assert november[late_key][1] == round(Decimal(310) * Decimal("0.000205479452") * 100)
+    assert november["volume.gb_hours"][:2] == (Decimal(10), 0)
+    with billsync.database.read() as connection:
+        view = billsync.lines.period_lines(
+            connection, billsync.accounts.get(connection, "acme"), "current"
+        )
+    late = next(line for line in view.lines if line.key == late_key)
+    assert late.late_from == date(2026, 10, 1)
+
+
+def test_stored_values_read_back_identically_through_the_models(billsync: Billsync) -> None:
+    """The bulk writers render values by hand; the ORM types must read them back exactly."""
+    create_account(billsync)
+    sent = event("acme", "bandwidth.egress.na-eu.gb", "0.000000001", at=T0, region="a b")
+    billsync.ingest.ingest([sent])
+    with billsync.database.read() as connection:
+        row = connection.execute(select(usage_events)).one()
+        line = connection.execute(select(lines)).one()
+    assert row.quantity == Decimal("0.000000001")
+    assert row.occurred_at == T0
+    assert row.dimensions == {"region": "a b"}
+    assert row.received_at == T0
+    assert line.line_key == "bandwidth.egress.na-eu.gb[region=a%20b]"
+    assert line.grouping == {"region": "a b"}
+    assert line.period_start == date(2026, 11, 1)
+    assert line.updated_at == T0
+
+
+# --- Properties: order, batch boundaries and re-sends do not change the ledger -----------
+
+METRICS = [
+    ("machine.shared-cpu-1x.seconds", 0, None),
+    ("volume.gb_hours", 6, None),
+    ("bandwidth.egress.na-eu.gb", 9, "region"),
+]
+
+
+@st.composite
+def usage(draw: st.DrawFn) -> list[dict[str, Any]]:
+    count = draw(st.integers(1, 25))
+    events = []
+    for index in range(count):
+        metric, places, dimension = draw(st.sampled_from(METRICS))
+        quantity = draw(st.decimals(min_value=0, max_value=10**6, places=places))
+        offset = draw(st.integers(-40 * 86400, 0))
+        dims = {dimension: draw(st.sampled_from(["iad", "cdg"]))} if dimension else {}
+        events.append(
+            event(
+                draw(st.sampled_from(["acme", "globex"])),
+                metric,
+                str(quantity),
+                at=T0 + timedelta(seconds=offset),
+                event_id=f"p-{index}",
+                **dims,
+            )
+        )
+    return events
+
+
+def snapshot(billsync: Billsync) -> dict[tuple[str, date, str], tuple[Decimal, int]]:
+    with billsync.database.read() as connection:
+        rows = connection.execute(
+            select(
+                lines.c.account_id,
+                lines.c.period_start,
+                lines.c.line_key,
+                lines.c.quantity,
+                lines.c.amount,
+            )
+        ).all()
+    return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+
+
+def reset(billsync: Billsync) -> None:
+    with billsync.database.transaction() as connection:
+        for table in (usage_events, lines, billing_periods):
+            connection.execute(table.delete())
+
+
+PROPERTY_SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@PROPERTY_SETTINGS
+@given(events=usage(), data=st.data())
+def test_folding_is_independent_of_order_and_batch_boundaries(
+    billsync: Billsync, events: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    for account in ("acme", "globex"):
+        with billsync.database.read() as connection:
+            missing = get_account(connection, account) is None
+        if missing:
+            create_account(billsync, account)
+    reset(billsync)
+    billsync.ingest.ingest(events)
+    expected = snapshot(billsync)
+
+    reset(billsync)
+    shuffled = data.draw(st.permutations(events))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(events) - 1)), max_size=4)))
+    start = 0
+    for cut in [*cuts, len(events)]:
+        billsync.ingest.ingest(shuffled[start:cut])
+        start = cut
+    assert snapshot(billsync) == expected
+
+    # Re-sending any subset changes nothing.
+    subset = data.draw(st.lists(st.sampled_from(events), max_size=len(events)))
+    report = billsync.ingest.ingest(subset)
+    assert report.accepted == 0
+    assert report.rejected == 0
+    assert snapshot(billsync) == expected
+
+    # Line quantities sum exactly to the accepted quantities.
+    with billsync.database.read() as connection:
+        totals = ledger.event_quantity_totals(connection)
+    assert {slot: quantity for slot, (quantity, _) in expected.items()} == totals
+    assert sum(totals.values(), Decimal(0)) == sum(
+        (Decimal(e["quantity"]) for e in events), Decimal(0)
+    )
