@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -21,7 +22,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 RESULTS = Path(__file__).parent / "results"
-TOKEN = "bench-token-0123456789"
+TOKEN = "bench-token-0123456789"  # noqa: S105 - a throwaway token for a local server
 
 
 def free_port() -> int:
@@ -60,10 +61,8 @@ class RssSampler:
     def _rss(self) -> int:
         total = 0
         for proc in [self.process, *self.process.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self) -> None:
@@ -89,7 +88,9 @@ class RssSampler:
 
 
 @contextmanager
-def billsync_server(env: dict[str, str], port: int, workers: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+def billsync_server(
+    env: dict[str, str], port: int, workers: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
     """``billsync serve`` in a child process, waited on until it answers /healthz."""
     full_env = {**os.environ, **env, "BILLSYNC_API_TOKEN": TOKEN}
     process = subprocess.Popen(

@@ -16,6 +16,8 @@ import itertools
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,7 +67,7 @@ def make_batch(run: str, batch_number: int, size: int, accounts: int, now: datet
 
 
 def client_process(
-    port: int, run: str, batches: int, size: int, accounts: int, connections: int,
+    *, port: int, run: str, batches: int, size: int, accounts: int, connections: int,
     queue: multiprocessing.Queue[Any],
 ) -> None:  # fmt: skip
     """Posts ``batches`` batches over ``connections`` keep-alive connections; reports timings."""
@@ -128,9 +130,6 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
     with tempfile.TemporaryDirectory() as data_dir:
         env = {"BILLSYNC_DATA_DIR": data_dir, "BILLSYNC_DATABASE_URL": url}
         if store == "postgresql":
-            import subprocess
-            import sys
-
             subprocess.run(
                 [sys.executable, "-m", "billsync", "db", "upgrade"],
                 env={**os.environ, **env},

@@ -130,6 +130,19 @@ def test_accounts_create_bad_id_fails(runner: CliRunner) -> None:
     assert "id must start with a letter or digit" in one_line(result.stderr)
 
 
+def test_accounts_show_prints_text_verbatim(runner: CliRunner, subtests: pytest.Subtests) -> None:
+    # Names are data, not console markup: "[/EU]" must neither vanish nor crash the table.
+    for account_id, name in (("bold", "Acme [bold]EU"), ("closing", "Acme [/EU]")):
+        with subtests.test(name):
+            created = run(
+                runner, "accounts", "create", account_id, "--currency", "usd", "--name", name
+            )
+            assert created.exit_code == 0, created.output
+            shown = run(runner, "accounts", "show", account_id)
+            assert shown.exit_code == 0, repr(shown.exception)
+            assert f"{name} ({account_id})" in shown.stdout
+
+
 def test_accounts_show_unknown_account_fails(runner: CliRunner) -> None:
     result = run(runner, "accounts", "show", "ghost")
     assert_clean_failure(result)
@@ -190,6 +203,14 @@ def test_catalog_check_invalid_toml_names_it(runner: CliRunner, tmp_path: Path) 
     assert_clean_failure(result)
     assert str(broken) in one_line(result.stderr)
     assert "not valid TOML" in one_line(result.stderr)
+
+
+def test_catalog_check_messages_keep_their_brackets(runner: CliRunner, tmp_path: Path) -> None:
+    headless = tmp_path / "headless.toml"
+    headless.write_text('[[metric]]\nid = "a"\nunit = "s"\nprice = "1"\n')
+    result = run(runner, "catalog", "check", str(headless))
+    assert_clean_failure(result)
+    assert "missing [catalog] table" in one_line(result.stderr)
 
 
 def test_catalog_check_missing_file_names_it(runner: CliRunner, tmp_path: Path) -> None:
@@ -268,9 +289,10 @@ def test_ingest_counts_rejects_and_totals(runner: CliRunner, acme: str, tmp_path
     table = shown.stdout
     machine_row = next(line for line in table.splitlines() if MACHINE in line)
     assert re.search(r"\b1200000\b.*\bsecond\b.*\b0\.00000075\b.*\b0\.90\b.*\b2\b", machine_row)
-    egress_row = next(line for line in table.splitlines() if "region=fra" in line)
+    egress_row = next(line for line in table.splitlines() if EGRESS in line)
     assert re.search(r"\b1\.5\b.*\bGB\b.*\b0\.02\b.*\b0\.03\b", egress_row), egress_row
     assert re.search(r"total\W+0\.93", table), table
+    assert f"{EGRESS}[region=fra]" in table, table  # the line key, brackets included
 
 
 def test_ingest_without_rejections_exits_0(runner: CliRunner, acme: str, tmp_path: Path) -> None:

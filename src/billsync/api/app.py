@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from billsync import __version__
 from billsync.api import accounts, catalog, usage
-from billsync.api.deps import require_api_token
 from billsync.api.errors import install_error_handlers
+from billsync.api.guard import ApiGuard
 from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
 
@@ -20,10 +20,15 @@ def create_app(billsync: Billsync) -> FastAPI:
     )
     app.state.billsync = billsync
     install_error_handlers(app)
-    protected = [Depends(require_api_token)]
-    app.include_router(accounts.router, prefix="/v1", dependencies=protected)
-    app.include_router(usage.router, prefix="/v1", dependencies=protected)
-    app.include_router(catalog.router, prefix="/v1", dependencies=protected)
+    # Every /v1 route is behind the guard: token and body size checked before any parsing.
+    app.add_middleware(
+        ApiGuard,
+        tokens=billsync.settings.api_tokens(),
+        max_body_bytes=billsync.settings.max_body_bytes,
+    )
+    app.include_router(accounts.router, prefix="/v1")
+    app.include_router(usage.router, prefix="/v1")
+    app.include_router(catalog.router, prefix="/v1")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -51,6 +51,7 @@ def ingest_file(
 ) -> IngestSummary:
     """Read the file line by line (never whole), ingest in batches, and tally the outcome."""
     summary = IngestSummary()
+    source = path.open("rb")
     out = rejects.open("wb") if rejects else None
     batch: list[tuple[int, bytes, Any]] = []
 
@@ -75,7 +76,7 @@ def ingest_file(
         transient=True,
     )
     try:
-        with progress, path.open("rb") as source:
+        with progress, source:
             task = progress.add_task("ingest", total=path.stat().st_size)
             for line_number, raw_line in enumerate(source, start=1):
                 progress.advance(task, len(raw_line))

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from billsync.bootstrap import Billsync, build
@@ -40,7 +41,7 @@ errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -106,7 +107,7 @@ def accounts_create(
             )
     except BillsyncError as error:
         raise fail(error.message) from None
-    console.print(f"created account [bold]{record.id}[/] ({record.currency})")
+    console.print(f"created account [bold]{escape(record.id)}[/] ({record.currency})")
 
 
 @accounts_app.command("show")
@@ -124,14 +125,16 @@ def accounts_show(
     except BillsyncError as error:
         raise fail(error.message) from None
     table = Table(
-        title=f"{account.name} ({account.id}) — {view.period.start} to {view.period.end}, "
-        f"{view.currency.upper()}"
+        title=escape(
+            f"{account.name} ({account.id}) — {view.period.start} to {view.period.end}, "
+            f"{view.currency.upper()}"
+        )
     )
     for column in ("line", "quantity", "unit", "unit price", "amount", "version"):
         table.add_column(column, justify="left" if column in ("line", "unit") else "right")
     for line in view.lines:
         table.add_row(
-            line.key,
+            escape(line.key),
             decimal_text(line.quantity),
             line.unit,
             decimal_text(line.unit_price),
@@ -155,14 +158,25 @@ def catalog_check(
         catalog = load_catalog(path)
     except CatalogError as error:
         raise fail(str(error)) from None
-    console.print(f"{path}: {len(catalog.metrics)} metrics in {', '.join(catalog.currencies)}")
+    console.print(
+        escape(f"{path}: {len(catalog.metrics)} metrics in {', '.join(catalog.currencies)}")
+    )
     for metric in catalog.metrics.values():
-        console.print(f"  {metric.id}  per {metric.unit}", highlight=False)
+        console.print(escape(f"  {metric.id}  per {metric.unit}"), highlight=False)
 
 
 @app.command("ingest")
 def ingest(
-    path: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One event per line.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.jsonl",
+            help="One event per line.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
     batch_size: Annotated[int, typer.Option(min=1, max=5000)] = 1000,
     rejects: Annotated[
         Path | None, typer.Option(help="Write rejected lines with their errors here (JSONL).")
@@ -180,7 +194,7 @@ def ingest(
     )
     console.print(table)
     for line_number, code, message in summary.first_rejections:
-        errors.print(f"line {line_number}: {code}: {message}", highlight=False)
+        errors.print(escape(f"line {line_number}: {code}: {message}"), highlight=False)
     if summary.rejected:
         raise typer.Exit(1)
 

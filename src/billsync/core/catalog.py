@@ -154,7 +154,7 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...], source: str) -
     if not isinstance(raw, Mapping):
         raise CatalogError(f"{where}: must be a table")
     metric_id = raw.get("id")
-    if not isinstance(metric_id, str) or not METRIC_ID.match(metric_id):
+    if not isinstance(metric_id, str) or not METRIC_ID.fullmatch(metric_id):
         raise CatalogError(
             f"{where}.id: required; lower-case letters, digits, '.', '_' or '-' "
             f"(at most 100 characters), got {metric_id!r}"
@@ -178,7 +178,7 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...], source: str) -
     if len(group_by) > MAX_GROUP_BY:
         raise CatalogError(f"{where}.group_by: at most {MAX_GROUP_BY} dimensions")
     for name in group_by:
-        if not DIMENSION_NAME.match(name):
+        if not DIMENSION_NAME.fullmatch(name):
             raise CatalogError(f"{where}.group_by: {name!r} is not a valid dimension name")
     if len(set(group_by)) != len(group_by):
         raise CatalogError(f"{where}.group_by: lists a dimension twice")
@@ -194,6 +194,8 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...], source: str) -
             currency = normalize_currency(str(currency_code))
         except CurrencyError as error:
             raise CatalogError(f"{where}.price.{currency_code}: {error}") from None
+        if currency in prices:
+            raise CatalogError(f"{where}.price.{currency_code}: {currency} is priced twice")
         if currency not in currencies:
             raise CatalogError(
                 f"{where}.price.{currency_code}: currency is not listed in catalog.currencies"
@@ -223,6 +225,9 @@ def parse_catalog(data: Mapping[str, Any], source: str) -> Catalog:
     header = data.get("catalog")
     if not isinstance(header, Mapping):
         raise CatalogError(f"{source}: missing [catalog] table with 'currencies'")
+    unknown = set(header) - {"currencies"}
+    if unknown:
+        raise CatalogError(f"{source}: catalog: unknown field(s) {sorted(unknown)}")
     raw_currencies = _strings(header.get("currencies", []), f"{source}: catalog.currencies")
     if not raw_currencies:
         raise CatalogError(f"{source}: catalog.currencies: list at least one currency")
@@ -230,6 +235,9 @@ def parse_catalog(data: Mapping[str, Any], source: str) -> Catalog:
         currencies = tuple(normalize_currency(code) for code in raw_currencies)
     except CurrencyError as error:
         raise CatalogError(f"{source}: catalog.currencies: {error}") from None
+    twice = sorted({code for code in currencies if currencies.count(code) > 1})
+    if twice:
+        raise CatalogError(f"{source}: catalog.currencies: lists {', '.join(twice)} twice")
     raw_metrics = data.get("metric")
     if not isinstance(raw_metrics, list) or not raw_metrics:
         raise CatalogError(f"{source}: define at least one [[metric]]")

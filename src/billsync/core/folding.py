@@ -37,16 +37,10 @@ class LineRef(NamedTuple):
     key: str
 
 
-class Placement(NamedTuple):
-    """One accepted event, the period it happened in, and the period whose invoice carries it
-    (a later one for late usage)."""
-
-    account: str
-    metric: str
-    quantity: Decimal
-    dimensions: Mapping[str, str]
-    period_start: date
-    target_start: date
+# One accepted event: (account, metric, quantity, dimensions, the period it happened in, the
+# period whose invoice carries it — a later one for late usage). A plain tuple: one is built
+# per event on the ingest hot path.
+Placement = tuple[str, str, Decimal, Mapping[str, str], date, date]
 
 
 class LineDelta:
@@ -77,29 +71,20 @@ def fold(
     refs: list[LineRef] = []
     memo: dict[tuple[object, ...], LineDelta] = {}
     with localcontext(EXACT):
-        for placement in placements:
-            names = group_by[placement.metric]
-            values = tuple(placement.dimensions[name] for name in names) if names else ()
-            slot = (placement.account, placement.metric, placement.period_start,
-                    placement.target_start, values)  # fmt: skip
+        for account, metric, quantity, dimensions, period_start, target_start in placements:
+            names = group_by[metric]
+            values = tuple([dimensions[name] for name in names]) if names else ()
+            slot = (account, metric, period_start, target_start, values)
             delta = memo.get(slot)
             if delta is None:
                 grouping = dict(zip(names, values, strict=True))
-                late_from = (
-                    placement.period_start
-                    if placement.target_start != placement.period_start
-                    else None
-                )
-                ref = LineRef(
-                    placement.account,
-                    placement.target_start,
-                    line_key(placement.metric, grouping, late_from),
-                )
+                late_from = period_start if target_start != period_start else None
+                ref = LineRef(account, target_start, line_key(metric, grouping, late_from))
                 delta = deltas.get(ref)
                 if delta is None:
-                    delta = deltas[ref] = LineDelta(ref, placement.metric, grouping, late_from)
+                    delta = deltas[ref] = LineDelta(ref, metric, grouping, late_from)
                 memo[slot] = delta
-            delta.quantity += placement.quantity
+            delta.quantity += quantity
             delta.event_count += 1
             refs.append(delta.ref)
     return deltas, refs

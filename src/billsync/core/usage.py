@@ -23,6 +23,8 @@ MAX_DIMENSIONS = 16
 MAX_DIMENSION_VALUE_LENGTH = 200
 # |quantity| of one event; keeps line sums far inside every store's exact range.
 MAX_QUANTITY = Decimal(10) ** 15
+MAX_DIGITS = 40
+MAX_TEXT = 100
 FUTURE_TOLERANCE = timedelta(minutes=5)
 EVENT_FIELDS = frozenset({"id", "account", "metric", "quantity", "timestamp", "dimensions"})
 _DECIMAL_TEXT = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -94,25 +96,36 @@ class UsageRules:
 
 
 def parse_quantity(raw: object) -> Decimal | None:
-    """A JSON number (decoded exactly as Decimal or int) or a decimal string; None if invalid."""
+    """A JSON number (decoded exactly as Decimal or int) or a decimal string; None if invalid.
+
+    At most MAX_DIGITS significant digits: enough for any real quantity, and it keeps every
+    sum billsync makes exact."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return Decimal(raw)
-    if isinstance(raw, Decimal):
-        return raw if raw.is_finite() else None
-    if isinstance(raw, str) and _DECIMAL_TEXT.match(raw):
+        number = Decimal(raw)
+    elif isinstance(raw, Decimal):
+        number = raw
+    elif isinstance(raw, str) and len(raw) <= MAX_TEXT and _DECIMAL_TEXT.fullmatch(raw):
         try:
-            return Decimal(raw)
+            number = Decimal(raw)
         except InvalidOperation:  # pragma: no cover - the pattern admits only valid text
             return None
-    return None
+    else:
+        return None
+    if not number.is_finite() or len(number.as_tuple().digits) > MAX_DIGITS:
+        return None
+    return number
 
 
 def decimal_places(number: Decimal) -> int:
-    exponent = number.normalize().as_tuple().exponent
+    """Decimal places of the value ("1.50" has one), computed without any rounding context."""
+    _, digits, exponent = number.as_tuple()
     assert isinstance(exponent, int)
-    return max(0, -exponent)
+    if exponent >= 0:
+        return 0
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -exponent - trailing_zeros)
 
 
 def parse_timestamp(raw: object) -> datetime | None:
@@ -125,9 +138,17 @@ def parse_timestamp(raw: object) -> datetime | None:
         moment = msgspec.convert(raw, datetime)
     except msgspec.ValidationError:
         return None
+    return _as_utc(moment)
+
+
+def _as_utc(moment: datetime) -> datetime | None:
+    """The moment in UTC; None if it has no offset or leaves the calendar once in UTC."""
     if moment.tzinfo is None:
         return None
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str, str] | Rejection:
@@ -142,7 +163,7 @@ def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str
             f"at most {MAX_DIMENSIONS} dimensions per event, got {len(raw)}",
         )
     for name, value in raw.items():
-        if not DIMENSION_NAME.match(name):
+        if not DIMENSION_NAME.fullmatch(name):
             return Rejection(
                 event_id,
                 RejectionCode.INVALID_DIMENSIONS,
@@ -223,9 +244,13 @@ class WireBatch(msgspec.Struct, forbid_unknown_fields=True):
 
 def _raw_quantity(raw: msgspec.Raw) -> Decimal | None:
     text = bytes(raw)
-    if text[:1] == b'"':
+    first = text[:1]
+    if first == b'"':
         return parse_quantity(_generic_decoder.decode(text))
-    return parse_quantity(text.decode())
+    if first.isdigit() or first == b"-":
+        # A JSON number (msgspec validated the token): its text is exact Decimal syntax.
+        return parse_quantity(Decimal(text.decode()))
+    return None
 
 
 def validate_wire_event(event: WireEvent, rules: UsageRules) -> ValidEvent | Rejection:
@@ -243,7 +268,7 @@ def validate_wire_event(event: WireEvent, rules: UsageRules) -> ValidEvent | Rej
         event.metric,
         _raw_quantity(event.quantity),
         bytes(event.quantity).decode(errors="replace"),
-        timestamp.astimezone(UTC) if timestamp.tzinfo is not None else None,
+        _as_utc(timestamp),
         event.dimensions,
         rules,
     )
@@ -274,9 +299,12 @@ def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot 
         return Rejection(
             event_id,
             RejectionCode.INVALID_QUANTITY,
-            'quantity must be a finite decimal number or decimal string, e.g. 12 or "0.25"',
+            "quantity must be a finite decimal number or decimal string of at most "
+            f'{MAX_DIGITS} digits, e.g. 12 or "0.25"',
         )
-    if decimal_places(quantity) > metric.decimals:
+    exponent = quantity.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > metric.decimals and decimal_places(quantity) > metric.decimals:
         return Rejection(
             event_id,
             RejectionCode.TOO_MANY_DECIMALS,
@@ -289,7 +317,7 @@ def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot 
             RejectionCode.NEGATIVE_QUANTITY,
             f"metric '{metric.id}' does not take negative quantities (corrections)",
         )
-    if abs(quantity) > MAX_QUANTITY:
+    if quantity.copy_abs() > MAX_QUANTITY:
         return Rejection(
             event_id, RejectionCode.QUANTITY_TOO_LARGE, "quantity must be at most 10^15 per event"
         )

@@ -34,7 +34,7 @@ class AccountService:
         self.clock = clock
 
     def create(self, connection: Connection, new: NewAccount) -> AccountRecord:
-        if not ACCOUNT_ID.match(new.id):
+        if not ACCOUNT_ID.fullmatch(new.id):
             raise InvalidRequest(
                 "id must start with a letter or digit and use only letters, digits, "
                 "'_', '.', ':' or '-' (at most 255 characters)",
@@ -50,7 +50,7 @@ class AccountService:
                 f"{', '.join(self.catalog.currencies)}",
                 code="currency_not_supported",
             )
-        if new.email is not None and not EMAIL.match(new.email):
+        if new.email is not None and not EMAIL.fullmatch(new.email):
             raise InvalidRequest(f"'{new.email}' is not an email address", code="invalid_email")
         if new.billing_anchor_day is not None and not (
             MIN_ANCHOR_DAY <= new.billing_anchor_day <= MAX_ANCHOR_DAY

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog, Price
-from billsync.core.folding import LineDelta, LineRef, Placement, fold, line_key
+from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT, to_minor_units
 from billsync.core.periods import Period, late_usage_target, period_for_date
 from billsync.core.rating import exact_amount
@@ -226,8 +226,8 @@ class IngestService:
 
         targets = self._targets(connection, fresh, now)
         deltas, refs = fold(
-            (
-                Placement(
+            [
+                (
                     account.id,
                     event.metric,
                     event.quantity,
@@ -236,7 +236,7 @@ class IngestService:
                     targets[account.id, period.start],
                 )
                 for event, account, period in fresh
-            ),
+            ],
             self._group_by,
         )
         line_ids = self._apply_deltas(connection, deltas, accounts, now)

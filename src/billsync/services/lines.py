@@ -66,7 +66,13 @@ class LineService:
         anchor = account.billing_anchor_day or self.default_anchor_day
         day = self.clock.now().date() if which == "current" else which
         assert isinstance(day, date)
-        return period_for_date(day, anchor)
+        try:
+            return period_for_date(day, anchor)
+        except ValueError:
+            raise InvalidRequest(
+                f"no billing period around {day}: the date is at the edge of the calendar",
+                code="invalid_period",
+            ) from None
 
     def period_lines(
         self, connection: Connection, account: AccountRecord, which: str | date

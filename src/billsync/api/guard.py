@@ -1,0 +1,87 @@
+"""The gate in front of /v1: the API token and the body size limit, checked before any route
+reads or parses a byte of the body (so an anonymous client cannot make billsync parse JSON)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from billsync.errors import PayloadTooLarge
+
+PROTECTED_PREFIX = "/v1/"
+
+
+class ApiGuard:
+    def __init__(self, app: ASGIApp, *, tokens: Sequence[str], max_body_bytes: int) -> None:
+        self.app = app
+        self.tokens = [token.encode() for token in tokens]
+        self.max_body_bytes = max_body_bytes
+
+    def _authorized(self, scope: Scope) -> tuple[bool, str]:
+        header = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+                break
+        scheme, _, presented = header.partition(b" ")
+        presented = presented.strip()
+        if scheme.lower() != b"bearer" or not presented:
+            return False, "missing_token"
+        # Constant time against every configured token (two are live during a rotation).
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(presented, token)
+        return matched, "invalid_token"
+
+    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        authorized, code = self._authorized(scope)
+        if not authorized:
+            message = (
+                "send the API token as 'Authorization: Bearer <token>'"
+                if code == "missing_token"
+                else "the API token is not valid"
+            )
+            await self._refuse(send, 401, code, message)
+            return
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(
+                    send,
+                    413,
+                    "body_too_large",
+                    f"the body is {int(value)} bytes; the limit is {limit}: send smaller batches",
+                )
+                return
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(
+                        f"the body exceeds the limit of {limit} bytes: send smaller batches",
+                        code="body_too_large",
+                    )
+            return message
+
+        await self.app(scope, bounded_receive, send)
