@@ -11,6 +11,7 @@ from billsync.config import Settings
 from billsync.core.catalog import Catalog
 from billsync.db.database import Database
 from billsync.services.accounts import AccountService
+from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lines import LineService
 
@@ -24,8 +25,10 @@ class Billsync:
     accounts: AccountService
     ingest: IngestService
     lines: LineService
+    ingest_writer: GroupCommitter
 
     def close(self) -> None:
+        self.ingest_writer.close()
         self.database.dispose()
 
 
@@ -41,18 +44,20 @@ def build(
     database = database or Database(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
+    ingest = IngestService(
+        database,
+        catalog,
+        clock,
+        horizon=timedelta(days=settings.usage_horizon_days),
+        default_anchor_day=settings.billing_anchor_day,
+    )
     return Billsync(
         settings=settings,
         database=database,
         catalog=catalog,
         clock=clock,
         accounts=AccountService(catalog, clock),
-        ingest=IngestService(
-            database,
-            catalog,
-            clock,
-            horizon=timedelta(days=settings.usage_horizon_days),
-            default_anchor_day=settings.billing_anchor_day,
-        ),
+        ingest=ingest,
         lines=LineService(catalog, clock, settings.billing_anchor_day),
+        ingest_writer=GroupCommitter(ingest.record),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from billsync import __version__
@@ -12,11 +15,21 @@ from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
 
 
-def create_app(billsync: Billsync) -> FastAPI:
+def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
+    """The ASGI app. With ``owns_billsync`` it also shuts billsync down (group commit drained,
+    connections closed) when the server stops."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_billsync:
+            billsync.close()
+
     app = FastAPI(
         title="billsync",
         version=__version__,
         description="Usage ledger and Stripe invoice sync.",
+        lifespan=lifespan,
     )
     app.state.billsync = billsync
     install_error_handlers(app)
@@ -39,4 +52,4 @@ def create_app(billsync: Billsync) -> FastAPI:
 
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (each API worker process builds its own)."""
-    return create_app(build(Settings()))
+    return create_app(build(Settings()), owns_billsync=True)

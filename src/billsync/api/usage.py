@@ -78,7 +78,10 @@ async def post_usage(request: Request, billsync: BillsyncDep) -> JSONBody:
     body = await request.body()  # bounded by the ApiGuard
     try:
         report = await run_in_threadpool(
-            billsync.ingest.ingest_body, body, settings.max_batch_events
+            billsync.ingest.ingest_body,
+            body,
+            settings.max_batch_events,
+            billsync.ingest_writer.submit,
         )
     except msgspec.DecodeError as error:
         raise InvalidJSON(f"the body is not valid JSON: {error}") from None

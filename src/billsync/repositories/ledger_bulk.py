@@ -320,21 +320,32 @@ def insert_events(connection: Connection, rows: Sequence[EventRow], received_at:
                 )
     else:
         stamp = _sqlite_datetime(received_at)
-        cursor.executemany(
-            f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
-            [
+        # Producers report on a cadence: many events of a batch share a timestamp and a period.
+        texts: dict[object, str] = {}
+        values = []
+        for row in rows:
+            event = row.event
+            occurred = texts.get(event.timestamp)
+            if occurred is None:
+                occurred = texts[event.timestamp] = _sqlite_datetime(event.timestamp)
+            period = texts.get(row.period_start)
+            if period is None:
+                period = texts[row.period_start] = row.period_start.isoformat()
+            values.append(
                 (
-                    row.event.id,
-                    row.event.account,
-                    row.event.metric,
-                    str(row.event.quantity),
-                    _sqlite_datetime(row.event.timestamp),
-                    _json(row.event.dimensions),
-                    row.period_start.isoformat(),
+                    event.id,
+                    event.account,
+                    event.metric,
+                    str(event.quantity),
+                    occurred,
+                    _json(event.dimensions) if event.dimensions else "{}",
+                    period,
                     row.line_id,
                     stamp,
                 )
-                for row in rows
-            ],
+            )
+        cursor.executemany(
+            f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
+            values,
         )
     cursor.close()

@@ -8,7 +8,7 @@ counted again; the same id with a different payload is refused as ``duplicate_co
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -116,10 +116,18 @@ class IngestService:
         rules = self.rules()
         return self.record([validate_event(raw, rules) for raw in raw_events], rules.now)
 
-    def ingest_body(self, body: bytes, max_events: int) -> IngestReport:
-        """Ingest a raw ``{"events": [...]}`` JSON body (see ``core.usage.validate_body``)."""
+    def ingest_body(
+        self,
+        body: bytes,
+        max_events: int,
+        commit: Callable[[Sequence[ValidEvent | Rejection], datetime], IngestReport] | None = None,
+    ) -> IngestReport:
+        """Ingest a raw ``{"events": [...]}`` JSON body (see ``core.usage.validate_body``).
+
+        ``commit`` stores the validated batch: :meth:`record` by default, or a group
+        committer's ``submit`` when many requests arrive at once."""
         rules = self.rules()
-        return self.record(validate_body(body, rules, max_events), rules.now)
+        return (commit or self.record)(validate_body(body, rules, max_events), rules.now)
 
     def record(self, outcomes: Sequence[ValidEvent | Rejection], now: datetime) -> IngestReport:
         """Store the valid events of a validated batch in one transaction; report every event."""
