@@ -22,6 +22,8 @@ from billsync.core.catalog import CatalogError
 from billsync.core.money import decimal_text, format_minor
 from billsync.db import migrate
 from billsync.db.database import Database
+from billsync.emulator.app import create_app as create_emulator
+from billsync.emulator.state import API_VERSION, EmulatorConfig
 from billsync.errors import BillsyncError
 from billsync.repositories import accounts as account_repository
 from billsync.services.accounts import NewAccount
@@ -248,6 +250,27 @@ def serve(
         access_log=access_log,
         log_level="info",
     )
+
+
+@app.command("emulator")
+def emulator(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 12111,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept only these keys (default: any well-formed sk_test_/sk_live_)."),
+    ] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Requests/s per mode (default 25 test, 100 live).")
+    ] = None,
+) -> None:
+    """Run the Stripe emulator: the test peer and the demo's backend — never production."""
+    config = EmulatorConfig(public_url=f"http://{host}:{port}")
+    if rate_limit is not None:
+        config.rate_limit_test = config.rate_limit_live = rate_limit
+    server = create_emulator(config, set(api_key) if api_key else None)
+    console.print(f"[bold]Stripe emulator[/] on http://{host}:{port}  (API version {API_VERSION})")
+    uvicorn.run(server, host=host, port=port, log_level="warning", loop="uvloop", http="httptools")
 
 
 @app.command("demo")

@@ -1,0 +1,128 @@
+"""Billing portal sessions, events and webhook endpoints."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from billsync.emulator.billing import Context, _merge_metadata
+from billsync.emulator.errors import StripeError, invalid, not_found
+from billsync.emulator.state import API_VERSION, State, created_filter, new_id, paginate, public
+
+
+def create_portal_session(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    if "customer" not in params:
+        raise StripeError(400, "Missing required param: customer.", code="parameter_missing", param="customer")
+    customer = state.customer(params["customer"], ctx.livemode)
+    session_id = new_id("bps")
+    session = {
+        "id": session_id,
+        "object": "billing_portal.session",
+        "configuration": params.get("configuration") or "bpc_emulator_default",
+        "created": state.clock.now(),
+        "customer": customer["id"],
+        "customer_account": None,
+        "flow": None,
+        "livemode": ctx.livemode,
+        "locale": params.get("locale"),
+        "on_behalf_of": params.get("on_behalf_of"),
+        "return_url": params.get("return_url"),
+        "url": f"{state.config.public_url.rstrip('/')}/_emulator/portal/{session_id}",
+        "_sequence": state.sequence(),
+    }
+    state.portal_sessions[session_id] = session
+    return public(session)
+
+
+def _event(event: dict[str, Any]) -> dict[str, Any]:
+    return public(event)
+
+
+def list_events(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    created = created_filter(params)
+    types = set(params.get("types", [])) | ({params["type"]} if "type" in params else set())
+
+    def wanted(event_type: str) -> bool:
+        if not types:
+            return True
+        return any(
+            event_type == t or (t.endswith("*") and event_type.startswith(t[:-1])) for t in types
+        )
+
+    found = [
+        event for event in state.events.values()
+        if event["livemode"] == ctx.livemode and created(event["created"]) and wanted(event["type"])
+    ]  # fmt: skip
+    return paginate(found, params, "/v1/events", _event)
+
+
+def retrieve_event(state: State, ctx: Context, event_id: str) -> dict[str, Any]:
+    event = state.events.get(event_id)
+    if event is None or event["livemode"] != ctx.livemode:
+        raise not_found("event", event_id)
+    return _event(event)
+
+
+def create_webhook_endpoint(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    url = params["url"]
+    if not url.startswith(("http://", "https://")):
+        raise invalid("Invalid URL: must start with http:// or https://", param="url")
+    endpoint = {
+        "id": new_id("we"),
+        "object": "webhook_endpoint",
+        "api_version": params.get("api_version") or API_VERSION,
+        "application": None,
+        "created": state.clock.now(),
+        "description": params.get("description") or None,
+        "enabled_events": list(params["enabled_events"]),
+        "livemode": ctx.livemode,
+        "metadata": _merge_metadata({}, params.get("metadata", {})),
+        "secret": "whsec_" + secrets.token_urlsafe(24),
+        "status": "enabled",
+        "url": url,
+        "_sequence": state.sequence(),
+    }
+    state.webhook_endpoints[endpoint["id"]] = endpoint
+    return public(endpoint)
+
+
+def _endpoint(state: State, ctx: Context, endpoint_id: str) -> dict[str, Any]:
+    endpoint = state.webhook_endpoints.get(endpoint_id)
+    if endpoint is None or endpoint["livemode"] != ctx.livemode:
+        raise not_found("webhook_endpoint", endpoint_id)
+    return endpoint
+
+
+def _without_secret(endpoint: dict[str, Any]) -> dict[str, Any]:
+    return {**public(endpoint), "secret": None}
+
+
+def retrieve_webhook_endpoint(state: State, ctx: Context, endpoint_id: str) -> dict[str, Any]:
+    return _without_secret(_endpoint(state, ctx, endpoint_id))
+
+
+def update_webhook_endpoint(
+    state: State, ctx: Context, endpoint_id: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    endpoint = _endpoint(state, ctx, endpoint_id)
+    for key in ("url", "description"):
+        if key in params:
+            endpoint[key] = params[key] or None
+    if "enabled_events" in params:
+        endpoint["enabled_events"] = list(params["enabled_events"])
+    if "disabled" in params:
+        endpoint["status"] = "disabled" if params["disabled"] else "enabled"
+    if "metadata" in params:
+        endpoint["metadata"] = _merge_metadata(endpoint["metadata"], params["metadata"])
+    return _without_secret(endpoint)
+
+
+def delete_webhook_endpoint(state: State, ctx: Context, endpoint_id: str) -> dict[str, Any]:
+    _endpoint(state, ctx, endpoint_id)
+    del state.webhook_endpoints[endpoint_id]
+    return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}
+
+
+def list_webhook_endpoints(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    found = [e for e in state.webhook_endpoints.values() if e["livemode"] == ctx.livemode]
+    return paginate(found, params, "/v1/webhook_endpoints", _without_secret)

@@ -1,0 +1,131 @@
+"""The emulated endpoints: method, path, the SDK params class that types them, the operation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from billsync.emulator import billing, invoices, platform
+from billsync.emulator.billing import Context
+from billsync.emulator.state import State
+
+Operation = Callable[[State, Context, dict[str, str], dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # with {id}
+    params: str  # module.Class under stripe.params
+    operation: Operation
+    locks_invoice: bool = False  # a write to one invoice: concurrent ones get lock_timeout
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path) + "$")
+
+
+def _no_params(call: Callable[[State, Context, str], dict[str, Any]]) -> Operation:
+    return lambda state, ctx, path, _params: call(state, ctx, path["id"])
+
+
+ROUTES: list[Route] = [
+    # customers
+    Route("POST", "/v1/customers", "_customer_create_params.CustomerCreateParams",
+          lambda s, c, p, q: billing.create_customer(s, c, q)),
+    Route("GET", "/v1/customers", "_customer_list_params.CustomerListParams",
+          lambda s, c, p, q: billing.list_customers(s, c, q)),
+    Route("GET", "/v1/customers/{id}", "_customer_retrieve_params.CustomerRetrieveParams",
+          _no_params(billing.retrieve_customer)),
+    Route("POST", "/v1/customers/{id}", "_customer_update_params.CustomerUpdateParams",
+          lambda s, c, p, q: billing.update_customer(s, c, p["id"], q)),
+    Route("DELETE", "/v1/customers/{id}", "_customer_delete_params.CustomerDeleteParams",
+          _no_params(billing.delete_customer)),
+    # invoice items
+    Route("POST", "/v1/invoiceitems", "_invoice_item_create_params.InvoiceItemCreateParams",
+          lambda s, c, p, q: billing.create_invoice_item(s, c, q), locks_invoice=True),
+    Route("GET", "/v1/invoiceitems", "_invoice_item_list_params.InvoiceItemListParams",
+          lambda s, c, p, q: billing.list_invoice_items(s, c, q)),
+    Route("GET", "/v1/invoiceitems/{id}", "_invoice_item_retrieve_params.InvoiceItemRetrieveParams",
+          _no_params(billing.retrieve_invoice_item)),
+    Route("POST", "/v1/invoiceitems/{id}", "_invoice_item_update_params.InvoiceItemUpdateParams",
+          lambda s, c, p, q: billing.update_invoice_item(s, c, p["id"], q), locks_invoice=True),
+    Route("DELETE", "/v1/invoiceitems/{id}", "_invoice_item_delete_params.InvoiceItemDeleteParams",
+          _no_params(billing.delete_invoice_item), locks_invoice=True),
+    # invoices
+    Route("POST", "/v1/invoices", "_invoice_create_params.InvoiceCreateParams",
+          lambda s, c, p, q: invoices.create_invoice(s, c, q)),
+    Route("GET", "/v1/invoices", "_invoice_list_params.InvoiceListParams",
+          lambda s, c, p, q: invoices.list_invoices(s, c, q)),
+    Route("POST", "/v1/invoices/create_preview",
+          "_invoice_create_preview_params.InvoiceCreatePreviewParams",
+          lambda s, c, p, q: invoices.create_preview(s, c, q)),
+    Route("GET", "/v1/invoices/{id}", "_invoice_retrieve_params.InvoiceRetrieveParams",
+          _no_params(invoices.retrieve_invoice)),
+    Route("POST", "/v1/invoices/{id}", "_invoice_update_params.InvoiceUpdateParams",
+          lambda s, c, p, q: invoices.update_invoice(s, c, p["id"], q), locks_invoice=True),
+    Route("DELETE", "/v1/invoices/{id}", "_invoice_delete_params.InvoiceDeleteParams",
+          _no_params(invoices.delete_invoice), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/finalize",
+          "_invoice_finalize_invoice_params.InvoiceFinalizeInvoiceParams",
+          lambda s, c, p, q: invoices.finalize_invoice(s, c, p["id"], q), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/pay", "_invoice_pay_params.InvoicePayParams",
+          lambda s, c, p, q: invoices.pay_invoice(s, c, p["id"], q), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/void", "_invoice_void_invoice_params.InvoiceVoidInvoiceParams",
+          _no_params(invoices.void_invoice), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/mark_uncollectible",
+          "_invoice_mark_uncollectible_params.InvoiceMarkUncollectibleParams",
+          _no_params(invoices.mark_uncollectible), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/add_lines", "_invoice_add_lines_params.InvoiceAddLinesParams",
+          lambda s, c, p, q: invoices.add_lines(s, c, p["id"], q), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/update_lines",
+          "_invoice_update_lines_params.InvoiceUpdateLinesParams",
+          lambda s, c, p, q: invoices.update_lines(s, c, p["id"], q), locks_invoice=True),
+    Route("POST", "/v1/invoices/{id}/remove_lines",
+          "_invoice_remove_lines_params.InvoiceRemoveLinesParams",
+          lambda s, c, p, q: invoices.remove_lines(s, c, p["id"], q), locks_invoice=True),
+    Route("GET", "/v1/invoices/{id}/lines", "_invoice_list_lines_params.InvoiceListLinesParams",
+          lambda s, c, p, q: invoices.list_lines(s, c, p["id"], q)),
+    # billing portal, events, webhook endpoints
+    Route("POST", "/v1/billing_portal/sessions",
+          "billing_portal._session_create_params.SessionCreateParams",
+          lambda s, c, p, q: platform.create_portal_session(s, c, q)),
+    Route("GET", "/v1/events", "_event_list_params.EventListParams",
+          lambda s, c, p, q: platform.list_events(s, c, q)),
+    Route("GET", "/v1/events/{id}", "_event_retrieve_params.EventRetrieveParams",
+          _no_params(platform.retrieve_event)),
+    Route("POST", "/v1/webhook_endpoints",
+          "_webhook_endpoint_create_params.WebhookEndpointCreateParams",
+          lambda s, c, p, q: platform.create_webhook_endpoint(s, c, q)),
+    Route("GET", "/v1/webhook_endpoints", "_webhook_endpoint_list_params.WebhookEndpointListParams",
+          lambda s, c, p, q: platform.list_webhook_endpoints(s, c, q)),
+    Route("GET", "/v1/webhook_endpoints/{id}",
+          "_webhook_endpoint_retrieve_params.WebhookEndpointRetrieveParams",
+          _no_params(platform.retrieve_webhook_endpoint)),
+    Route("POST", "/v1/webhook_endpoints/{id}",
+          "_webhook_endpoint_update_params.WebhookEndpointUpdateParams",
+          lambda s, c, p, q: platform.update_webhook_endpoint(s, c, p["id"], q)),
+    Route("DELETE", "/v1/webhook_endpoints/{id}",
+          "_webhook_endpoint_delete_params.WebhookEndpointDeleteParams",
+          _no_params(platform.delete_webhook_endpoint)),
+]  # fmt: skip
+
+
+def match(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    for route in ROUTES:
+        if route.method != method:
+            continue
+        found = route.pattern.match(path)
+        if found is not None:
+            return route, found.groupdict()
+    return None
+
+
+def path_exists(path: str) -> bool:
+    return any(route.pattern.match(path) for route in ROUTES)
