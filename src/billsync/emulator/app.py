@@ -18,10 +18,10 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 from starlette.types import Receive, Scope, Send
 
-from billsync.emulator import control, invoices
+from billsync.emulator import control, invoices, render
 from billsync.emulator.billing import Context
 from billsync.emulator.errors import StripeError
-from billsync.emulator.faults import Faults, FaultRule
+from billsync.emulator.faults import FaultRule, Faults
 from billsync.emulator.forms import decode
 from billsync.emulator.params import convert_params, params_class
 from billsync.emulator.routes import match, path_exists
@@ -54,7 +54,9 @@ class RateLimiter:
 class Emulator:
     """State, faults, rate limiter and webhook dispatcher behind one ASGI app."""
 
-    def __init__(self, config: EmulatorConfig | None = None, api_keys: set[str] | None = None) -> None:
+    def __init__(
+        self, config: EmulatorConfig | None = None, api_keys: set[str] | None = None
+    ) -> None:
         self.state = State(config)
         self.faults = Faults()
         self.limiter = RateLimiter()
@@ -62,8 +64,10 @@ class Emulator:
         self.locked_invoices: set[str] = set()
         self.webhooks = WebhookDispatcher(self.state)
         self.app = Starlette(
-            routes=[HttpRoute("/v1/{path:path}", self.api, methods=["GET", "POST", "DELETE"]),
-                    *control.routes(self)],  # fmt: skip
+            routes=[
+                HttpRoute("/v1/{path:path}", self.api, methods=["GET", "POST", "DELETE"]),
+                *control.routes(self),
+            ],
             lifespan=self._lifespan,
         )
 
@@ -96,7 +100,8 @@ class Emulator:
             raise StripeError(
                 401,
                 "You did not provide an API key. You need to provide your API key in the "
-                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+                "Authorization header, using Bearer auth "
+                "(e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
             )
         if not _KEY.match(key) or (self.api_keys is not None and key not in self.api_keys):
             raise StripeError(401, f"Invalid API Key provided: {key[:8]}****{key[-4:]}")
@@ -114,11 +119,19 @@ class Emulator:
             if error.status == 429:
                 self.state.stats.rate_limited += 1
             self.state.stats.by_status[error.status] += 1
-            return Response(orjson.dumps(error.body(request_id)), error.status,
-                            {**headers, **error.headers}, media_type="application/json")  # fmt: skip
+            return Response(
+                orjson.dumps(error.body(request_id)),
+                error.status,
+                {**headers, **error.headers},
+                media_type="application/json",
+            )
 
     async def _api(
-        self, request: Request, request_id: str, idempotency_key: str | None, headers: dict[str, str]
+        self,
+        request: Request,
+        request_id: str,
+        idempotency_key: str | None,
+        headers: dict[str, str],
     ) -> Response:
         state = self.state
         path = "/" + unquote(request.url.path).lstrip("/")
@@ -150,9 +163,17 @@ class Emulator:
         if replay is not None:
             state.stats.idempotent_replays += 1
             state.stats.by_status[replay.status] += 1
-            return Response(orjson.dumps(replay.body), replay.status,
-                            {**headers, "Idempotent-Replayed": "true"}, media_type="application/json")  # fmt: skip
-        slot = self._slot(idempotency_key, livemode) if request.method == "POST" and idempotency_key else None
+            return Response(
+                orjson.dumps(replay.body),
+                replay.status,
+                {**headers, "Idempotent-Replayed": "true"},
+                media_type="application/json",
+            )
+        slot = (
+            self._slot(idempotency_key, livemode)
+            if request.method == "POST" and idempotency_key
+            else None
+        )
         try:
             params = convert_params(decode(raw), params_class(route.params))
         except StripeError:
@@ -205,8 +226,11 @@ class Emulator:
         if request.method != "POST" or not key:
             return None
         if len(key) > 255:
-            raise StripeError(400, "Idempotency keys can be at most 255 characters long.",
-                              code="idempotency_key_too_long")  # fmt: skip
+            raise StripeError(
+                400,
+                "Idempotency keys can be at most 255 characters long.",
+                code="idempotency_key_too_long",
+            )
         state = self.state
         now = state.clock.now()
         slot = self._slot(key, livemode)
@@ -255,13 +279,17 @@ class Emulator:
             raise StripeError(429, "Request rate limit exceeded (injected).", code="rate_limit")
         if "lock_timeout" in kinds:
             raise StripeError(
-                429, "This object cannot be accessed right now (injected lock timeout).",
-                code="lock_timeout", headers={"Stripe-Should-Retry": "true"},
-            )  # fmt: skip
+                429,
+                "This object cannot be accessed right now (injected lock timeout).",
+                code="lock_timeout",
+                headers={"Stripe-Should-Retry": "true"},
+            )
         if "500" in kinds:
             raise StripeError(500, "An unknown error occurred (injected).", type="api_error")
         if "503" in kinds:
-            raise StripeError(503, "Stripe is temporarily unavailable (injected).", type="api_error")
+            raise StripeError(
+                503, "Stripe is temporarily unavailable (injected).", type="api_error"
+            )
 
     async def _slow_faults(self, kinds: dict[str, FaultRule]) -> None:
         if "latency" in kinds:
@@ -272,7 +300,6 @@ class Emulator:
     def _expand(self, body: dict[str, Any], expand: list[str], livemode: bool) -> dict[str, Any]:
         """``expand[]`` for the references billsync follows: customer, invoice, and
         ``data.customer`` / ``data.invoice`` on lists."""
-        from billsync.emulator import render
 
         def expand_one(obj: dict[str, Any], field: str) -> None:
             value = obj.get(field)
@@ -300,14 +327,15 @@ class _DroppedResponse(Response):
         super().__init__(b"", 200)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+            }
+        )
         raise ConnectionAbortedError("emulator: response dropped after commit (injected)")
-
-
 
 
 def create_app(config: EmulatorConfig | None = None, api_keys: set[str] | None = None) -> Emulator:
     return Emulator(config, api_keys)
-
-

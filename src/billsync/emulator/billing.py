@@ -4,14 +4,13 @@ emits the events Stripe emits."""
 
 from __future__ import annotations
 
-import copy
 import secrets
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from billsync.emulator import render
 from billsync.emulator.errors import StripeError, invalid, not_found
-from billsync.emulator.state import API_VERSION, State, created_filter, new_id, paginate
+from billsync.emulator.state import State, created_filter, new_id, paginate
 
 MAX_INVOICE_ITEMS = 250
 SUCCEEDING_METHODS = {"pm_card_visa", "pm_card_mastercard", "pm_card_amex", "pm_card_us"}
@@ -118,8 +117,17 @@ def update_customer(
 ) -> dict[str, Any]:
     customer = state.customer(customer_id, ctx.livemode, "id")
     before = render.customer(customer)
-    for key in ("name", "email", "description", "phone", "balance", "tax_exempt",
-                "preferred_locales", "invoice_prefix", "next_invoice_sequence"):  # fmt: skip
+    for key in (
+        "name",
+        "email",
+        "description",
+        "phone",
+        "balance",
+        "tax_exempt",
+        "preferred_locales",
+        "invoice_prefix",
+        "next_invoice_sequence",
+    ):
         if key in params:
             customer[key] = params[key] if params[key] != "" else None
     if "metadata" in params:
@@ -149,10 +157,13 @@ def delete_customer(state: State, ctx: Context, customer_id: str) -> dict[str, A
 def list_customers(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     created = created_filter(params)
     found = [
-        c for c in state.customers.values()
-        if c["livemode"] == ctx.livemode and not c.get("deleted") and created(c["created"])
+        c
+        for c in state.customers.values()
+        if c["livemode"] == ctx.livemode
+        and not c.get("deleted")
+        and created(c["created"])
         and ("email" not in params or c["email"] == params["email"])
-    ]  # fmt: skip
+    ]
     return paginate(found, params, "/v1/customers", render.customer)
 
 
@@ -198,7 +209,7 @@ def _item_amount(params: dict[str, Any], param_prefix: str = "") -> tuple[int, i
     return amount, int(quantity_decimal), format(quantity_decimal, "f"), pricing
 
 
-def _new_item(
+def _new_item(  # noqa: PLR0917 - internal helper shared by three endpoints
     state: State,
     ctx: Context,
     customer: dict[str, Any],
@@ -349,8 +360,13 @@ def _apply_item_update(
             else:
                 merged["unit_amount_decimal"] = Decimal(item["pricing"]["unit_amount_decimal"])
         amount, quantity, quantity_decimal, pricing = _item_amount(merged, param_prefix)
-        item.update(amount=amount, net_amount=amount, quantity=quantity,
-                    quantity_decimal=quantity_decimal, pricing=pricing)  # fmt: skip
+        item.update(
+            amount=amount,
+            net_amount=amount,
+            quantity=quantity,
+            quantity_decimal=quantity_decimal,
+            pricing=pricing,
+        )
     for key in ("description", "discountable"):
         if key in params:
             item[key] = params[key]
@@ -389,10 +405,13 @@ def delete_invoice_item(state: State, ctx: Context, item_id: str) -> dict[str, A
 def list_invoice_items(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     created = created_filter(params)
     found = [
-        item for item in state.invoice_items.values()
-        if item["livemode"] == ctx.livemode and not item.get("deleted") and created(item["created"])
+        item
+        for item in state.invoice_items.values()
+        if item["livemode"] == ctx.livemode
+        and not item.get("deleted")
+        and created(item["created"])
         and ("customer" not in params or item["customer"] == params["customer"])
         and ("invoice" not in params or item["invoice"] == params["invoice"])
         and ("pending" not in params or (item["invoice"] is None) == params["pending"])
-    ]  # fmt: skip
+    ]
     return paginate(found, params, "/v1/invoiceitems", render.invoice_item)

@@ -122,8 +122,11 @@ def routes(emulator: Emulator) -> list[Route]:
                 return _bad(str(error))
             emulator.webhooks.wake()
         return JSONResponse(
-            {"chaos": emulator.webhooks.chaos.describe(), "pending": emulator.webhooks.pending(),
-             "deliveries": emulator.webhooks.log[-100:]}  # fmt: skip
+            {
+                "chaos": emulator.webhooks.chaos.describe(),
+                "pending": emulator.webhooks.pending(),
+                "deliveries": emulator.webhooks.log[-100:],
+            }
         )
 
     async def portal(request: Request) -> Response:
@@ -132,8 +135,11 @@ def routes(emulator: Emulator) -> list[Route]:
             return _page("Not found", "<h1>This portal session does not exist</h1>")
         customer = state.customers[session["customer"]]
         rows = []
-        mine = [i for i in state.invoices.values()
-                if i["customer"] == customer["id"] and not i.get("deleted") and i["status"] != "draft"]  # fmt: skip
+        mine = [
+            i
+            for i in state.invoices.values()
+            if i["customer"] == customer["id"] and not i.get("deleted") and i["status"] != "draft"
+        ]
         for invoice in sorted(mine, key=lambda i: i["created"], reverse=True):
             amounts = render.totals(state, invoice)
             rows.append(
@@ -143,13 +149,15 @@ def routes(emulator: Emulator) -> list[Route]:
                 f"<td class='num'>{_money(amounts['total'], invoice['currency'])}</td></tr>"
             )
         back = session["return_url"]
+        who = html.escape(customer["name"] or customer["id"])
+        table = "".join(rows) or "<tr><td colspan=3>No invoices yet</td></tr>"
+        method = html.escape(str(customer["invoice_settings"]["default_payment_method"] or "none"))
+        link = f"<p><a id='return' href='{html.escape(back)}'>Return</a></p>" if back else ""
         return _page(
             "Billing portal",
-            f"<h1 id='portal-title'>Billing portal</h1><p>{html.escape(customer['name'] or customer['id'])}"
-            f"</p><h2>Invoices</h2><table id='invoices'><tr><th>Invoice</th><th>Status</th>"
-            f"<th class='num'>Total</th></tr>{''.join(rows) or '<tr><td colspan=3>No invoices yet</td></tr>'}"
-            f"</table><h2>Payment methods</h2><p>{html.escape(str(customer['invoice_settings']['default_payment_method'] or 'none'))}</p>"
-            + (f"<p><a id='return' href='{html.escape(back)}'>Return</a></p>" if back else ""),
+            f"<h1 id='portal-title'>Billing portal</h1><p>{who}</p><h2>Invoices</h2>"
+            "<table id='invoices'><tr><th>Invoice</th><th>Status</th><th class='num'>Total</th>"
+            f"</tr>{table}</table><h2>Payment methods</h2><p>{method}</p>{link}",
         )
 
     async def hosted_invoice(request: Request) -> Response:
@@ -162,12 +170,14 @@ def routes(emulator: Emulator) -> list[Route]:
             f"<td class='num'>{_money(line['amount'], line['currency'])}</td></tr>"
             for line in rendered["lines"]["data"]
         )
+        total = _money(rendered["total"], rendered["currency"])
+        due = _money(rendered["amount_remaining"], rendered["currency"])
         return _page(
             f"Invoice {rendered['number']}",
             f"<h1>Invoice {html.escape(rendered['number'] or rendered['id'])}</h1>"
             f"<p>Status: <b id='status'>{rendered['status']}</b></p><table>{lines}"
-            f"<tr><th>Total</th><th class='num' id='total'>{_money(rendered['total'], rendered['currency'])}</th></tr>"
-            f"</table><p>Amount due: {_money(rendered['amount_remaining'], rendered['currency'])}</p>",
+            f"<tr><th>Total</th><th class='num' id='total'>{total}</th></tr>"
+            f"</table><p>Amount due: {due}</p>",
         )
 
     async def invoice_pdf(request: Request) -> Response:
@@ -211,5 +221,7 @@ def _minimal_pdf(text: str) -> bytes:
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     for offset in offsets:
         out += f"{offset:010d} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
     return bytes(out)

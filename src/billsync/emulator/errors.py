@@ -1,4 +1,4 @@
-"""Errors rendered exactly as Stripe renders them: ``{"error": {"type", "code", "message", ...}}``."""
+"""Errors rendered as Stripe renders them: ``{"error": {"type", "code", "message", ...}}``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ class StripeError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - Stripe's own field name
+        type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,

@@ -40,8 +40,14 @@ class FaultRule:
         return endpoint == self.endpoint
 
     def describe(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "kind": self.kind, "count": self.count,
-                "rate": self.rate, "seconds": self.seconds, "fired": self.fired}  # fmt: skip
+        return {
+            "endpoint": self.endpoint,
+            "kind": self.kind,
+            "count": self.count,
+            "rate": self.rate,
+            "seconds": self.seconds,
+            "fired": self.fired,
+        }
 
 
 @dataclass

@@ -22,10 +22,10 @@ def decode(raw: str) -> dict[str, Any]:
             raise invalid(f"Invalid parameter name: {key}", param=key)
         path = [match.group(1), *_PART.findall(match.group(2))]
         node = result
-        for depth, part in enumerate(path):
+        for depth, name in enumerate(path):
             last = depth == len(path) - 1
-            if part == "":  # key[] appends
-                part = str(sum(1 for existing in node if existing.isdigit()))
+            # key[] appends
+            part = str(sum(1 for existing in node if existing.isdigit())) if name == "" else name
             if last:
                 if part in node and isinstance(node[part], dict):
                     raise invalid(f"Invalid parameter: {key} is both a value and an object")

@@ -59,7 +59,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
             "liability": None,
             "provider": None,
             "status": None,
-        },  # fmt: skip
+        },
         "automatically_finalizes_at": None,
         "billing_reason": "manual",
         "collection_method": method,
@@ -102,7 +102,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
             "default_mandate": None,
             "payment_method_options": None,
             "payment_method_types": None,
-        },  # fmt: skip
+        },
         "period_end": now,
         "period_start": now,
         "post_payment_credit_notes_amount": 0,
@@ -119,7 +119,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
             "marked_uncollectible_at": None,
             "paid_at": None,
             "voided_at": None,
-        },  # fmt: skip
+        },
         "test_clock": None,
         "threshold_reason": None,
         "total_discount_amounts": [],
@@ -135,10 +135,13 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
     state.invoice_lines[invoice["id"]] = []
     if params.get("pending_invoice_items_behavior", "exclude") == "include":
         pending = [
-            item for item in state.invoice_items.values()
-            if item["customer"] == customer["id"] and item["invoice"] is None
-            and not item.get("deleted") and item["currency"] == currency
-        ]  # fmt: skip
+            item
+            for item in state.invoice_items.values()
+            if item["customer"] == customer["id"]
+            and item["invoice"] is None
+            and not item.get("deleted")
+            and item["currency"] == currency
+        ]
         for item in sorted(pending, key=lambda i: i["_sequence"])[:MAX_INVOICE_ITEMS]:
             _attach(state, invoice, item)
     rendered = render.invoice(state, invoice)
@@ -164,8 +167,14 @@ def update_invoice(
                 param=refused[0],
             )
     before = render.invoice(state, invoice)
-    for key in ("description", "footer", "auto_advance", "collection_method",
-                "default_payment_method", "due_date"):  # fmt: skip
+    for key in (
+        "description",
+        "footer",
+        "auto_advance",
+        "collection_method",
+        "default_payment_method",
+        "due_date",
+    ):
         if key in params:
             invoice[key] = params[key] if params[key] != "" else None
     if "days_until_due" in params:
@@ -178,8 +187,13 @@ def update_invoice(
         )
     after = render.invoice(state, invoice)
     if _changes(before, after):
-        state.emit("invoice.updated", after, livemode=ctx.livemode, request=ctx.request,
-                   previous=_changes(before, after))  # fmt: skip
+        state.emit(
+            "invoice.updated",
+            after,
+            livemode=ctx.livemode,
+            request=ctx.request,
+            previous=_changes(before, after),
+        )
     return after
 
 
@@ -200,14 +214,18 @@ def delete_invoice(state: State, ctx: Context, invoice_id: str) -> dict[str, Any
 def list_invoices(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     created = created_filter(params)
     found = [
-        invoice for invoice in state.invoices.values()
-        if invoice["livemode"] == ctx.livemode and not invoice.get("deleted")
+        invoice
+        for invoice in state.invoices.values()
+        if invoice["livemode"] == ctx.livemode
+        and not invoice.get("deleted")
         and created(invoice["created"])
         and ("customer" not in params or invoice["customer"] == params["customer"])
         and ("status" not in params or invoice["status"] == params["status"])
-        and ("collection_method" not in params
-             or invoice["collection_method"] == params["collection_method"])
-    ]  # fmt: skip
+        and (
+            "collection_method" not in params
+            or invoice["collection_method"] == params["collection_method"]
+        )
+    ]
     return paginate(found, params, "/v1/invoices", lambda i: render.invoice(state, i))
 
 
@@ -219,8 +237,7 @@ def list_lines(
         {**render.line_item(state, line_id), "created": 0, "_sequence": -index}
         for index, line_id in enumerate(state.invoice_lines.get(invoice["id"], []))
     ]  # lines list in invoice order: the sort key keeps it
-    page = paginate(rendered, params, f"/v1/invoices/{invoice_id}/lines", _strip)
-    return page
+    return paginate(rendered, params, f"/v1/invoices/{invoice_id}/lines", _strip)
 
 
 def _strip(line: dict[str, Any]) -> dict[str, Any]:
@@ -270,9 +287,11 @@ def _line_of(state: State, invoice_id: str, line_id: str, index: int) -> dict[st
     found = state.line_items.get(line_id)
     if found is None or found[0] != invoice_id:
         raise StripeError(
-            404, f"No such line item: '{line_id}' on invoice {invoice_id}",
-            code="resource_missing", param=f"lines[{index}][id]",
-        )  # fmt: skip
+            404,
+            f"No such line item: '{line_id}' on invoice {invoice_id}",
+            code="resource_missing",
+            param=f"lines[{index}][id]",
+        )
     return state.invoice_items[found[1]]
 
 
@@ -381,9 +400,12 @@ def _charge(
         request=ctx.request,
     )
     return StripeError(
-        402, "Your card was declined.", type="card_error", code="card_declined",
+        402,
+        "Your card was declined.",
+        type="card_error",
+        code="card_declined",
         extra={"decline_code": decline},
-    )  # fmt: skip
+    )
 
 
 def finalize_invoice(
@@ -468,13 +490,20 @@ def create_preview(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
         )
     customer = state.customer(params["customer"], ctx.livemode)
     pending = [
-        item for item in state.invoice_items.values()
-        if item["customer"] == customer["id"] and item["invoice"] is None and not item.get("deleted")
-    ]  # fmt: skip
-    currency = (params.get("currency") or (pending[0]["currency"] if pending else None)
-                or customer["currency"] or "usd")  # fmt: skip
-    snapshot = {"invoices": dict(state.invoices), "lines": dict(state.invoice_lines),
-                "line_items": dict(state.line_items)}  # fmt: skip
+        item
+        for item in state.invoice_items.values()
+        if item["customer"] == customer["id"]
+        and item["invoice"] is None
+        and not item.get("deleted")
+    ]
+    currency = (
+        params.get("currency")
+        or (pending[0]["currency"] if pending else None)
+        or customer["currency"]
+        or "usd"
+    )
+    saved_invoices, saved_lines = dict(state.invoices), dict(state.invoice_lines)
+    saved_line_items = dict(state.line_items)
     outbox, events, order = list(state.outbox), dict(state.events), list(state.event_order)
     items = {k: dict(v) for k, v in state.invoice_items.items()}
     try:
@@ -487,8 +516,8 @@ def create_preview(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
             _new_item(state, ctx, customer, currency, extra, invoice, f"invoice_items[{index}][")
         preview = render.invoice(state, invoice)
     finally:
-        state.invoices, state.invoice_lines = snapshot["invoices"], snapshot["lines"]
-        state.line_items = snapshot["line_items"]
+        state.invoices, state.invoice_lines = saved_invoices, saved_lines
+        state.line_items = saved_line_items
         state.invoice_items = items
         state.outbox, state.events, state.event_order = outbox, events, order
     preview["id"] = f"upcoming_{preview['id']}"

@@ -9,6 +9,7 @@ contract. A parameter they do not name is ``parameter_unknown``; a value of the 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import types
 import typing
@@ -24,10 +25,16 @@ from billsync.emulator.forms import display
 # Keys of the SDK's RequestOptions: client-side options, never sent as parameters.
 _REQUEST_OPTIONS = frozenset(
     {
-        "api_key", "stripe_version", "stripe_account", "stripe_context",
-        "max_network_retries", "idempotency_key", "content_type", "headers",
+        "api_key",
+        "stripe_version",
+        "stripe_account",
+        "stripe_context",
+        "max_network_retries",
+        "idempotency_key",
+        "content_type",
+        "headers",
     }
-)  # fmt: skip
+)
 
 
 class _Any:
@@ -46,7 +53,7 @@ class _UntypedObject:
     """``UntypedStripeObject[str]``: a free-form mapping of strings (metadata)."""
 
     def __class_getitem__(cls, item: Any) -> Any:
-        return dict[str, item]  # type: ignore[valid-type]
+        return dict[str, item]
 
 
 @cache
@@ -55,7 +62,7 @@ def fields_of(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
     fields: dict[str, Any] = {}
     required: set[str] = set()
     for klass in reversed(cls.__mro__):
-        annotations = klass.__dict__.get("__annotations__", {})
+        annotations = inspect.get_annotations(klass)
         if not annotations:
             continue
         namespace = _namespace(klass)
@@ -210,9 +217,9 @@ def convert_params(
             ) from None
     missing = sorted(required - set(values))
     if missing:
-        where = display([*path, missing[0]])
+        name = display([*path, missing[0]])
         raise StripeError(
-            400, f"Missing required param: {where}.", code="parameter_missing", param=where
+            400, f"Missing required param: {name}.", code="parameter_missing", param=name
         )
     return result
 

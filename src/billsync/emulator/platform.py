@@ -12,7 +12,9 @@ from billsync.emulator.state import API_VERSION, State, created_filter, new_id, 
 
 def create_portal_session(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if "customer" not in params:
-        raise StripeError(400, "Missing required param: customer.", code="parameter_missing", param="customer")
+        raise StripeError(
+            400, "Missing required param: customer.", code="parameter_missing", param="customer"
+        )
     customer = state.customer(params["customer"], ctx.livemode)
     session_id = new_id("bps")
     session = {
@@ -50,9 +52,10 @@ def list_events(state: State, ctx: Context, params: dict[str, Any]) -> dict[str,
         )
 
     found = [
-        event for event in state.events.values()
+        event
+        for event in state.events.values()
         if event["livemode"] == ctx.livemode and created(event["created"]) and wanted(event["type"])
-    ]  # fmt: skip
+    ]
     return paginate(found, params, "/v1/events", _event)
 
 

@@ -172,8 +172,9 @@ class State:
             and endpoint["status"] == "enabled"
             and ("*" in endpoint["enabled_events"] or event_type in endpoint["enabled_events"])
         ]
-        event = {
-            "id": new_id("evt"),
+        event_id = new_id("evt")
+        event: dict[str, Any] = {
+            "id": event_id,
             "object": "event",
             "account": None,
             "api_version": API_VERSION,
@@ -186,10 +187,10 @@ class State:
             "type": event_type,
             "_sequence": self.sequence(),
         }
-        self.events[event["id"]] = event
-        self.event_order.append(event["id"])
+        self.events[event_id] = event
+        self.event_order.append(event_id)
         for endpoint in endpoints:
-            self.outbox.append((endpoint["id"], event["id"]))
+            self.outbox.append((endpoint["id"], event_id))
         return event
 
     # --- look-ups ----------------------------------------------------------------------
@@ -200,9 +201,11 @@ class State:
             raise not_found("customer", customer_id, param)
         if customer.get("deleted"):
             raise StripeError(
-                400, f"No such customer: '{customer_id}' (it was deleted)", code="resource_missing",
+                400,
+                f"No such customer: '{customer_id}' (it was deleted)",
+                code="resource_missing",
                 param=param,
-            )  # fmt: skip
+            )
         return customer
 
     def invoice(self, invoice_id: str, livemode: bool, param: str = "invoice") -> dict[str, Any]:
@@ -228,9 +231,11 @@ def paginate(
     limit = params.get("limit", 10)
     if not 1 <= limit <= 100:
         raise StripeError(
-            400, "Invalid limit: must be between 1 and 100", code="parameter_invalid_integer",
+            400,
+            "Invalid limit: must be between 1 and 100",
+            code="parameter_invalid_integer",
             param="limit",
-        )  # fmt: skip
+        )
     ordered = sorted(objects, key=lambda o: (o["created"], o["_sequence"]), reverse=True)
     ids = [o["id"] for o in ordered]
     if "starting_after" in params:

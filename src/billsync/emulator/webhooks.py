@@ -15,9 +15,10 @@ them then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import hmac
 import heapq
+import hmac
 import itertools
 import random
 import time
@@ -47,9 +48,14 @@ class Chaos:
     random: random.Random = field(default_factory=lambda: random.Random(0))
 
     def describe(self) -> dict[str, Any]:
-        return {"duplicate_rate": self.duplicate_rate, "reorder_window": self.reorder_window,
-                "delay_seconds": self.delay_seconds, "fail_first": self.fail_first,
-                "drop_rate": self.drop_rate, "seed": self.seed}  # fmt: skip
+        return {
+            "duplicate_rate": self.duplicate_rate,
+            "reorder_window": self.reorder_window,
+            "delay_seconds": self.delay_seconds,
+            "fail_first": self.fail_first,
+            "drop_rate": self.drop_rate,
+            "seed": self.seed,
+        }
 
 
 @dataclass(order=True)
@@ -140,10 +146,8 @@ class WebhookDispatcher:
                 await self._deliver(attempt)
             timeout = 0.05 if not self._queue else max(0.0, min(0.05, self._queue[0].due - now))
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout or 0.001)
-            except TimeoutError:
-                pass
 
     async def _deliver(self, attempt: _Attempt) -> None:
         state = self.state
@@ -164,16 +168,27 @@ class WebhookDispatcher:
                 response = await self._client.post(
                     endpoint["url"],
                     content=payload,
-                    headers={"Content-Type": "application/json; charset=utf-8",
-                             "Stripe-Signature": signature, "User-Agent": "Stripe/1.0 (emulator)"},  # fmt: skip
+                    headers={
+                        "Content-Type": "application/json; charset=utf-8",
+                        "Stripe-Signature": signature,
+                        "User-Agent": "Stripe/1.0 (emulator)",
+                    },
                     timeout=state.config.webhook_timeout_seconds,
                 )
                 status = response.status_code
             except httpx.HTTPError as failure:
                 error = type(failure).__name__
         delivered = status is not None and 200 <= status < 300
-        self.log.append({"event": event["id"], "type": event["type"], "endpoint": endpoint["id"],
-                         "attempt": attempt.attempt, "status": status, "error": error})  # fmt: skip
+        self.log.append(
+            {
+                "event": event["id"],
+                "type": event["type"],
+                "endpoint": endpoint["id"],
+                "attempt": attempt.attempt,
+                "status": status,
+                "error": error,
+            }
+        )
         del self.log[:-500]
         if delivered:
             state.stats.webhook_deliveries += 1
