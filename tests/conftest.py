@@ -28,6 +28,8 @@ from billsync.core.catalog import Catalog
 from billsync.db import migrate
 from billsync.db.database import Database
 
+pytest_plugins = ["tests.stripe_peer", "tests.webhook_receiver"]
+
 PG_URL_VARIABLE = "BILLSYNC_TEST_DATABASE_URL"
 TEST_TOKEN = "test-token-0123456789"
 # Mid-month, so "current period" tests have room on both sides.

@@ -1,0 +1,108 @@
+"""The Stripe peer of the test suite: the emulator served over real HTTP (default), or real
+Stripe test mode when BILLSYNC_TEST_STRIPE_KEY is set."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+import uvicorn
+
+from billsync.emulator.app import Emulator, create_app
+from billsync.emulator.state import API_VERSION, EmulatorConfig
+
+REAL_KEY_VARIABLE = "BILLSYNC_TEST_STRIPE_KEY"
+EMULATOR_KEY = "sk_test_billsyncEmulatorKey01"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningEmulator:
+    url: str
+    emulator: Emulator
+
+    def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = httpx.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def client(self, **options: Any) -> stripe.StripeClient:
+        return stripe.StripeClient(
+            EMULATOR_KEY,
+            base_addresses={"api": self.url},
+            stripe_version=API_VERSION,
+            **options,
+        )
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test process keeps its own
+        pass
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[RunningEmulator]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    emulator = create_app(EmulatorConfig(public_url=url))
+    server = _Server(uvicorn.Config(emulator, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the emulator did not start")
+        time.sleep(0.01)
+    yield RunningEmulator(url, emulator)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def running_emulator(emulator_server: RunningEmulator) -> RunningEmulator:
+    """The emulator, reset, with rate limits lifted unless a test sets them."""
+    emulator_server.control("POST", "reset")
+    emulator_server.control("POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0})
+    return emulator_server
+
+
+@dataclass
+class StripePeer:
+    """What a scenario runs against: a client, and the emulator when it is the emulator."""
+
+    client: stripe.StripeClient
+    emulator: RunningEmulator | None
+
+    @property
+    def is_real(self) -> bool:
+        return self.emulator is None
+
+    def need_emulator(self) -> RunningEmulator:
+        if self.emulator is None:
+            pytest.skip("needs the emulator's control plane (fault injection, clock)")
+        return self.emulator
+
+
+@pytest.fixture
+def stripe_peer(request: pytest.FixtureRequest) -> StripePeer:
+    key = os.environ.get(REAL_KEY_VARIABLE)
+    if key:
+        if not key.startswith("sk_test_"):
+            pytest.fail(f"{REAL_KEY_VARIABLE} must be a test-mode key (sk_test_...)")
+        return StripePeer(stripe.StripeClient(key, stripe_version=API_VERSION), None)
+    running: RunningEmulator = request.getfixturevalue("running_emulator")
+    return StripePeer(running.client(), running)

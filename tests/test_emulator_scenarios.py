@@ -1,0 +1,500 @@
+"""Scenarios with the real stripe SDK over HTTP: against the emulator by default, and against
+real Stripe test mode when BILLSYNC_TEST_STRIPE_KEY is set (emulator-only parts skip there)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, cast
+
+import httpx
+import pytest
+import stripe
+from stripe.params import InvoiceAddLinesParamsLine
+
+from tests.stripe_peer import EMULATOR_KEY, StripePeer
+from tests.webhook_receiver import Receiver
+
+
+def make_customer(peer: StripePeer, method: str = "pm_card_visa") -> stripe.Customer:
+    return peer.client.v1.customers.create(
+        params={
+            "name": "Acme Cloud",
+            "email": "billing@acme.test",
+            "payment_method": method,
+            "invoice_settings": {"default_payment_method": method},
+        }
+        if peer.is_real
+        else {
+            "name": "Acme Cloud",
+            "email": "billing@acme.test",
+            "invoice_settings": {"default_payment_method": method},
+        }
+    )
+
+
+def draft(peer: StripePeer, customer: stripe.Customer) -> stripe.Invoice:
+    return peer.client.v1.invoices.create(
+        params={
+            "customer": customer.id,
+            "auto_advance": False,
+            "collection_method": "charge_automatically",
+            "pending_invoice_items_behavior": "exclude",
+            "currency": "usd",
+            "metadata": {"billsync_period": "2026-11-01"},
+        }
+    )
+
+
+def lines(count: int, amount: int = 100) -> list[InvoiceAddLinesParamsLine]:
+    return [
+        {
+            "amount": amount + index,
+            "description": f"usage line {index}",
+            "metadata": {"billsync_line_id": str(index)},
+        }
+        for index in range(count)
+    ]
+
+
+def test_draft_lines_finalize_and_pay(stripe_peer: StripePeer) -> None:
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer)
+    invoice = draft(stripe_peer, customer)
+    assert invoice.status == "draft"
+    assert invoice.total == 0
+    invoice = client.v1.invoices.add_lines(invoice.id, params={"lines": lines(3)})
+    assert invoice.total == 100 + 101 + 102
+    listed = client.v1.invoices.line_items.list(invoice.id, params={"limit": 100}).data
+    assert [line.metadata["billsync_line_id"] for line in listed] == ["0", "1", "2"]
+    assert all(line.id.startswith("il_") for line in listed)
+    item_ids = [line.parent.invoice_item_details.invoice_item for line in listed]  # type: ignore[union-attr]
+    assert all(item_id.startswith("ii_") for item_id in item_ids)
+
+    invoice = client.v1.invoices.update_lines(
+        invoice.id,
+        params={
+            "lines": [{"id": listed[0].id, "amount": 5000, "metadata": {"billsync_version": "2"}}]
+        },
+    )
+    assert invoice.total == 5000 + 101 + 102
+    invoice = client.v1.invoices.remove_lines(
+        invoice.id, params={"lines": [{"id": listed[2].id, "behavior": "delete"}]}
+    )
+    assert invoice.total == 5000 + 101
+    assert invoice.amount_due == invoice.total
+
+    invoice = client.v1.invoices.finalize_invoice(invoice.id, params={"auto_advance": False})
+    assert invoice.status == "open"
+    assert invoice.number
+    assert invoice.hosted_invoice_url
+    assert invoice.invoice_pdf
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoices.delete(invoice.id)
+
+    paid = client.v1.invoices.pay(invoice.id)
+    assert paid.status == "paid"
+    assert paid.amount_paid == 5101
+    assert paid.amount_remaining == 0
+    assert paid.status_transitions.paid_at is not None
+
+
+def test_declined_card_leaves_the_invoice_open_and_emits_payment_failed(
+    stripe_peer: StripePeer,
+) -> None:
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer, "pm_card_chargeDeclined")
+    invoice = draft(stripe_peer, customer)
+    client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1, 2500)})
+    client.v1.invoices.finalize_invoice(invoice.id, params={"auto_advance": False})
+    with pytest.raises(stripe.CardError) as declined:
+        client.v1.invoices.pay(invoice.id)
+    assert declined.value.http_status == 402
+    assert declined.value.code == "card_declined"
+    after = client.v1.invoices.retrieve(invoice.id)
+    assert after.status == "open"
+    assert after.attempt_count == 1
+    assert after.amount_remaining == 2500
+    if not stripe_peer.is_real:
+        events = client.v1.events.list(params={"type": "invoice.payment_failed"}).data
+        assert [event.data.object["id"] for event in events] == [invoice.id]
+    voided = client.v1.invoices.void_invoice(invoice.id)
+    assert voided.status == "void"
+    assert voided.amount_remaining == 0
+
+
+def test_delete_draft_and_mark_uncollectible(stripe_peer: StripePeer) -> None:
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer)
+    first = draft(stripe_peer, customer)
+    client.v1.invoices.add_lines(first.id, params={"lines": lines(2)})
+    deleted = client.v1.invoices.delete(first.id)
+    assert deleted.deleted is True
+    second = draft(stripe_peer, customer)
+    client.v1.invoices.add_lines(second.id, params={"lines": lines(1)})
+    client.v1.invoices.finalize_invoice(second.id, params={"auto_advance": False})
+    assert client.v1.invoices.mark_uncollectible(second.id).status == "uncollectible"
+
+
+def test_pending_items_unassign_and_preview(stripe_peer: StripePeer) -> None:
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer)
+    pending = client.v1.invoice_items.create(
+        params={"customer": customer.id, "amount": 700, "currency": "usd", "description": "p"}
+    )
+    assert pending.invoice is None
+    preview = client.v1.invoices.create_preview(params={"customer": customer.id})
+    assert preview.total == 700
+    invoice = draft(stripe_peer, customer)
+    invoice = client.v1.invoices.add_lines(
+        invoice.id, params={"lines": [{"invoice_item": pending.id}]}
+    )
+    assert invoice.total == 700
+    line = invoice.lines.data[0]
+    invoice = client.v1.invoices.remove_lines(
+        invoice.id, params={"lines": [{"id": line.id, "behavior": "unassign"}]}
+    )
+    assert invoice.total == 0
+    assert client.v1.invoice_items.retrieve(pending.id).invoice is None
+    listed = client.v1.invoice_items.list(params={"customer": customer.id, "pending": True})
+    assert [item.id for item in listed.data] == [pending.id]
+
+
+def test_update_lines_takes_line_item_ids_not_invoice_item_ids(stripe_peer: StripePeer) -> None:
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    invoice = client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    item_id = invoice.lines.data[0].parent.invoice_item_details.invoice_item  # type: ignore[union-attr]
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoices.update_lines(
+            invoice.id, params={"lines": [{"id": item_id, "amount": 1}]}
+        )
+
+
+def test_list_pagination_and_expand(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    customers = [client.v1.customers.create(params={"name": f"c{n}"}) for n in range(5)]
+    page = client.v1.customers.list(params={"limit": 2})
+    seen = [c.id for c in page.data]
+    more, pages = page.has_more, 1
+    while more:
+        page = client.v1.customers.list(params={"limit": 2, "starting_after": seen[-1]})
+        seen += [c.id for c in page.data]
+        more, pages = page.has_more, pages + 1
+    assert sorted(seen) == sorted(c.id for c in customers)
+    assert len(set(seen)) == 5
+    assert pages == 3
+    invoice = client.v1.invoices.create(params={"customer": customers[0].id})
+    expanded = client.v1.invoices.retrieve(invoice.id, params={"expand": ["customer"]})
+    assert isinstance(expanded.customer, stripe.Customer)
+    assert expanded.customer.name == "c0"
+    assert emulator.control("GET", "stats")["by_endpoint"]["GET /v1/customers"] == 3
+
+
+def test_invoice_item_cap_is_250(stripe_peer: StripePeer) -> None:
+    stripe_peer.need_emulator()
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    client.v1.invoices.add_lines(invoice.id, params={"lines": lines(250)})
+    with pytest.raises(stripe.InvalidRequestError, match="at most 250"):
+        client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    assert client.v1.invoices.retrieve(invoice.id).lines.total_count == 250  # type: ignore[attr-defined]
+
+
+def test_bad_api_key_is_refused(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    bad = stripe.StripeClient("sk_test_x", base_addresses={"api": emulator.url})
+    with pytest.raises(stripe.AuthenticationError):
+        bad.v1.customers.list()
+    response = httpx.get(f"{emulator.url}/v1/customers")
+    assert response.status_code == 401
+    live = emulator.client().v1.customers.list()
+    assert live.data == []
+
+
+# --- idempotency -----------------------------------------------------------------------
+
+
+def test_idempotency_replays_refuses_other_params_and_expires_after_24h(
+    stripe_peer: StripePeer,
+) -> None:
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer)
+    invoice = draft(stripe_peer, customer)
+    options: Any = {"idempotency_key": f"billsync:line:{invoice.id}:v1"}
+    first = client.v1.invoices.add_lines(invoice.id, params={"lines": lines(2)}, options=options)
+    again = client.v1.invoices.add_lines(invoice.id, params={"lines": lines(2)}, options=options)
+    assert again.total == first.total == 201
+    assert client.v1.invoices.retrieve(invoice.id).total == 201  # not applied twice
+    with pytest.raises(stripe.IdempotencyError):
+        client.v1.invoices.add_lines(invoice.id, params={"lines": lines(3)}, options=options)
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "clock", {"advance": 24 * 3600 + 1})
+    client.v1.invoices.add_lines(invoice.id, params={"lines": lines(2)}, options=options)
+    assert client.v1.invoices.retrieve(invoice.id).total == 402  # the old key ran again
+
+
+def test_idempotency_key_in_flight_gets_409(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    add_lines = "POST /v1/invoices/{id}/add_lines"
+    emulator.control(
+        "POST", "faults", {"endpoint": add_lines, "kind": "latency", "count": 1, "seconds": 1}
+    )
+    results: list[Any] = []
+
+    def slow() -> None:
+        results.append(
+            client.v1.invoices.add_lines(
+                invoice.id, params={"lines": lines(1)}, options={"idempotency_key": "same"}
+            )
+        )
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not any(k[1] == "same" for k in emulator.emulator.state.idempotency):
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    with pytest.raises(stripe.StripeError) as conflict:
+        client.v1.invoices.add_lines(
+            invoice.id, params={"lines": lines(1)}, options={"idempotency_key": "same"}
+        )
+    thread.join()
+    assert conflict.value.http_status == 409
+    assert results[0].total == 100
+
+
+# --- rate limits and lock_timeout -----------------------------------------------------
+
+
+def test_rate_limit_answers_429_rate_limit(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "config", {"rate_limit_test": 5})
+    client = stripe_peer.client
+    outcomes: list[str] = []
+    refusals: list[stripe.RateLimitError] = []
+    for _ in range(20):
+        try:
+            client.v1.customers.list()
+            outcomes.append("ok")
+        except stripe.RateLimitError as error:
+            refusals.append(error)
+            outcomes.append("429")
+    assert all(error.http_status == 429 for error in refusals)
+    assert all(
+        cast(dict[str, Any], error.json_body)["error"]["code"] == "rate_limit" for error in refusals
+    )
+    assert 4 <= outcomes.count("ok") <= 7
+    assert outcomes.count("429") >= 13
+    assert emulator.control("GET", "stats")["rate_limited"] == outcomes.count("429")
+
+
+def test_concurrent_writes_to_one_invoice_get_lock_timeout(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    add_lines = "POST /v1/invoices/{id}/add_lines"
+    emulator.control(
+        "POST", "faults", {"endpoint": add_lines, "kind": "latency", "count": 1, "seconds": 1}
+    )
+    thread = threading.Thread(
+        target=lambda: client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    )
+    thread.start()
+    deadline = time.monotonic() + 5
+    while invoice.id not in emulator.emulator.locked_invoices:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    response = httpx.post(
+        f"{emulator.url}/v1/invoices/{invoice.id}/add_lines",
+        data={"lines[0][amount]": "5"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    )
+    thread.join()
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "lock_timeout"
+    assert response.headers["Stripe-Should-Retry"] == "true"
+    # The SDK retries a lock_timeout on its own (Stripe-Should-Retry) and then succeeds.
+    retrying = emulator.client(max_network_retries=2)
+    emulator.control(
+        "POST",
+        "faults",
+        {"endpoint": "POST /v1/invoices/{id}/add_lines", "kind": "lock_timeout", "count": 1},
+    )
+    assert retrying.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)}).total == 200
+
+
+# --- faults ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["500", "503"])
+def test_server_errors_are_retried_by_the_sdk_and_converge(
+    stripe_peer: StripePeer, kind: str
+) -> None:
+    emulator = stripe_peer.need_emulator()
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    emulator.control(
+        "POST", "faults", {"endpoint": "POST /v1/invoices/{id}/add_lines", "kind": kind, "count": 2}
+    )
+    with pytest.raises(stripe.APIError):
+        stripe_peer.client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    retrying = emulator.client(max_network_retries=3)
+    assert retrying.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)}).total == 100
+
+
+def test_response_lost_after_commit_is_recovered_by_the_same_idempotency_key(
+    stripe_peer: StripePeer,
+) -> None:
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    emulator.control(
+        "POST",
+        "faults",
+        {"endpoint": "POST /v1/invoices/{id}/add_lines", "kind": "drop_after_commit", "count": 1},
+    )
+    options: Any = {"idempotency_key": "billsync:add:1"}
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.invoices.add_lines(invoice.id, params={"lines": lines(2)}, options=options)
+    # The write happened although the client saw a failure ...
+    assert client.v1.invoices.retrieve(invoice.id).total == 201
+    # ... and repeating the call with its key replays it instead of adding the lines again.
+    replayed = client.v1.invoices.add_lines(invoice.id, params={"lines": lines(2)}, options=options)
+    assert replayed.total == 201
+    assert client.v1.invoices.retrieve(invoice.id).lines.total_count == 2  # type: ignore[attr-defined]
+    assert emulator.control("GET", "stats")["idempotent_replays"] == 1
+
+
+def test_a_hang_past_the_client_timeout_still_commits(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    emulator.control(
+        "POST",
+        "faults",
+        {
+            "endpoint": "POST /v1/invoices/{id}/add_lines",
+            "kind": "hang",
+            "count": 1,
+            "seconds": 1.5,
+        },
+    )
+    impatient = emulator.client(http_client=stripe.RequestsClient(timeout=0.5))
+    with pytest.raises(stripe.APIConnectionError):
+        impatient.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    deadline = time.monotonic() + 5
+    while stripe_peer.client.v1.invoices.retrieve(invoice.id).total != 100:
+        assert time.monotonic() < deadline, "the hung write never landed"
+        threading.Event().wait(0.1)
+
+
+def test_rate_based_faults_are_reproducible_from_a_seed(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+
+    def run() -> list[str]:
+        emulator.control("POST", "reset")
+        emulator.control("POST", "config", {"rate_limit_test": 0})
+        emulator.control(
+            "POST",
+            "faults",
+            {"seed": 7, "rules": [{"endpoint": "GET /v1/customers", "kind": "500", "rate": 0.3}]},
+        )
+        outcomes = []
+        for _ in range(30):
+            try:
+                stripe_peer.client.v1.customers.list()
+                outcomes.append("ok")
+            except stripe.APIError:
+                outcomes.append("500")
+        return outcomes
+
+    first = run()
+    assert first == run()
+    assert 3 <= first.count("500") <= 18
+
+
+# --- auto_advance and the clock -------------------------------------------------------
+
+
+def test_auto_advance_draft_finalizes_and_charges_after_the_delay(stripe_peer: StripePeer) -> None:
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer)
+    invoice = client.v1.invoices.create(params={"customer": customer.id, "auto_advance": True})
+    client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1, 999)})
+    emulator.control("POST", "clock", {"advance": 3599})
+    assert client.v1.invoices.retrieve(invoice.id).status == "draft"
+    emulator.control("POST", "clock", {"advance": 2})
+    final = client.v1.invoices.retrieve(invoice.id)
+    assert final.status == "paid"
+    assert final.amount_paid == 999
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+def register(peer: StripePeer, receiver: Receiver, events: list[str]) -> str:
+    endpoint = peer.client.v1.webhook_endpoints.create(
+        params={"url": receiver.url, "enabled_events": events}  # type: ignore[typeddict-item]
+    )
+    assert endpoint.secret
+    return endpoint.secret
+
+
+def test_webhooks_are_signed_as_stripe_signs_them(
+    stripe_peer: StripePeer, webhook_receiver: Receiver
+) -> None:
+    stripe_peer.need_emulator()
+    secret = register(stripe_peer, webhook_receiver, ["invoice.created", "invoice.finalized"])
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    stripe_peer.client.v1.invoices.finalize_invoice(invoice.id)
+    deliveries = webhook_receiver.wait_for(2)
+    events = [stripe.Webhook.construct_event(d.body, d.signature, secret) for d in deliveries]
+    assert [event.type for event in events] == ["invoice.created", "invoice.finalized"]
+    assert {event.data.object["id"] for event in events} == {invoice.id}
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.Webhook.construct_event(deliveries[0].body, deliveries[0].signature, "whsec_other")
+
+
+def test_failed_deliveries_are_retried_with_backoff(
+    stripe_peer: StripePeer, webhook_receiver: Receiver
+) -> None:
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "config", {"webhook_retry_base_seconds": 0.05})
+    webhook_receiver.statuses = [500, 503]
+    register(stripe_peer, webhook_receiver, ["customer.created"])
+    customer = stripe_peer.client.v1.customers.create(params={"name": "retry"})
+    (delivery,) = webhook_receiver.wait_for(1)
+    assert customer.id.encode() in delivery.body
+    stats = emulator.control("GET", "stats")["webhooks"]
+    assert stats["failed_attempts"] == 2
+    assert stats["delivered"] == 1
+    deadline = time.monotonic() + 5
+    while stripe_peer.client.v1.events.list().data[0].pending_webhooks != 0:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.02)
+
+
+def test_webhook_chaos_duplicates_reorders_and_fails_first_attempts(
+    stripe_peer: StripePeer, webhook_receiver: Receiver
+) -> None:
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "config", {"webhook_retry_base_seconds": 0.02})
+    emulator.control(
+        "POST",
+        "webhooks/chaos",
+        {"duplicate_rate": 1.0, "reorder_window": 6, "fail_first": 1, "seed": 3},
+    )
+    register(stripe_peer, webhook_receiver, ["customer.created"])
+    created = [
+        stripe_peer.client.v1.customers.create(params={"name": f"n{n}"}).id for n in range(3)
+    ]
+    deliveries = webhook_receiver.wait_for(6)
+    received = [json.loads(d.body)["data"]["object"]["id"] for d in deliveries]
+    assert sorted(received) == sorted(created * 2)  # every event twice, nothing lost
+    assert emulator.control("GET", "stats")["webhooks"]["failed_attempts"] == 6
