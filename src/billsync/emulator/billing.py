@@ -286,15 +286,22 @@ def _detach(state: State, item: dict[str, Any]) -> None:
     item["invoice"] = None
 
 
+def invoice_state(state: State, invoice: dict[str, Any]) -> dict[str, Any]:
+    """The fields a line edit can change: what ``previous_attributes`` reports."""
+    return {**render.totals(state, invoice), "metadata": dict(invoice["metadata"] or {})}
+
+
 def _invoice_updated(
     state: State, ctx: Context, invoice: dict[str, Any], before: dict[str, Any] | None
-) -> None:
-    """``invoice.updated``, with the fields that changed when ``before`` is known."""
+) -> dict[str, Any]:
+    """Emit ``invoice.updated`` (with the changed fields when ``before`` is known, from
+    :func:`invoice_state`); returns the rendered invoice."""
     after = render.invoice(state, invoice)
-    previous = None if before is None else _changes(before, after)
+    previous = None if before is None else {k: v for k, v in before.items() if after[k] != v}
     state.emit(
         "invoice.updated", after, livemode=ctx.livemode, request=ctx.request, previous=previous
     )
+    return after
 
 
 def _require_draft(invoice: dict[str, Any], what: str) -> None:

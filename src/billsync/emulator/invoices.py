@@ -19,6 +19,7 @@ from billsync.emulator.billing import (
     _merge_metadata,
     _new_item,
     _require_draft,
+    invoice_state,
 )
 from billsync.emulator.errors import StripeError, invalid, not_found
 from billsync.emulator.state import State, created_filter, new_id, paginate
@@ -259,7 +260,7 @@ def add_lines(
             f"{len(state.invoice_lines[invoice_id])} and {len(lines)} were added.",
             param="lines",
         )
-    before = render.invoice(state, invoice)
+    before = invoice_state(state, invoice)
     customer = state.customers[invoice["customer"]]
     for index, line in enumerate(lines):
         prefix = f"lines[{index}]["
@@ -279,8 +280,7 @@ def add_lines(
             _new_item(state, ctx, customer, invoice["currency"], line, invoice, prefix)
     if "invoice_metadata" in params:
         invoice["metadata"] = _merge_metadata(invoice["metadata"], params["invoice_metadata"])
-    _invoice_updated(state, ctx, invoice, before)
-    return render.invoice(state, invoice)
+    return _invoice_updated(state, ctx, invoice, before)
 
 
 def _line_of(state: State, invoice_id: str, line_id: str, index: int) -> dict[str, Any]:
@@ -300,14 +300,13 @@ def update_lines(
 ) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "invoice")
     _require_draft(invoice, "update lines")
-    before = render.invoice(state, invoice)
+    before = invoice_state(state, invoice)
     items = [_line_of(state, invoice_id, line["id"], i) for i, line in enumerate(params["lines"])]
     for index, (item, line) in enumerate(zip(items, params["lines"], strict=True)):
         _apply_item_update(item, {k: v for k, v in line.items() if k != "id"}, f"lines[{index}][")
     if "invoice_metadata" in params:
         invoice["metadata"] = _merge_metadata(invoice["metadata"], params["invoice_metadata"])
-    _invoice_updated(state, ctx, invoice, before)
-    return render.invoice(state, invoice)
+    return _invoice_updated(state, ctx, invoice, before)
 
 
 def remove_lines(
@@ -315,7 +314,7 @@ def remove_lines(
 ) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "invoice")
     _require_draft(invoice, "remove lines")
-    before = render.invoice(state, invoice)
+    before = invoice_state(state, invoice)
     items = [_line_of(state, invoice_id, line["id"], i) for i, line in enumerate(params["lines"])]
     for item, line in zip(items, params["lines"], strict=True):
         if line["behavior"] == "delete":
@@ -324,8 +323,7 @@ def remove_lines(
             _detach(state, item)
     if "invoice_metadata" in params:
         invoice["metadata"] = _merge_metadata(invoice["metadata"], params["invoice_metadata"])
-    _invoice_updated(state, ctx, invoice, before)
-    return render.invoice(state, invoice)
+    return _invoice_updated(state, ctx, invoice, before)
 
 
 # --- lifecycle -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ one Stripe "account" (test and live data are kept apart by each object's ``livem
 
 from __future__ import annotations
 
-import copy
+import random
 import secrets
 import string
 import threading
@@ -15,14 +15,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from billsync.emulator.errors import StripeError, not_found
 
 API_VERSION = "2026-10-28.endive"
 _ALPHABET = string.ascii_letters + string.digits
 
 
+# Ids only need to be unique and look like Stripe's, not to be secret: a fast generator seeded
+# from the OS once.
+_ids = random.Random(secrets.randbits(128))
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{''.join(secrets.choice(_ALPHABET) for _ in range(24))}"
+    return f"{prefix}_{''.join(_ids.choices(_ALPHABET, k=24))}"
 
 
 class EmulatorClock:
@@ -162,7 +169,8 @@ class State:
         request: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        # A snapshot: later changes to the object must not show through the event.
+        data: dict[str, Any] = {"object": orjson.loads(orjson.dumps(obj))}
         if previous:
             data["previous_attributes"] = previous
         endpoints = [
