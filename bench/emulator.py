@@ -113,7 +113,7 @@ def measure(kind: str, port: int, clients: int, seconds: float) -> float:
     ]
     for process in processes:
         process.start()
-    total = sum(queue.get() for _ in processes)
+    total: int = sum(int(queue.get()) for _ in processes)
     for process in processes:
         process.join()
     return total / seconds

@@ -240,12 +240,11 @@ def _new_item(  # noqa: PLR0917 - internal helper shared by three endpoints
         "period": {"start": period["start"], "end": period["end"]},
         "pricing": pricing,
         "proration": False,
-        "proration_details": {"credited_items": None},
+        "proration_details": {"credited_items": None, "discount_amounts": []},
         "quantity": quantity,
         "quantity_decimal": quantity_decimal,
         "tax_rates": [],
         "test_clock": None,
-        "created": now,
         "_sequence": state.sequence(),
     }
     state.invoice_items[item["id"]] = item
@@ -416,7 +415,7 @@ def list_invoice_items(state: State, ctx: Context, params: dict[str, Any]) -> di
         for item in state.invoice_items.values()
         if item["livemode"] == ctx.livemode
         and not item.get("deleted")
-        and created(item["created"])
+        and created(item["date"])
         and ("customer" not in params or item["customer"] == params["customer"])
         and ("invoice" not in params or item["invoice"] == params["invoice"])
         and ("pending" not in params or (item["invoice"] is None) == params["pending"])

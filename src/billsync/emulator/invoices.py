@@ -158,8 +158,6 @@ def update_invoice(
     state: State, ctx: Context, invoice_id: str, params: dict[str, Any]
 ) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "id")
-    if invoice.get("deleted"):
-        raise not_found("invoice", invoice_id)
     if invoice["status"] != "draft":
         refused = sorted(set(params) - UPDATABLE_WHEN_FINAL)
         if refused:
@@ -200,8 +198,6 @@ def update_invoice(
 
 def delete_invoice(state: State, ctx: Context, invoice_id: str) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "id")
-    if invoice.get("deleted"):
-        raise not_found("invoice", invoice_id)
     if invoice["status"] != "draft":
         raise invalid("You can only delete draft invoices.", param="id")
     snapshot = render.invoice(state, invoice)
@@ -410,8 +406,6 @@ def finalize_invoice(
     state: State, ctx: Context, invoice_id: str, params: dict[str, Any]
 ) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "invoice")
-    if invoice.get("deleted"):
-        raise not_found("invoice", invoice_id)
     if invoice["status"] != "draft":
         raise invalid(
             f"This invoice is already finalized (status {invoice['status']}).", param="invoice"

@@ -218,7 +218,7 @@ class State:
 
     def invoice(self, invoice_id: str, livemode: bool, param: str = "invoice") -> dict[str, Any]:
         invoice = self.invoices.get(invoice_id)
-        if invoice is None or invoice["livemode"] != livemode:
+        if invoice is None or invoice["livemode"] != livemode or invoice.get("deleted"):
             raise not_found("invoice", invoice_id, param)
         return invoice
 
@@ -244,7 +244,10 @@ def paginate(
             code="parameter_invalid_integer",
             param="limit",
         )
-    ordered = sorted(objects, key=lambda o: (o["created"], o["_sequence"]), reverse=True)
+    # Newest first; invoice items carry `date` where other objects carry `created`.
+    ordered = sorted(
+        objects, key=lambda o: (o.get("created", o.get("date", 0)), o["_sequence"]), reverse=True
+    )
     ids = [o["id"] for o in ordered]
     if "starting_after" in params:
         cursor = params["starting_after"]
