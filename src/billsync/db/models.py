@@ -51,6 +51,8 @@ class Account(Base):
     # None: the deployment's default anchor day (BILLSYNC_BILLING_ANCHOR_DAY).
     billing_anchor_day: Mapped[int | None] = mapped_column(SmallInteger)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Per-account overrides of the sync policy ({"policy": "threshold", "threshold": 5000}).
+    sync_policy: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -70,6 +72,15 @@ class BillingPeriod(Base):
     start: Mapped[date] = mapped_column(Date, primary_key=True)
     end: Mapped[date] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(16), default=PeriodStatus.OPEN.value)
+    status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The period's draft invoice in Stripe (created when it first has usage to show).
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255))
+    review_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A hold stops the review clock: what was left of it, and the status to go back to.
+    hold_remaining_seconds: Mapped[int | None] = mapped_column(Integer)
+    held_from: Mapped[str | None] = mapped_column(String(16))
+    finalize_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -97,6 +108,12 @@ class Line(Base):
     amount: Mapped[int] = mapped_column(BigInteger)  # minor units, rounded once (core.money)
     version: Mapped[int] = mapped_column(Integer)  # bumps on every change
     event_count: Mapped[int] = mapped_column(BigInteger)
+    # What billsync last confirmed in Stripe: the line is in step when synced_version == version.
+    synced_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    synced_amount: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_line_item_id: Mapped[str | None] = mapped_column(String(255))  # il_…
+    stripe_invoice_item_id: Mapped[str | None] = mapped_column(String(255))  # ii_…
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -129,3 +146,38 @@ class UsageEvent(Base):
     # lines are never deleted, and a per-row FK check would cost PostgreSQL a lookup per event.
     line_id: Mapped[int] = mapped_column(BigId, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SyncIntent(Base):
+    """A Stripe write, recorded before the call and settled after it. A pending intent found
+    later means the outcome is unknown: Stripe is read before anything is written again."""
+
+    __tablename__ = "sync_intents"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(255))
+    period_start: Mapped[date | None] = mapped_column(Date)
+    operation: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    status: Mapped[str] = mapped_column(String(16))  # pending | applied | failed | recovered
+    error: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_sync_intents_account_id_status", "account_id", "status"),)
+
+
+class AccountSync(Base):
+    """Sync state per account, for the scheduler and for people (status, console)."""
+
+    __tablename__ = "account_sync"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(2000))
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stripe_calls: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

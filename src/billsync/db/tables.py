@@ -6,9 +6,11 @@ from typing import cast
 
 from sqlalchemy import Table
 
-from billsync.db.models import Account, BillingPeriod, Line, UsageEvent
+from billsync.db.models import Account, AccountSync, BillingPeriod, Line, SyncIntent, UsageEvent
 
 accounts = cast(Table, Account.__table__)
 billing_periods = cast(Table, BillingPeriod.__table__)
 lines = cast(Table, Line.__table__)
 usage_events = cast(Table, UsageEvent.__table__)
+sync_intents = cast(Table, SyncIntent.__table__)
+account_sync = cast(Table, AccountSync.__table__)

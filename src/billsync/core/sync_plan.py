@@ -1,0 +1,216 @@
+"""The sync plan: desired state (the ledger) vs observed state (what billsync last confirmed in
+Stripe) → the minimal list of operations that makes Stripe show the ledger.
+
+Pure: no I/O, no clock. Amounts are pushed as absolute values, never as increments, so every
+update is idempotent by nature; only creates need guarding (idempotency keys built from line
+ids and versions, see :func:`idempotency_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from typing import TypeVar
+
+# Stripe's cap on invoice items per invoice; the catalog's grouping keeps billsync far below.
+MAX_INVOICE_ITEMS = 250
+# Lines per bulk call: a sync is one or two calls per account whatever its line count.
+LINES_PER_CALL = 100
+
+
+class PlanError(Exception):
+    """The ledger cannot be represented in Stripe as it is (e.g. over 250 lines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredLine:
+    line_id: int
+    amount: int  # minor units
+    description: str
+    version: int
+    period_start: int  # unix seconds
+    period_end: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedLine:
+    """A line as billsync last confirmed it in Stripe."""
+
+    line_id: int
+    line_item_id: str  # il_…
+    amount: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodState:
+    """One account-period: what the ledger wants and what Stripe was last seen to hold."""
+
+    period_start: date
+    currency: str
+    desired: tuple[DesiredLine, ...]
+    observed: tuple[ObservedLine, ...] = ()
+    invoice_id: str | None = None
+    finalize: bool = False  # the period's review is over: finalize once in step
+    delete_if_empty: bool = False  # zero-total periods with the "delete" rule
+    finalized: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreateCustomer:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CreateInvoice:
+    period_start: date
+
+
+@dataclass(frozen=True, slots=True)
+class AddLines:
+    period_start: date
+    lines: tuple[DesiredLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateLines:
+    period_start: date
+    changes: tuple[tuple[DesiredLine, str], ...]  # (new values, il_ id)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveLines:
+    period_start: date
+    line_item_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizeInvoice:
+    period_start: date
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteInvoice:
+    period_start: date
+
+
+Operation = (
+    CreateCustomer | CreateInvoice | AddLines | UpdateLines | RemoveLines | FinalizeInvoice
+    | DeleteInvoice
+)  # fmt: skip
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[tuple[T, ...]]:
+    for start in range(0, len(items), size):
+        yield tuple(items[start : start + size])
+
+
+def plan_period(state: PeriodState) -> list[Operation]:
+    """Operations that bring one period's Stripe invoice in line with the ledger."""
+    if state.finalized:
+        return []
+    if len(state.desired) > MAX_INVOICE_ITEMS:
+        raise PlanError(
+            f"period {state.period_start} has {len(state.desired)} lines; a Stripe invoice holds "
+            f"at most {MAX_INVOICE_ITEMS}: group the catalog's metrics more coarsely"
+        )
+    empty = sum(line.amount for line in state.desired) == 0
+    if state.delete_if_empty and empty and state.finalize:
+        return [DeleteInvoice(state.period_start)] if state.invoice_id is not None else []
+    operations: list[Operation] = []
+    if state.invoice_id is None:
+        if not state.desired and not state.finalize:
+            return []
+        operations.append(CreateInvoice(state.period_start))
+    observed = {line.line_id: line for line in state.observed}
+    desired_ids = {line.line_id for line in state.desired}
+    to_add = [line for line in state.desired if line.line_id not in observed]
+    to_update = [
+        (line, observed[line.line_id].line_item_id)
+        for line in state.desired
+        if line.line_id in observed
+        and (observed[line.line_id].version != line.version
+             or observed[line.line_id].amount != line.amount)
+    ]  # fmt: skip
+    to_remove = [line.line_item_id for line in state.observed if line.line_id not in desired_ids]
+    if to_remove:
+        operations += [
+            RemoveLines(state.period_start, chunk) for chunk in _chunks(to_remove, LINES_PER_CALL)
+        ]
+    operations += [AddLines(state.period_start, chunk) for chunk in _chunks(to_add, LINES_PER_CALL)]
+    operations += [
+        UpdateLines(state.period_start, chunk) for chunk in _chunks(to_update, LINES_PER_CALL)
+    ]
+    if state.finalize:
+        operations.append(FinalizeInvoice(state.period_start))
+    return operations
+
+
+def plan(periods: Sequence[PeriodState], *, has_customer: bool) -> list[Operation]:
+    """The account's plan: the customer first if needed, then each period in order."""
+    operations: list[Operation] = []
+    for state in sorted(periods, key=lambda s: s.period_start):
+        operations += plan_period(state)
+    if operations and not has_customer:
+        operations.insert(0, CreateCustomer())
+    return operations
+
+
+@dataclass
+class _Simulated:
+    """What applying operations does to the observed state (for the property tests, and to
+    reason about plans): an in-memory model of the Stripe draft."""
+
+    invoice_id: str | None
+    lines: dict[int, ObservedLine] = field(default_factory=dict)
+    finalized: bool = False
+    deleted: bool = False
+
+
+def apply(state: PeriodState, operations: Sequence[Operation]) -> PeriodState:
+    """The period's observed state once ``operations`` succeeded (pure simulation)."""
+    model = _Simulated(state.invoice_id, {line.line_id: line for line in state.observed})
+    for operation in operations:
+        if getattr(operation, "period_start", None) != state.period_start:
+            continue
+        if isinstance(operation, CreateInvoice):
+            model.invoice_id = f"in_sim_{state.period_start.isoformat()}"
+        elif isinstance(operation, AddLines):
+            for line in operation.lines:
+                model.lines[line.line_id] = ObservedLine(
+                    line.line_id, f"il_sim_{line.line_id}", line.amount, line.version
+                )
+        elif isinstance(operation, UpdateLines):
+            for line, item_id in operation.changes:
+                model.lines[line.line_id] = ObservedLine(
+                    line.line_id, item_id, line.amount, line.version
+                )
+        elif isinstance(operation, RemoveLines):
+            gone = set(operation.line_item_ids)
+            model.lines = {k: v for k, v in model.lines.items() if v.line_item_id not in gone}
+        elif isinstance(operation, FinalizeInvoice):
+            model.finalized = True
+        elif isinstance(operation, DeleteInvoice):
+            model.invoice_id, model.lines, model.deleted = None, {}, True
+    return replace(
+        state,
+        invoice_id=model.invoice_id,
+        observed=tuple(sorted(model.lines.values(), key=lambda line: line.line_id)),
+        finalized=model.finalized or model.deleted,
+    )
+
+
+def idempotency_key(kind: str, scope: str, lines: Iterable[tuple[int, int]] = ()) -> str:
+    """Deterministic key from billsync's own ids: the same operation on the same line versions
+    always carries the same key, so a retry (or a re-run after a crash) is replayed by Stripe
+    instead of applied twice. ``lines`` are (line id, version) pairs."""
+    pairs = sorted(lines)
+    if not pairs:
+        return f"billsync:{kind}:{scope}"
+    digest = hashlib.sha256(",".join(f"{i}:{v}" for i, v in pairs).encode()).hexdigest()[:24]
+    return f"billsync:{kind}:{scope}:{digest}"

@@ -1,0 +1,349 @@
+"""All SQL about sync state: what is owed vs what Stripe was last seen to hold, intents, and the
+lifecycle columns of billing periods."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
+
+from billsync.core.periods import PeriodStatus
+from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
+
+# Periods whose draft billsync keeps in step with the ledger.
+SYNCED_STATUSES = (
+    PeriodStatus.OPEN.value,
+    PeriodStatus.CLOSING.value,
+    PeriodStatus.REVIEW.value,
+    PeriodStatus.HELD.value,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAccount:
+    id: str
+    name: str
+    email: str | None
+    currency: str
+    stripe_customer_id: str | None
+    sync_policy: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodRow:
+    account_id: str
+    start: date
+    end: date
+    status: PeriodStatus
+    stripe_invoice_id: str | None
+    review_ends_at: datetime | None
+    hold_remaining_seconds: int | None
+    held_from: str | None
+    finalize_requested_at: datetime | None
+    finalized_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncLine:
+    id: int
+    period_start: date
+    key: str
+    metric: str
+    grouping: dict[str, str]
+    late_from: date | None
+    quantity: Decimal
+    amount: int
+    version: int
+    synced_version: int
+    synced_amount: int | None
+    stripe_line_item_id: str | None
+    stripe_invoice_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """Stripe holds this line at this amount and version."""
+
+    line_id: int
+    line_item_id: str | None
+    invoice_item_id: str | None
+    amount: int
+    version: int
+
+
+def get_account(connection: Connection, account_id: str) -> SyncAccount | None:
+    row = connection.execute(
+        select(
+            accounts.c.id, accounts.c.name, accounts.c.email, accounts.c.currency,
+            accounts.c.stripe_customer_id, accounts.c.sync_policy,
+        ).where(accounts.c.id == account_id)
+    ).first()  # fmt: skip
+    return None if row is None else SyncAccount(*tuple(row))
+
+
+def _period(row: Any) -> PeriodRow:
+    return PeriodRow(
+        account_id=row.account_id,
+        start=row.start,
+        end=row.end,
+        status=PeriodStatus(row.status),
+        stripe_invoice_id=row.stripe_invoice_id,
+        review_ends_at=row.review_ends_at,
+        hold_remaining_seconds=row.hold_remaining_seconds,
+        held_from=row.held_from,
+        finalize_requested_at=row.finalize_requested_at,
+        finalized_at=row.finalized_at,
+    )
+
+
+def get_period(connection: Connection, account_id: str, start: date) -> PeriodRow | None:
+    row = connection.execute(
+        select(billing_periods).where(
+            billing_periods.c.account_id == account_id, billing_periods.c.start == start
+        )
+    ).first()
+    return None if row is None else _period(row)
+
+
+def periods_to_sync(connection: Connection, account_id: str) -> list[PeriodRow]:
+    rows = connection.execute(
+        select(billing_periods)
+        .where(
+            billing_periods.c.account_id == account_id,
+            billing_periods.c.status.in_(SYNCED_STATUSES),
+        )
+        .order_by(billing_periods.c.start)
+    )
+    return [_period(row) for row in rows]
+
+
+def periods_with_status(
+    connection: Connection, statuses: Iterable[PeriodStatus], *, account_id: str | None = None
+) -> list[PeriodRow]:
+    query = select(billing_periods).where(
+        billing_periods.c.status.in_([status.value for status in statuses])
+    )
+    if account_id is not None:
+        query = query.where(billing_periods.c.account_id == account_id)
+    return [_period(row) for row in connection.execute(query.order_by(billing_periods.c.start))]
+
+
+def lines_of(connection: Connection, account_id: str, starts: Sequence[date]) -> list[SyncLine]:
+    if not starts:
+        return []
+    rows = connection.execute(
+        select(
+            lines.c.id, lines.c.period_start, lines.c.line_key, lines.c.metric, lines.c.grouping,
+            lines.c.late_from, lines.c.quantity, lines.c.amount, lines.c.version,
+            lines.c.synced_version, lines.c.synced_amount, lines.c.stripe_line_item_id,
+            lines.c.stripe_invoice_item_id,
+        )
+        .where(lines.c.account_id == account_id, lines.c.period_start.in_(list(starts)))
+        .order_by(lines.c.period_start, lines.c.late_from.is_not(None), lines.c.line_key)
+    )  # fmt: skip
+    return [SyncLine(*tuple(row)) for row in rows]
+
+
+def set_customer(connection: Connection, account_id: str, customer_id: str, now: datetime) -> None:
+    connection.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(stripe_customer_id=customer_id, updated_at=now)
+    )
+
+
+def set_invoice(
+    connection: Connection, account_id: str, start: date, invoice_id: str | None, now: datetime
+) -> None:
+    connection.execute(
+        update(billing_periods)
+        .where(billing_periods.c.account_id == account_id, billing_periods.c.start == start)
+        .values(stripe_invoice_id=invoice_id, updated_at=now)
+    )
+
+
+def confirm_lines(
+    connection: Connection, confirmations: Sequence[Confirmation], now: datetime
+) -> None:
+    for confirmation in confirmations:
+        values: dict[str, Any] = {
+            "synced_amount": confirmation.amount,
+            "synced_version": confirmation.version,
+            "synced_at": now,
+        }
+        if confirmation.line_item_id is not None:
+            values["stripe_line_item_id"] = confirmation.line_item_id
+        if confirmation.invoice_item_id is not None:
+            values["stripe_invoice_item_id"] = confirmation.invoice_item_id
+        connection.execute(update(lines).where(lines.c.id == confirmation.line_id).values(**values))
+
+
+def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
+    """These lines are not (or no longer) in Stripe: the next sync adds them again."""
+    if line_ids:
+        connection.execute(
+            update(lines)
+            .where(lines.c.id.in_(list(line_ids)))
+            .values(synced_version=0, synced_amount=None, stripe_line_item_id=None,
+                    stripe_invoice_item_id=None, synced_at=None)
+        )  # fmt: skip
+
+
+def set_period_status(
+    connection: Connection,
+    account_id: str,
+    start: date,
+    status: PeriodStatus,
+    now: datetime,
+    **values: Any,
+) -> None:
+    connection.execute(
+        update(billing_periods)
+        .where(billing_periods.c.account_id == account_id, billing_periods.c.start == start)
+        .values(status=status.value, status_changed_at=now, updated_at=now, **values)
+    )
+
+
+def update_period(
+    connection: Connection, account_id: str, start: date, now: datetime, **values: Any
+) -> None:
+    connection.execute(
+        update(billing_periods)
+        .where(billing_periods.c.account_id == account_id, billing_periods.c.start == start)
+        .values(updated_at=now, **values)
+    )
+
+
+def record_intent(  # noqa: PLR0917 - one row's columns, named at every call site
+    connection: Connection,
+    account_id: str,
+    start: date | None,
+    operation: str,
+    key: str,
+    payload: dict[str, Any],
+    now: datetime,
+) -> int:
+    result = connection.execute(
+        insert(sync_intents).returning(sync_intents.c.id),
+        {
+            "account_id": account_id, "period_start": start, "operation": operation,
+            "idempotency_key": key, "payload": payload, "status": "pending",
+            "created_at": now, "updated_at": now,
+        },
+    )  # fmt: skip
+    return int(result.scalar_one())
+
+
+def settle_intent(
+    connection: Connection, intent_id: int, status: str, now: datetime, error: str | None = None
+) -> None:
+    connection.execute(
+        update(sync_intents)
+        .where(sync_intents.c.id == intent_id)
+        .values(status=status, error=None if error is None else error[:2000], updated_at=now)
+    )
+
+
+def pending_intents(connection: Connection, account_id: str) -> list[tuple[int, str, date | None]]:
+    rows = connection.execute(
+        select(sync_intents.c.id, sync_intents.c.operation, sync_intents.c.period_start)
+        .where(sync_intents.c.account_id == account_id, sync_intents.c.status == "pending")
+        .order_by(sync_intents.c.id)
+    )
+    return [(row.id, row.operation, row.period_start) for row in rows]
+
+
+def settle_pending(connection: Connection, account_id: str, status: str, now: datetime) -> None:
+    connection.execute(
+        update(sync_intents)
+        .where(sync_intents.c.account_id == account_id, sync_intents.c.status == "pending")
+        .values(status=status, updated_at=now)
+    )
+
+
+def _ensure_sync_row(connection: Connection, account_id: str, now: datetime) -> None:
+    exists = connection.execute(
+        select(account_sync.c.account_id).where(account_sync.c.account_id == account_id)
+    ).first()
+    if exists is None:
+        connection.execute(
+            insert(account_sync),
+            {"account_id": account_id, "consecutive_failures": 0, "stripe_calls": 0,
+             "updated_at": now},
+        )  # fmt: skip
+
+
+def record_attempt(
+    connection: Connection,
+    account_id: str,
+    now: datetime,
+    *,
+    calls: int,
+    error: str | None,
+) -> None:
+    _ensure_sync_row(connection, account_id, now)
+    values: dict[str, Any] = {
+        "last_attempt_at": now,
+        "updated_at": now,
+        "stripe_calls": account_sync.c.stripe_calls + calls,
+    }
+    if error is None:
+        values.update(last_synced_at=now, consecutive_failures=0, last_error=None)
+    else:
+        values.update(
+            last_error=error[:2000],
+            last_error_at=now,
+            consecutive_failures=account_sync.c.consecutive_failures + 1,
+        )
+    connection.execute(
+        update(account_sync).where(account_sync.c.account_id == account_id).values(**values)
+    )
+
+
+def sync_row(connection: Connection, account_id: str) -> dict[str, Any] | None:
+    row = (
+        connection.execute(select(account_sync).where(account_sync.c.account_id == account_id))
+        .mappings()
+        .first()
+    )
+    return None if row is None else dict(row)
+
+
+def accounts_needing_sync(connection: Connection) -> list[str]:
+    """Accounts with a line not in step with Stripe, or a period waiting to be finalized."""
+    dirty = (
+        select(lines.c.account_id)
+        .join(
+            billing_periods,
+            and_(
+                billing_periods.c.account_id == lines.c.account_id,
+                billing_periods.c.start == lines.c.period_start,
+            ),
+        )
+        .where(
+            billing_periods.c.status.in_(SYNCED_STATUSES),
+            or_(lines.c.version != lines.c.synced_version, lines.c.amount != lines.c.synced_amount),
+        )
+    )
+    finalizing = select(billing_periods.c.account_id).where(
+        billing_periods.c.status.in_(SYNCED_STATUSES),
+        billing_periods.c.finalize_requested_at.is_not(None),
+    )
+    rows = connection.execute(dirty.union(finalizing))
+    return sorted({row[0] for row in rows})
+
+
+def unsynced_amount(connection: Connection, account_id: str) -> int:
+    """Σ |amount − synced amount| over the account's lines: how far Stripe is behind."""
+    behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
+    total = connection.execute(
+        select(func.coalesce(func.sum(behind), 0))
+        .join(billing_periods, and_(billing_periods.c.account_id == lines.c.account_id,
+                                    billing_periods.c.start == lines.c.period_start))
+        .where(lines.c.account_id == account_id, billing_periods.c.status.in_(SYNCED_STATUSES))
+    ).scalar_one()  # fmt: skip
+    return int(total)

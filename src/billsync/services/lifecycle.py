@@ -1,0 +1,174 @@
+"""The billing period lifecycle: open → closing → review → finalized (held stops the clock).
+
+- **open**: the period is running; syncs keep its draft current per the account's policy.
+- **closing**: the period ended; usage still arriving within the grace window lands on it.
+- **review**: grace is over and the draft in Stripe is complete; support may hold, adjust or
+  approve until the review window ends.
+- **held**: a person stopped the clock; release restarts it with the time that was left.
+- **finalized**: billsync asked Stripe to finalize (``auto_advance=true``: Stripe collects);
+  Stripe is the truth from here. Usage for it arriving later lands on the next open period.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+from billsync.clock import Clock
+from billsync.core.periods import PeriodStatus
+from billsync.db.database import Database
+from billsync.errors import Conflict, NotFound
+from billsync.repositories import sync as repository
+from billsync.repositories.sync import PeriodRow
+from billsync.services.sync import SyncService
+from billsync.sync.lanes import CLOSING
+
+log = logging.getLogger("billsync.lifecycle")
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    grace: timedelta = timedelta(hours=1)
+    review_window: timedelta = timedelta(hours=1)
+
+
+@dataclass
+class AdvanceReport:
+    closing: list[tuple[str, date]] = field(default_factory=list)
+    review: list[tuple[str, date]] = field(default_factory=list)
+    finalized: list[tuple[str, date]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _end(period: PeriodRow) -> datetime:
+    return datetime.combine(period.end, time(), tzinfo=UTC)
+
+
+class LifecycleService:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        sync: SyncService,
+        settings: LifecycleSettings | None = None,
+    ) -> None:
+        self.database = database
+        self.clock = clock
+        self.sync = sync
+        self.settings = settings or LifecycleSettings()
+
+    def advance(self, now: datetime | None = None) -> AdvanceReport:
+        """Run every transition that is due at ``now`` (default: the clock)."""
+        now = now or self.clock.now()
+        report = AdvanceReport()
+        with self.database.transaction() as connection:
+            for period in repository.periods_with_status(connection, [PeriodStatus.OPEN]):
+                if _end(period) <= now:
+                    repository.set_period_status(
+                        connection, period.account_id, period.start, PeriodStatus.CLOSING, now
+                    )
+                    report.closing.append((period.account_id, period.start))
+        with self.database.read() as connection:
+            closing = repository.periods_with_status(connection, [PeriodStatus.CLOSING])
+        for period in closing:
+            if _end(period) + self.settings.grace <= now:
+                self._close(period, now, report)
+        with self.database.read() as connection:
+            in_review = repository.periods_with_status(connection, [PeriodStatus.REVIEW])
+        for period in in_review:
+            if period.review_ends_at is not None and period.review_ends_at <= now:
+                self._finalize(period.account_id, period.start, now, report)
+        return report
+
+    def _in_step(self, account_id: str, start: date) -> bool:
+        with self.database.read() as connection:
+            period = repository.get_period(connection, account_id, start)
+            lines = repository.lines_of(connection, account_id, [start])
+        if period is None:
+            return False
+        if not lines:
+            return True
+        return period.stripe_invoice_id is not None and all(
+            line.synced_version == line.version for line in lines
+        )
+
+    def _close(self, period: PeriodRow, now: datetime, report: AdvanceReport) -> None:
+        """Grace is over: push the period's final state, then open the review window."""
+        outcome = self.sync.sync_account(period.account_id, lane=CLOSING)
+        if not outcome.ok or not self._in_step(period.account_id, period.start):
+            report.failed.append((period.account_id, outcome.error or "draft not complete yet"))
+            return
+        with self.database.transaction() as connection:
+            repository.set_period_status(
+                connection, period.account_id, period.start, PeriodStatus.REVIEW, now,
+                review_ends_at=now + self.settings.review_window,
+            )  # fmt: skip
+        report.review.append((period.account_id, period.start))
+
+    def _finalize(self, account_id: str, start: date, now: datetime, report: AdvanceReport) -> None:
+        with self.database.transaction() as connection:
+            repository.update_period(connection, account_id, start, now, finalize_requested_at=now)
+        outcome = self.sync.sync_account(account_id, lane=CLOSING)
+        if start in outcome.finalized:
+            report.finalized.append((account_id, start))
+        else:
+            report.failed.append((account_id, outcome.error or "not finalized"))
+
+    # --- what support does (the console and `billsync support` call these) ------------
+
+    def _period(self, account_id: str, start: date) -> PeriodRow:
+        with self.database.read() as connection:
+            period = repository.get_period(connection, account_id, start)
+        if period is None:
+            raise NotFound(
+                f"account '{account_id}' has no billing period starting {start}",
+                code="period_not_found",
+            )
+        return period
+
+    def hold(self, account_id: str, start: date) -> None:
+        """Stop the clock: the period will not finalize until released."""
+        period = self._period(account_id, start)
+        if period.status not in (PeriodStatus.OPEN, PeriodStatus.CLOSING, PeriodStatus.REVIEW):
+            raise Conflict(f"a {period.status} period cannot be held", code="period_not_holdable")
+        now = self.clock.now()
+        remaining = None
+        if period.review_ends_at is not None:
+            remaining = max(0, int((period.review_ends_at - now).total_seconds()))
+        with self.database.transaction() as connection:
+            repository.set_period_status(
+                connection, account_id, start, PeriodStatus.HELD, now,
+                held_from=period.status.value, hold_remaining_seconds=remaining,
+                review_ends_at=None,
+            )  # fmt: skip
+
+    def release(self, account_id: str, start: date) -> None:
+        """Restart the clock where it stopped."""
+        period = self._period(account_id, start)
+        if period.status is not PeriodStatus.HELD:
+            raise Conflict("only a held period can be released", code="period_not_held")
+        now = self.clock.now()
+        back = PeriodStatus(period.held_from or PeriodStatus.REVIEW.value)
+        review_ends_at = None
+        if back is PeriodStatus.REVIEW:
+            left = period.hold_remaining_seconds
+            review_ends_at = now + (
+                timedelta(seconds=left) if left is not None else self.settings.review_window
+            )
+        with self.database.transaction() as connection:
+            repository.set_period_status(
+                connection, account_id, start, back, now, held_from=None,
+                hold_remaining_seconds=None, review_ends_at=review_ends_at,
+            )  # fmt: skip
+
+    def approve_now(self, account_id: str, start: date) -> bool:
+        """Finalize now (review or held periods): returns whether Stripe finalized it."""
+        period = self._period(account_id, start)
+        if period.status not in (PeriodStatus.REVIEW, PeriodStatus.HELD, PeriodStatus.CLOSING):
+            raise Conflict(
+                f"a {period.status} period cannot be approved", code="period_not_approvable"
+            )
+        report = AdvanceReport()
+        self._finalize(account_id, start, self.clock.now(), report)
+        return bool(report.finalized)

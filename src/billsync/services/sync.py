@@ -1,0 +1,541 @@
+"""Applying the sync plan to Stripe exactly once.
+
+For each account: read desired (the ledger) and observed (what billsync last confirmed in
+Stripe) state, plan the minimal operations (:mod:`billsync.core.sync_plan`), and apply them one
+by one. Every write carries an idempotency key built from billsync's ids and line versions, is
+recorded as an *intent* before the call and settled after it. When the outcome of a call is
+unknown — a timeout, a lost connection, or a pending intent left by a process that died — Stripe
+is read first (the draft's lines, matched by ``metadata.billsync_line_id``) and the plan is made
+again from what is really there: nothing is ever created twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Connection
+
+from billsync.clock import Clock
+from billsync.core.catalog import Catalog
+from billsync.core.money import decimal_text
+from billsync.core.periods import PeriodStatus
+from billsync.core.sync_plan import (
+    AddLines,
+    CreateCustomer,
+    CreateInvoice,
+    DeleteInvoice,
+    DesiredLine,
+    FinalizeInvoice,
+    ObservedLine,
+    Operation,
+    PeriodState,
+    PlanError,
+    RemoveLines,
+    UpdateLines,
+    idempotency_key,
+    plan,
+)
+from billsync.db.database import Database
+from billsync.repositories import sync as repository
+from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
+from billsync.sync.port import (
+    LineChange,
+    NewLine,
+    RemoteInvoice,
+    StripeAmbiguous,
+    StripeFailure,
+    StripePort,
+)
+
+log = logging.getLogger("billsync.sync")
+
+T = TypeVar("T")
+MAX_ROUNDS = 4  # plan → apply → (re-read after an ambiguous failure) → plan again ...
+
+
+class CallGuard(Protocol):
+    """Around every Stripe call: the shared rate budget and the circuit breaker."""
+
+    def before_call(self, lane: int) -> None: ...
+
+    def after_call(self, failure: StripeFailure | None) -> None: ...
+
+
+class NoGuard:
+    def before_call(self, lane: int) -> None:
+        return None
+
+    def after_call(self, failure: StripeFailure | None) -> None:
+        return None
+
+
+@dataclass
+class SyncOutcome:
+    account_id: str
+    operations: list[Operation] = field(default_factory=list)  # applied (or planned, dry run)
+    calls: int = 0
+    recovered: bool = False
+    error: str | None = None
+    pending_lines: int = 0
+    finalized: list[date] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _unix(day: date) -> int:
+    return int(datetime.combine(day, time(), tzinfo=UTC).timestamp())
+
+
+def _scope(account_id: str, start: date) -> str:
+    return f"{account_id}:{start.isoformat()}"
+
+
+def _metadata(account_id: str, start: date, line_id: int, version: int) -> dict[str, str]:
+    """How a Stripe line says which ledger line (and version) it is: the key of recovery."""
+    return {
+        "billsync_line_id": str(line_id),
+        "billsync_version": str(version),
+        "billsync_account": account_id,
+        "billsync_period": _scope(account_id, start),
+    }
+
+
+def _confirmations(invoice: RemoteInvoice) -> list[Confirmation]:
+    found: list[Confirmation] = []
+    for line in invoice.lines:
+        line_id = line.metadata.get("billsync_line_id", "")
+        version = line.metadata.get("billsync_version", "")
+        if line_id.isdigit() and version.isdigit():
+            found.append(
+                Confirmation(
+                    int(line_id), line.line_item_id, line.invoice_item_id, line.amount, int(version)
+                )
+            )
+    return found
+
+
+@dataclass
+class _Step:
+    """What applying one operation needs to know."""
+
+    account: SyncAccount
+    periods: dict[date, PeriodRow]
+    lines: dict[int, SyncLine]
+    lane: int
+    outcome: SyncOutcome
+    now: datetime
+
+
+class SyncService:
+    def __init__(
+        self,
+        database: Database,
+        gateway: StripePort,
+        catalog: Catalog,
+        clock: Clock,
+        *,
+        guard: CallGuard | None = None,
+        delete_zero_total: bool = False,
+    ) -> None:
+        self.database = database
+        self.gateway = gateway
+        self.catalog = catalog
+        self.clock = clock
+        self.guard = guard or NoGuard()
+        self.delete_zero_total = delete_zero_total
+
+    # --- reading state ------------------------------------------------------------------
+
+    def describe(self, line: SyncLine) -> str:
+        """The line's text on the invoice: what, how much, and for late usage, from when."""
+        metric = self.catalog.metrics.get(line.metric)
+        name = line.metric if metric is None else metric.description
+        unit = "" if metric is None else f" {metric.unit}"
+        grouping = ", ".join(f"{k} {v}" for k, v in sorted(line.grouping.items()))
+        text = f"{name}{f' ({grouping})' if grouping else ''}: {decimal_text(line.quantity)}{unit}"
+        if line.late_from is not None:
+            text += f" — late usage from the period starting {line.late_from.isoformat()}"
+        return text[:500]
+
+    def _states(
+        self, connection: Connection, account: SyncAccount
+    ) -> tuple[list[PeriodState], dict[date, PeriodRow], dict[int, SyncLine]]:
+        periods = {p.start: p for p in repository.periods_to_sync(connection, account.id)}
+        all_lines = repository.lines_of(connection, account.id, list(periods))
+        states: list[PeriodState] = []
+        for start, period in periods.items():
+            mine = [line for line in all_lines if line.period_start == start]
+            desired = tuple(
+                DesiredLine(
+                    line.id,
+                    line.amount,
+                    self.describe(line),
+                    line.version,
+                    _unix(period.start),
+                    _unix(period.end),
+                )
+                for line in mine
+            )
+            observed = tuple(
+                ObservedLine(
+                    line.id, line.stripe_line_item_id, line.synced_amount or 0, line.synced_version
+                )
+                for line in mine
+                if line.stripe_line_item_id is not None and line.synced_version > 0
+            )
+            states.append(
+                PeriodState(
+                    start,
+                    account.currency,
+                    desired,
+                    observed,
+                    period.stripe_invoice_id,
+                    finalize=period.finalize_requested_at is not None,
+                    delete_if_empty=self.delete_zero_total,
+                )
+            )
+        return states, periods, {line.id: line for line in all_lines}
+
+    def plan_account(self, account_id: str) -> list[Operation]:
+        """The operations the next sync would make (``billsync sync --dry-run``)."""
+        with self.database.read() as connection:
+            account = repository.get_account(connection, account_id)
+            if account is None:
+                return []
+            states, _, _ = self._states(connection, account)
+        return plan(states, has_customer=account.stripe_customer_id is not None)
+
+    # --- syncing ------------------------------------------------------------------------
+
+    def sync_account(self, account_id: str, *, lane: int = 3) -> SyncOutcome:
+        outcome = SyncOutcome(account_id)
+        try:
+            self._sync(account_id, lane, outcome)
+        except (StripeFailure, PlanError) as failure:
+            outcome.error = f"{type(failure).__name__}: {failure}"
+            log.warning(
+                "sync.account.failed", extra={"account": account_id, "error": outcome.error}
+            )
+        with self.database.transaction() as connection:
+            repository.record_attempt(
+                connection, account_id, self.clock.now(), calls=outcome.calls, error=outcome.error
+            )
+        with self.database.read() as connection:
+            account = repository.get_account(connection, account_id)
+            if account is not None:
+                states, _, _ = self._states(connection, account)
+                outcome.pending_lines = sum(
+                    1
+                    for state in states
+                    for line in state.desired
+                    if (line.line_id, line.version)
+                    not in {(o.line_id, o.version) for o in state.observed}
+                )
+        return outcome
+
+    def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
+        outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
+        self.guard.before_call(lane)
+        outcome.calls += 1
+        try:
+            result = call()
+        except StripeFailure as failure:
+            self.guard.after_call(failure)
+            raise
+        self.guard.after_call(None)
+        return result
+
+    def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> None:
+        with self.database.read() as connection:
+            pending = repository.pending_intents(connection, account_id)
+        if pending:
+            # A previous run died between a call and its record: look before writing again.
+            self._recover(account_id, lane, outcome)
+        for _ in range(MAX_ROUNDS):
+            with self.database.read() as connection:
+                account = repository.get_account(connection, account_id)
+                if account is None:
+                    raise PlanError(f"account {account_id} does not exist")
+                states, periods, lines = self._states(connection, account)
+            operations = plan(states, has_customer=account.stripe_customer_id is not None)
+            if not operations:
+                return
+            try:
+                for operation in operations:
+                    step = _Step(account, periods, lines, lane, outcome, self.clock.now())
+                    self._apply(step, operation)
+                    outcome.operations.append(operation)
+                    # Ids learnt by this operation (customer, invoice) are needed by the next.
+                    with self.database.read() as connection:
+                        refreshed = repository.get_account(connection, account_id)
+                        assert refreshed is not None
+                        account = refreshed
+                        periods = {
+                            p.start: p for p in repository.periods_to_sync(connection, account_id)
+                        }
+            except StripeAmbiguous:
+                self._recover(account_id, lane, outcome)
+                outcome.recovered = True
+                continue
+        raise PlanError(f"account {account_id} did not converge in {MAX_ROUNDS} rounds")
+
+    def _apply(
+        self,
+        step: _Step,
+        operation: Operation,
+    ) -> None:
+        handler = {
+            CreateCustomer: self._create_customer,
+            CreateInvoice: self._create_invoice,
+            AddLines: self._add_lines,
+            UpdateLines: self._update_lines,
+            RemoveLines: self._remove_lines,
+            FinalizeInvoice: self._finalize,
+            DeleteInvoice: self._delete,
+        }[type(operation)]
+        handler(step, operation)  # type: ignore[operator]
+
+    def _intent(
+        self, step: _Step, start: date | None, name: str, key: str, payload: dict[str, Any]
+    ) -> int:
+        with self.database.transaction() as connection:
+            return repository.record_intent(
+                connection, step.account.id, start, name, key, payload, step.now
+            )
+
+    def _create_customer(self, step: _Step, _operation: CreateCustomer) -> None:
+        account = step.account
+        key = idempotency_key("customer", account.id)
+        intent = self._intent(step, None, "create_customer", key, {})
+        customer_id = self._call(
+            step,
+            partial(
+                self.gateway.create_customer,
+                name=account.name,
+                email=account.email,
+                metadata={"billsync_account": account.id},
+                idempotency_key=key,
+            ),
+        )
+        with self.database.transaction() as connection:
+            repository.set_customer(connection, account.id, customer_id, step.now)
+            repository.settle_intent(connection, intent, "applied", step.now)
+
+    def _create_invoice(self, step: _Step, operation: CreateInvoice) -> None:
+        account, start = step.account, operation.period_start
+        period = step.periods[start]
+        assert account.stripe_customer_id is not None
+        scope = _scope(account.id, start)
+        key = idempotency_key("invoice", scope)
+        intent = self._intent(step, start, "create_invoice", key, {})
+        invoice = self._call(
+            step,
+            partial(
+                self.gateway.create_draft_invoice,
+                customer=account.stripe_customer_id,
+                currency=account.currency,
+                description=f"Usage {start.isoformat()} – {period.end.isoformat()}",
+                metadata={"billsync_account": account.id, "billsync_period": scope},
+                idempotency_key=key,
+            ),
+        )
+        with self.database.transaction() as connection:
+            repository.set_invoice(connection, account.id, start, invoice.id, step.now)
+            repository.settle_intent(connection, intent, "applied", step.now)
+
+    def _invoice_of(self, step: _Step, start: date) -> str:
+        invoice_id = step.periods[start].stripe_invoice_id
+        assert invoice_id is not None, "the plan creates the draft before touching its lines"
+        return invoice_id
+
+    def _add_lines(self, step: _Step, operation: AddLines) -> None:
+        start = operation.period_start
+        invoice_id = self._invoice_of(step, start)
+        versions = [(line.line_id, line.version) for line in operation.lines]
+        key = idempotency_key("add", invoice_id, versions)
+        new = [
+            NewLine(
+                line.line_id,
+                line.amount,
+                line.description,
+                line.period_start,
+                line.period_end,
+                _metadata(step.account.id, start, line.line_id, line.version),
+            )
+            for line in operation.lines
+        ]
+        intent = self._intent(step, start, "add_lines", key, {"lines": [i for i, _ in versions]})
+        result = self._call(
+            step, partial(self.gateway.add_lines, invoice_id, new, idempotency_key=key)
+        )
+        wanted = {line.line_id for line in operation.lines}
+        if {c.line_id for c in _confirmations(result)} & wanted != wanted:
+            # The response embeds only an invoice's first lines: read the rest once.
+            result = self._call(
+                step, partial(self.gateway.get_invoice, invoice_id, with_lines=True)
+            )
+        with self.database.transaction() as connection:
+            repository.confirm_lines(
+                connection, [c for c in _confirmations(result) if c.line_id in wanted], step.now
+            )
+            repository.settle_intent(connection, intent, "applied", step.now)
+
+    def _update_lines(self, step: _Step, operation: UpdateLines) -> None:
+        start = operation.period_start
+        invoice_id = self._invoice_of(step, start)
+        versions = [(line.line_id, line.version) for line, _ in operation.changes]
+        key = idempotency_key("update", invoice_id, versions)
+        changes = [
+            LineChange(
+                item,
+                line.amount,
+                line.description,
+                _metadata(step.account.id, start, line.line_id, line.version),
+            )
+            for line, item in operation.changes
+        ]
+        intent = self._intent(step, start, "update_lines", key, {"lines": [i for i, _ in versions]})
+        self._call(
+            step, partial(self.gateway.update_lines, invoice_id, changes, idempotency_key=key)
+        )
+        confirmed = [
+            Confirmation(line.line_id, item, None, line.amount, line.version)
+            for line, item in operation.changes
+        ]
+        with self.database.transaction() as connection:
+            repository.confirm_lines(connection, confirmed, step.now)
+            repository.settle_intent(connection, intent, "applied", step.now)
+
+    def _remove_lines(self, step: _Step, operation: RemoveLines) -> None:
+        start = operation.period_start
+        invoice_id = self._invoice_of(step, start)
+        items = list(operation.line_item_ids)
+        key = f"{idempotency_key('remove', invoice_id)}:{'-'.join(items)}"[:255]
+        intent = self._intent(step, start, "remove_lines", key, {"line_items": items})
+        self._call(step, partial(self.gateway.remove_lines, invoice_id, items, idempotency_key=key))
+        gone = [i for i, line in step.lines.items() if line.stripe_line_item_id in items]
+        with self.database.transaction() as connection:
+            repository.forget_lines(connection, gone)
+            repository.settle_intent(connection, intent, "applied", step.now)
+
+    def _finalize(self, step: _Step, operation: FinalizeInvoice) -> None:
+        start = operation.period_start
+        invoice_id = self._invoice_of(step, start)
+        key = idempotency_key("finalize", invoice_id)
+        intent = self._intent(step, start, "finalize", key, {})
+        self._call(
+            step, partial(self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=key)
+        )
+        with self.database.transaction() as connection:
+            repository.set_period_status(
+                connection,
+                step.account.id,
+                start,
+                PeriodStatus.FINALIZED,
+                step.now,
+                finalized_at=step.now,
+            )
+            repository.settle_intent(connection, intent, "applied", step.now)
+        step.outcome.finalized.append(start)
+
+    def _delete(self, step: _Step, operation: DeleteInvoice) -> None:
+        """A zero-total period under the "delete" rule: no invoice at all."""
+        start = operation.period_start
+        invoice_id = self._invoice_of(step, start)
+        key = idempotency_key("delete", invoice_id)
+        intent = self._intent(step, start, "delete_invoice", key, {})
+        self._call(step, partial(self.gateway.delete_draft, invoice_id, idempotency_key=key))
+        mine = [i for i, line in step.lines.items() if line.period_start == start]
+        with self.database.transaction() as connection:
+            repository.set_invoice(connection, step.account.id, start, None, step.now)
+            repository.forget_lines(connection, mine)
+            repository.set_period_status(
+                connection,
+                step.account.id,
+                start,
+                PeriodStatus.FINALIZED,
+                step.now,
+                finalized_at=step.now,
+            )
+            repository.settle_intent(connection, intent, "applied", step.now)
+        step.outcome.finalized.append(start)
+
+    # --- recovery -------------------------------------------------------------------------
+
+    def _recover(self, account_id: str, lane: int, outcome: SyncOutcome) -> None:
+        """Make observed state what Stripe really holds: adopt drafts created before a crash,
+        confirm lines found by their metadata, forget lines Stripe does not have, and remove
+        duplicates (a line found twice)."""
+        now = self.clock.now()
+        with self.database.read() as connection:
+            account = repository.get_account(connection, account_id)
+            assert account is not None
+            periods = repository.periods_to_sync(connection, account_id)
+            lines = repository.lines_of(connection, account_id, [p.start for p in periods])
+        for period in periods:
+            invoice_id = period.stripe_invoice_id
+            scope = _scope(account_id, period.start)
+            if invoice_id is None and account.stripe_customer_id is not None:
+                customer = account.stripe_customer_id
+                drafts = self._call(
+                    (outcome, lane),
+                    partial(
+                        self.gateway.find_draft_invoices,
+                        customer=customer,
+                        metadata_key="billsync_period",
+                        value=scope,
+                    ),
+                )
+                if drafts:
+                    invoice_id = drafts[0].id
+                    with self.database.transaction() as connection:
+                        repository.set_invoice(
+                            connection, account_id, period.start, invoice_id, now
+                        )
+            if invoice_id is None:
+                continue
+            remote = self._call(
+                (outcome, lane), partial(self.gateway.get_invoice, invoice_id, with_lines=True)
+            )
+            confirmations = _confirmations(remote)
+            seen: dict[int, Confirmation] = {}
+            duplicates: list[str] = []
+            for confirmation in confirmations:
+                if confirmation.line_id in seen and confirmation.line_item_id is not None:
+                    duplicates.append(confirmation.line_item_id)
+                else:
+                    seen[confirmation.line_id] = confirmation
+            mine = [line for line in lines if line.period_start == period.start]
+            missing = [line.id for line in mine if line.id not in seen]
+            with self.database.transaction() as connection:
+                repository.forget_lines(connection, missing)
+                repository.confirm_lines(
+                    connection,
+                    [c for c in seen.values() if c.line_id in {line.id for line in mine}],
+                    now,
+                )
+            if duplicates and remote.status == "draft":
+                key = f"{idempotency_key('dedupe', invoice_id)}:{'-'.join(duplicates)}"[:255]
+                remove = partial(
+                    self.gateway.remove_lines, invoice_id, duplicates, idempotency_key=key
+                )
+                self._call((outcome, lane), remove)
+            if remote.status != "draft" and period.status is not PeriodStatus.FINALIZED:
+                with self.database.transaction() as connection:
+                    repository.set_period_status(
+                        connection,
+                        account_id,
+                        period.start,
+                        PeriodStatus.FINALIZED,
+                        now,
+                        finalized_at=now,
+                    )
+        with self.database.transaction() as connection:
+            repository.settle_pending(connection, account_id, "recovered", now)

@@ -1,0 +1,339 @@
+"""The Stripe gateway: :class:`~billsync.sync.port.StripePort` over the real stripe SDK.
+
+This is the only module of billsync that imports ``stripe``. Every request's parameters are
+built as the SDK's own TypedDicts (so mypy checks field names against the pinned API version),
+every write carries the caller's idempotency key, and every SDK error leaves as a
+:class:`~billsync.sync.port.StripeFailure` that says whether the write may have happened.
+
+Lines: :meth:`StripeGateway.get_invoice` with ``with_lines=True`` returns all of the invoice's
+lines (Stripe embeds only the first 10 in an invoice). Every other method returns the invoice
+with ``lines=()``: an embedded first page is never passed off as the whole invoice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import stripe
+from stripe.params import (
+    CustomerCreateParams,
+    InvoiceAddLinesParams,
+    InvoiceAddLinesParamsLine,
+    InvoiceCreateParams,
+    InvoiceFinalizeInvoiceParams,
+    InvoiceLineItemListParams,
+    InvoiceListParams,
+    InvoiceRemoveLinesParams,
+    InvoiceRemoveLinesParamsLine,
+    InvoiceUpdateLinesParams,
+    InvoiceUpdateLinesParamsLine,
+)
+
+from billsync.sync.port import (
+    LineChange,
+    NewLine,
+    RemoteInvoice,
+    RemoteLine,
+    StripeAmbiguous,
+    StripeCardDeclined,
+    StripeFailure,
+    StripeRateLimited,
+    StripeRejected,
+    StripeUnavailable,
+)
+
+# Pinned explicitly: the SDK's types, the emulator and billsync's expectations all follow it.
+STRIPE_API_VERSION = "2026-10-28.endive"
+# Stripe's largest page; one invoice holds at most 250 items, so at most 3 pages of lines.
+PAGE_LIMIT = 100
+
+
+class _RequestsClient(stripe.RequestsClient):
+    """The SDK's requests client, but a connection broken while the response body is read
+    (``ChunkedEncodingError``: the status line came, the body did not) counts as a network
+    error worth retrying, like a timeout or a refused connection already does. The SDK replays
+    a write with the same idempotency key, so Stripe answers with the stored result instead of
+    writing twice."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[Any, int, Mapping[str, str]]:
+        try:
+            return super().request(method, url, headers, post_data)
+        except stripe.APIConnectionError as error:
+            if isinstance(error.__cause__, self.requests.exceptions.ChunkedEncodingError):
+                error.should_retry = True
+            raise
+
+
+class StripeGateway:
+    """:class:`~billsync.sync.port.StripePort` with ``stripe.StripeClient``.
+
+    ``max_network_retries`` is the SDK's own retry budget: timeouts, lost connections, 409
+    (idempotency key in use), 429 ``lock_timeout`` (``Stripe-Should-Retry``) and 5xx are
+    retried with the same idempotency key and exponential backoff; 429 ``rate_limit`` is not.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        timeout: float = 10.0,
+        max_network_retries: int = 2,
+    ) -> None:
+        self._client = stripe.StripeClient(
+            api_key,
+            stripe_version=STRIPE_API_VERSION,
+            base_addresses={"api": api_base} if api_base is not None else None,
+            http_client=_RequestsClient(timeout=timeout),
+            max_network_retries=max_network_retries,
+        )
+
+    # --- writes ------------------------------------------------------------------------
+
+    def create_customer(
+        self, *, name: str, email: str | None, metadata: Mapping[str, str], idempotency_key: str
+    ) -> str:
+        params: CustomerCreateParams = {"name": name, "metadata": dict(metadata)}
+        if email is not None:
+            params["email"] = email
+        with _translated():
+            customer = self._client.v1.customers.create(params, _write(idempotency_key))
+        return customer.id
+
+    def create_draft_invoice(
+        self,
+        *,
+        customer: str,
+        currency: str,
+        description: str,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+    ) -> RemoteInvoice:
+        params: InvoiceCreateParams = {
+            "customer": customer,
+            "currency": currency,
+            "description": description,
+            "metadata": dict(metadata),
+            "auto_advance": False,
+            "collection_method": "charge_automatically",
+            "pending_invoice_items_behavior": "exclude",
+        }
+        with _translated():
+            invoice = self._client.v1.invoices.create(params, _write(idempotency_key))
+        return _remote_invoice(invoice)
+
+    def add_lines(
+        self, invoice_id: str, lines: Sequence[NewLine], *, idempotency_key: str
+    ) -> RemoteInvoice:
+        if not lines:
+            return self.get_invoice(invoice_id, with_lines=False)
+        params: InvoiceAddLinesParams = {"lines": [_new_line(line) for line in lines]}
+        with _translated():
+            invoice = self._client.v1.invoices.add_lines(
+                invoice_id, params, _write(idempotency_key)
+            )
+        return _remote_invoice(invoice)
+
+    def update_lines(
+        self, invoice_id: str, changes: Sequence[LineChange], *, idempotency_key: str
+    ) -> RemoteInvoice:
+        if not changes:
+            return self.get_invoice(invoice_id, with_lines=False)
+        params: InvoiceUpdateLinesParams = {"lines": [_line_change(change) for change in changes]}
+        with _translated():
+            invoice = self._client.v1.invoices.update_lines(
+                invoice_id, params, _write(idempotency_key)
+            )
+        return _remote_invoice(invoice)
+
+    def remove_lines(
+        self, invoice_id: str, line_item_ids: Sequence[str], *, idempotency_key: str
+    ) -> RemoteInvoice:
+        if not line_item_ids:
+            return self.get_invoice(invoice_id, with_lines=False)
+        removals: list[InvoiceRemoveLinesParamsLine] = [
+            {"id": line_item_id, "behavior": "delete"} for line_item_id in line_item_ids
+        ]
+        params: InvoiceRemoveLinesParams = {"lines": removals}
+        with _translated():
+            invoice = self._client.v1.invoices.remove_lines(
+                invoice_id, params, _write(idempotency_key)
+            )
+        return _remote_invoice(invoice)
+
+    def finalize(
+        self, invoice_id: str, *, auto_advance: bool, idempotency_key: str
+    ) -> RemoteInvoice:
+        params: InvoiceFinalizeInvoiceParams = {"auto_advance": auto_advance}
+        with _translated():
+            invoice = self._client.v1.invoices.finalize_invoice(
+                invoice_id, params, _write(idempotency_key)
+            )
+        return _remote_invoice(invoice)
+
+    def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None:
+        with _translated():
+            self._client.v1.invoices.delete(invoice_id, None, _write(idempotency_key))
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get_invoice(self, invoice_id: str, *, with_lines: bool) -> RemoteInvoice:
+        with _translated():
+            invoice = self._client.v1.invoices.retrieve(invoice_id)
+            if not with_lines:
+                return _remote_invoice(invoice)
+            embedded = invoice.lines
+            lines = list(self._all_lines(invoice_id)) if embedded.has_more else embedded.data
+        return _remote_invoice(invoice, tuple(_remote_line(line) for line in lines))
+
+    def find_draft_invoices(
+        self, *, customer: str, metadata_key: str, value: str
+    ) -> list[RemoteInvoice]:
+        found: list[RemoteInvoice] = []
+        params: InvoiceListParams = {"customer": customer, "status": "draft", "limit": PAGE_LIMIT}
+        with _translated():
+            while True:
+                page = self._client.v1.invoices.list(params)
+                found.extend(
+                    _remote_invoice(invoice)
+                    for invoice in page.data
+                    if _metadata(invoice.metadata).get(metadata_key) == value
+                )
+                if not page.has_more or not page.data:
+                    return found
+                params["starting_after"] = page.data[-1].id
+
+    def _all_lines(self, invoice_id: str) -> Iterator[stripe.InvoiceLineItem]:
+        """Every line of the invoice, in order, a page of up to ``PAGE_LIMIT`` at a time."""
+        params: InvoiceLineItemListParams = {"limit": PAGE_LIMIT}
+        while True:
+            page = self._client.v1.invoices.line_items.list(invoice_id, params)
+            yield from page.data
+            if not page.has_more or not page.data:
+                return
+            params["starting_after"] = page.data[-1].id
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def _write(idempotency_key: str) -> stripe.RequestOptions:
+    return {"idempotency_key": idempotency_key}
+
+
+def _new_line(line: NewLine) -> InvoiceAddLinesParamsLine:
+    return {
+        "amount": line.amount,
+        "description": line.description,
+        "period": {"start": line.period_start, "end": line.period_end},
+        "metadata": dict(line.metadata),
+    }
+
+
+def _line_change(change: LineChange) -> InvoiceUpdateLinesParamsLine:
+    return {
+        "id": change.line_item_id,
+        "amount": change.amount,
+        "description": change.description,
+        "metadata": dict(change.metadata),
+    }
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+def _remote_invoice(invoice: stripe.Invoice, lines: tuple[RemoteLine, ...] = ()) -> RemoteInvoice:
+    customer = invoice.customer
+    return RemoteInvoice(
+        id=invoice.id,
+        customer=customer if isinstance(customer, str) else (customer.id if customer else ""),
+        status=invoice.status or "",
+        currency=invoice.currency,
+        total=invoice.total,
+        amount_due=invoice.amount_due,
+        amount_paid=invoice.amount_paid,
+        amount_remaining=invoice.amount_remaining,
+        number=invoice.number,
+        hosted_invoice_url=invoice.hosted_invoice_url,
+        invoice_pdf=invoice.invoice_pdf,
+        metadata=_metadata(invoice.metadata),
+        lines=lines,
+    )
+
+
+def _remote_line(line: stripe.InvoiceLineItem) -> RemoteLine:
+    details = line.parent.invoice_item_details if line.parent is not None else None
+    return RemoteLine(
+        line_item_id=line.id,
+        invoice_item_id=details.invoice_item if details is not None else None,
+        amount=line.amount,
+        currency=line.currency,
+        description=line.description,
+        metadata=_metadata(line.metadata),
+    )
+
+
+def _metadata(metadata: stripe.StripeObject | None) -> dict[str, str]:
+    """Stripe's metadata object as a plain dict (a StripeObject is not a mapping)."""
+    if metadata is None:
+        return {}
+    return {str(key): str(value) for key, value in metadata.to_dict().items()}
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turns every SDK error into the port's :class:`StripeFailure` family."""
+    try:
+        yield
+    except stripe.StripeError as error:
+        raise _failure(error) from error
+
+
+def _failure(error: stripe.StripeError) -> StripeFailure:
+    message = error.user_message or type(error).__name__
+    status = error.http_status
+    code = _error_code(error)
+    if isinstance(error, stripe.RateLimitError):
+        return StripeRateLimited(message, code=code or "rate_limit", status=status)
+    if isinstance(error, stripe.APIConnectionError):
+        return StripeAmbiguous(message, code=code, status=status)
+    if isinstance(error, stripe.CardError):
+        return StripeCardDeclined(message, code=code, status=status)
+    if status == 409:
+        # Another request with this idempotency key is still running: it may yet write.
+        return StripeAmbiguous(message, code=code, status=status)
+    if status is not None and status >= 500:
+        return StripeUnavailable(message, code=code, status=status)
+    if status is not None and status >= 400:
+        # InvalidRequestError, IdempotencyError, AuthenticationError, PermissionError, ...
+        return StripeRejected(message, code=code, status=status)
+    # No usable answer (e.g. an unreadable 200 body): the write may have happened.
+    return StripeAmbiguous(message, code=code, status=status)
+
+
+def _error_code(error: stripe.StripeError) -> str | None:
+    """Stripe's ``error.code``, else its ``error.type`` (``idempotency_error`` has no code)."""
+    if error.code:
+        return error.code
+    body = error.json_body
+    if isinstance(body, dict):
+        details = body.get("error")
+        if isinstance(details, dict):
+            for field in ("code", "type"):
+                value = details.get(field)
+                if isinstance(value, str) and value:
+                    return value
+    return None

@@ -1,0 +1,1 @@
+"""The sync engine: compile the ledger into Stripe with the fewest calls, exactly once."""

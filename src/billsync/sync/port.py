@@ -1,0 +1,142 @@
+"""The Stripe port: what the sync engine needs from Stripe, in billsync's own types.
+
+:mod:`billsync.stripe_gateway` implements it with the real stripe SDK (pointed at Stripe or at
+the emulator). Nothing else in billsync knows the SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StripeFailure(Exception):
+    """A Stripe call failed. Subclasses say whether the write may have happened."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+class StripeRateLimited(StripeFailure):
+    """429 ``rate_limit`` or ``lock_timeout``: nothing was written; back off and retry."""
+
+
+class StripeUnavailable(StripeFailure):
+    """5xx after the SDK's own retries, answered by Stripe: nothing usable was written."""
+
+
+class StripeAmbiguous(StripeFailure):
+    """Timeout or lost connection: the write may or may not have happened. Read before
+    writing again."""
+
+
+class StripeRejected(StripeFailure):
+    """4xx: Stripe refused the request as sent (a bug or drift); retrying will not help."""
+
+
+class StripeCardDeclined(StripeFailure):
+    """402: the payment was declined."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewLine:
+    """A line to put on a draft invoice."""
+
+    line_id: int
+    amount: int  # minor units
+    description: str
+    period_start: int  # unix seconds
+    period_end: int
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LineChange:
+    """New absolute values for a line already on the draft (by its ``il_`` id)."""
+
+    line_item_id: str
+    amount: int
+    description: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteLine:
+    """A line of a Stripe invoice as Stripe shows it."""
+
+    line_item_id: str  # il_…
+    invoice_item_id: str | None  # ii_…
+    amount: int
+    currency: str
+    description: str | None
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteInvoice:
+    id: str
+    customer: str
+    status: str  # draft | open | paid | void | uncollectible
+    currency: str
+    total: int
+    amount_due: int
+    amount_paid: int
+    amount_remaining: int
+    number: str | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+    metadata: Mapping[str, str]
+    lines: Sequence[RemoteLine] = field(default_factory=tuple)  # complete when fetched with lines
+
+
+class StripePort(Protocol):
+    """Every write takes an idempotency key built by the caller from its own ids."""
+
+    def create_customer(
+        self, *, name: str, email: str | None, metadata: Mapping[str, str], idempotency_key: str
+    ) -> str:
+        """Returns the customer id (cus_…)."""
+        ...
+
+    def create_draft_invoice(
+        self,
+        *,
+        customer: str,
+        currency: str,
+        description: str,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+    ) -> RemoteInvoice:
+        """A draft with ``auto_advance=false``, ``collection_method=charge_automatically``,
+        ``pending_invoice_items_behavior=exclude``."""
+        ...
+
+    def find_draft_invoices(
+        self, *, customer: str, metadata_key: str, value: str
+    ) -> list[RemoteInvoice]:
+        """Drafts of the customer whose metadata[metadata_key] == value (recovery)."""
+        ...
+
+    def get_invoice(self, invoice_id: str, *, with_lines: bool) -> RemoteInvoice: ...
+
+    def add_lines(
+        self, invoice_id: str, lines: Sequence[NewLine], *, idempotency_key: str
+    ) -> RemoteInvoice: ...
+
+    def update_lines(
+        self, invoice_id: str, changes: Sequence[LineChange], *, idempotency_key: str
+    ) -> RemoteInvoice: ...
+
+    def remove_lines(
+        self, invoice_id: str, line_item_ids: Sequence[str], *, idempotency_key: str
+    ) -> RemoteInvoice: ...
+
+    def finalize(
+        self, invoice_id: str, *, auto_advance: bool, idempotency_key: str
+    ) -> RemoteInvoice: ...
+
+    def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None: ...
