@@ -142,7 +142,7 @@ class StripeGateway:
             invoice = self._client.v1.invoices.add_lines(
                 invoice_id, params, _write(idempotency_key)
             )
-        return _remote_invoice(invoice)
+        return _with_embedded_lines(invoice)
 
     def update_lines(
         self, invoice_id: str, changes: Sequence[LineChange], *, idempotency_key: str
@@ -154,7 +154,7 @@ class StripeGateway:
             invoice = self._client.v1.invoices.update_lines(
                 invoice_id, params, _write(idempotency_key)
             )
-        return _remote_invoice(invoice)
+        return _with_embedded_lines(invoice)
 
     def remove_lines(
         self, invoice_id: str, line_item_ids: Sequence[str], *, idempotency_key: str
@@ -169,7 +169,7 @@ class StripeGateway:
             invoice = self._client.v1.invoices.remove_lines(
                 invoice_id, params, _write(idempotency_key)
             )
-        return _remote_invoice(invoice)
+        return _with_embedded_lines(invoice)
 
     def finalize(
         self, invoice_id: str, *, auto_advance: bool, idempotency_key: str
@@ -179,7 +179,7 @@ class StripeGateway:
             invoice = self._client.v1.invoices.finalize_invoice(
                 invoice_id, params, _write(idempotency_key)
             )
-        return _remote_invoice(invoice)
+        return _with_embedded_lines(invoice)
 
     def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None:
         with _translated():
@@ -194,7 +194,7 @@ class StripeGateway:
                 return _remote_invoice(invoice)
             embedded = invoice.lines
             lines = list(self._all_lines(invoice_id)) if embedded.has_more else embedded.data
-        return _remote_invoice(invoice, tuple(_remote_line(line) for line in lines))
+        return _remote_invoice(invoice, tuple(_remote_line(line) for line in lines), True)
 
     def find_draft_invoices(
         self, *, customer: str, metadata_key: str, value: str
@@ -252,7 +252,17 @@ def _line_change(change: LineChange) -> InvoiceUpdateLinesParamsLine:
 # --- results -------------------------------------------------------------------------------
 
 
-def _remote_invoice(invoice: stripe.Invoice, lines: tuple[RemoteLine, ...] = ()) -> RemoteInvoice:
+def _with_embedded_lines(invoice: stripe.Invoice) -> RemoteInvoice:
+    """A write's response: its embedded lines count only when they are all of them."""
+    embedded = invoice.lines
+    if embedded is None or embedded.has_more:
+        return _remote_invoice(invoice)
+    return _remote_invoice(invoice, tuple(_remote_line(line) for line in embedded.data), True)
+
+
+def _remote_invoice(
+    invoice: stripe.Invoice, lines: tuple[RemoteLine, ...] = (), complete: bool = False
+) -> RemoteInvoice:
     customer = invoice.customer
     return RemoteInvoice(
         id=invoice.id,
@@ -268,6 +278,7 @@ def _remote_invoice(invoice: stripe.Invoice, lines: tuple[RemoteLine, ...] = ())
         invoice_pdf=invoice.invoice_pdf,
         metadata=_metadata(invoice.metadata),
         lines=lines,
+        lines_complete=complete,
     )
 
 

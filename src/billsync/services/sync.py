@@ -376,7 +376,7 @@ class SyncService:
             step, partial(self.gateway.add_lines, invoice_id, new, idempotency_key=key)
         )
         wanted = {line.line_id for line in operation.lines}
-        if {c.line_id for c in _confirmations(result)} & wanted != wanted:
+        if not result.lines_complete:
             # The response embeds only an invoice's first lines: read the rest once.
             result = self._call(
                 step, partial(self.gateway.get_invoice, invoice_id, with_lines=True)

@@ -90,7 +90,10 @@ class RemoteInvoice:
     hosted_invoice_url: str | None
     invoice_pdf: str | None
     metadata: Mapping[str, str]
-    lines: Sequence[RemoteLine] = field(default_factory=tuple)  # complete when fetched with lines
+    lines: Sequence[RemoteLine] = field(default_factory=tuple)
+    # Whether ``lines`` is every line of the invoice (a write's response embeds only the first
+    # page; ``get_invoice(with_lines=True)`` always reads them all).
+    lines_complete: bool = False
 
 
 class StripePort(Protocol):
