@@ -9,11 +9,18 @@ from billsync.catalog_file import load_catalog
 from billsync.clock import Clock, SystemClock
 from billsync.config import Settings
 from billsync.core.catalog import Catalog
+from billsync.core.policy import Policy, SyncPolicy
 from billsync.db.database import Database
 from billsync.services.accounts import AccountService
 from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
+from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.lines import LineService
+from billsync.services.sync import SyncService
+from billsync.stripe_gateway import StripeGateway
+from billsync.sync.budget import CircuitBreaker, RateBudget
+from billsync.sync.port import StripePort
+from billsync.sync.scheduler import Scheduler, StripeGuard
 
 
 @dataclass
@@ -26,10 +33,63 @@ class Billsync:
     ingest: IngestService
     lines: LineService
     ingest_writer: GroupCommitter
+    sync: Syncing | None = None
 
     def close(self) -> None:
+        if self.sync is not None:
+            self.sync.scheduler.stop()
         self.ingest_writer.close()
         self.database.dispose()
+
+
+@dataclass
+class Syncing:
+    """Everything that talks to Stripe; absent when no Stripe key is configured."""
+
+    gateway: StripePort
+    guard: StripeGuard
+    service: SyncService
+    lifecycle: LifecycleService
+    scheduler: Scheduler
+
+
+def build_syncing(
+    settings: Settings,
+    database: Database,
+    catalog: Catalog,
+    clock: Clock,
+    gateway: StripePort | None = None,
+) -> Syncing | None:
+    if gateway is None:
+        if not settings.stripe_api_key:
+            return None
+        gateway = StripeGateway(
+            settings.stripe_api_key,
+            api_base=settings.stripe_api_base,
+            timeout=settings.stripe_timeout_seconds,
+            max_network_retries=settings.stripe_max_retries,
+        )
+    guard = StripeGuard(RateBudget(settings.stripe_calls_per_second()), CircuitBreaker())
+    service = SyncService(
+        database, gateway, catalog, clock, guard=guard,
+        delete_zero_total=settings.zero_total_periods == "delete",
+    )  # fmt: skip
+    lifecycle = LifecycleService(
+        database,
+        clock,
+        service,
+        LifecycleSettings(
+            grace=timedelta(seconds=settings.close_grace_seconds),
+            review_window=timedelta(seconds=settings.review_window_seconds),
+        ),
+    )
+    policy = SyncPolicy(
+        Policy(settings.sync_policy),
+        timedelta(seconds=settings.sync_interval_seconds),
+        settings.sync_threshold,
+    )
+    scheduler = Scheduler(database, service, lifecycle, clock, policy)
+    return Syncing(gateway, guard, service, lifecycle, scheduler)
 
 
 def build(
@@ -38,6 +98,7 @@ def build(
     clock: Clock | None = None,
     database: Database | None = None,
     catalog: Catalog | None = None,
+    gateway: StripePort | None = None,
 ) -> Billsync:
     clock = clock or SystemClock()
     catalog = catalog or load_catalog(settings.catalog)
@@ -60,4 +121,5 @@ def build(
         ingest=ingest,
         lines=LineService(catalog, clock, settings.billing_anchor_day),
         ingest_writer=GroupCommitter(ingest.record),
+        sync=build_syncing(settings, database, catalog, clock, gateway),
     )

@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     )
     max_batch_events: int = Field(default=5000, ge=1, description="Events per POST /v1/usage.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Request body cap.")
+    stripe_api_key: str | None = Field(
+        default=None, description="sk_test_… or sk_live_…; unset: no syncing to Stripe."
+    )
+    stripe_api_base: str | None = Field(
+        default=None, description="Stripe's API address; the emulator's URL in tests and the demo."
+    )
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0)
+    stripe_max_retries: int = Field(default=2, ge=0, le=10)
+    stripe_rate: float | None = Field(
+        default=None, gt=0, description="Stripe calls/s for the whole process (20 test, 80 live)."
+    )
+    sync_policy: str = Field(
+        default="interval", description="interval|threshold|on_demand|cycle_end"
+    )
+    sync_interval_seconds: int = Field(default=900, ge=1)
+    sync_threshold: int = Field(default=10_000, ge=1, description="Minor units behind.")
+    sync_workers: int = Field(default=2, ge=1, le=64)
+    scheduler_tick_seconds: float = Field(default=5.0, gt=0)
+    on_demand_wait_seconds: float = Field(default=10.0, ge=0)
+    close_grace_seconds: int = Field(default=3600, ge=0)
+    review_window_seconds: int = Field(default=3600, ge=0)
+    zero_total_periods: str = Field(default="finalize", description="finalize|delete")
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, description="API processes for `billsync serve`.")
@@ -57,6 +79,27 @@ class Settings(BaseSettings):
         if normalized not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("must be OFF, NORMAL, FULL or EXTRA")
         return normalized
+
+    @field_validator("sync_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        if value not in {"interval", "threshold", "on_demand", "cycle_end"}:
+            raise ValueError("must be interval, threshold, on_demand or cycle_end")
+        return value
+
+    @field_validator("zero_total_periods")
+    @classmethod
+    def _zero(cls, value: str) -> str:
+        if value not in {"finalize", "delete"}:
+            raise ValueError("must be finalize or delete")
+        return value
+
+    def stripe_calls_per_second(self) -> float:
+        """The budget: configured, or safely under Stripe's limit for the key's mode."""
+        if self.stripe_rate is not None:
+            return self.stripe_rate
+        live = (self.stripe_api_key or "").startswith(("sk_live_", "rk_live_"))
+        return 80.0 if live else 20.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:

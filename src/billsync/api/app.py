@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from billsync import __version__
-from billsync.api import accounts, catalog, usage
+from billsync.api import accounts, catalog, sync, usage
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
 from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
+
+# Set by `billsync serve` when its single process should also run the scheduler and workers.
+RUN_SCHEDULER = "BILLSYNC_RUN_SCHEDULER"
 
 
 def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
@@ -21,6 +25,11 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        settings = billsync.settings
+        if owns_billsync and billsync.sync is not None and os.environ.get(RUN_SCHEDULER) == "1":
+            billsync.sync.scheduler.start(
+                workers=settings.sync_workers, tick_seconds=settings.scheduler_tick_seconds
+            )
         yield
         if owns_billsync:
             billsync.close()
@@ -42,6 +51,7 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
     app.include_router(accounts.router, prefix="/v1")
     app.include_router(usage.router, prefix="/v1")
     app.include_router(catalog.router, prefix="/v1")
+    app.include_router(sync.router, prefix="/v1")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

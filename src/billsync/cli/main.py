@@ -10,12 +10,13 @@ from typing import Annotated
 
 import typer
 import uvicorn
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from billsync.bootstrap import Billsync, build
+from billsync.api.app import RUN_SCHEDULER
 from billsync.catalog_file import load_catalog
+from billsync.cli import sync_commands
+from billsync.cli.common import console, errors, fail, open_billsync
 from billsync.cli.ingest_file import ingest_file
 from billsync.config import Settings
 from billsync.core.catalog import CatalogError
@@ -37,35 +38,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(catalog_app, name="catalog")
 
-console = Console()
 DEMO_ACCOUNT = "demo"
-errors = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(code)
-
-
-def ensure_schema(database: Database) -> None:
-    """SQLite (one process owns it) is migrated on the spot; PostgreSQL, shared by many
-    processes, only by an explicit ``billsync db upgrade``."""
-    if database.is_sqlite:
-        migrate.upgrade(database)
-        return
-    current, head = migrate.current_revision(database), migrate.head_revision(database)
-    if current != head:
-        raise fail(f"the database schema is at {current}, not {head}: run `billsync db upgrade`")
-
-
-def open_billsync(settings: Settings | None = None) -> Billsync:
-    settings = settings or Settings()
-    try:
-        billsync = build(settings)
-    except CatalogError as error:
-        raise fail(str(error)) from None
-    ensure_schema(billsync.database)
-    return billsync
 
 
 @db_app.command("upgrade")
@@ -229,6 +202,11 @@ def serve(
     billsync.close()
     token = api_token(settings)
     os.environ["BILLSYNC_API_TOKEN"] = ",".join([token, *settings.api_tokens()[1:]])
+    processes = workers or settings.workers
+    if processes == 1:
+        os.environ[RUN_SCHEDULER] = "1"  # one process: it also runs the scheduler and workers
+    elif settings.stripe_api_key:
+        console.print("API processes > 1: run the scheduler separately with `billsync worker`")
     host = host or settings.host
     port = port or settings.port
     url = f"http://{host}:{port}"
@@ -244,7 +222,7 @@ def serve(
         factory=True,
         host=host,
         port=port,
-        workers=workers or settings.workers,
+        workers=processes,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
         access_log=access_log,
@@ -287,6 +265,14 @@ def demo(
     billsync.close()
     console.print(f"demo account: [bold]{DEMO_ACCOUNT}[/] (usd)")
     serve(host=None, port=port, workers=1, access_log=True)
+
+
+app.command("sync")(sync_commands.sync_command)
+app.command("worker")(sync_commands.worker_command)
+app.command("status")(sync_commands.status_command)
+periods_app = typer.Typer(help="Billing period lifecycle.", no_args_is_help=True)
+periods_app.command("advance")(sync_commands.advance_command)
+app.add_typer(periods_app, name="periods")
 
 
 def main() -> None:

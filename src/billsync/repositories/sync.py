@@ -347,3 +347,7 @@ def unsynced_amount(connection: Connection, account_id: str) -> int:
         .where(lines.c.account_id == account_id, billing_periods.c.status.in_(SYNCED_STATUSES))
     ).scalar_one()  # fmt: skip
     return int(total)
+
+
+def all_account_ids(connection: Connection) -> list[str]:
+    return [row[0] for row in connection.execute(select(accounts.c.id).order_by(accounts.c.id))]

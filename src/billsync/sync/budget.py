@@ -161,7 +161,7 @@ class RateBudget:
             try:
                 while True:
                     now = self._clock()
-                    first = min(self._queue, key=lambda t: t[1]) == ticket
+                    first = min(self._queue) == ticket
                     if first and self._until_token(now) == 0.0:
                         self._grant(lane, now)
                         return True

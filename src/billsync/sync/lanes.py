@@ -1,7 +1,9 @@
 """Priority lanes of Stripe calls (lower is more urgent): a person waiting beats cycle close,
 which beats threshold syncs, which beat interval syncs."""
 
-ON_DEMAND = 0
-CLOSING = 1
-THRESHOLD = 2
-INTERVAL = 3
+from billsync.sync.budget import Lane
+
+ON_DEMAND = Lane.ON_DEMAND
+CLOSING = Lane.CLOSING
+THRESHOLD = Lane.THRESHOLD
+INTERVAL = Lane.INTERVAL

@@ -1,0 +1,282 @@
+"""The scheduler and its workers: which accounts to sync, in which lane, by which worker.
+
+One process: a tick finds due work (the lifecycle's transitions, then accounts whose policy says
+their changes should go now), a priority queue orders it by lane (on-demand > closing >
+threshold > interval), and worker threads sync one account each — never the same account in two
+threads at once. Every Stripe call passes the shared :class:`~billsync.sync.budget.RateBudget`
+and :class:`~billsync.sync.budget.CircuitBreaker` (:class:`StripeGuard`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from billsync.clock import Clock
+from billsync.core.policy import AccountSyncView, Policy, PolicyError, SyncPolicy, due
+from billsync.db.database import Database
+from billsync.repositories import sync as repository
+from billsync.services.lifecycle import AdvanceReport, LifecycleService
+from billsync.services.sync import SyncOutcome, SyncService
+from billsync.sync.budget import CircuitBreaker, Lane, RateBudget, backoff_delay
+from billsync.sync.port import (
+    StripeAmbiguous,
+    StripeFailure,
+    StripeRateLimited,
+    StripeUnavailable,
+)
+
+log = logging.getLogger("billsync.scheduler")
+
+
+class StripeGuard:
+    """Budget and breaker around every Stripe call (the sync service's ``CallGuard``)."""
+
+    def __init__(self, budget: RateBudget, breaker: CircuitBreaker) -> None:
+        self.budget = budget
+        self.breaker = breaker
+        self._rate_limited_in_a_row = 0
+        self._random = random.Random()
+        self._lock = threading.Lock()
+
+    def before_call(self, lane: int) -> None:
+        if not self.breaker.allow():
+            raise StripeUnavailable(
+                f"Stripe keeps failing: calls paused for {self.breaker.retry_in():.0f} s "
+                "(circuit open)",
+                code="circuit_open",
+            )
+        self.budget.acquire(Lane(lane))
+
+    def after_call(self, failure: StripeFailure | None) -> None:
+        # Every call let through is answered to the breaker: Stripe answering at all (even a
+        # 4xx or a 429) means it is up; only 5xx and lost connections count as failures.
+        if isinstance(failure, StripeUnavailable | StripeAmbiguous):
+            self.breaker.record_failure()
+            return
+        self.breaker.record_success()
+        if isinstance(failure, StripeRateLimited):
+            # Everyone backs off together: no 429 storm of our own making.
+            with self._lock:
+                self._rate_limited_in_a_row += 1
+                attempt = self._rate_limited_in_a_row
+            self.budget.penalize(max(0.05, backoff_delay(attempt, rng=self._random)))
+        elif failure is None:
+            with self._lock:
+                self._rate_limited_in_a_row = 0
+
+
+@dataclass(order=True)
+class _Job:
+    lane: int
+    order: int
+    account_id: str = field(compare=False)
+
+
+@dataclass
+class _Waiters:
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: SyncOutcome | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        database: Database,
+        sync: SyncService,
+        lifecycle: LifecycleService,
+        clock: Clock,
+        policy: SyncPolicy,
+    ) -> None:
+        self.database = database
+        self.sync = sync
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.policy = policy
+        self._queue: list[_Job] = []
+        self._queued: dict[str, int] = {}  # account → best lane queued
+        self._running: set[str] = set()
+        self._again: set[str] = set()
+        self._waiters: dict[str, _Waiters] = {}
+        self._order = itertools.count()
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.last_tick: AdvanceReport | None = None
+
+    # --- deciding what is due -------------------------------------------------------------
+
+    def policy_of(self, overrides: dict[str, object] | None) -> SyncPolicy:
+        try:
+            return self.policy.merged(overrides)
+        except PolicyError as error:
+            log.warning("scheduler.policy.invalid", extra={"error": str(error)})
+            return self.policy
+
+    def due_accounts(self) -> list[tuple[str, Lane]]:
+        now = self.clock.now()
+        found: list[tuple[str, Lane]] = []
+        with self.database.read() as connection:
+            for account_id in repository.accounts_needing_sync(connection):
+                account = repository.get_account(connection, account_id)
+                if account is None:
+                    continue
+                policy = self.policy_of(account.sync_policy)
+                state = repository.sync_row(connection, account_id) or {}
+                view = AccountSyncView(
+                    last_synced_at=state.get("last_synced_at"),
+                    unsynced_amount=repository.unsynced_amount(connection, account_id)
+                    if policy.policy is Policy.THRESHOLD
+                    else 0,
+                )
+                if due(policy, view, now):
+                    lane = Lane.THRESHOLD if policy.policy is Policy.THRESHOLD else Lane.INTERVAL
+                    found.append((account_id, lane))
+        return found
+
+    def tick(self) -> AdvanceReport:
+        """Lifecycle transitions first (they sync what they close), then due accounts."""
+        report = self.lifecycle.advance()
+        for account_id, lane in self.due_accounts():
+            self.enqueue(account_id, lane)
+        self.last_tick = report
+        return report
+
+    # --- the queue -------------------------------------------------------------------------
+
+    def enqueue(self, account_id: str, lane: Lane) -> None:
+        with self._lock:
+            if account_id in self._running:
+                self._again.add(account_id)
+                self._queued[account_id] = min(self._queued.get(account_id, lane), lane)
+                return
+            best = self._queued.get(account_id)
+            if best is not None and best <= lane:
+                return
+            self._queued[account_id] = lane
+            heapq.heappush(self._queue, _Job(int(lane), next(self._order), account_id))
+            self._lock.notify()
+
+    def depth(self) -> dict[str, int]:
+        with self._lock:
+            counts = {lane.name.lower(): 0 for lane in Lane}
+            for account_id, lane in self._queued.items():
+                if account_id not in self._running:
+                    counts[Lane(lane).name.lower()] += 1
+            return counts
+
+    def _pop_ready(self) -> tuple[str, Lane] | None:
+        while self._queue:
+            job = heapq.heappop(self._queue)
+            lane = self._queued.get(job.account_id)
+            if lane is None or lane != job.lane or job.account_id in self._running:
+                continue  # superseded by a more urgent lane, or running already
+            del self._queued[job.account_id]
+            self._running.add(job.account_id)
+            return job.account_id, Lane(job.lane)
+        return None
+
+    def _take(self, timeout: float | None) -> tuple[str, Lane] | None:
+        """The most urgent job, waiting up to ``timeout`` seconds (None: until one comes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                job = self._pop_ready()
+                if job is not None or self._stop.is_set():
+                    return job
+                if deadline is None:
+                    self._lock.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+
+    def _finish(self, account_id: str, outcome: SyncOutcome) -> None:
+        with self._lock:
+            self._running.discard(account_id)
+            waiters = self._waiters.pop(account_id, None)
+            if account_id in self._again:
+                self._again.discard(account_id)
+                lane = self._queued.pop(account_id, Lane.INTERVAL)
+                self._queued[account_id] = lane
+                heapq.heappush(self._queue, _Job(int(lane), next(self._order), account_id))
+                self._lock.notify()
+        if waiters is not None:
+            waiters.outcome = outcome
+            waiters.done.set()
+
+    def work_once(self, timeout: float | None = 0) -> SyncOutcome | None:
+        """Sync the most urgent queued account (tests and ``billsync sync`` call this)."""
+        job = self._take(timeout)
+        if job is None:
+            return None
+        account_id, lane = job
+        try:
+            outcome = self.sync.sync_account(account_id, lane=lane)
+        except Exception as error:  # a worker must survive one account's bug
+            log.exception("scheduler.sync.crashed", extra={"account": account_id})
+            outcome = SyncOutcome(account_id, error=f"{type(error).__name__}: {error}")
+        self._finish(account_id, outcome)
+        return outcome
+
+    def drain(self) -> list[SyncOutcome]:
+        outcomes = []
+        while (outcome := self.work_once()) is not None:
+            outcomes.append(outcome)
+        return outcomes
+
+    # --- on demand -------------------------------------------------------------------------
+
+    def request(self, account_id: str, *, wait: float) -> SyncOutcome | None:
+        """Sync now (a person is waiting): the on-demand lane; returns the outcome, or None if
+        it took longer than ``wait`` seconds (the sync goes on)."""
+        with self._lock:
+            waiters = self._waiters.setdefault(account_id, _Waiters())
+        self.enqueue(account_id, Lane.ON_DEMAND)
+        if not self._threads:  # no workers running (CLI, tests): do it here
+            while not waiters.done.is_set() and self.work_once() is not None:
+                pass
+        if waiters.done.wait(wait):
+            return waiters.outcome
+        return None
+
+    # --- threads -----------------------------------------------------------------------------
+
+    def start(self, *, workers: int, tick_seconds: float) -> None:
+        self._stop.clear()
+        for index in range(workers):
+            thread = threading.Thread(target=self._work, name=f"billsync-sync-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        ticker = threading.Thread(
+            target=self._tick_forever, args=(tick_seconds,), name="billsync-tick", daemon=True
+        )
+        ticker.start()
+        self._threads.append(ticker)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self.work_once(timeout=0.5)
+
+    def _tick_forever(self, seconds: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep ticking: the next tick may succeed
+                log.exception("scheduler.tick.failed")
+            self._stop.wait(seconds)
+
+    def stop(self) -> None:
+        """Finish in-flight syncs and stop (graceful shutdown)."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
