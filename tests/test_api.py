@@ -154,6 +154,8 @@ V1_ROUTES = [
     ("GET", "/v1/accounts/{account_id}/lines"),
     ("GET", "/v1/catalog"),
     ("POST", "/v1/usage"),
+    ("GET", "/v1/accounts/{account_id}/sync"),
+    ("POST", "/v1/accounts/{account_id}/sync"),
 ]
 
 
