@@ -281,6 +281,8 @@ class SyncService:
                             p.start: p for p in repository.periods_to_sync(connection, account_id)
                         }
             except StripeAmbiguous:
+                if outcome.recovered:
+                    raise  # ambiguous twice in one run: Stripe is struggling, try later
                 self._recover(account_id, lane, outcome)
                 outcome.recovered = True
                 continue

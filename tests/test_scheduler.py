@@ -1,0 +1,213 @@
+"""Policies, the scheduler's lanes, on-demand syncs, and the sync API — against the emulator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync, build
+from billsync.cli.main import app as cli
+from billsync.clock import ManualClock
+from billsync.config import Settings
+from billsync.core.catalog import Catalog
+from billsync.core.policy import AccountSyncView, Policy, PolicyError, SyncPolicy, due, window_start
+from billsync.db.database import Database
+from billsync.db.tables import accounts
+from billsync.sync.budget import Lane
+from tests.conftest import T0, TEST_TOKEN
+from tests.factories import create_account, event
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+
+
+def test_interval_policy_syncs_at_most_once_per_window() -> None:
+    policy = SyncPolicy(Policy.INTERVAL, timedelta(minutes=15))
+    now = datetime(2026, 11, 15, 12, 7, tzinfo=UTC)
+    assert window_start(now, policy.interval) == datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+    assert due(policy, AccountSyncView(None, 0), now)
+    assert not due(policy, AccountSyncView(now - timedelta(minutes=5), 0), now)
+    assert due(policy, AccountSyncView(now - timedelta(minutes=8), 0), now)
+
+
+def test_threshold_on_demand_and_cycle_end_policies() -> None:
+    now = T0
+    threshold = SyncPolicy(Policy.THRESHOLD, threshold=500)
+    assert not due(threshold, AccountSyncView(None, 499), now)
+    assert due(threshold, AccountSyncView(None, 500), now)
+    for policy in (Policy.ON_DEMAND, Policy.CYCLE_END):
+        assert not due(SyncPolicy(policy), AccountSyncView(None, 10**9), now)
+
+
+def test_account_overrides_are_validated() -> None:
+    base = SyncPolicy()
+    assert base.merged({"policy": "threshold", "threshold": 99}).threshold == 99
+    assert base.merged({"interval_seconds": 60}).interval == timedelta(minutes=1)
+    for bad in ({"policy": "hourly"}, {"threshold": 0}, {"interval_seconds": "x"}, {"every": 1}):
+        with pytest.raises(PolicyError):
+            base.merged(bad)
+
+
+@pytest.fixture
+def synced(
+    tmp_path: Path,
+    database: Database,
+    clock: ManualClock,
+    example_catalog: Catalog,
+    running_emulator: RunningEmulator,
+) -> Iterator[Billsync]:
+    settings = Settings(
+        data_dir=tmp_path,
+        api_token=TEST_TOKEN,
+        stripe_api_key=EMULATOR_KEY,
+        stripe_api_base=running_emulator.url,
+        stripe_timeout_seconds=1.0,
+        stripe_max_retries=0,
+        stripe_rate=1000,
+    )
+    billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
+    yield billsync
+    billsync.close()
+
+
+def egress(account: str, quantity: str, at: datetime = T0) -> dict[str, object]:
+    return event(account, "bandwidth.egress.na-eu.gb", quantity, at=at, region="iad")
+
+
+def test_due_accounts_follow_each_accounts_policy(synced: Billsync, clock: ManualClock) -> None:
+    assert synced.sync is not None
+    create_account(synced, "steady")
+    create_account(synced, "big-spender")
+    create_account(synced, "quiet")
+    with synced.database.transaction() as connection:
+        connection.execute(
+            accounts.update()
+            .where(accounts.c.id == "big-spender")
+            .values(sync_policy={"policy": "threshold", "threshold": 100})
+        )
+        connection.execute(
+            accounts.update()
+            .where(accounts.c.id == "quiet")
+            .values(sync_policy={"policy": "cycle_end"})
+        )
+    synced.ingest.ingest(
+        [egress("steady", "1"), egress("big-spender", "100"), egress("quiet", "500")]
+    )
+    due_now = dict(synced.sync.scheduler.due_accounts())
+    assert due_now == {"steady": Lane.INTERVAL, "big-spender": Lane.THRESHOLD}
+    synced.sync.scheduler.tick()
+    outcomes = synced.sync.scheduler.drain()
+    assert sorted(o.account_id for o in outcomes) == ["big-spender", "steady"]
+    assert all(o.ok for o in outcomes)
+    # Within the same 15-minute window, new usage waits for the next window.
+    synced.ingest.ingest([egress("steady", "2")])
+    assert synced.sync.scheduler.due_accounts() == []
+    clock.advance(timedelta(minutes=15))
+    assert dict(synced.sync.scheduler.due_accounts()) == {"steady": Lane.INTERVAL}
+
+
+def test_the_queue_serves_on_demand_before_interval(synced: Billsync) -> None:
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    for name in ("a", "b", "c"):
+        create_account(synced, name)
+    synced.ingest.ingest([egress(name, "1") for name in ("a", "b", "c")])
+    scheduler.enqueue("a", Lane.INTERVAL)
+    scheduler.enqueue("b", Lane.INTERVAL)
+    scheduler.enqueue("c", Lane.ON_DEMAND)
+    scheduler.enqueue("a", Lane.CLOSING)  # promoted, not queued twice
+    assert scheduler.depth() == {"on_demand": 1, "closing": 1, "threshold": 0, "interval": 1}
+    assert [o.account_id for o in scheduler.drain()] == ["c", "a", "b"]
+
+
+def test_sync_api_flushes_pending_usage_and_reports_state(
+    synced: Billsync, running_emulator: RunningEmulator
+) -> None:
+    create_account(synced)
+    synced.ingest.ingest([egress("acme", "12.5")])
+    with TestClient(
+        create_app(synced), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
+    ) as client:
+        before = client.get("/v1/accounts/acme/sync").json()
+        assert before["pending_lines"] == 1
+        assert before["unsynced_amount"] == 25
+        answer = client.post("/v1/accounts/acme/sync").json()
+        assert answer["status"] == "synced"
+        assert answer["pending_lines"] == 0
+        assert answer["unsynced_amount"] == 0
+        assert answer["periods"][0]["stripe_invoice_id"].startswith("in_")
+        assert client.post("/v1/accounts/ghost/sync").status_code == 404
+    assert (
+        running_emulator.control("GET", "stats")["by_endpoint"]["POST /v1/invoices/{id}/add_lines"]
+        == 1
+    )
+
+
+def test_on_demand_sync_still_answers_when_stripe_hangs(
+    synced: Billsync, running_emulator: RunningEmulator
+) -> None:
+    create_account(synced)
+    synced.ingest.ingest([egress("acme", "1")])
+    running_emulator.control(
+        "POST",
+        "faults",
+        {"endpoint": "POST /v1/customers", "kind": "hang", "count": 1, "seconds": 3},
+    )
+    with TestClient(
+        create_app(synced), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
+    ) as client:
+        answer = client.post("/v1/accounts/acme/sync").json()
+    assert answer["status"] in ("failed", "pending")
+    assert answer["pending_lines"] == 1
+    assert "StripeAmbiguous" in (answer["error"] or "")
+
+
+def test_sync_api_without_stripe_is_a_clear_503(client: TestClient, billsync: Billsync) -> None:
+    create_account(billsync)
+    answer = client.post("/v1/accounts/acme/sync")
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "stripe_not_configured"
+    assert client.get("/v1/accounts/acme/sync").status_code == 200
+
+
+def test_cli_dry_run_prints_a_readable_plan(
+    tmp_path: Path, running_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BILLSYNC_API_TOKEN", TEST_TOKEN)
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_KEY", EMULATOR_KEY)
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_BASE", running_emulator.url)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["accounts", "create", "acme", "--currency", "usd"]).exit_code == 0
+    path = tmp_path / "usage.jsonl"
+    now = datetime.now(UTC)
+    path.write_text(
+        json.dumps(
+            {
+                "id": "e1",
+                "account": "acme",
+                "metric": "bandwidth.egress.na-eu.gb",
+                "quantity": "2",
+                "timestamp": now.isoformat(),
+                "dimensions": {"region": "iad"},
+            }
+        )
+        + "\n"
+    )
+    assert runner.invoke(cli, ["ingest", str(path)]).exit_code == 0
+    dry = runner.invoke(cli, ["sync", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "acme: 3 Stripe call(s)" in dry.output
+    assert "create the Stripe customer" in dry.output
+    assert "add 1 line(s), 4 minor units" in dry.output
+    assert running_emulator.control("GET", "stats")["total"] == 0
+    real = runner.invoke(cli, ["sync", "--account", "acme"])
+    assert real.exit_code == 0, real.output
+    assert "acme: 3 call(s), ok" in real.output
+    status = runner.invoke(cli, ["status"])
+    assert "acme" in status.output
