@@ -1,0 +1,143 @@
+"""Hold, release, approve now, zero-total periods and the circuit breaker, against the emulator."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import httpx
+import pytest
+
+from billsync.bootstrap import Billsync
+from billsync.clock import ManualClock
+from billsync.core.periods import PeriodStatus
+from billsync.errors import Conflict
+from billsync.repositories import sync as sync_repository
+from billsync.services.lifecycle import LifecycleService, LifecycleSettings
+from billsync.services.sync import SyncService
+from billsync.stripe_gateway import StripeGateway
+from billsync.sync.budget import CircuitBreaker, RateBudget
+from billsync.sync.scheduler import StripeGuard
+from tests.conftest import T0
+from tests.factories import create_account, event
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+
+NOVEMBER = date(2026, 11, 1)
+AFTER_GRACE = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+
+
+def make(
+    billsync: Billsync, emulator: RunningEmulator, clock: ManualClock, *, delete_zero: bool = False
+) -> tuple[SyncService, LifecycleService]:
+    gateway = StripeGateway(EMULATOR_KEY, api_base=emulator.url, timeout=2, max_network_retries=0)
+    sync = SyncService(
+        billsync.database, gateway, billsync.catalog, clock, delete_zero_total=delete_zero
+    )
+    lifecycle = LifecycleService(
+        billsync.database, clock, sync,
+        LifecycleSettings(grace=timedelta(hours=1), review_window=timedelta(hours=2)),
+    )  # fmt: skip
+    return sync, lifecycle
+
+
+def status(billsync: Billsync) -> PeriodStatus:
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert period is not None
+    return period.status
+
+
+def invoice_status(billsync: Billsync, emulator: RunningEmulator) -> str:
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert period is not None
+    assert period.stripe_invoice_id is not None
+    response = httpx.get(
+        f"{emulator.url}/v1/invoices/{period.stripe_invoice_id}",
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    )
+    return str(response.json()["status"])
+
+
+def test_a_hold_stops_the_review_clock_and_release_restarts_it(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    _, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "100", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    assert status(billsync) is PeriodStatus.REVIEW
+    clock.advance(timedelta(minutes=30))
+    lifecycle.hold("acme", NOVEMBER)
+    assert status(billsync) is PeriodStatus.HELD
+    clock.advance(timedelta(days=3))
+    assert lifecycle.advance().finalized == []  # held: nothing moves
+    assert invoice_status(billsync, running_emulator) == "draft"
+    lifecycle.release("acme", NOVEMBER)
+    assert status(billsync) is PeriodStatus.REVIEW
+    clock.advance(timedelta(minutes=89))  # 90 minutes were left
+    assert lifecycle.advance().finalized == []
+    clock.advance(timedelta(minutes=2))
+    assert lifecycle.advance().finalized == [("acme", NOVEMBER)]
+    assert status(billsync) is PeriodStatus.FINALIZED
+    assert invoice_status(billsync, running_emulator) == "open"  # no card: Stripe collects later
+    with pytest.raises(Conflict):
+        lifecycle.hold("acme", NOVEMBER)
+
+
+def test_approve_now_finalizes_during_review(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    _, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "100", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    with pytest.raises(Conflict):
+        lifecycle.release("acme", NOVEMBER)
+    assert lifecycle.approve_now("acme", NOVEMBER) is True
+    assert status(billsync) is PeriodStatus.FINALIZED
+    assert invoice_status(billsync, running_emulator) == "open"
+
+
+@pytest.mark.parametrize("delete_zero", [False, True])
+def test_zero_total_periods_are_finalized_at_zero_or_deleted(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, delete_zero: bool
+) -> None:
+    _, lifecycle = make(billsync, running_emulator, clock, delete_zero=delete_zero)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "volume.gb_hours", "5", at=T0)])  # inside the free tier
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    clock.advance(timedelta(hours=3))
+    assert lifecycle.advance().finalized == [("acme", NOVEMBER)]
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert period is not None
+    if delete_zero:
+        assert period.stripe_invoice_id is None
+    else:
+        assert invoice_status(billsync, running_emulator) == "paid"  # Stripe marks $0 paid
+
+
+def test_the_circuit_breaker_stops_calls_while_stripe_is_down(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    gateway = StripeGateway(EMULATOR_KEY, api_base=running_emulator.url, max_network_retries=0)
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=60)
+    sync = SyncService(
+        billsync.database, gateway, billsync.catalog, clock,
+        guard=StripeGuard(RateBudget(1000), breaker),
+    )  # fmt: skip
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1", at=T0)])
+    running_emulator.control("POST", "faults", {"endpoint": "*", "kind": "503", "rate": 1.0})
+    for _ in range(3):
+        assert not sync.sync_account("acme").ok
+    calls_when_open = running_emulator.control("GET", "stats")["total"]
+    for _ in range(5):
+        outcome = sync.sync_account("acme")
+        assert outcome.error is not None
+        assert "circuit open" in outcome.error
+    assert running_emulator.control("GET", "stats")["total"] == calls_when_open
+    assert breaker.state == "open"
