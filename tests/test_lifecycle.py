@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from billsync.bootstrap import Billsync
+from billsync.cli.main import app as cli
 from billsync.clock import ManualClock
 from billsync.core.periods import PeriodStatus
 from billsync.errors import Conflict
@@ -141,3 +144,67 @@ def test_the_circuit_breaker_stops_calls_while_stripe_is_down(
         assert "circuit open" in outcome.error
     assert running_emulator.control("GET", "stats")["total"] == calls_when_open
     assert breaker.state == "open"
+
+
+def test_a_declined_card_leaves_the_finalized_invoice_open_for_stripe_to_dun(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    sync, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    assert sync.sync_account("acme").ok
+    with billsync.database.read() as connection:
+        account = sync_repository.get_account(connection, "acme")
+    assert account is not None
+    httpx.post(
+        f"{running_emulator.url}/v1/customers/{account.stripe_customer_id}",
+        data={"invoice_settings[default_payment_method]": "pm_card_chargeDeclined"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    ).raise_for_status()
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    assert lifecycle.approve_now("acme", NOVEMBER)
+    assert status(billsync) is PeriodStatus.FINALIZED
+    invoice = invoice_status(billsync, running_emulator)
+    assert invoice == "open"
+    failed = httpx.get(
+        f"{running_emulator.url}/v1/events",
+        params={"type": "invoice.payment_failed"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    ).json()["data"]
+    assert len(failed) == 1
+    assert failed[0]["data"]["object"]["amount_remaining"] == 274  # 1000 h × $0.00274
+
+
+def test_periods_advance_cli_runs_transitions_as_of_a_given_time(
+    tmp_path: Path, running_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BILLSYNC_API_TOKEN", "test-token-0123456789")
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_KEY", EMULATOR_KEY)
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_BASE", running_emulator.url)
+    runner = CliRunner()
+    runner.invoke(cli, ["accounts", "create", "acme", "--currency", "usd"])
+    now = datetime.now(UTC)
+    source = tmp_path / "u.jsonl"
+    source.write_text(
+        '{"id": "e1", "account": "acme", "metric": "ip.ipv4.hours", "quantity": 5, '
+        f'"timestamp": "{now.isoformat()}"}}\n'
+    )
+    assert runner.invoke(cli, ["ingest", str(source)]).exit_code == 0
+    end = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0)
+    first = runner.invoke(
+        cli, ["periods", "advance", "--now", (end + timedelta(minutes=1)).isoformat()]
+    )
+    assert first.exit_code == 0, first.output
+    assert "→ closing" in first.output
+    second = runner.invoke(
+        cli, ["periods", "advance", "--now", (end + timedelta(hours=2)).isoformat()]
+    )
+    assert "→ review" in second.output
+    third = runner.invoke(
+        cli, ["periods", "advance", "--now", (end + timedelta(hours=4)).isoformat()]
+    )
+    assert "→ finalized" in third.output
+    bad = runner.invoke(cli, ["periods", "advance", "--now", "yesterday"])
+    assert bad.exit_code == 2
