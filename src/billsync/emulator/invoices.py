@@ -446,18 +446,27 @@ def pay_invoice(
     return render.invoice(state, invoice)
 
 
+def _close(
+    state: State, ctx: Context, invoice: dict[str, Any], *, status: str, transition: str, event: str
+) -> dict[str, Any]:
+    """An open invoice leaves collection: void or uncollectible."""
+    invoice["status"] = status
+    invoice["next_payment_attempt"] = None
+    invoice["status_transitions"][transition] = state.clock.now()
+    rendered = render.invoice(state, invoice)
+    state.emit(event, rendered, livemode=ctx.livemode, request=ctx.request)
+    return rendered
+
+
 def void_invoice(state: State, ctx: Context, invoice_id: str) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "invoice")
     if invoice["status"] not in ("open", "uncollectible"):
         raise invalid(
             f"You can only void an open or uncollectible invoice; this one is {invoice['status']}."
         )
-    invoice["status"] = "void"
-    invoice["next_payment_attempt"] = None
-    invoice["status_transitions"]["voided_at"] = state.clock.now()
-    rendered = render.invoice(state, invoice)
-    state.emit("invoice.voided", rendered, livemode=ctx.livemode, request=ctx.request)
-    return rendered
+    return _close(
+        state, ctx, invoice, status="void", transition="voided_at", event="invoice.voided"
+    )
 
 
 def mark_uncollectible(state: State, ctx: Context, invoice_id: str) -> dict[str, Any]:
@@ -466,12 +475,14 @@ def mark_uncollectible(state: State, ctx: Context, invoice_id: str) -> dict[str,
         raise invalid(
             f"You can only mark an open invoice uncollectible; this one is {invoice['status']}."
         )
-    invoice["status"] = "uncollectible"
-    invoice["next_payment_attempt"] = None
-    invoice["status_transitions"]["marked_uncollectible_at"] = state.clock.now()
-    rendered = render.invoice(state, invoice)
-    state.emit("invoice.marked_uncollectible", rendered, livemode=ctx.livemode, request=ctx.request)
-    return rendered
+    return _close(
+        state,
+        ctx,
+        invoice,
+        status="uncollectible",
+        transition="marked_uncollectible_at",
+        event="invoice.marked_uncollectible",
+    )
 
 
 def create_preview(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:

@@ -208,6 +208,12 @@ def set_period_status(
     )
 
 
+def mark_finalized(connection: Connection, account_id: str, start: date, now: datetime) -> None:
+    """Stripe took over the period's invoice (or, under the zero-total "delete" rule, there is
+    none): billsync no longer changes it."""
+    set_period_status(connection, account_id, start, PeriodStatus.FINALIZED, now, finalized_at=now)
+
+
 def update_period(
     connection: Connection, account_id: str, start: date, now: datetime, **values: Any
 ) -> None:

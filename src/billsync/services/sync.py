@@ -436,14 +436,7 @@ class SyncService:
             step, partial(self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=key)
         )
         with self.database.transaction() as connection:
-            repository.set_period_status(
-                connection,
-                step.account.id,
-                start,
-                PeriodStatus.FINALIZED,
-                step.now,
-                finalized_at=step.now,
-            )
+            repository.mark_finalized(connection, step.account.id, start, step.now)
             repository.settle_intent(connection, intent, "applied", step.now)
         step.outcome.finalized.append(start)
 
@@ -458,14 +451,7 @@ class SyncService:
         with self.database.transaction() as connection:
             repository.set_invoice(connection, step.account.id, start, None, step.now)
             repository.forget_lines(connection, mine)
-            repository.set_period_status(
-                connection,
-                step.account.id,
-                start,
-                PeriodStatus.FINALIZED,
-                step.now,
-                finalized_at=step.now,
-            )
+            repository.mark_finalized(connection, step.account.id, start, step.now)
             repository.settle_intent(connection, intent, "applied", step.now)
         step.outcome.finalized.append(start)
 
@@ -531,13 +517,6 @@ class SyncService:
                 self._call((outcome, lane), remove)
             if remote.status != "draft" and period.status is not PeriodStatus.FINALIZED:
                 with self.database.transaction() as connection:
-                    repository.set_period_status(
-                        connection,
-                        account_id,
-                        period.start,
-                        PeriodStatus.FINALIZED,
-                        now,
-                        finalized_at=now,
-                    )
+                    repository.mark_finalized(connection, account_id, period.start, now)
         with self.database.transaction() as connection:
             repository.settle_pending(connection, account_id, "recovered", now)
