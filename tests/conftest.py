@@ -34,7 +34,18 @@ PG_URL_VARIABLE = "BILLSYNC_TEST_DATABASE_URL"
 TEST_TOKEN = "test-token-0123456789"
 # Mid-month, so "current period" tests have room on both sides.
 T0 = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
-TABLES = ("sync_intents", "account_sync", "usage_events", "lines", "billing_periods", "accounts")
+TABLES = (
+    "webhook_events",
+    "invoice_mirror",
+    "problems",
+    "cursors",
+    "sync_intents",
+    "account_sync",
+    "usage_events",
+    "lines",
+    "billing_periods",
+    "accounts",
+)
 
 
 def _postgres_url() -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -180,4 +182,90 @@ class AccountSync(Base):
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stripe_calls: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookEvent(Base):
+    """The webhook inbox: every Stripe event stored once (its id is the key), acknowledged at
+    once, handled later by the processor, which marks ``handled_at``."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # evt_…
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[int] = mapped_column(BigInteger)  # Stripe's unix seconds
+    livemode: Mapped[bool] = mapped_column(Boolean)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    source: Mapped[str] = mapped_column(String(16))  # webhook | sweep
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(2000))
+
+    __table_args__ = (Index("ix_webhook_events_handled_at_created", "handled_at", "created"),)
+
+
+class InvoiceMirror(Base):
+    """What Stripe says of an invoice billsync created: status, totals, links, payments."""
+
+    __tablename__ = "invoice_mirror"
+
+    stripe_invoice_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    period_start: Mapped[date | None] = mapped_column(Date)
+    number: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(String(3))
+    total: Mapped[int] = mapped_column(BigInteger)
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    amount_paid: Mapped[int] = mapped_column(BigInteger)
+    amount_remaining: Mapped[int] = mapped_column(BigInteger)
+    hosted_invoice_url: Mapped[str | None] = mapped_column(String(2000))
+    invoice_pdf: Mapped[str | None] = mapped_column(String(2000))
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_payment_error: Mapped[str | None] = mapped_column(String(2000))
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The newest Stripe event applied: an older one arriving late never rolls the mirror back.
+    last_event_created: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_event_id: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Problem(Base):
+    """Something a person should look at: a failed payment or finalization, drift between the
+    ledger and Stripe. Open until resolved."""
+
+    __tablename__ = "problems"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    period_start: Mapped[date | None] = mapped_column(Date)
+    kind: Mapped[str] = mapped_column(String(64))
+    # Identifies the problem so that finding it again updates it instead of adding a copy.
+    fingerprint: Mapped[str] = mapped_column(String(400), unique=True)
+    stripe_object_id: Mapped[str | None] = mapped_column(String(255))
+    line_id: Mapped[int | None] = mapped_column(BigInteger)
+    ledger_amount: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_amount: Mapped[int | None] = mapped_column(BigInteger)
+    repairable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    detail: Mapped[str] = mapped_column(String(2000))
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolution: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (Index("ix_problems_account_id_resolved_at", "account_id", "resolved_at"),)
+
+
+class Cursor(Base):
+    """Small named positions (e.g. the newest Stripe event the sweep has seen)."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(400))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

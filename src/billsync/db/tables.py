@@ -6,7 +6,18 @@ from typing import cast
 
 from sqlalchemy import Table
 
-from billsync.db.models import Account, AccountSync, BillingPeriod, Line, SyncIntent, UsageEvent
+from billsync.db.models import (
+    Account,
+    AccountSync,
+    BillingPeriod,
+    Cursor,
+    InvoiceMirror,
+    Line,
+    Problem,
+    SyncIntent,
+    UsageEvent,
+    WebhookEvent,
+)
 
 accounts = cast(Table, Account.__table__)
 billing_periods = cast(Table, BillingPeriod.__table__)
@@ -14,3 +25,7 @@ lines = cast(Table, Line.__table__)
 usage_events = cast(Table, UsageEvent.__table__)
 sync_intents = cast(Table, SyncIntent.__table__)
 account_sync = cast(Table, AccountSync.__table__)
+webhook_events = cast(Table, WebhookEvent.__table__)
+invoice_mirror = cast(Table, InvoiceMirror.__table__)
+problems = cast(Table, Problem.__table__)
+cursors = cast(Table, Cursor.__table__)
