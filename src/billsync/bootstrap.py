@@ -17,6 +17,7 @@ from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.lines import LineService
 from billsync.services.sync import SyncService
+from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
 from billsync.sync.budget import CircuitBreaker, RateBudget
 from billsync.sync.port import StripePort
@@ -33,6 +34,8 @@ class Billsync:
     ingest: IngestService
     lines: LineService
     ingest_writer: GroupCommitter
+    webhooks: WebhookInbox
+    processor: WebhookProcessor
     sync: Syncing | None = None
 
     def close(self) -> None:
@@ -51,6 +54,7 @@ class Syncing:
     service: SyncService
     lifecycle: LifecycleService
     scheduler: Scheduler
+    sweep: Sweep
 
 
 def build_syncing(
@@ -89,7 +93,11 @@ def build_syncing(
         settings.sync_threshold,
     )
     scheduler = Scheduler(database, service, lifecycle, clock, policy)
-    return Syncing(gateway, guard, service, lifecycle, scheduler)
+    processor = WebhookProcessor(database, clock, gateway)
+    sweep = Sweep(database, clock, gateway)
+    scheduler.every(timedelta(seconds=1), "webhooks.process", processor.process)
+    scheduler.every(timedelta(seconds=settings.sweep_interval_seconds), "webhooks.sweep", sweep.run)
+    return Syncing(gateway, guard, service, lifecycle, scheduler, sweep)
 
 
 def build(
@@ -105,6 +113,7 @@ def build(
     database = database or Database(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
+    syncing = build_syncing(settings, database, catalog, clock, gateway)
     ingest = IngestService(
         database,
         catalog,
@@ -121,5 +130,9 @@ def build(
         ingest=ingest,
         lines=LineService(catalog, clock, settings.billing_anchor_day),
         ingest_writer=GroupCommitter(ingest.record),
-        sync=build_syncing(settings, database, catalog, clock, gateway),
+        webhooks=WebhookInbox(
+            database, clock, settings.webhook_secrets(), settings.webhook_tolerance_seconds
+        ),
+        processor=WebhookProcessor(database, clock, syncing.gateway if syncing else None),
+        sync=syncing,
     )

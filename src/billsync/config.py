@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     close_grace_seconds: int = Field(default=3600, ge=0)
     review_window_seconds: int = Field(default=3600, ge=0)
     zero_total_periods: str = Field(default="finalize", description="finalize|delete")
+    stripe_webhook_secrets: str | None = Field(
+        default=None,
+        description="whsec_… signing secret(s) of the webhook endpoint, comma-separated to rotate.",
+    )
+    webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    sweep_interval_seconds: int = Field(
+        default=300, ge=1, description="How often GET /v1/events is swept for missed webhooks."
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, description="API processes for `billsync serve`.")
@@ -100,6 +108,11 @@ class Settings(BaseSettings):
             return self.stripe_rate
         live = (self.stripe_api_key or "").startswith(("sk_live_", "rk_live_"))
         return 80.0 if live else 20.0
+
+    def webhook_secrets(self) -> list[str]:
+        if not self.stripe_webhook_secrets:
+            return []
+        return [s.strip() for s in self.stripe_webhook_secrets.split(",") if s.strip()]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

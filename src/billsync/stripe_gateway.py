@@ -19,6 +19,7 @@ from typing import Any
 import stripe
 from stripe.params import (
     CustomerCreateParams,
+    EventListParams,
     InvoiceAddLinesParams,
     InvoiceAddLinesParamsLine,
     InvoiceCreateParams,
@@ -34,6 +35,7 @@ from stripe.params import (
 from billsync.sync.port import (
     LineChange,
     NewLine,
+    RemoteEvent,
     RemoteInvoice,
     RemoteLine,
     StripeAmbiguous,
@@ -212,6 +214,29 @@ class StripeGateway:
                 if not page.has_more or not page.data:
                     return found
                 params["starting_after"] = page.data[-1].id
+
+    def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
+        """Events are listed newest first: page back to ``created_gte``, return oldest first."""
+        found: list[RemoteEvent] = []
+        params: EventListParams = {"created": {"gte": created_gte}, "limit": PAGE_LIMIT}
+        with _translated():
+            while len(found) < limit:
+                page = self._client.v1.events.list(params)
+                found.extend(
+                    RemoteEvent(
+                        id=event.id,
+                        type=event.type,
+                        created=event.created,
+                        livemode=event.livemode,
+                        payload=event.to_dict(),
+                    )
+                    for event in page.data
+                )
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1].id
+        found.reverse()  # pages are newest first: oldest first now, ties kept in order
+        return found[:limit]
 
     def _all_lines(self, invoice_id: str) -> Iterator[stripe.InvoiceLineItem]:
         """Every line of the invoice, in order, a page of up to ``PAGE_LIMIT`` at a time."""

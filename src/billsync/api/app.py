@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from billsync import __version__
-from billsync.api import accounts, catalog, sync, usage
+from billsync.api import accounts, catalog, stripe_webhook, sync, usage
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
+from billsync.api.stripe_webhook import WEBHOOK_PATH
 from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
 
@@ -47,11 +48,13 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
         ApiGuard,
         tokens=billsync.settings.api_tokens(),
         max_body_bytes=billsync.settings.max_body_bytes,
+        signed_paths=[WEBHOOK_PATH],
     )
     app.include_router(accounts.router, prefix="/v1")
     app.include_router(usage.router, prefix="/v1")
     app.include_router(catalog.router, prefix="/v1")
     app.include_router(sync.router, prefix="/v1")
+    app.include_router(stripe_webhook.router, prefix="/v1")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

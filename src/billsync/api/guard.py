@@ -15,8 +15,17 @@ PROTECTED_PREFIX = "/v1/"
 
 
 class ApiGuard:
-    def __init__(self, app: ASGIApp, *, tokens: Sequence[str], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: Sequence[str],
+        max_body_bytes: int,
+        signed_paths: Sequence[str] = (),
+    ) -> None:
         self.app = app
+        # Paths that prove their caller another way (Stripe's webhook signature): no token.
+        self.signed_paths = frozenset(signed_paths)
         self.tokens = [token.encode() for token in tokens]
         self.max_body_bytes = max_body_bytes
 
@@ -52,7 +61,7 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         authorized, code = self._authorized(scope)
-        if not authorized:
+        if not authorized and scope["path"] not in self.signed_paths:
             message = (
                 "send the API token as 'Authorization: Bearer <token>'"
                 if code == "missing_token"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StripeFailure(Exception):
@@ -96,6 +96,17 @@ class RemoteInvoice:
     lines_complete: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteEvent:
+    """An event from ``GET /v1/events`` (the webhook backstop)."""
+
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    payload: Mapping[str, Any]  # the whole event, as a webhook would carry it
+
+
 class StripePort(Protocol):
     """Every write takes an idempotency key built by the caller from its own ids."""
 
@@ -143,3 +154,7 @@ class StripePort(Protocol):
     ) -> RemoteInvoice: ...
 
     def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None: ...
+
+    def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
+        """Events created at or after ``created_gte``, oldest first (at most ``limit``)."""
+        ...

@@ -15,7 +15,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from billsync.clock import Clock
 from billsync.core.policy import AccountSyncView, Policy, PolicyError, SyncPolicy, due
@@ -79,6 +81,14 @@ class _Job:
 
 
 @dataclass
+class _Periodic:
+    name: str
+    interval: timedelta
+    job: Callable[[], object]
+    last_run: datetime | None = None
+
+
+@dataclass
 class _Waiters:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: SyncOutcome | None = None
@@ -107,7 +117,13 @@ class Scheduler:
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._periodic: list[_Periodic] = []
         self.last_tick: AdvanceReport | None = None
+
+    def every(self, interval: timedelta, name: str, job: Callable[[], object]) -> None:
+        """Run ``job`` from the tick at most once per ``interval`` (webhook inbox, sweep,
+        reconciliation)."""
+        self._periodic.append(_Periodic(name, interval, job))
 
     # --- deciding what is due -------------------------------------------------------------
 
@@ -140,7 +156,15 @@ class Scheduler:
         return found
 
     def tick(self) -> AdvanceReport:
-        """Lifecycle transitions first (they sync what they close), then due accounts."""
+        """Periodic jobs, lifecycle transitions (they sync what they close), then due accounts."""
+        now = self.clock.now()
+        for periodic in self._periodic:
+            if periodic.last_run is None or now - periodic.last_run >= periodic.interval:
+                periodic.last_run = now
+                try:
+                    periodic.job()
+                except Exception:  # one job's failure must not stop the others
+                    log.exception("scheduler.periodic.failed", extra={"job": periodic.name})
         report = self.lifecycle.advance()
         for account_id, lane in self.due_accounts():
             self.enqueue(account_id, lane)

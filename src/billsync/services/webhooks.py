@@ -1,0 +1,379 @@
+"""Stripe's side of the story: the webhook inbox, its processor, the invoice mirror and the
+backstop sweep.
+
+Receiving is cheap and safe: verify the signature on the raw body, store the event once under
+its id, answer. Processing happens later (the scheduler's tick), oldest first, with retries:
+events arrive in any order and more than once, so the mirror only moves forward (an event
+older than the newest one applied is skipped; two events of the same second are settled by
+re-reading the invoice from Stripe). Anything missed — a delivery lost for good — is found by
+the sweep, which lists ``GET /v1/events`` since the newest event seen and feeds the same inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from billsync.clock import Clock
+from billsync.core.webhook_signature import SignatureError, verify
+from billsync.db.database import Database
+from billsync.errors import BillsyncError
+from billsync.repositories import problems, webhooks
+from billsync.repositories import sync as sync_repository
+from billsync.repositories.problems import NewProblem
+from billsync.sync.port import StripeFailure, StripePort
+
+log = logging.getLogger("billsync.webhooks")
+
+SWEEP_CURSOR = "stripe_events_created"
+SWEEP_OVERLAP = 60  # seconds listed again each sweep: events of the same second arrive late
+FIRST_SWEEP = timedelta(days=1)
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class BadWebhook(BillsyncError):
+    status_code = 400
+    code = "invalid_webhook"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    event_id: str
+    duplicate: bool
+
+
+class WebhookInbox:
+    def __init__(
+        self, database: Database, clock: Clock, secrets: Sequence[str], tolerance: int = 300
+    ) -> None:
+        self.database = database
+        self.clock = clock
+        self.secrets = list(secrets)
+        self.tolerance = tolerance
+
+    def receive(self, body: bytes, signature: str | None) -> Receipt:
+        """Verify and store one delivery. Raises :class:`BadWebhook` (a 400) when it is not
+        provably Stripe's, too old, or not an event."""
+        try:
+            verify(
+                body,
+                signature,
+                self.secrets,
+                now=int(self.clock.now().timestamp()),
+                tolerance=self.tolerance,
+            )
+        except SignatureError as error:
+            raise BadWebhook(str(error), code="invalid_signature") from None
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadWebhook("the payload is not JSON", code="invalid_payload") from None
+        event_id, event_type, created = _event_fields(event)
+        with self.database.transaction() as connection:
+            stored = webhooks.store_event(
+                connection,
+                event_id=event_id,
+                event_type=event_type,
+                created=created,
+                livemode=bool(event.get("livemode")),
+                payload=event,
+                source="webhook",
+                now=self.clock.now(),
+            )
+        return Receipt(event_id, duplicate=not stored)
+
+
+def _event_fields(event: Any) -> tuple[str, str, int]:
+    if not isinstance(event, dict) or event.get("object") != "event":
+        raise BadWebhook("the payload is not a Stripe event", code="invalid_payload")
+    event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
+    data = event.get("data")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
+        raise BadWebhook("the event has no valid id", code="invalid_payload")
+    if not isinstance(event_type, str) or not isinstance(created, int):
+        raise BadWebhook("the event has no type or creation time", code="invalid_payload")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise BadWebhook("the event has no data.object", code="invalid_payload")
+    return event_id, event_type, created
+
+
+@dataclass
+class ProcessReport:
+    handled: int = 0
+    failed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def _when(unix: Any) -> datetime | None:
+    return datetime.fromtimestamp(unix, UTC) if isinstance(unix, int) else None
+
+
+class WebhookProcessor:
+    def __init__(self, database: Database, clock: Clock, gateway: StripePort | None) -> None:
+        self.database = database
+        self.clock = clock
+        self.gateway = gateway
+        self.handlers: dict[str, Callable[[Connection, webhooks.InboxEvent], str]] = {
+            "customer.deleted": self._customer_deleted,
+            "invoiceitem.deleted": self._invoice_item_deleted,
+        }
+
+    def process(self, limit: int = 500) -> ProcessReport:
+        """Handle the inbox's pending events, oldest first; a failure is retried later."""
+        report = ProcessReport()
+        now = self.clock.now()
+        with self.database.read() as connection:
+            pending = webhooks.pending_events(connection, now, limit)
+        for event in pending:
+            try:
+                with self.database.transaction() as connection:
+                    outcome = self.handle(connection, event)
+                    webhooks.mark_handled(connection, event.id, outcome, now)
+                report.handled += 1
+                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+            except Exception as error:  # one bad event must not block the inbox
+                log.warning("webhooks.event.failed", extra={"event": event.id, "error": str(error)})
+                delay = min(MAX_BACKOFF, timedelta(seconds=5 * 2**event.attempts))
+                with self.database.transaction() as connection:
+                    webhooks.mark_failed(
+                        connection, event.id, f"{type(error).__name__}: {error}", now + delay
+                    )
+                report.failed += 1
+        return report
+
+    def handle(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+        if event.type.startswith("invoice."):
+            return self._invoice_event(connection, event)
+        handler = self.handlers.get(event.type)
+        return (
+            "ignored: not a type billsync follows"
+            if handler is None
+            else handler(connection, event)
+        )
+
+    # --- invoices --------------------------------------------------------------------------
+
+    def _invoice_event(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+        invoice: Mapping[str, Any] = event.payload["data"]["object"]
+        invoice_id = str(invoice.get("id", ""))
+        owner = webhooks.invoice_owner(connection, invoice_id)
+        mirror = webhooks.get_mirror(connection, invoice_id)
+        if owner is None and mirror is None:
+            return "ignored: not a billsync invoice"
+        if owner is not None:
+            account_id, period_start = owner
+        else:
+            assert mirror is not None
+            account_id, period_start = mirror["account_id"], mirror["period_start"]
+        now = self.clock.now()
+        last = 0 if mirror is None else int(mirror["last_event_created"])
+        if event.created < last:
+            return "stale: a newer event was applied"
+        if event.created == last and mirror is not None and mirror["last_event_id"] != event.id:
+            invoice = self._fresh(invoice_id) or invoice  # same second: ask Stripe
+        status = "deleted" if event.type == "invoice.deleted" else str(invoice.get("status"))
+        transitions = invoice.get("status_transitions") or {}
+        values: dict[str, Any] = {
+            "account_id": account_id,
+            "period_start": period_start,
+            "number": invoice.get("number"),
+            "status": status,
+            "currency": invoice.get("currency", ""),
+            "total": int(invoice.get("total") or 0),
+            "amount_due": int(invoice.get("amount_due") or 0),
+            "amount_paid": int(invoice.get("amount_paid") or 0),
+            "amount_remaining": int(invoice.get("amount_remaining") or 0),
+            "hosted_invoice_url": invoice.get("hosted_invoice_url"),
+            "invoice_pdf": invoice.get("invoice_pdf"),
+            "attempt_count": int(invoice.get("attempt_count") or 0),
+            "finalized_at": _when(transitions.get("finalized_at")),
+            "paid_at": _when(transitions.get("paid_at")),
+            "voided_at": _when(transitions.get("voided_at")),
+            "last_event_created": event.created,
+            "last_event_id": event.id,
+            "updated_at": now,
+        }
+        if event.type == "invoice.payment_failed":
+            values["last_payment_error"] = f"payment attempt {values['attempt_count']} failed"
+        elif status == "paid":
+            values["last_payment_error"] = None
+        webhooks.put_mirror(connection, invoice_id, values)
+        where = {
+            "account_id": account_id,
+            "period_start": period_start,
+            "stripe_object_id": invoice_id,
+        }
+        self._problems(connection, event, where, values)
+        return f"mirrored: {event.type}"
+
+    def _fresh(self, invoice_id: str) -> Mapping[str, Any] | None:
+        if self.gateway is None:
+            return None
+        try:
+            remote = self.gateway.get_invoice(invoice_id, with_lines=False)
+        except StripeFailure:
+            return None
+        return {
+            "id": remote.id,
+            "status": remote.status,
+            "currency": remote.currency,
+            "total": remote.total,
+            "amount_due": remote.amount_due,
+            "amount_paid": remote.amount_paid,
+            "amount_remaining": remote.amount_remaining,
+            "number": remote.number,
+            "hosted_invoice_url": remote.hosted_invoice_url,
+            "invoice_pdf": remote.invoice_pdf,
+        }
+
+    def _problems(
+        self,
+        connection: Connection,
+        event: webhooks.InboxEvent,
+        base: dict[str, Any],
+        values: dict[str, Any],
+    ) -> None:
+        """Failed payments and finalizations, voided or deleted invoices: for a person."""
+        now = self.clock.now()
+        invoice_id = base["stripe_object_id"]
+        if event.type == "invoice.payment_failed":
+            problems.report(
+                connection,
+                NewProblem(
+                    kind="payment_failed",
+                    fingerprint=f"payment_failed:{invoice_id}",
+                    detail=f"invoice {values['number'] or invoice_id}: "
+                    f"{values['last_payment_error']}, {values['amount_remaining']} still due "
+                    "(Stripe retries and dunning apply)",
+                    stripe_amount=values["amount_remaining"],
+                    **base,
+                ),
+                now,
+            )
+        elif event.type == "invoice.finalization_failed":
+            problems.report(
+                connection,
+                NewProblem(
+                    kind="finalization_failed",
+                    fingerprint=f"finalization_failed:{invoice_id}",
+                    detail=f"Stripe could not finalize invoice {invoice_id}",
+                    **base,
+                ),
+                now,
+            )
+        elif event.type == "invoice.voided":
+            problems.report(
+                connection,
+                NewProblem(
+                    kind="invoice_voided",
+                    fingerprint=f"invoice_voided:{invoice_id}",
+                    detail=f"invoice {values['number'] or invoice_id} was voided in Stripe "
+                    "(billsync never voids): decide whether to re-bill",
+                    **base,
+                ),
+                now,
+            )
+        elif event.type == "invoice.deleted" and webhooks.invoice_owner(connection, invoice_id):
+            problems.report(
+                connection,
+                NewProblem(
+                    kind="invoice_deleted",
+                    fingerprint=f"invoice_deleted:{invoice_id}",
+                    detail=f"the draft {invoice_id} was deleted in Stripe while billsync "
+                    "still uses it",
+                    **base,
+                ),
+                now,
+            )
+        if values["status"] == "paid":
+            self._resolve(connection, f"payment_failed:{invoice_id}", "paid", now)
+
+    @staticmethod
+    def _resolve(connection: Connection, fingerprint: str, why: str, now: datetime) -> None:
+        for problem in problems.open_problems(connection):
+            if problem.fingerprint == fingerprint:
+                problems.resolve(connection, problem.id, why, now)
+
+    # --- customers and invoice items -------------------------------------------------------
+
+    def _customer_deleted(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+        customer_id = str(event.payload["data"]["object"].get("id", ""))
+        for account_id in sync_repository.all_account_ids(connection):
+            account = sync_repository.get_account(connection, account_id)
+            if account is not None and account.stripe_customer_id == customer_id:
+                problems.report(
+                    connection,
+                    NewProblem(
+                        kind="customer_deleted",
+                        fingerprint=f"customer_deleted:{customer_id}",
+                        account_id=account_id,
+                        stripe_object_id=customer_id,
+                        detail=f"the Stripe customer {customer_id} of account {account_id} "
+                        "was deleted",
+                    ),
+                    self.clock.now(),
+                )
+                return "drift: customer deleted"
+        return "ignored: not a billsync customer"
+
+    def _invoice_item_deleted(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+        item_id = str(event.payload["data"]["object"].get("id", ""))
+        found = webhooks.line_of_invoice_item(connection, item_id)
+        if found is None:
+            return "ignored: not a billsync line (or removed by billsync)"
+        line_id, account_id, period_start = found
+        problems.report(
+            connection,
+            NewProblem(
+                kind="removed_in_stripe",
+                fingerprint=f"drift:removed_in_stripe:{account_id}:"
+                f"{period_start.isoformat()}:{line_id}",
+                account_id=account_id,
+                period_start=period_start,
+                line_id=line_id,
+                stripe_object_id=item_id,
+                detail=f"line {line_id}'s invoice item {item_id} was deleted in Stripe",
+            ),
+            self.clock.now(),
+        )
+        return "drift: invoice item deleted"
+
+
+class Sweep:
+    """The backstop: list Stripe's events since the newest seen and feed the same inbox."""
+
+    def __init__(self, database: Database, clock: Clock, gateway: StripePort) -> None:
+        self.database = database
+        self.clock = clock
+        self.gateway = gateway
+
+    def run(self) -> int:
+        now = self.clock.now()
+        with self.database.read() as connection:
+            cursor = webhooks.get_cursor(connection, SWEEP_CURSOR)
+        since = (
+            int((now - FIRST_SWEEP).timestamp()) if cursor is None else int(cursor) - SWEEP_OVERLAP
+        )
+        events = self.gateway.list_events(created_gte=since)
+        added = 0
+        with self.database.transaction() as connection:
+            for event in events:
+                added += webhooks.store_event(
+                    connection,
+                    event_id=event.id,
+                    event_type=event.type,
+                    created=event.created,
+                    livemode=event.livemode,
+                    payload=dict(event.payload),
+                    source="sweep",
+                    now=now,
+                )
+            newest = max((event.created for event in events), default=since + SWEEP_OVERLAP)
+            webhooks.set_cursor(connection, SWEEP_CURSOR, str(max(newest, since)), now)
+        return added
