@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import stripe
@@ -228,7 +229,7 @@ class StripeGateway:
                         type=event.type,
                         created=event.created,
                         livemode=event.livemode,
-                        payload=event.to_dict(),
+                        payload=_wire(event.to_dict()),
                     )
                     for event in page.data
                 )
@@ -275,6 +276,17 @@ def _line_change(change: LineChange) -> InvoiceUpdateLinesParamsLine:
 
 
 # --- results -------------------------------------------------------------------------------
+
+
+def _wire(value: Any) -> Any:
+    """An SDK dict as Stripe sent it: the SDK parses decimal strings into Decimals."""
+    if isinstance(value, dict):
+        return {key: _wire(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wire(item) for item in value]
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return value
 
 
 def _with_embedded_lines(invoice: stripe.Invoice) -> RemoteInvoice:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -54,6 +55,7 @@ def routes(emulator: Emulator) -> list[Route]:
 
     async def reset(_request: Request) -> JSONResponse:
         state.reset()
+        state.clock.set(time.time())  # back to real time, unfrozen
         emulator.faults.clear()
         emulator.webhooks.reset()
         emulator.locked_invoices.clear()

@@ -39,13 +39,13 @@ def store_event(
 ) -> bool:
     """Into the inbox once; False when the event was already there (a duplicate)."""
     result = connection.execute(
-        _insert_ignore(connection, webhook_events),
+        _insert_ignore(connection, webhook_events).returning(webhook_events.c.id),
         {
             "id": event_id, "type": event_type, "created": created, "livemode": livemode,
             "payload": payload, "source": source, "received_at": now, "attempts": 0,
         },
     )  # fmt: skip
-    return bool(result.rowcount)
+    return result.first() is not None
 
 
 def pending_events(connection: Connection, now: datetime, limit: int) -> list[InboxEvent]:

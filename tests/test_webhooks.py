@@ -1,0 +1,316 @@
+"""Webhooks end to end: the emulator delivers signed events to billsync over HTTP; billsync
+stores each once, processes them in any order, mirrors invoices, and sweeps what was lost."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync, build
+from billsync.clock import ManualClock
+from billsync.config import Settings
+from billsync.core.catalog import Catalog
+from billsync.core.webhook_signature import compute
+from billsync.db.database import Database
+from billsync.repositories import problems, webhooks
+from billsync.repositories import sync as sync_repository
+from tests.conftest import T0, TEST_TOKEN
+from tests.factories import create_account, event
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator, free_port
+
+SECRET = "whsec_test_billsync_0123456789"
+
+
+@dataclass
+class Served:
+    billsync: Billsync
+    url: str
+    clock: ManualClock
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path,
+    database: Database,
+    example_catalog: Catalog,
+    running_emulator: RunningEmulator,
+) -> Iterator[Served]:
+    """billsync's API on a real port, on the emulator's clock (signatures are timed)."""
+    clock = ManualClock(T0)
+    running_emulator.control("POST", "clock", {"set": T0.timestamp()})
+    settings = Settings(
+        data_dir=tmp_path, api_token=TEST_TOKEN, stripe_api_key=EMULATOR_KEY,
+        stripe_api_base=running_emulator.url, stripe_max_retries=0, stripe_rate=1000,
+        stripe_webhook_secrets=SECRET,
+    )  # fmt: skip
+    billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
+    port = free_port()
+    server = _Server(
+        uvicorn.Config(create_app(billsync), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    yield Served(billsync, f"http://127.0.0.1:{port}", clock)
+    server.should_exit = True
+    thread.join(timeout=10)
+    billsync.close()
+
+
+def register(emulator: RunningEmulator, served: Served) -> str:
+    """A webhook endpoint in the emulator pointing at billsync; returns its secret."""
+    response = httpx.post(
+        f"{emulator.url}/v1/webhook_endpoints",
+        data={"url": f"{served.url}/v1/stripe/webhook", "enabled_events[0]": "*"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    )
+    response.raise_for_status()
+    secret: str = response.json()["secret"]
+    served.billsync.webhooks.secrets.append(secret)
+    return secret
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        pause.wait(0.05)
+
+
+def inbox(billsync: Billsync) -> dict[str, int]:
+    with billsync.database.read() as connection:
+        return webhooks.counts(connection)
+
+
+def emulator_events(emulator: RunningEmulator) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{emulator.url}/v1/events", params={"limit": 100},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    )  # fmt: skip
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+def bill_and_pay(served: Served, emulator: RunningEmulator, method: str = "pm_card_visa") -> str:
+    """Usage → sync → finalize → payment: the invoice events billsync must hear."""
+    billsync = served.billsync
+    assert billsync.sync is not None
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    assert billsync.sync.service.sync_account("acme").ok
+    with billsync.database.read() as connection:
+        account = sync_repository.get_account(connection, "acme")
+        period = sync_repository.periods_to_sync(connection, "acme")[0]
+    assert account is not None
+    assert period.stripe_invoice_id is not None
+    headers = {"Authorization": f"Bearer {EMULATOR_KEY}"}
+    httpx.post(
+        f"{emulator.url}/v1/customers/{account.stripe_customer_id}",
+        data={"invoice_settings[default_payment_method]": method}, headers=headers,
+    ).raise_for_status()  # fmt: skip
+    httpx.post(
+        f"{emulator.url}/v1/invoices/{period.stripe_invoice_id}/finalize",
+        data={"auto_advance": "true"}, headers=headers,
+    ).raise_for_status()  # fmt: skip
+    return period.stripe_invoice_id
+
+
+def mirror(billsync: Billsync, invoice_id: str) -> dict[str, Any]:
+    with billsync.database.read() as connection:
+        found = webhooks.get_mirror(connection, invoice_id)
+    assert found is not None
+    return found
+
+
+def test_signed_deliveries_are_stored_once_and_mirror_the_invoice(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    register(running_emulator, served)
+    invoice_id = bill_and_pay(served, running_emulator)
+    sent = emulator_events(running_emulator)
+    wait_until(lambda: inbox(served.billsync)["received"] == len(sent))
+    report = served.billsync.processor.process()
+    assert report.failed == 0
+    assert report.handled == len(sent)
+    view = mirror(served.billsync, invoice_id)
+    assert view["status"] == "paid"
+    assert view["amount_paid"] == 274
+    assert view["number"]
+    assert view["hosted_invoice_url"].endswith(invoice_id)
+    assert view["account_id"] == "acme"
+    assert inbox(served.billsync)["pending"] == 0
+
+
+def test_duplicates_and_shuffled_order_converge_on_the_final_state(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    secret = register(running_emulator, served)
+    running_emulator.control(
+        "POST", "webhooks/chaos", {"duplicate_rate": 1.0, "reorder_window": 4, "seed": 11}
+    )
+    invoice_id = bill_and_pay(served, running_emulator)
+    running_emulator.control("POST", "webhooks/chaos", {"flush": True})
+    sent = emulator_events(running_emulator)
+    wait_until(lambda: inbox(served.billsync)["received"] == len(sent))
+    # A third copy of every event, sent by hand with a fresh signature.
+    for sent_event in sent:
+        body = json.dumps(sent_event).encode()
+        stamp = int(served.clock.now().timestamp())
+        answer = httpx.post(
+            f"{served.url}/v1/stripe/webhook", content=body,
+            headers={"Stripe-Signature": f"t={stamp},v1={compute(body, secret, stamp)}"},
+        )  # fmt: skip
+        assert answer.status_code == 200
+        assert answer.json()["duplicate"] is True
+    assert inbox(served.billsync)["received"] == len(sent)
+    served.billsync.processor.process()
+    assert mirror(served.billsync, invoice_id)["status"] == "paid"
+
+
+def test_bad_signatures_replays_and_malformed_payloads_are_refused(served: Served) -> None:
+    body = json.dumps(
+        {"id": "evt_x", "object": "event", "type": "invoice.paid", "created": int(T0.timestamp()),
+         "livemode": False, "data": {"object": {"id": "in_x"}}}
+    ).encode()  # fmt: skip
+    now = int(served.clock.now().timestamp())
+    cases = {
+        "no header": {},
+        "wrong secret": {"Stripe-Signature": f"t={now},v1={compute(body, 'whsec_other', now)}"},
+        "replayed": {"Stripe-Signature": f"t={now - 600},v1={compute(body, SECRET, now - 600)}"},
+        "garbage": {"Stripe-Signature": "nonsense"},
+    }
+    for name, headers in cases.items():
+        answer = httpx.post(f"{served.url}/v1/stripe/webhook", content=body, headers=headers)
+        assert answer.status_code == 400, name
+        assert answer.json()["error"]["code"] == "invalid_signature", name
+    not_an_event = b'{"hello": "world"}'
+    signed = {"Stripe-Signature": f"t={now},v1={compute(not_an_event, SECRET, now)}"}
+    answer = httpx.post(f"{served.url}/v1/stripe/webhook", content=not_an_event, headers=signed)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_payload"
+    assert inbox(served.billsync)["received"] == 0
+
+
+def test_unknown_types_are_stored_and_ignored(served: Served) -> None:
+    body = json.dumps(
+        {"id": "evt_unknown1", "object": "event", "type": "radar.early_fraud_warning.created",
+         "created": int(T0.timestamp()), "livemode": False, "data": {"object": {"id": "issfr_1"}}}
+    ).encode()  # fmt: skip
+    now = int(served.clock.now().timestamp())
+    answer = httpx.post(
+        f"{served.url}/v1/stripe/webhook", content=body,
+        headers={"Stripe-Signature": f"t={now},v1={compute(body, SECRET, now)}"},
+    )  # fmt: skip
+    assert answer.status_code == 200
+    report = served.billsync.processor.process()
+    assert report.outcomes == {"ignored: not a type billsync follows": 1}
+
+
+def test_a_failing_handler_is_retried_later(
+    served: Served, running_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(running_emulator, served)
+    invoice_id = bill_and_pay(served, running_emulator)
+    sent = emulator_events(running_emulator)
+    wait_until(lambda: inbox(served.billsync)["received"] == len(sent))
+    original = served.billsync.processor.handle
+    calls = {"n": 0}
+
+    def flaky(connection: Any, inbox_event: Any) -> str:
+        calls["n"] += 1
+        if inbox_event.type == "invoice.paid" and calls["n"] < 50:
+            calls["n"] = 50
+            raise RuntimeError("database hiccup")
+        return original(connection, inbox_event)
+
+    monkeypatch.setattr(served.billsync.processor, "handle", flaky)
+    first = served.billsync.processor.process()
+    assert first.failed == 1
+    assert inbox(served.billsync)["pending"] == 1
+    assert served.billsync.processor.process().handled == 0  # not before its retry time
+    served.clock.advance(timedelta(seconds=6))
+    assert served.billsync.processor.process().handled == 1
+    assert mirror(served.billsync, invoice_id)["status"] == "paid"
+
+
+def test_lost_webhooks_are_recovered_by_the_sweep(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    register(running_emulator, served)
+    running_emulator.control("POST", "webhooks/chaos", {"drop_rate": 1.0})
+    invoice_id = bill_and_pay(served, running_emulator)
+    assert inbox(served.billsync)["received"] == 0
+    assert served.billsync.sync is not None
+    added = served.billsync.sync.sweep.run()
+    assert added == len(emulator_events(running_emulator))
+    assert served.billsync.sync.sweep.run() == 0  # nothing new the second time
+    served.billsync.processor.process()
+    assert mirror(served.billsync, invoice_id)["status"] == "paid"
+
+
+def test_a_failed_payment_is_a_problem_until_paid(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    register(running_emulator, served)
+    invoice_id = bill_and_pay(served, running_emulator, method="pm_card_chargeDeclined")
+    wait_until(lambda: inbox(served.billsync)["received"] == len(emulator_events(running_emulator)))
+    served.billsync.processor.process()
+    with served.billsync.database.read() as connection:
+        open_ones = problems.open_problems(connection, "acme")
+    assert [p.kind for p in open_ones] == ["payment_failed"]
+    assert mirror(served.billsync, invoice_id)["last_payment_error"]
+    httpx.post(
+        f"{running_emulator.url}/v1/invoices/{invoice_id}/pay",
+        data={"payment_method": "pm_card_visa"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    ).raise_for_status()
+    wait_until(lambda: inbox(served.billsync)["received"] == len(emulator_events(running_emulator)))
+    served.billsync.processor.process()
+    with served.billsync.database.read() as connection:
+        assert problems.open_problems(connection, "acme") == []
+    assert mirror(served.billsync, invoice_id)["status"] == "paid"
+
+
+def test_deleted_customers_and_invoice_items_are_drift(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    register(running_emulator, served)
+    billsync = served.billsync
+    assert billsync.sync is not None
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "10", at=T0)])
+    assert billsync.sync.service.sync_account("acme").ok
+    with billsync.database.read() as connection:
+        account = sync_repository.get_account(connection, "acme")
+        line = sync_repository.lines_of(connection, "acme", [T0.date().replace(day=1)])[0]
+    assert account is not None
+    headers = {"Authorization": f"Bearer {EMULATOR_KEY}"}
+    httpx.delete(f"{running_emulator.url}/v1/invoiceitems/{line.stripe_invoice_item_id}",
+                 headers=headers).raise_for_status()  # fmt: skip
+    httpx.delete(f"{running_emulator.url}/v1/customers/{account.stripe_customer_id}",
+                 headers=headers).raise_for_status()  # fmt: skip
+    wait_until(lambda: inbox(billsync)["received"] == len(emulator_events(running_emulator)))
+    billsync.processor.process()
+    with billsync.database.read() as connection:
+        kinds = sorted(p.kind for p in problems.open_problems(connection, "acme"))
+    assert kinds == ["customer_deleted", "removed_in_stripe"]
