@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from billsync.catalog_file import load_catalog
 from billsync.clock import Clock, SystemClock
@@ -16,6 +17,7 @@ from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.lines import LineService
+from billsync.services.reconcile import Reconciler
 from billsync.services.sync import SyncService
 from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
@@ -55,6 +57,7 @@ class Syncing:
     lifecycle: LifecycleService
     scheduler: Scheduler
     sweep: Sweep
+    reconciler: Reconciler | None = None
 
 
 def build_syncing(
@@ -97,7 +100,15 @@ def build_syncing(
     sweep = Sweep(database, clock, gateway)
     scheduler.every(timedelta(seconds=1), "webhooks.process", processor.process)
     scheduler.every(timedelta(seconds=settings.sweep_interval_seconds), "webhooks.sweep", sweep.run)
-    return Syncing(gateway, guard, service, lifecycle, scheduler, sweep)
+    reconciler = Reconciler(database, gateway, service, clock)
+    if settings.reconcile_interval_seconds:
+        # Detect and record only: repairs sync, and the tick must not race the sync workers.
+        scheduler.every(
+            timedelta(seconds=settings.reconcile_interval_seconds),
+            "reconcile",
+            partial(reconciler.reconcile, repair=False),
+        )
+    return Syncing(gateway, guard, service, lifecycle, scheduler, sweep, reconciler)
 
 
 def build(

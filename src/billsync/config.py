@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: int = Field(
         default=300, ge=1, description="How often GET /v1/events is swept for missed webhooks."
     )
+    reconcile_interval_seconds: int = Field(
+        default=0, ge=0, description="How often the scheduler reconciles with Stripe (0: never)."
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, description="API processes for `billsync serve`.")

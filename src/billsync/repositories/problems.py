@@ -116,3 +116,9 @@ def open_problems(connection: Connection, account_id: str | None = None) -> list
 def get(connection: Connection, problem_id: int) -> ProblemRecord | None:
     row = connection.execute(select(problems).where(problems.c.id == problem_id)).first()
     return None if row is None else ProblemRecord(**row._mapping)
+
+
+def find(connection: Connection, fingerprint: str) -> ProblemRecord | None:
+    """The problem with this fingerprint, open or resolved."""
+    row = connection.execute(select(problems).where(problems.c.fingerprint == fingerprint)).first()
+    return None if row is None else ProblemRecord(**row._mapping)

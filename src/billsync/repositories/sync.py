@@ -193,6 +193,16 @@ def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
         )  # fmt: skip
 
 
+def mark_stripe_holds(connection: Connection, line_id: int, line_item_id: str, amount: int) -> None:
+    """Stripe holds this line at ``amount`` (someone edited it there), not at what billsync
+    last pushed: the next sync's plan sees the difference and updates it back to the ledger."""
+    connection.execute(
+        update(lines)
+        .where(lines.c.id == line_id)
+        .values(synced_amount=amount, stripe_line_item_id=line_item_id)
+    )
+
+
 def set_period_status(
     connection: Connection,
     account_id: str,

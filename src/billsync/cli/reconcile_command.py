@@ -1,0 +1,100 @@
+"""``billsync reconcile``: compare Stripe with the ledger, repair billsync's own lines."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from billsync.cli.common import console, fail, open_billsync
+from billsync.core.money import format_minor
+from billsync.errors import BillsyncError
+from billsync.services.reconcile import DriftItem, Reconciler, ReconcileReport
+from billsync.sync.budget import Lane
+
+
+def _amount(item: DriftItem, amount: int | None) -> str:
+    return "" if amount is None else format_minor(amount, item.currency or "usd")
+
+
+def _state(item: DriftItem) -> str:
+    if item.repaired:
+        return "[green]repaired[/]"
+    if item.repairable:
+        return "[yellow]repairable[/]"
+    return "[red]a person decides[/]"
+
+
+def print_report(report: ReconcileReport) -> None:
+    """The report for people: one row per difference, then the totals."""
+    if report.items:
+        table = Table(title="drift between the ledger and Stripe")
+        for column in ("problem", "account", "period", "kind", "line", "stripe line"):
+            table.add_column(column)
+        for column in ("ledger", "stripe"):
+            table.add_column(column, justify="right")
+        table.add_column("state")
+        table.add_column("detail", overflow="fold")
+        for item in report.items:
+            table.add_row(
+                "" if item.problem_id is None else str(item.problem_id),
+                escape(item.account),
+                item.period_start.isoformat(),
+                item.kind,
+                "" if item.line_id is None else str(item.line_id),
+                escape(item.stripe_line_item_id or ""),
+                _amount(item, item.ledger_amount),
+                _amount(item, item.stripe_amount),
+                _state(item),
+                escape(item.detail),
+            )
+        console.print(table)
+    for error in report.errors:
+        where = f" {error.period_start}" if error.period_start else ""
+        console.print(f"[red]{escape(error.account)}{where}: {escape(error.error)}[/]")
+    console.print(
+        f"{report.accounts} account(s), {report.invoices} invoice(s) read: "
+        f"{len(report.items)} difference(s), {len(report.repaired)} repaired, "
+        f"{len(report.unrepaired)} left; {report.pending_lines} line(s) waiting for the next "
+        f"sync; {report.accepted} accepted earlier; {report.closed} problem(s) closed",
+        highlight=False,
+    )
+    if any(item.repairable and not item.repaired for item in report.items) and not report.repair:
+        console.print("run with --repair to re-push billsync's own lines", highlight=False)
+
+
+def reconcile_command(
+    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    repair: Annotated[
+        bool, typer.Option(help="Re-push billsync's own lines that drifted, then check again.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare Stripe with the ledger: drafts line by line, finalized invoices by total.
+    Differences are recorded as problems; exit 1 when some remain unrepaired (or an invoice
+    could not be read)."""
+    billsync = open_billsync()
+    syncing = billsync.sync
+    if syncing is None:
+        raise fail(
+            "set BILLSYNC_STRIPE_API_KEY (and BILLSYNC_STRIPE_API_BASE for the emulator) to "
+            "reconcile",
+            code=2,
+        )
+    reconciler = syncing.reconciler or Reconciler(
+        billsync.database, syncing.gateway, syncing.service, billsync.clock
+    )
+    try:
+        report = reconciler.reconcile(account, repair=repair, lane=Lane.ON_DEMAND)
+    except BillsyncError as error:
+        raise fail(error.message) from None
+    finally:
+        billsync.close()
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
