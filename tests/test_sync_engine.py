@@ -17,6 +17,7 @@ from billsync.bootstrap import Billsync
 from billsync.clock import ManualClock
 from billsync.core.periods import PeriodStatus
 from billsync.core.sync_plan import AddLines, CreateCustomer, CreateInvoice, UpdateLines
+from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.sync import SyncService
@@ -258,3 +259,35 @@ def test_full_cycle_to_finalized_and_paid(
     with billsync.database.read() as connection:
         december = sync_repository.lines_of(connection, "acme", [date(2026, 12, 1)])
     assert [line.late_from for line in december] == [NOVEMBER]
+
+
+def test_a_line_removed_in_stripe_is_reported_and_does_not_block_the_account(
+    billsync: Billsync, sync: SyncService, running_emulator: RunningEmulator
+) -> None:
+    create_account(billsync)
+    billsync.ingest.ingest([egress("10"), egress("20", "cdg")])
+    assert sync.sync_account("acme").ok
+    with billsync.database.read() as connection:
+        removed = next(
+            line
+            for line in sync_repository.lines_of(connection, "acme", [NOVEMBER])
+            if "cdg" in line.key
+        )
+    httpx.post(
+        f"{running_emulator.url}/v1/invoices/{_invoice(billsync)}/remove_lines",
+        data={"lines[0][id]": removed.stripe_line_item_id, "lines[0][behavior]": "delete"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    ).raise_for_status()
+    billsync.ingest.ingest([egress("5"), egress("1", "cdg")])
+    outcome = sync.sync_account("acme")
+    assert outcome.ok, outcome.error
+    assert outcome.recovered
+    with billsync.database.read() as connection:
+        found = problem_repository.open_problems(connection, "acme")
+        lines = sync_repository.lines_of(connection, "acme", [NOVEMBER])
+    assert [(p.kind, p.line_id) for p in found] == [("removed_in_stripe", removed.id)]
+    kept = next(line for line in lines if line.id != removed.id)
+    assert kept.synced_version == kept.version  # the other line kept syncing
+    remote = stripe_get(running_emulator, f"/v1/invoices/{_invoice(billsync)}/lines")["data"]
+    assert [line["metadata"]["billsync_line_id"] for line in remote] == [str(kept.id)]
+    assert sync.sync_account("acme").calls == 0  # left out until a person decides

@@ -122,3 +122,29 @@ def find(connection: Connection, fingerprint: str) -> ProblemRecord | None:
     """The problem with this fingerprint, open or resolved."""
     row = connection.execute(select(problems).where(problems.c.fingerprint == fingerprint)).first()
     return None if row is None else ProblemRecord(**row._mapping)
+
+
+# How a person's decision is written on a problem (shared by the engine and the reconciler).
+ACCEPTED = "accepted Stripe's version"
+REMOVED_IN_STRIPE = "removed_in_stripe"
+
+
+def removed_line_fingerprint(account_id: str, start: date, line_id: int) -> str:
+    return f"drift:{REMOVED_IN_STRIPE}:{account_id}:{start.isoformat()}:{line_id}"
+
+
+def lines_left_out(connection: Connection, account_id: str) -> set[int]:
+    """Lines the sync engine must not put back on the draft: removed in Stripe and awaiting a
+    person's decision, or removed and accepted as such."""
+    rows = connection.execute(
+        select(problems.c.line_id, problems.c.resolved_at, problems.c.resolution).where(
+            problems.c.account_id == account_id,
+            problems.c.kind == REMOVED_IN_STRIPE,
+            problems.c.line_id.is_not(None),
+        )
+    )
+    return {
+        int(row.line_id)
+        for row in rows
+        if row.resolved_at is None or (row.resolution or "").startswith(ACCEPTED)
+    }

@@ -102,7 +102,7 @@ REPAIRABLE = frozenset({MISSING, AMOUNT, DUPLICATE})
 LINE_KINDS = frozenset({MISSING, AMOUNT, REMOVED})
 STRIPE_LINE_KINDS = frozenset({EXTRA, DUPLICATE})
 
-ACCEPTED = "accepted Stripe's version"
+ACCEPTED = problem_repository.ACCEPTED
 ACCEPT_NOTES = {
     EXTRA: ": the line stays on the invoice; billsync never touches lines it did not add",
     AMOUNT: (
@@ -875,6 +875,10 @@ class Reconciler:
                     self._remove(period.stripe_invoice_id, [problem.stripe_object_id], lane)
             else:
                 with self.database.transaction() as connection:
+                    if problem.kind == REMOVED:
+                        # The engine leaves removed lines out while the problem is open: the
+                        # decision is taken now, and reported again below if it fails.
+                        problem_repository.resolve(connection, problem_id, REPUSHED, now)
                     if problem.kind in (MISSING, REMOVED) and problem.line_id is not None:
                         repository.forget_lines(connection, [problem.line_id])
                     elif problem.kind == AMOUNT:

@@ -41,7 +41,9 @@ from billsync.core.sync_plan import (
     plan,
 )
 from billsync.db.database import Database
+from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
+from billsync.repositories.problems import NewProblem
 from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
 from billsync.sync.port import (
     LineChange,
@@ -50,6 +52,7 @@ from billsync.sync.port import (
     StripeAmbiguous,
     StripeFailure,
     StripePort,
+    StripeRejected,
 )
 
 log = logging.getLogger("billsync.sync")
@@ -168,7 +171,12 @@ class SyncService:
         self, connection: Connection, account: SyncAccount
     ) -> tuple[list[PeriodState], dict[date, PeriodRow], dict[int, SyncLine]]:
         periods = {p.start: p for p in repository.periods_to_sync(connection, account.id)}
-        all_lines = repository.lines_of(connection, account.id, list(periods))
+        left_out = problem_repository.lines_left_out(connection, account.id)
+        all_lines = [
+            line
+            for line in repository.lines_of(connection, account.id, list(periods))
+            if line.id not in left_out
+        ]
         states: list[PeriodState] = []
         for start, period in periods.items():
             mine = [line for line in all_lines if line.period_start == start]
@@ -280,9 +288,12 @@ class SyncService:
                         periods = {
                             p.start: p for p in repository.periods_to_sync(connection, account_id)
                         }
-            except StripeAmbiguous:
+            except (StripeAmbiguous, StripeRejected) as failure:
+                if isinstance(failure, StripeRejected) and failure.status != 404:
+                    raise  # Stripe refused what we sent: a bug or drift, not a read away
                 if outcome.recovered:
-                    raise  # ambiguous twice in one run: Stripe is struggling, try later
+                    raise  # twice in one run: Stripe is struggling, try later
+                # Unknown outcome, or a line Stripe no longer has: read, then plan again.
                 self._recover(account_id, lane, outcome)
                 outcome.recovered = True
                 continue
@@ -501,9 +512,31 @@ class SyncService:
                 else:
                     seen[confirmation.line_id] = confirmation
             mine = [line for line in lines if line.period_start == period.start]
-            missing = [line.id for line in mine if line.id not in seen]
+            missing = [line for line in mine if line.id not in seen]
             with self.database.transaction() as connection:
-                repository.forget_lines(connection, missing)
+                for line in missing:
+                    if line.stripe_line_item_id is not None and line.synced_version > 0:
+                        # Stripe held it and no longer does: someone removed it. A person
+                        # decides; until then the line stays off the draft.
+                        problem_repository.report(
+                            connection,
+                            NewProblem(
+                                kind=problem_repository.REMOVED_IN_STRIPE,
+                                fingerprint=problem_repository.removed_line_fingerprint(
+                                    account_id, period.start, line.id
+                                ),
+                                account_id=account_id,
+                                period_start=period.start,
+                                line_id=line.id,
+                                stripe_object_id=line.stripe_invoice_item_id,
+                                ledger_amount=line.amount,
+                                stripe_amount=None,
+                                detail=f"line {line.id} ({line.key}) is no longer on invoice "
+                                f"{invoice_id}: removed in Stripe",
+                            ),
+                            now,
+                        )
+                repository.forget_lines(connection, [line.id for line in missing])
                 repository.confirm_lines(
                     connection,
                     [c for c in seen.values() if c.line_id in {line.id for line in mine}],
