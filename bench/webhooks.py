@@ -19,15 +19,22 @@ import json
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import billsync_server, free_port, write_results
+from billsync.bootstrap import build
+from billsync.config import Settings
 from billsync.core.webhook_signature import compute
+from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.repositories import webhooks as webhook_repository
+from billsync.services.accounts import NewAccount
 
 SECRET = "whsec_benchmark_0123456789"  # noqa: S105 - a local throwaway
 
@@ -116,10 +123,84 @@ def burst(port: int, bodies: list[bytes], connections: int, path: str) -> dict[s
     }
 
 
+def reconcile_time(accounts: int) -> dict[str, Any]:
+    """Seed ``accounts`` accounts with a synced draft each, then time one reconciliation."""
+    port = free_port()
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "billsync", "emulator", "--port", str(port), "--rate-limit", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                probe.request("GET", "/_emulator/clock")
+                probe.getresponse().read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        with tempfile.TemporaryDirectory() as directory:
+            database = Database(f"sqlite:///{directory}/r.db", sqlite_synchronous="NORMAL")
+            migrate.upgrade(database)
+            settings = Settings(
+                data_dir=directory,
+                api_token="bench-token-0123456789",  # noqa: S106
+                stripe_api_key="sk_test_benchmarkKey0001",
+                stripe_api_base=f"http://127.0.0.1:{port}",
+                stripe_rate=10_000,
+            )
+            billsync = build(settings, database=database)
+            assert billsync.sync is not None
+            now = datetime.now(UTC)
+            with database.transaction() as connection:
+                for n in range(accounts):
+                    billsync.accounts.create(connection, NewAccount(f"acct-{n:04d}", "usd"))
+            billsync.ingest.ingest(
+                [
+                    {
+                        "id": f"r{n}-{m}",
+                        "account": f"acct-{n:04d}",
+                        "metric": metric,
+                        "quantity": "3",
+                        "timestamp": now.isoformat(),
+                        "dimensions": {"region": "iad"} if "egress" in metric else {},
+                    }
+                    for n in range(accounts)
+                    for m, metric in enumerate(
+                        ["ip.ipv4.hours", "bandwidth.egress.na-eu.gb", "volume.gb_hours"]
+                    )
+                ]
+            )
+            seeding = time.perf_counter()
+            for n in range(accounts):
+                assert billsync.sync.service.sync_account(f"acct-{n:04d}").ok
+            seeded = time.perf_counter() - seeding
+            assert billsync.sync.reconciler is not None
+            started = time.perf_counter()
+            report = billsync.sync.reconciler.reconcile(repair=False)
+            elapsed = time.perf_counter() - started
+            billsync.close()
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+    return {
+        "accounts": accounts,
+        "seconds": round(elapsed, 2),
+        "accounts_per_second": round(accounts / elapsed),
+        "drift_found": len(report.items),
+        "seed_seconds": round(seeded, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--accounts", type=int, default=1000)
     args = parser.parse_args()
     bodies = payloads(args.events)
     with tempfile.TemporaryDirectory() as directory:
@@ -138,6 +219,7 @@ def main() -> None:
         with database.read() as connection:
             stored = webhook_repository.counts(connection)["received"]
         database.dispose()
+    reconciled = reconcile_time(args.accounts)
     results = {
         "benchmark": "webhooks",
         "machine": {"cpus": os.cpu_count()},
@@ -147,6 +229,7 @@ def main() -> None:
         "duplicates_resent": again,
         "events_stored": stored,
         "lost": args.events - stored,
+        "reconcile": reconciled,
     }
     print(f"  healthz baseline: {baseline['per_second']:>6,}/s  p99 {baseline['p99_ms']} ms")
     print(
@@ -155,6 +238,10 @@ def main() -> None:
     )
     print(f"  duplicates      : {again['per_second']:>6,}/s  p99 {again['p99_ms']} ms")
     print(f"  stored {stored:,} of {args.events:,} (lost {args.events - stored})")
+    print(
+        f"  reconcile {reconciled['accounts']:,} accounts: {reconciled['seconds']} s "
+        f"({reconciled['accounts_per_second']}/s), drift found {reconciled['drift_found']}"
+    )
     print(f"wrote {write_results('webhooks', results)}")
 
 
