@@ -156,6 +156,9 @@ V1_ROUTES = [
     ("POST", "/v1/usage"),
     ("GET", "/v1/accounts/{account_id}/sync"),
     ("POST", "/v1/accounts/{account_id}/sync"),
+    ("GET", "/v1/accounts/{account_id}/billing"),
+    ("POST", "/v1/accounts/{account_id}/portal"),
+    ("POST", "/v1/accounts/{account_id}/customer-tokens"),
 ]
 
 

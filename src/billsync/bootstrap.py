@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -13,6 +14,7 @@ from billsync.core.catalog import Catalog
 from billsync.core.policy import Policy, SyncPolicy
 from billsync.db.database import Database
 from billsync.services.accounts import AccountService
+from billsync.services.billing_view import BillingView
 from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
@@ -36,6 +38,8 @@ class Billsync:
     ingest: IngestService
     lines: LineService
     ingest_writer: GroupCommitter
+    billing: BillingView
+    customer_token_secret: str
     webhooks: WebhookInbox
     processor: WebhookProcessor
     sync: Syncing | None = None
@@ -111,6 +115,20 @@ def build_syncing(
     return Syncing(gateway, guard, service, lifecycle, scheduler, sweep, reconciler)
 
 
+def customer_secret(settings: Settings) -> str:
+    """The key that signs customer tokens: configured, or generated once in the data dir."""
+    if settings.customer_token_secret:
+        return settings.customer_token_secret
+    path = settings.data_dir / "customer-token-secret"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
 def build(
     settings: Settings,
     *,
@@ -125,6 +143,7 @@ def build(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
     syncing = build_syncing(settings, database, catalog, clock, gateway)
+    lines = LineService(catalog, clock, settings.billing_anchor_day)
     ingest = IngestService(
         database,
         catalog,
@@ -139,8 +158,10 @@ def build(
         clock=clock,
         accounts=AccountService(catalog, clock),
         ingest=ingest,
-        lines=LineService(catalog, clock, settings.billing_anchor_day),
+        lines=lines,
         ingest_writer=GroupCommitter(ingest.record),
+        billing=BillingView(lines, clock),
+        customer_token_secret=customer_secret(settings),
         webhooks=WebhookInbox(
             database, clock, settings.webhook_secrets(), settings.webhook_tolerance_seconds
         ),

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(
         default=0, ge=0, description="How often the scheduler reconciles with Stripe (0: never)."
     )
+    customer_token_secret: str | None = Field(
+        default=None,
+        description="Signs customer tokens; if unset, `billsync serve` keeps one in <data_dir>.",
+    )
+    public_url: str | None = Field(
+        default=None, description="Where customers reach billsync (portal return links)."
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, description="API processes for `billsync serve`.")

@@ -32,6 +32,7 @@ from stripe.params import (
     InvoiceUpdateLinesParams,
     InvoiceUpdateLinesParamsLine,
 )
+from stripe.params.billing_portal import SessionCreateParams
 
 from billsync.sync.port import (
     LineChange,
@@ -215,6 +216,14 @@ class StripeGateway:
                 if not page.has_more or not page.data:
                     return found
                 params["starting_after"] = page.data[-1].id
+
+    def create_portal_session(self, *, customer: str, return_url: str | None) -> str:
+        params: SessionCreateParams = {"customer": customer}
+        if return_url:
+            params["return_url"] = return_url
+        with _translated():
+            session = self._client.v1.billing_portal.sessions.create(params)
+        return session.url
 
     def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
         """Events are listed newest first: page back to ``created_gte``, return oldest first."""

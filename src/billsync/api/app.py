@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from billsync import __version__
-from billsync.api import accounts, catalog, stripe_webhook, sync, usage
+from billsync.api import accounts, billing, catalog, pages, stripe_webhook, sync, usage
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
 from billsync.api.stripe_webhook import WEBHOOK_PATH
 from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
+from billsync.core import customer_tokens
 
 # Set by `billsync serve` when its single process should also run the scheduler and workers.
 RUN_SCHEDULER = "BILLSYNC_RUN_SCHEDULER"
+
+
+def customer_reader(billsync: Billsync) -> Callable[[str], str | None]:
+    def account_of(token: str) -> str | None:
+        try:
+            return customer_tokens.read(
+                billsync.customer_token_secret, token, billsync.clock.now()
+            ).account_id
+        except customer_tokens.TokenError:
+            return None
+
+    return account_of
 
 
 def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
@@ -49,12 +62,15 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
         tokens=billsync.settings.api_tokens(),
         max_body_bytes=billsync.settings.max_body_bytes,
         signed_paths=[WEBHOOK_PATH],
+        customer_account_of=customer_reader(billsync),
     )
     app.include_router(accounts.router, prefix="/v1")
     app.include_router(usage.router, prefix="/v1")
     app.include_router(catalog.router, prefix="/v1")
     app.include_router(sync.router, prefix="/v1")
     app.include_router(stripe_webhook.router, prefix="/v1")
+    app.include_router(billing.router, prefix="/v1")
+    app.include_router(pages.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

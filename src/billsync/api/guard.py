@@ -4,7 +4,8 @@ reads or parses a byte of the body (so an anonymous client cannot make billsync 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,6 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billsync.errors import PayloadTooLarge
 
 PROTECTED_PREFIX = "/v1/"
+# What a customer token may call (its own account only).
+CUSTOMER_ROUTES = re.compile(r"^/v1/accounts/([^/]+)/(?:billing|portal)$")
 
 
 class ApiGuard:
@@ -22,8 +25,11 @@ class ApiGuard:
         tokens: Sequence[str],
         max_body_bytes: int,
         signed_paths: Sequence[str] = (),
+        customer_account_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.app = app
+        # Reads a customer token: the account it opens, or None when it is not a valid one.
+        self.customer_account_of = customer_account_of
         # Paths that prove their caller another way (Stripe's webhook signature): no token.
         self.signed_paths = frozenset(signed_paths)
         self.tokens = [token.encode() for token in tokens]
@@ -45,6 +51,20 @@ class ApiGuard:
             matched |= hmac.compare_digest(presented, token)
         return matched, "invalid_token"
 
+    def _customer(self, scope: Scope) -> tuple[int, str, str] | None:
+        """A customer token opens its own account's billing and portal, nothing else."""
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        presented = header.partition(b" ")[2].strip().decode(errors="replace")
+        assert self.customer_account_of is not None
+        account = self.customer_account_of(presented)
+        if account is None:
+            return 401, "invalid_token", "the API token is not valid"
+        match = CUSTOMER_ROUTES.match(scope["path"])
+        if match is None or match.group(1) != account:
+            return 403, "forbidden", "this customer token opens only its own account's billing"
+        scope.setdefault("state", {})["customer_account"] = account
+        return None
+
     async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
         body = orjson.dumps({"error": {"code": code, "message": message}})
         headers = [
@@ -61,6 +81,12 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         authorized, code = self._authorized(scope)
+        if not authorized and code == "invalid_token" and self.customer_account_of is not None:
+            refusal = self._customer(scope)
+            if refusal is not None:
+                await self._refuse(send, *refusal)
+                return
+            authorized = True
         if not authorized and scope["path"] not in self.signed_paths:
             message = (
                 "send the API token as 'Authorization: Bearer <token>'"

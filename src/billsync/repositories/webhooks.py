@@ -156,3 +156,13 @@ def set_cursor(connection: Connection, name: str, value: str, now: datetime) -> 
         connection.execute(
             update(cursors).where(cursors.c.name == name).values(value=value, updated_at=now)
         )
+
+
+def open_invoices_due(connection: Connection, account_id: str) -> list[dict[str, Any]]:
+    rows = connection.execute(
+        select(invoice_mirror).where(
+            invoice_mirror.c.account_id == account_id,
+            invoice_mirror.c.status.in_(["open", "uncollectible"]),
+        )
+    ).mappings()
+    return [dict(row) for row in rows]

@@ -340,6 +340,9 @@ class _RepairKeys:
     def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None:
         self._gateway.delete_draft(invoice_id, idempotency_key=self._key(idempotency_key))
 
+    def create_portal_session(self, *, customer: str, return_url: str | None) -> str:
+        return self._gateway.create_portal_session(customer=customer, return_url=return_url)
+
     def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
         return self._gateway.list_events(created_gte=created_gte, limit=limit)
 

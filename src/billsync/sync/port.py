@@ -155,6 +155,10 @@ class StripePort(Protocol):
 
     def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None: ...
 
+    def create_portal_session(self, *, customer: str, return_url: str | None) -> str:
+        """A Customer Portal session; returns its (short-lived) URL."""
+        ...
+
     def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
         """Events created at or after ``created_gte``, oldest first (at most ``limit``)."""
         ...

@@ -1,0 +1,167 @@
+"""The customer's view: the bill (JSON), the Customer Portal, customer tokens, and the page."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from billsync.api.deps import BillsyncDep
+from billsync.api.responses import JSONBody
+from billsync.api.schemas import ErrorRead
+from billsync.bootstrap import Billsync
+from billsync.core import customer_tokens
+from billsync.core.money import decimal_text
+from billsync.errors import BillsyncError, InvalidRequest
+from billsync.services.billing_view import Bill
+
+router = APIRouter(tags=["billing"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorRead}, 404: {"model": ErrorRead}, 503: {"model": ErrorRead},
+}  # fmt: skip
+
+
+class StripeUnavailable(BillsyncError):
+    status_code = 503
+    code = "stripe_unavailable"
+
+
+class PortalCreate(BaseModel):
+    return_url: str | None = Field(default=None, max_length=2000)
+
+
+class CustomerTokenCreate(BaseModel):
+    ttl_seconds: int = Field(default=900, ge=1, le=86_400)
+
+
+def bill_body(bill: Bill) -> dict[str, Any]:
+    currency = bill.currency
+    return {
+        "account": bill.account.id,
+        "currency": currency,
+        "period": {"start": bill.period.start_at, "end": bill.period.end_at},
+        "lines": [
+            {
+                "key": item.line.key,
+                "description": item.line.description,
+                "metric": item.line.metric,
+                "dimensions": item.line.dimensions,
+                "quantity": decimal_text(item.line.quantity),
+                "unit": item.line.unit,
+                "unit_price": decimal_text(item.line.unit_price),
+                "amount": item.line.amount,
+                "late_from": item.line.late_from,
+                "sync": {
+                    "state": "in_stripe" if item.in_stripe else "pending",
+                    "label": (
+                        f"in Stripe as of {bill.synced_at:%Y-%m-%d %H:%M} UTC"
+                        if item.in_stripe and bill.synced_at
+                        else "pending, not yet on the invoice"
+                    ),
+                    "pending_amount": item.pending_amount,
+                },
+            }
+            for item in bill.lines
+        ],
+        "total": bill.total,
+        "pending_total": bill.pending_total,
+        "projected_total": bill.projected_total,
+        "synced_at": bill.synced_at,
+        "amount_due": bill.amount_due,
+        "failed_payment": bill.failed_payment,
+        "invoices": [
+            {
+                "id": invoice.invoice_id,
+                "number": invoice.number,
+                "period_start": invoice.period_start,
+                "status": invoice.status,
+                "total": invoice.total,
+                "amount_remaining": invoice.amount_remaining,
+                "paid_at": invoice.paid_at,
+                "hosted_invoice_url": invoice.hosted_invoice_url,
+                "invoice_pdf": invoice.invoice_pdf,
+            }
+            for invoice in bill.invoices
+        ],
+    }
+
+
+def load_bill(billsync: Billsync, account_id: str, *, daily: bool = False) -> Bill:
+    with billsync.database.read() as connection:
+        account = billsync.accounts.get(connection, account_id)
+        return billsync.billing.bill(connection, account, daily=daily)
+
+
+@router.get("/accounts/{account_id}/billing", responses=ERRORS)
+def get_billing(account_id: str, billsync: BillsyncDep) -> JSONBody:
+    """The current period line by line (each labelled in Stripe or pending), its total and
+    projection, late usage, past invoices, the amount due and any failed payment. Served from
+    billsync's own records: no Stripe call."""
+    return JSONBody(bill_body(load_bill(billsync, account_id)))
+
+
+def open_portal(billsync: Billsync, account_id: str, return_url: str | None) -> dict[str, Any]:
+    """Flush pending usage (bounded wait), then open a Customer Portal session."""
+    syncing = billsync.sync
+    if syncing is None:
+        raise StripeUnavailable("billsync has no Stripe key", code="stripe_not_configured")
+    with billsync.database.read() as connection:
+        billsync.accounts.get(connection, account_id)
+    outcome = syncing.scheduler.request(account_id, wait=billsync.settings.on_demand_wait_seconds)
+    bill = load_bill(billsync, account_id)
+    customer = bill.account.stripe_customer_id
+    if customer is None:
+        with billsync.database.read() as connection:
+            customer = billsync.accounts.get(connection, account_id).stripe_customer_id
+    if customer is None:
+        raise StripeUnavailable(
+            "Stripe could not be reached to set up this account's billing; try again shortly"
+        )
+    try:
+        url = syncing.gateway.create_portal_session(customer=customer, return_url=return_url)
+    except Exception as failure:  # the gateway's failures: Stripe is down or slow
+        raise StripeUnavailable(f"Stripe did not open the portal: {failure}") from None
+    return {
+        "url": url,
+        "synced": outcome is not None and outcome.ok and bill.pending_lines == 0,
+        "pending_lines": bill.pending_lines,
+        "pending_total": bill.pending_total,
+        "note": None
+        if bill.pending_lines == 0
+        else f"{bill.pending_lines} line(s) are still on their way to the invoice",
+    }
+
+
+@router.post("/accounts/{account_id}/portal", responses=ERRORS)
+async def post_portal(account_id: str, body: PortalCreate, billsync: BillsyncDep) -> JSONBody:
+    """The Stripe Customer Portal for this account, after an on-demand sync (bounded: if Stripe
+    is slow, the portal still opens and the answer says what is pending)."""
+    result = await run_in_threadpool(open_portal, billsync, account_id, body.return_url)
+    return JSONBody(result)
+
+
+@router.post("/accounts/{account_id}/customer-tokens", status_code=201, responses=ERRORS)
+def post_customer_token(
+    account_id: str, body: CustomerTokenCreate, billsync: BillsyncDep, request: Request
+) -> JSONBody:
+    """A short-lived token for this account's customer: it opens their billing page and portal
+    and nothing else. Platform token only."""
+    if getattr(request.state, "customer_account", None) is not None:
+        raise InvalidRequest("customers cannot mint tokens", code="forbidden")
+    with billsync.database.read() as connection:
+        billsync.accounts.get(connection, account_id)
+    now = billsync.clock.now()
+    ttl = timedelta(seconds=body.ttl_seconds)
+    token = customer_tokens.issue(billsync.customer_token_secret, account_id, now, ttl)
+    return JSONBody(
+        {
+            "token": token,
+            "account": account_id,
+            "expires_at": now + ttl,
+            "billing_url": f"/billing/{account_id}?token={token}",
+        },
+        status_code=201,
+    )

@@ -1,0 +1,125 @@
+"""The customer's view of their bill: served from the ledger and the invoice mirror only —
+no Stripe call on the read path — so it is fast, and shows usage not yet on the invoice,
+labelled as such."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import Connection
+
+from billsync.clock import Clock
+from billsync.core.periods import Period
+from billsync.repositories import ledger, webhooks
+from billsync.repositories import sync as sync_repository
+from billsync.repositories.accounts import AccountRecord
+from billsync.services.lines import LineService, LineView
+
+
+@dataclass(frozen=True, slots=True)
+class BillLine:
+    line: LineView
+    in_stripe: bool  # the invoice shows this line at this amount
+    pending_amount: int  # what the invoice does not show yet
+
+
+@dataclass(frozen=True, slots=True)
+class PastInvoice:
+    invoice_id: str
+    number: str | None
+    period_start: date | None
+    status: str
+    total: int
+    amount_remaining: int
+    paid_at: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+    last_payment_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    account: AccountRecord
+    period: Period
+    currency: str
+    lines: list[BillLine]
+    total: int
+    pending_total: int
+    projected_total: int
+    invoices: list[PastInvoice]
+    amount_due: int
+    failed_payment: str | None
+    daily: list[tuple[str, str, Decimal]]
+    synced_at: datetime | None  # when the invoice was last brought in step
+
+    @property
+    def pending_lines(self) -> int:
+        return sum(1 for line in self.lines if not line.in_stripe)
+
+
+class BillingView:
+    def __init__(self, lines: LineService, clock: Clock) -> None:
+        self.lines = lines
+        self.clock = clock
+
+    def bill(self, connection: Connection, account: AccountRecord, *, daily: bool = False) -> Bill:
+        view = self.lines.period_lines(connection, account, "current")
+        synced = {
+            line.key: line
+            for line in sync_repository.lines_of(connection, account.id, [view.period.start])
+        }
+        bill_lines = []
+        for line in view.lines:
+            state = synced.get(line.key)
+            confirmed = state is not None and state.synced_version == line.version
+            synced_amount = (state.synced_amount or 0) if state is not None else 0
+            bill_lines.append(
+                BillLine(line, confirmed, 0 if confirmed else line.amount - synced_amount)
+            )
+        total = view.total
+        invoices = [
+            PastInvoice(
+                invoice_id=row["stripe_invoice_id"], number=row["number"],
+                period_start=row["period_start"], status=row["status"], total=row["total"],
+                amount_remaining=row["amount_remaining"], paid_at=row["paid_at"],
+                hosted_invoice_url=row["hosted_invoice_url"], invoice_pdf=row["invoice_pdf"],
+                last_payment_error=row["last_payment_error"],
+            )
+            for row in webhooks.mirrors_of(connection, account.id)
+            if row["status"] != "draft" and row["period_start"] != view.period.start
+        ]  # fmt: skip
+        due = [i for i in invoices if i.status in ("open", "uncollectible")]
+        failed = next((i.last_payment_error for i in due if i.last_payment_error), None)
+        chart: list[tuple[str, str, Decimal]] = []
+        if daily:
+            ids = [state.id for state in synced.values()]
+            chart = ledger.daily_usage(connection, ids)
+        return Bill(
+            account=account,
+            period=view.period,
+            currency=view.currency,
+            lines=bill_lines,
+            total=total,
+            pending_total=sum(line.pending_amount for line in bill_lines),
+            projected_total=self._projection(view.period, total),
+            invoices=invoices,
+            amount_due=sum(i.amount_remaining for i in due),
+            failed_payment=failed,
+            daily=chart,
+            synced_at=(sync_repository.sync_row(connection, account.id) or {}).get(
+                "last_synced_at"
+            ),
+        )
+
+    def _projection(self, period: Period, total: int) -> int:
+        """The period's total if usage goes on at the pace so far (linear); never less than
+        what is already owed."""
+        now = self.clock.now()
+        elapsed = (now - period.start_at).total_seconds()
+        length = (period.end_at - period.start_at).total_seconds()
+        if elapsed <= 0 or now >= period.end_at:
+            return total
+        projected = Decimal(total) * Decimal(length) / Decimal(elapsed)
+        return max(total, int(projected.to_integral_value(rounding=ROUND_HALF_UP)))
