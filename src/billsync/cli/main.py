@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from billsync.cli import reconcile_command, sync_commands
 from billsync.cli.common import console, errors, fail, open_billsync
 from billsync.cli.ingest_file import ingest_file
 from billsync.config import Settings
+from billsync.core import customer_tokens
 from billsync.core.catalog import CatalogError
 from billsync.core.money import decimal_text, format_minor
 from billsync.db import migrate
@@ -227,6 +229,42 @@ def serve(
         http="httptools",
         access_log=access_log,
         log_level="info",
+    )
+
+
+tokens_app = typer.Typer(help="Tokens for customers.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+def parse_ttl(text: str) -> timedelta:
+    """``900``, ``900s``, ``15m``, ``1h``."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit():
+        raise fail(f"--ttl must look like 900s, 15m or 1h, not {text!r}", code=2)
+    return timedelta(seconds=int(number) * units[unit])
+
+
+@tokens_app.command("customer")
+def tokens_customer(
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 900s, 15m, 1h (at most 1 day).")] = "15m",
+) -> None:
+    """Print a short-lived token that opens this account's billing page and portal only."""
+    billsync = open_billsync()
+    try:
+        with billsync.database.read() as connection:
+            billsync.accounts.get(connection, account_id)
+        token = customer_tokens.issue(
+            billsync.customer_token_secret, account_id, billsync.clock.now(), parse_ttl(ttl)
+        )
+    except (BillsyncError, ValueError) as error:
+        raise fail(getattr(error, "message", str(error))) from None
+    console.print(token, highlight=False, soft_wrap=True)
+    console.print(
+        f"billing page: /billing/{escape(account_id)}?token={token}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -1,0 +1,39 @@
+"""billsync's API served over real HTTP in a thread (for webhooks and the browser)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync
+from tests.stripe_peer import free_port
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+@contextmanager
+def serve(billsync: Billsync) -> Iterator[str]:
+    port = free_port()
+    server = _Server(
+        uvicorn.Config(create_app(billsync), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("billsync did not start")
+        threading.Event().wait(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
