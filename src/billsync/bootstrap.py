@@ -14,7 +14,8 @@ from billsync.core.catalog import Catalog
 from billsync.core.policy import Policy, SyncPolicy
 from billsync.db.database import Database
 from billsync.services.accounts import AccountService
-from billsync.services.billing_view import BillingView
+from billsync.services.billing_view import BillCache, BillingView
+from billsync.services.changes import Changes
 from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
@@ -39,6 +40,7 @@ class Billsync:
     lines: LineService
     ingest_writer: GroupCommitter
     billing: BillingView
+    bill_cache: BillCache
     customer_token_secret: str
     webhooks: WebhookInbox
     processor: WebhookProcessor
@@ -70,6 +72,8 @@ def build_syncing(
     catalog: Catalog,
     clock: Clock,
     gateway: StripePort | None = None,
+    *,
+    changes: Changes | None = None,
 ) -> Syncing | None:
     if gateway is None:
         if not settings.stripe_api_key:
@@ -84,6 +88,7 @@ def build_syncing(
     service = SyncService(
         database, gateway, catalog, clock, guard=guard,
         delete_zero_total=settings.zero_total_periods == "delete",
+        changes=changes,
     )  # fmt: skip
     lifecycle = LifecycleService(
         database,
@@ -100,7 +105,7 @@ def build_syncing(
         settings.sync_threshold,
     )
     scheduler = Scheduler(database, service, lifecycle, clock, policy)
-    processor = WebhookProcessor(database, clock, gateway)
+    processor = WebhookProcessor(database, clock, gateway, changes)
     sweep = Sweep(database, clock, gateway)
     scheduler.every(timedelta(seconds=1), "webhooks.process", processor.process)
     scheduler.every(timedelta(seconds=settings.sweep_interval_seconds), "webhooks.sweep", sweep.run)
@@ -142,7 +147,10 @@ def build(
     database = database or Database(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
-    syncing = build_syncing(settings, database, catalog, clock, gateway)
+    changes = Changes()
+    bill_cache = BillCache()
+    changes.subscribe(bill_cache.forget)
+    syncing = build_syncing(settings, database, catalog, clock, gateway, changes=changes)
     lines = LineService(catalog, clock, settings.billing_anchor_day)
     ingest = IngestService(
         database,
@@ -150,6 +158,7 @@ def build(
         clock,
         horizon=timedelta(days=settings.usage_horizon_days),
         default_anchor_day=settings.billing_anchor_day,
+        changes=changes,
     )
     return Billsync(
         settings=settings,
@@ -161,10 +170,11 @@ def build(
         lines=lines,
         ingest_writer=GroupCommitter(ingest.record),
         billing=BillingView(lines, clock),
+        bill_cache=bill_cache,
         customer_token_secret=customer_secret(settings),
         webhooks=WebhookInbox(
             database, clock, settings.webhook_secrets(), settings.webhook_tolerance_seconds
         ),
-        processor=WebhookProcessor(database, clock, syncing.gateway if syncing else None),
+        processor=WebhookProcessor(database, clock, syncing.gateway if syncing else None, changes),
         sync=syncing,
     )

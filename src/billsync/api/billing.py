@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -96,11 +97,14 @@ def load_bill(billsync: Billsync, account_id: str, *, daily: bool = False) -> Bi
 
 
 @router.get("/accounts/{account_id}/billing", responses=ERRORS)
-def get_billing(account_id: str, billsync: BillsyncDep) -> JSONBody:
+def get_billing(account_id: str, billsync: BillsyncDep) -> Response:
     """The current period line by line (each labelled in Stripe or pending), its total and
     projection, late usage, past invoices, the amount due and any failed payment. Served from
     billsync's own records: no Stripe call."""
-    return JSONBody(bill_body(load_bill(billsync, account_id)))
+    body = billsync.bill_cache.get(
+        account_id, lambda: orjson.dumps(bill_body(load_bill(billsync, account_id)))
+    )
+    return Response(body, media_type="application/json")
 
 
 def open_portal(billsync: Billsync, account_id: str, return_url: str | None) -> dict[str, Any]:

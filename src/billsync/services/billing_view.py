@@ -4,6 +4,9 @@ labelled as such."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -123,3 +126,38 @@ class BillingView:
             return total
         projected = Decimal(total) * Decimal(length) / Decimal(elapsed)
         return max(total, int(projected.to_integral_value(rounding=ROUND_HALF_UP)))
+
+
+class BillCache:
+    """Rendered bills by account, dropped when the account changes in this process (ingest,
+    sync, webhooks) and after ``ttl`` seconds in any case (changes made by other processes,
+    and the projection moving with time)."""
+
+    def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, account_id: str, load: Callable[[], bytes]) -> bytes:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(account_id)
+            if entry is not None and now - entry[0] < self.ttl:
+                self.hits += 1
+                return entry[1]
+            self.misses += 1
+        body = load()
+        with self._lock:
+            self._entries[account_id] = (now, body)
+        return body
+
+    def forget(self, account_ids: frozenset[str] | None) -> None:
+        with self._lock:
+            if account_ids is None:
+                self._entries.clear()
+            else:
+                for account_id in account_ids:
+                    self._entries.pop(account_id, None)

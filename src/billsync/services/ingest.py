@@ -33,6 +33,7 @@ from billsync.core.usage import (
 )
 from billsync.db.database import Database
 from billsync.repositories import ledger, ledger_bulk
+from billsync.services.changes import Changes
 
 # A concurrent batch on another connection may insert the same new event id first; the
 # transaction is then retried and sees it as a duplicate. Bounded, because it cannot recur
@@ -100,7 +101,9 @@ class IngestService:
         *,
         horizon: timedelta,
         default_anchor_day: int,
+        changes: Changes | None = None,
     ) -> None:
+        self.changes = changes
         self.database = database
         self.catalog = catalog
         self.clock = clock
@@ -169,6 +172,8 @@ class IngestService:
                 results.append(decided[outcome.id])
             else:
                 results.append(EventResult(outcome.id, EventStatus.DUPLICATE))
+        if self.changes is not None and candidates:
+            self.changes.accounts_changed({event.account for event in candidates})
         return IngestReport(results)
 
     def _store(

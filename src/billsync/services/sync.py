@@ -45,6 +45,7 @@ from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
 from billsync.repositories.problems import NewProblem
 from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
+from billsync.services.changes import Changes
 from billsync.sync.port import (
     LineChange,
     NewLine,
@@ -146,7 +147,9 @@ class SyncService:
         *,
         guard: CallGuard | None = None,
         delete_zero_total: bool = False,
+        changes: Changes | None = None,
     ) -> None:
+        self.changes = changes
         self.database = database
         self.gateway = gateway
         self.catalog = catalog
@@ -235,6 +238,8 @@ class SyncService:
             repository.record_attempt(
                 connection, account_id, self.clock.now(), calls=outcome.calls, error=outcome.error
             )
+        if self.changes is not None and outcome.calls:
+            self.changes.accounts_changed([account_id])
         with self.database.read() as connection:
             account = repository.get_account(connection, account_id)
             if account is not None:

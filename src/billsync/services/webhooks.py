@@ -27,6 +27,7 @@ from billsync.errors import BillsyncError
 from billsync.repositories import problems, webhooks
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.problems import NewProblem
+from billsync.services.changes import Changes
 from billsync.sync.port import StripeFailure, StripePort
 
 log = logging.getLogger("billsync.webhooks")
@@ -115,7 +116,14 @@ def _when(unix: Any) -> datetime | None:
 
 
 class WebhookProcessor:
-    def __init__(self, database: Database, clock: Clock, gateway: StripePort | None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        gateway: StripePort | None,
+        changes: Changes | None = None,
+    ) -> None:
+        self.changes = changes
         self.database = database
         self.clock = clock
         self.gateway = gateway
@@ -130,6 +138,8 @@ class WebhookProcessor:
         now = self.clock.now()
         with self.database.read() as connection:
             pending = webhooks.pending_events(connection, now, limit)
+        if pending and self.changes is not None:
+            self.changes.accounts_changed(None)
         for event in pending:
             try:
                 with self.database.transaction() as connection:
