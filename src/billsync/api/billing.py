@@ -97,13 +97,17 @@ def load_bill(billsync: Billsync, account_id: str, *, daily: bool = False) -> Bi
 
 
 @router.get("/accounts/{account_id}/billing", responses=ERRORS)
-def get_billing(account_id: str, billsync: BillsyncDep) -> Response:
+async def get_billing(account_id: str, billsync: BillsyncDep) -> Response:
     """The current period line by line (each labelled in Stripe or pending), its total and
     projection, late usage, past invoices, the amount due and any failed payment. Served from
     billsync's own records: no Stripe call."""
-    body = billsync.bill_cache.get(
-        account_id, lambda: orjson.dumps(bill_body(load_bill(billsync, account_id)))
-    )
+    body = billsync.bill_cache.peek(account_id)
+    if body is None:  # compute (or wait for the computation) off the event loop
+        body = await run_in_threadpool(
+            billsync.bill_cache.get,
+            account_id,
+            lambda: orjson.dumps(bill_body(load_bill(billsync, account_id))),
+        )
     return Response(body, media_type="application/json")
 
 

@@ -131,33 +131,62 @@ class BillingView:
 class BillCache:
     """Rendered bills by account, dropped when the account changes in this process (ingest,
     sync, webhooks) and after ``ttl`` seconds in any case (changes made by other processes,
-    and the projection moving with time)."""
+    and the projection moving with time). One computation per account at a time: requests
+    arriving meanwhile wait for it instead of all computing the same bill."""
 
     def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._entries: dict[str, tuple[float, bytes]] = {}
+        self._entries: dict[str, tuple[float, int, bytes]] = {}
+        self._computing: dict[str, threading.Event] = {}
+        self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, account_id: str, load: Callable[[], bytes]) -> bytes:
-        now = self._clock()
+    def peek(self, account_id: str) -> bytes | None:
+        """The cached bill if it is fresh, without waiting or computing (the event loop's
+        fast path)."""
         with self._lock:
             entry = self._entries.get(account_id)
-            if entry is not None and now - entry[0] < self.ttl:
+            if (
+                entry is not None
+                and entry[1] == self._generation.get(account_id, 0)
+                and self._clock() - entry[0] < self.ttl
+            ):
                 self.hits += 1
-                return entry[1]
-            self.misses += 1
-        body = load()
-        with self._lock:
-            self._entries[account_id] = (now, body)
-        return body
+                return entry[2]
+        return None
+
+    def get(self, account_id: str, load: Callable[[], bytes]) -> bytes:
+        while True:
+            now = self._clock()
+            with self._lock:
+                generation = self._generation.get(account_id, 0)
+                entry = self._entries.get(account_id)
+                if entry is not None and entry[1] == generation and now - entry[0] < self.ttl:
+                    self.hits += 1
+                    return entry[2]
+                running = self._computing.get(account_id)
+                if running is None:
+                    running = self._computing[account_id] = threading.Event()
+                    break
+            running.wait(5.0)  # someone is computing this very bill: take theirs
+        self.misses += 1
+        try:
+            body = load()
+            with self._lock:
+                self._entries[account_id] = (now, generation, body)
+            return body
+        finally:
+            with self._lock:
+                self._computing.pop(account_id, None)
+            running.set()
 
     def forget(self, account_ids: frozenset[str] | None) -> None:
         with self._lock:
             if account_ids is None:
                 self._entries.clear()
-            else:
-                for account_id in account_ids:
-                    self._entries.pop(account_id, None)
+                return
+            for account_id in account_ids:
+                self._generation[account_id] = self._generation.get(account_id, 0) + 1
