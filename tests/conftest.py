@@ -35,6 +35,9 @@ TEST_TOKEN = "test-token-0123456789"
 # Mid-month, so "current period" tests have room on both sides.
 T0 = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 TABLES = (
+    "audit_log",
+    "console_sessions",
+    "users",
     "webhook_events",
     "invoice_mirror",
     "problems",

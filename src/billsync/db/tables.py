@@ -9,13 +9,16 @@ from sqlalchemy import Table
 from billsync.db.models import (
     Account,
     AccountSync,
+    AuditEntry,
     BillingPeriod,
+    ConsoleSession,
     Cursor,
     InvoiceMirror,
     Line,
     Problem,
     SyncIntent,
     UsageEvent,
+    User,
     WebhookEvent,
 )
 
@@ -29,3 +32,6 @@ webhook_events = cast(Table, WebhookEvent.__table__)
 invoice_mirror = cast(Table, InvoiceMirror.__table__)
 problems = cast(Table, Problem.__table__)
 cursors = cast(Table, Cursor.__table__)
+users = cast(Table, User.__table__)
+console_sessions = cast(Table, ConsoleSession.__table__)
+audit_log = cast(Table, AuditEntry.__table__)

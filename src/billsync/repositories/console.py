@@ -1,0 +1,137 @@
+"""All SQL about the console: users, sessions, the audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from billsync.db.tables import audit_log, console_sessions, users
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    name: str
+    password_hash: str
+    role: str
+    disabled: bool
+
+
+def add_user(
+    connection: Connection, name: str, password_hash: str, role: str, now: datetime
+) -> int:
+    result = connection.execute(
+        insert(users).returning(users.c.id),
+        {
+            "name": name,
+            "password_hash": password_hash,
+            "role": role,
+            "disabled": False,
+            "created_at": now,
+        },
+    )
+    return int(result.scalar_one())
+
+
+def user_by_name(connection: Connection, name: str) -> UserRecord | None:
+    row = connection.execute(
+        select(
+            users.c.id, users.c.name, users.c.password_hash, users.c.role, users.c.disabled
+        ).where(users.c.name == name)
+    ).first()
+    return None if row is None else UserRecord(*tuple(row))
+
+
+def all_users(connection: Connection) -> list[UserRecord]:
+    rows = connection.execute(
+        select(
+            users.c.id, users.c.name, users.c.password_hash, users.c.role, users.c.disabled
+        ).order_by(users.c.name)
+    )
+    return [UserRecord(*tuple(row)) for row in rows]
+
+
+def set_user(connection: Connection, name: str, **values: Any) -> None:
+    connection.execute(update(users).where(users.c.name == name).values(**values))
+
+
+def add_session(
+    connection: Connection,
+    token_hash: str,
+    *,
+    user_id: int,
+    csrf: str,
+    now: datetime,
+    expires: datetime,
+) -> None:
+    connection.execute(
+        insert(console_sessions),
+        {
+            "token_hash": token_hash,
+            "user_id": user_id,
+            "csrf_token": csrf,
+            "created_at": now,
+            "expires_at": expires,
+        },
+    )
+
+
+def session_user(
+    connection: Connection, token_hash: str, now: datetime
+) -> tuple[UserRecord, str] | None:
+    row = connection.execute(
+        select(
+            users.c.id,
+            users.c.name,
+            users.c.password_hash,
+            users.c.role,
+            users.c.disabled,
+            console_sessions.c.csrf_token,
+        )
+        .join(console_sessions, console_sessions.c.user_id == users.c.id)
+        .where(console_sessions.c.token_hash == token_hash, console_sessions.c.expires_at > now)
+    ).first()
+    if row is None:
+        return None
+    return UserRecord(*tuple(row)[:5]), str(row[5])
+
+
+def end_session(connection: Connection, token_hash: str) -> None:
+    connection.execute(delete(console_sessions).where(console_sessions.c.token_hash == token_hash))
+
+
+def record(
+    connection: Connection,
+    *,
+    actor: str,
+    action: str,
+    now: datetime,
+    account_id: str | None = None,
+    period_start: date | None = None,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    connection.execute(
+        insert(audit_log),
+        {
+            "at": now,
+            "actor": actor,
+            "action": action,
+            "account_id": account_id,
+            "period_start": period_start,
+            "reason": reason,
+            "detail": detail or {},
+        },
+    )
+
+
+def trail(
+    connection: Connection, account_id: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    query = select(audit_log).order_by(audit_log.c.at.desc(), audit_log.c.id.desc()).limit(limit)
+    if account_id is not None:
+        query = query.where(audit_log.c.account_id == account_id)
+    return [dict(row) for row in connection.execute(query).mappings()]
