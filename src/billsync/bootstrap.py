@@ -16,6 +16,7 @@ from billsync.db.database import Database
 from billsync.services.accounts import AccountService
 from billsync.services.billing_view import BillCache, BillingView
 from billsync.services.changes import Changes
+from billsync.services.console_auth import ConsoleAuth
 from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
@@ -39,6 +40,7 @@ class Billsync:
     ingest: IngestService
     lines: LineService
     ingest_writer: GroupCommitter
+    console: ConsoleAuth
     billing: BillingView
     bill_cache: BillCache
     customer_token_secret: str
@@ -169,6 +171,7 @@ def build(
         ingest=ingest,
         lines=lines,
         ingest_writer=GroupCommitter(ingest.record),
+        console=ConsoleAuth(database, clock),
         billing=BillingView(lines, clock),
         bill_cache=bill_cache,
         customer_token_secret=customer_secret(settings),

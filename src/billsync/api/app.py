@@ -9,7 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from billsync import __version__
-from billsync.api import accounts, billing, catalog, pages, stripe_webhook, sync, usage
+from billsync.api import (
+    accounts,
+    billing,
+    catalog,
+    console,
+    pages,
+    stripe_webhook,
+    sync,
+    usage,
+)
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
 from billsync.api.stripe_webhook import WEBHOOK_PATH
@@ -71,6 +80,7 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
     app.include_router(stripe_webhook.router, prefix="/v1")
     app.include_router(billing.router, prefix="/v1")
     app.include_router(pages.router)
+    app.include_router(console.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

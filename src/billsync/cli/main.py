@@ -232,6 +232,25 @@ def serve(
     )
 
 
+users_app = typer.Typer(help="Support console users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    role: Annotated[str, typer.Option(help="viewer (reads), agent (acts), admin (manages).")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+) -> None:
+    """Add a console user (the password is asked for, or read from --password)."""
+    billsync = open_billsync()
+    try:
+        billsync.console.add_user(name, password, role)
+    except BillsyncError as error:
+        raise fail(error.message) from None
+    console.print(f"added {escape(name)} ({role})")
+
+
 tokens_app = typer.Typer(help="Tokens for customers.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from billsync.db.tables import audit_log, console_sessions, users
+from billsync.db.tables import accounts, audit_log, console_sessions, invoice_mirror, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +135,50 @@ def trail(
     if account_id is not None:
         query = query.where(audit_log.c.account_id == account_id)
     return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def search_accounts(connection: Connection, text: str, limit: int) -> list[dict[str, Any]]:
+    pattern = f"%{text.lower()}%"
+    rows = connection.execute(
+        select(accounts.c.id, accounts.c.name, accounts.c.email, accounts.c.stripe_customer_id)
+        .where(
+            or_(
+                func.lower(accounts.c.id).like(pattern),
+                func.lower(accounts.c.name).like(pattern),
+                func.lower(accounts.c.email).like(pattern),
+                accounts.c.stripe_customer_id == text,
+            )
+        )
+        .order_by(accounts.c.id)
+        .limit(limit)
+    )
+    return [
+        {
+            "kind": "account",
+            "account": r.id,
+            "name": r.name,
+            "email": r.email,
+            "stripe_id": r.stripe_customer_id,
+        }
+        for r in rows
+    ]
+
+
+def search_invoices(connection: Connection, text: str, limit: int) -> list[dict[str, Any]]:
+    rows = connection.execute(
+        select(
+            invoice_mirror.c.account_id, invoice_mirror.c.number, invoice_mirror.c.stripe_invoice_id
+        )
+        .where(or_(invoice_mirror.c.number == text, invoice_mirror.c.stripe_invoice_id == text))
+        .limit(limit)
+    )
+    return [
+        {
+            "kind": "invoice",
+            "account": r.account_id,
+            "name": r.number,
+            "email": None,
+            "stripe_id": r.stripe_invoice_id,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,258 @@
+"""The support console (``/console``): server-rendered, no build step, plain forms.
+
+Sign-in sets an HttpOnly, SameSite=Strict session cookie; every form carries the session's
+CSRF token and the server refuses a form without it. Viewers read; agents and admins act, and
+every action asks for a reason and lands in the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from datetime import date
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from billsync.api.deps import BillsyncDep
+from billsync.bootstrap import Billsync
+from billsync.core.money import format_minor
+from billsync.errors import BillsyncError
+from billsync.repositories import console as console_repository
+from billsync.repositories import problems
+from billsync.services.console_auth import Signed, SignInRefused, Throttled
+from billsync.services.console_views import account_view, search
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+SESSION = "billsync_console"
+LOGIN_CSRF = "billsync_console_login"
+ACTIONS = {"sync", "hold", "release", "approve"}
+
+
+def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status)
+
+
+def _signed(billsync: Billsync, request: Request) -> Signed | None:
+    return billsync.console.session(request.cookies.get(SESSION))
+
+
+def _dashboard(billsync: Billsync, path: str) -> str:
+    live = (billsync.settings.stripe_api_key or "").startswith(("sk_live_", "rk_live_"))
+    return f"https://dashboard.stripe.com/{'' if live else 'test/'}{path}"
+
+
+@router.get("/login")
+def login_form(request: Request) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = _page("console_login.html", csrf=token, error=None)
+    response.set_cookie(LOGIN_CSRF, token, httponly=True, samesite="strict", path="/console")
+    return response
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    billsync: BillsyncDep,
+    name: str = Form(default=""),
+    password: str = Form(default=""),
+    csrf: str = Form(default=""),
+) -> Response:
+    expected = request.cookies.get(LOGIN_CSRF, "")
+    if not expected or not hmac.compare_digest(expected, csrf):
+        return _page("console_login.html", 403, csrf=expected, error="The form expired: try again.")
+    client = request.client.host if request.client else "unknown"
+    try:
+        token, _ = await run_in_threadpool(billsync.console.sign_in, name, password, client)
+    except (SignInRefused, Throttled) as refusal:
+        return _page(
+            "console_login.html", refusal.status_code, csrf=expected, error=refusal.message
+        )
+    response = RedirectResponse("/console", status_code=303)
+    response.set_cookie(
+        SESSION,
+        token,
+        httponly=True,
+        samesite="strict",
+        path="/console",
+        secure=request.url.scheme == "https",
+    )
+    response.delete_cookie(LOGIN_CSRF, path="/console")
+    return response
+
+
+def _require(billsync: Billsync, request: Request) -> Signed | RedirectResponse:
+    signed = _signed(billsync, request)
+    return RedirectResponse("/console/login", status_code=303) if signed is None else signed
+
+
+@router.post("/logout")
+def logout(request: Request, billsync: BillsyncDep, csrf: str = Form(default="")) -> Response:
+    signed = _signed(billsync, request)
+    if signed is not None and hmac.compare_digest(signed.csrf, csrf):
+        billsync.console.sign_out(signed)
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(SESSION, path="/console")
+    return response
+
+
+@router.get("")
+def home(request: Request, billsync: BillsyncDep, q: str = "") -> Response:
+    signed = _require(billsync, request)
+    if isinstance(signed, RedirectResponse):
+        return signed
+    with billsync.database.read() as connection:
+        results = search(connection, q) if q else []
+        trail = console_repository.trail(connection, limit=20)
+        open_problems = problems.open_problems(connection)
+    return _page(
+        "console_home.html",
+        user=signed,
+        q=q,
+        results=results,
+        trail=trail,
+        problems=open_problems[:50],
+    )
+
+
+@router.get("/accounts/{account_id}")
+def account(request: Request, account_id: str, billsync: BillsyncDep) -> Response:
+    signed = _require(billsync, request)
+    if isinstance(signed, RedirectResponse):
+        return signed
+    with billsync.database.read() as connection:
+        view = account_view(connection, account_id)
+    if view is None:
+        return _page(
+            "console_message.html",
+            404,
+            user=signed,
+            title="No such account",
+            message=f"There is no account {account_id!r}.",
+        )
+
+    def money(amount: int | None) -> str:
+        return "—" if amount is None else format_minor(amount, view.account.currency)
+
+    return _page(
+        "console_account.html",
+        user=signed,
+        view=view,
+        money=money,
+        dashboard=lambda path: _dashboard(billsync, path),
+    )
+
+
+@router.post("/accounts/{account_id}/actions/{action}")
+async def act(
+    request: Request,
+    account_id: str,
+    action: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    reason: str = Form(default=""),
+    period: str = Form(default=""),
+) -> Response:
+    signed = _signed(billsync, request)
+    if signed is None:
+        return _page(
+            "console_message.html",
+            401,
+            user=None,
+            title="Signed out",
+            message="Sign in again to act.",
+        )
+    if not csrf or not hmac.compare_digest(signed.csrf, csrf):
+        return _page(
+            "console_message.html",
+            403,
+            user=signed,
+            title="Refused",
+            message="This form is missing its security token: reload the page.",
+        )
+    if not signed.can("agent"):
+        return _page(
+            "console_message.html",
+            403,
+            user=signed,
+            title="Refused",
+            message="Viewers can look but not act: ask an agent.",
+        )
+    if action not in ACTIONS:
+        return _page(
+            "console_message.html",
+            404,
+            user=signed,
+            title="Unknown action",
+            message=f"There is no action {action!r}.",
+        )
+    if not reason.strip():
+        return _page(
+            "console_message.html",
+            422,
+            user=signed,
+            title="A reason is needed",
+            message="Every action needs a reason, for the audit log.",
+        )
+    try:
+        await run_in_threadpool(
+            partial(_perform, action=action, period=period, reason=reason),
+            billsync,
+            signed,
+            account_id,
+        )
+    except BillsyncError as error:
+        return _page(
+            "console_message.html",
+            error.status_code,
+            user=signed,
+            title="Not done",
+            message=error.message,
+        )
+    except ValueError as error:
+        return _page("console_message.html", 422, user=signed, title="Not done", message=str(error))
+    return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
+
+
+def _perform(
+    billsync: Billsync, signed: Signed, account_id: str, *, action: str, period: str, reason: str
+) -> str:
+    syncing = billsync.sync
+    if syncing is None:
+        raise BillsyncError("billsync has no Stripe key: nothing to act on", code="no_stripe")
+    start = date.fromisoformat(period) if period and action != "sync" else None
+    detail: dict[str, Any] = {}
+    if action == "sync":
+        outcome = syncing.service.sync_account(account_id, lane=0)
+        detail = {"calls": outcome.calls, "error": outcome.error}
+    else:
+        if start is None:
+            raise ValueError("choose the period to act on")
+        if action == "hold":
+            syncing.lifecycle.hold(account_id, start)
+        elif action == "release":
+            syncing.lifecycle.release(account_id, start)
+        else:
+            detail = {"finalized": syncing.lifecycle.approve_now(account_id, start)}
+    with billsync.database.transaction() as connection:
+        console_repository.record(
+            connection,
+            actor=signed.name,
+            action=f"period.{action}" if start else f"account.{action}",
+            now=billsync.clock.now(),
+            account_id=account_id,
+            period_start=start,
+            reason=reason.strip(),
+            detail=detail,
+        )
+    return action

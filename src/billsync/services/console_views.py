@@ -1,0 +1,98 @@
+"""What the console shows: search, and everything about one account in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from billsync.core.periods import PeriodStatus
+from billsync.repositories import console, problems, webhooks
+from billsync.repositories import sync as sync_repository
+from billsync.repositories.accounts import AccountRecord, get_account
+from billsync.repositories.problems import ProblemRecord
+from billsync.repositories.sync import PeriodRow, SyncLine
+
+
+def search(connection: Connection, query: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Accounts by id, name, email or Stripe customer id; invoices by number or id."""
+    text = query.strip()
+    if not text:
+        return []
+    return console.search_accounts(connection, text, limit) + console.search_invoices(
+        connection, text, limit
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LineRow:
+    line: SyncLine
+    state: str  # in step | pending | drift
+    problem: ProblemRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodView:
+    period: PeriodRow
+    lines: list[LineRow]
+    ledger_total: int
+    stripe_total: int
+    mirror: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    account: AccountRecord
+    sync: dict[str, Any]
+    periods: list[PeriodView]
+    problems: list[ProblemRecord]
+    audit: list[dict[str, Any]]
+    mirrors: list[dict[str, Any]]
+
+
+def account_view(connection: Connection, account_id: str) -> AccountView | None:
+    account = get_account(connection, account_id)
+    if account is None:
+        return None
+    all_periods = sync_repository.periods_with_status(
+        connection, list(PeriodStatus), account_id=account_id
+    )
+    recent = sorted(all_periods, key=lambda p: p.start, reverse=True)[:3]
+    open_problems = problems.open_problems(connection, account_id)
+    by_line = {p.line_id: p for p in open_problems if p.line_id is not None}
+    mirrors = webhooks.mirrors_of(connection, account_id)
+    views = []
+    for period in recent:
+        lines = sync_repository.lines_of(connection, account_id, [period.start])
+        rows = []
+        for line in lines:
+            problem = by_line.get(line.id)
+            state = (
+                "drift"
+                if problem is not None
+                else "in step"
+                if line.synced_version == line.version
+                else "pending"
+            )
+            rows.append(LineRow(line, state, problem))
+        mirror = next(
+            (m for m in mirrors if m["stripe_invoice_id"] == period.stripe_invoice_id), None
+        )
+        views.append(
+            PeriodView(
+                period,
+                rows,
+                sum(line.amount for line in lines),
+                sum(line.synced_amount or 0 for line in lines),
+                mirror,
+            )
+        )
+    return AccountView(
+        account=account,
+        sync=sync_repository.sync_row(connection, account_id) or {},
+        periods=views,
+        problems=open_problems,
+        audit=console.trail(connection, account_id, limit=50),
+        mirrors=mirrors,
+    )

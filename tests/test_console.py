@@ -1,0 +1,239 @@
+"""The support console: sign-in, sessions, CSRF, roles, search, the account page, actions with
+their audit trail — through HTTP, and in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from playwright.sync_api import sync_playwright
+from typer.testing import CliRunner
+
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync, build
+from billsync.cli.main import app as cli
+from billsync.clock import ManualClock
+from billsync.config import Settings
+from billsync.core.catalog import Catalog
+from billsync.core.periods import PeriodStatus
+from billsync.db.database import Database
+from billsync.repositories import console as console_repository
+from billsync.repositories import sync as sync_repository
+from tests.conftest import T0, TEST_TOKEN
+from tests.factories import create_account, event
+from tests.served import serve
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.test_customer_view import ARTIFACTS, CHROMIUM
+
+NOVEMBER = date(2026, 11, 1)
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def support(
+    tmp_path: Path, database: Database, clock: ManualClock, example_catalog: Catalog,
+    running_emulator: RunningEmulator,
+) -> Iterator[Billsync]:  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path, api_token=TEST_TOKEN, stripe_api_key=EMULATOR_KEY,
+        stripe_api_base=running_emulator.url, stripe_max_retries=0, stripe_rate=1000,
+    )  # fmt: skip
+    billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
+    for name, role in (("vera", "viewer"), ("alex", "agent"), ("ada", "admin")):
+        billsync.console.add_user(name, PASSWORD, role)
+    create_account(billsync, name="Acme Cloud", email="billing@acme.test")
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "100", at=T0)])
+    assert billsync.sync is not None
+    assert billsync.sync.service.sync_account("acme").ok
+    yield billsync
+    billsync.close()
+
+
+def sign_in(client: TestClient, name: str, password: str = PASSWORD) -> int:
+    form = client.get("/console/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    answer = client.post(
+        "/console/login", data={"name": name, "password": password, "csrf": csrf.group(1)},
+        follow_redirects=False,
+    )  # fmt: skip
+    status: int = answer.status_code
+    return status
+
+
+def csrf_of(client: TestClient, path: str) -> str:
+    page = client.get(path)
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None, page.text[:500]
+    return found.group(1)
+
+
+def period_status(billsync: Billsync) -> PeriodStatus:
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert period is not None
+    return period.status
+
+
+def test_sign_in_out_and_throttling(support: Billsync) -> None:
+    with TestClient(create_app(support)) as client:
+        assert client.get("/console", follow_redirects=False).status_code == 303
+        assert sign_in(client, "alex", "wrong password!") == 401
+        assert sign_in(client, "alex") == 303
+        home = client.get("/console")
+        assert "alex · agent" in home.text
+        csrf = csrf_of(client, "/console")
+        client.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert client.get("/console", follow_redirects=False).status_code == 303
+    with TestClient(create_app(support)) as client:
+        for _ in range(5):
+            assert sign_in(client, "vera", "not the password") == 401
+        assert sign_in(client, "vera") == 429  # locked out, even with the right password
+    with TestClient(create_app(support)) as client:
+        form = client.get("/console/login")
+        assert (
+            client.post(
+                "/console/login", data={"name": "ada", "password": PASSWORD, "csrf": "forged"}
+            ).status_code
+            == 403
+        )
+        del form
+
+
+def test_search_finds_by_id_name_email_customer_and_invoice(support: Billsync) -> None:
+    with support.database.read() as connection:
+        customer = sync_repository.get_account(connection, "acme")
+    assert customer is not None
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "vera")
+        for query in ("acme", "Acme Cl", "billing@acme", str(customer.stripe_customer_id)):
+            page = client.get("/console", params={"q": query})
+            assert 'href="/console/accounts/acme"' in page.text, query
+        assert "Nothing matches" in client.get("/console", params={"q": "nobody"}).text
+
+
+def test_the_account_page_shows_ledger_and_stripe_side_by_side(support: Billsync) -> None:
+    support.ingest.ingest([event("acme", "ip.ipv4.hours", "50", at=T0)])  # not synced yet
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "vera")
+        page = client.get("/console/accounts/acme").text
+    assert "Acme Cloud" in page
+    assert "state pending" in page
+    assert "dashboard.stripe.com/test/customers/cus_" in page
+    assert "0.27" in page  # 100 h in Stripe …
+    assert "0.41" in page  # … 150 h in the ledger
+
+
+def test_viewers_cannot_act_and_forms_need_their_csrf_token(support: Billsync) -> None:
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "vera")
+        csrf = csrf_of(client, "/console/accounts/acme")
+        refused = client.post(
+            "/console/accounts/acme/actions/hold",
+            data={"csrf": csrf, "reason": "x", "period": NOVEMBER.isoformat()},
+        )
+        assert refused.status_code == 403
+        assert "Viewers" in refused.text
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "alex")
+        no_token = client.post(
+            "/console/accounts/acme/actions/hold",
+            data={"reason": "x", "period": NOVEMBER.isoformat()},
+        )
+        assert no_token.status_code == 403
+        no_reason = client.post(
+            "/console/accounts/acme/actions/hold",
+            data={"csrf": csrf_of(client, "/console/accounts/acme"), "reason": " ",
+                  "period": NOVEMBER.isoformat()},
+        )  # fmt: skip
+        assert no_reason.status_code == 422
+    assert period_status(support) is PeriodStatus.OPEN
+
+
+def test_agent_actions_change_state_and_are_audited(support: Billsync, clock: ManualClock) -> None:
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "alex")
+
+        def act(action: str, reason: str) -> int:
+            csrf = csrf_of(client, "/console/accounts/acme")
+            answer = client.post(
+                f"/console/accounts/acme/actions/{action}",
+                data={"csrf": csrf, "reason": reason, "period": NOVEMBER.isoformat()},
+                follow_redirects=False,
+            )
+            status: int = answer.status_code
+            return status
+
+        assert act("hold", "customer disputes egress") == 303
+        assert period_status(support) is PeriodStatus.HELD
+        assert act("release", "checked with the customer") == 303
+        assert period_status(support) is PeriodStatus.OPEN
+        assert act("sync", "customer asked") == 303
+        clock.set(datetime(2026, 12, 1, 3, tzinfo=UTC))
+        assert support.sync is not None
+        support.sync.lifecycle.advance()
+        assert act("approve", "stale session") == 401  # 8 hours later the session is over
+        sign_in(client, "alex")
+        assert act("approve", "reviewed, all good") == 303
+        assert period_status(support) is PeriodStatus.FINALIZED
+        assert act("hold", "too late") == 409
+    with support.database.read() as connection:
+        trail = console_repository.trail(connection, "acme")
+    assert [(e["actor"], e["action"], e["reason"]) for e in reversed(trail)] == [
+        ("alex", "period.hold", "customer disputes egress"),
+        ("alex", "period.release", "checked with the customer"),
+        ("alex", "account.sync", "customer asked"),
+        ("alex", "period.approve", "reviewed, all good"),
+    ]
+
+
+def test_users_add_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    added = runner.invoke(cli, ["users", "add", "sam", "--role", "agent"],
+                          input=f"{PASSWORD}\n{PASSWORD}\n")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    again = runner.invoke(cli, ["users", "add", "sam", "--role", "agent", "--password", PASSWORD])
+    assert again.exit_code == 1
+    weak = runner.invoke(cli, ["users", "add", "kim", "--role", "agent", "--password", "short"])
+    assert weak.exit_code == 1
+    bad = runner.invoke(cli, ["users", "add", "kim", "--role", "boss", "--password", PASSWORD])
+    assert bad.exit_code == 1
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="browser tests need Debian's chromium")
+def test_console_in_a_real_browser(support: Billsync) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve(support) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{url}/console")
+        page.fill("#name", "alex")
+        page.fill("#password", PASSWORD)
+        page.click("#sign-in")
+        page.fill("#q", "acme")
+        page.click("#search")
+        page.click("#results a")
+        assert page.locator("#account-name").inner_text().startswith("Acme Cloud")
+        hold = page.locator("form[action$='/actions/hold']")
+        hold.locator("input[name=reason]").fill("checking a dispute")
+        hold.locator("button").click()
+        assert page.locator(f".status[data-period='{NOVEMBER.isoformat()}']").inner_text() == "held"
+        approve = page.locator("form[action$='/actions/approve']")
+        approve.locator("input[name=reason]").fill("resolved")
+        approve.locator("button").click()
+        assert (
+            page.locator(f".status[data-period='{NOVEMBER.isoformat()}']").inner_text()
+            == "finalized"
+        )
+        assert page.locator("#audit tbody tr").count() == 2
+        page.screenshot(path=str(ARTIFACTS / "console-account.png"), full_page=True)
+        browser.close()
