@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
@@ -22,6 +23,7 @@ from billsync.core.catalog import Catalog
 from billsync.core.periods import PeriodStatus
 from billsync.db.database import Database
 from billsync.repositories import console as console_repository
+from billsync.repositories import problems
 from billsync.repositories import sync as sync_repository
 from tests.conftest import T0, TEST_TOKEN
 from tests.factories import create_account, event
@@ -35,13 +37,20 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def support(
-    tmp_path: Path, database: Database, clock: ManualClock, example_catalog: Catalog,
+    tmp_path: Path,
+    database: Database,
+    clock: ManualClock,
+    example_catalog: Catalog,
     running_emulator: RunningEmulator,
-) -> Iterator[Billsync]:  # fmt: skip
+) -> Iterator[Billsync]:
     settings = Settings(
-        data_dir=tmp_path, api_token=TEST_TOKEN, stripe_api_key=EMULATOR_KEY,
-        stripe_api_base=running_emulator.url, stripe_max_retries=0, stripe_rate=1000,
-    )  # fmt: skip
+        data_dir=tmp_path,
+        api_token=TEST_TOKEN,
+        stripe_api_key=EMULATOR_KEY,
+        stripe_api_base=running_emulator.url,
+        stripe_max_retries=0,
+        stripe_rate=1000,
+    )
     billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
     for name, role in (("vera", "viewer"), ("alex", "agent"), ("ada", "admin")):
         billsync.console.add_user(name, PASSWORD, role)
@@ -58,9 +67,10 @@ def sign_in(client: TestClient, name: str, password: str = PASSWORD) -> int:
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf is not None
     answer = client.post(
-        "/console/login", data={"name": name, "password": password, "csrf": csrf.group(1)},
+        "/console/login",
+        data={"name": name, "password": password, "csrf": csrf.group(1)},
         follow_redirects=False,
-    )  # fmt: skip
+    )
     status: int = answer.status_code
     return status
 
@@ -147,9 +157,12 @@ def test_viewers_cannot_act_and_forms_need_their_csrf_token(support: Billsync) -
         assert no_token.status_code == 403
         no_reason = client.post(
             "/console/accounts/acme/actions/hold",
-            data={"csrf": csrf_of(client, "/console/accounts/acme"), "reason": " ",
-                  "period": NOVEMBER.isoformat()},
-        )  # fmt: skip
+            data={
+                "csrf": csrf_of(client, "/console/accounts/acme"),
+                "reason": " ",
+                "period": NOVEMBER.isoformat(),
+            },
+        )
         assert no_reason.status_code == 422
     assert period_status(support) is PeriodStatus.OPEN
 
@@ -194,8 +207,9 @@ def test_agent_actions_change_state_and_are_audited(support: Billsync, clock: Ma
 def test_users_add_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path))
     runner = CliRunner()
-    added = runner.invoke(cli, ["users", "add", "sam", "--role", "agent"],
-                          input=f"{PASSWORD}\n{PASSWORD}\n")  # fmt: skip
+    added = runner.invoke(
+        cli, ["users", "add", "sam", "--role", "agent"], input=f"{PASSWORD}\n{PASSWORD}\n"
+    )
     assert added.exit_code == 0, added.output
     again = runner.invoke(cli, ["users", "add", "sam", "--role", "agent", "--password", PASSWORD])
     assert again.exit_code == 1
@@ -211,9 +225,15 @@ def test_console_in_a_real_browser(support: Billsync) -> None:
     with serve(support) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}/console")
         page.fill("#name", "alex")
@@ -236,4 +256,81 @@ def test_console_in_a_real_browser(support: Billsync) -> None:
         )
         assert page.locator("#audit tbody tr").count() == 2
         page.screenshot(path=str(ARTIFACTS / "console-account.png"), full_page=True)
+        page.click("#health-link")
+        assert page.locator("#sync-health").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "console-health.png"), full_page=True)
         browser.close()
+
+
+def test_a_credit_becomes_a_line_on_the_stripe_draft(
+    support: Billsync, running_emulator: RunningEmulator
+) -> None:
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "alex")
+        csrf = csrf_of(client, "/console/accounts/acme")
+        form = {
+            "csrf": csrf,
+            "kind": "credit",
+            "amount": "5.00",
+            "confirm_amount": "5.0",
+            "description": "Goodwill",
+            "reason": "outage on the 12th",
+        }
+        assert client.post("/console/accounts/acme/adjustments", data=form).status_code == 422
+        form["confirm_amount"] = "5.00"
+        done = client.post("/console/accounts/acme/adjustments", data=form, follow_redirects=False)
+        assert done.status_code == 303
+    assert support.sync is not None
+    assert support.sync.service.sync_account("acme").ok
+    with support.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+        trail = console_repository.trail(connection, "acme")
+    assert period is not None
+    lines = httpx.get(
+        f"{running_emulator.url}/v1/invoices/{period.stripe_invoice_id}/lines",
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    ).json()["data"]
+    assert sorted((line["amount"], line["description"]) for line in lines)[0] == (
+        -500,
+        "Credit: Goodwill",
+    )
+    assert trail[0]["action"] == "adjustment.credit"
+    assert trail[0]["reason"] == "outage on the 12th"
+
+
+def test_drift_is_resolved_from_the_console_and_health_is_shown(
+    support: Billsync, running_emulator: RunningEmulator
+) -> None:
+    with support.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert period is not None
+    httpx.post(
+        f"{running_emulator.url}/v1/invoices/{period.stripe_invoice_id}/add_lines",
+        data={"lines[0][amount]": "999", "lines[0][description]": "added in the Dashboard"},
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
+    ).raise_for_status()
+    assert support.sync is not None
+    assert support.sync.reconciler is not None
+    report = support.sync.reconciler.reconcile("acme", repair=False)
+    assert [item.kind for item in report.items] == ["extra_in_stripe"]
+    with support.database.read() as connection:
+        problem = next(p for p in problems.open_problems(connection, "acme"))
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "alex")
+        health = client.get("/console/health")
+        assert health.status_code == 200
+        assert "extra_in_stripe" in health.text
+        csrf = csrf_of(client, "/console/accounts/acme")
+        decided = client.post(
+            f"/console/problems/{problem.id}/accept",
+            data={
+                "csrf": csrf,
+                "reason": "the customer agreed to the setup fee",
+                "account": "acme",
+            },
+            follow_redirects=False,
+        )
+        assert decided.status_code == 303
+    with support.database.read() as connection:
+        assert problems.open_problems(connection, "acme") == []
+        assert console_repository.trail(connection, "acme")[0]["action"] == "drift.accept"

@@ -14,6 +14,7 @@ from billsync.core.catalog import Catalog
 from billsync.core.policy import Policy, SyncPolicy
 from billsync.db.database import Database
 from billsync.services.accounts import AccountService
+from billsync.services.adjustments import Adjustments
 from billsync.services.billing_view import BillCache, BillingView
 from billsync.services.changes import Changes
 from billsync.services.console_auth import ConsoleAuth
@@ -41,6 +42,7 @@ class Billsync:
     lines: LineService
     ingest_writer: GroupCommitter
     console: ConsoleAuth
+    adjustments: Adjustments
     billing: BillingView
     bill_cache: BillCache
     customer_token_secret: str
@@ -172,6 +174,7 @@ def build(
         lines=lines,
         ingest_writer=GroupCommitter(ingest.record),
         console=ConsoleAuth(database, clock),
+        adjustments=Adjustments(database, clock, settings.billing_anchor_day),
         billing=BillingView(lines, clock),
         bill_cache=bill_cache,
         customer_token_secret=customer_secret(settings),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from datetime import date
+from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ from starlette.concurrency import run_in_threadpool
 
 from billsync.api.deps import BillsyncDep
 from billsync.bootstrap import Billsync
-from billsync.core.money import format_minor
+from billsync.core.money import format_minor, to_minor_units
+from billsync.core.periods import PeriodStatus
 from billsync.errors import BillsyncError
 from billsync.repositories import console as console_repository
 from billsync.repositories import problems
+from billsync.repositories import sync as sync_repository
+from billsync.repositories import webhooks as webhook_repository
 from billsync.services.console_auth import Signed, SignInRefused, Throttled
 from billsync.services.console_views import account_view, search
 
@@ -222,6 +226,180 @@ async def act(
     except ValueError as error:
         return _page("console_message.html", 422, user=signed, title="Not done", message=str(error))
     return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
+
+
+def _refusal(billsync: Billsync, request: Request, csrf: str, role: str) -> Response | Signed:
+    """The signed-in person allowed to do this, or the page that says why not."""
+    signed = _signed(billsync, request)
+    if signed is None:
+        return _page(
+            "console_message.html",
+            401,
+            user=None,
+            title="Signed out",
+            message="Sign in again to act.",
+        )
+    if not csrf or not hmac.compare_digest(signed.csrf, csrf):
+        return _page(
+            "console_message.html",
+            403,
+            user=signed,
+            title="Refused",
+            message="This form is missing its security token: reload the page.",
+        )
+    if not signed.can(role):
+        return _page(
+            "console_message.html",
+            403,
+            user=signed,
+            title="Refused",
+            message=f"This needs the {role} role.",
+        )
+    return signed
+
+
+@router.post("/accounts/{account_id}/adjustments")
+async def adjust(
+    request: Request,
+    account_id: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    kind: str = Form(default="credit"),
+    amount: str = Form(default=""),
+    confirm_amount: str = Form(default=""),
+    description: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    """A credit or a charge, in the account's currency; the amount is typed twice."""
+    allowed = _refusal(billsync, request, csrf, "agent")
+    if not isinstance(allowed, Signed):
+        return allowed
+    problem = None
+    try:
+        value = Decimal(amount.strip())
+    except InvalidOperation:
+        value = Decimal(0)
+        problem = f"{amount!r} is not an amount"
+    if problem is None and amount.strip() != confirm_amount.strip():
+        problem = "the two amounts differ: type the same amount twice to confirm"
+    if problem is None and (
+        not value.is_finite() or value <= 0 or kind not in ("credit", "charge")
+    ):
+        problem = "enter a positive amount and choose credit or charge"
+    if problem is None and not reason.strip():
+        problem = "every adjustment needs a reason, for the audit log"
+    if problem is not None:
+        return _page("console_message.html", 422, user=allowed, title="Not done", message=problem)
+    with billsync.database.read() as connection:
+        account = billsync.accounts.get(connection, account_id)
+    minor = to_minor_units(value, account.currency) * (-1 if kind == "credit" else 1)
+    try:
+        await run_in_threadpool(
+            partial(
+                billsync.adjustments.add,
+                account_id,
+                amount=minor,
+                description=description,
+                actor=allowed.name,
+                reason=reason.strip(),
+            )
+        )
+    except BillsyncError as error:
+        return _page(
+            "console_message.html",
+            error.status_code,
+            user=allowed,
+            title="Not done",
+            message=error.message,
+        )
+    return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
+
+
+@router.post("/problems/{problem_id}/{decision}")
+async def decide(
+    request: Request,
+    problem_id: int,
+    decision: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    reason: str = Form(default=""),
+    account: str = Form(default=""),
+) -> Response:
+    """Resolve a drift item: accept Stripe's version, or re-push the ledger."""
+    allowed = _refusal(billsync, request, csrf, "agent")
+    if not isinstance(allowed, Signed):
+        return allowed
+    syncing = billsync.sync
+    if decision not in ("accept", "repush") or syncing is None or syncing.reconciler is None:
+        return _page(
+            "console_message.html",
+            404,
+            user=allowed,
+            title="Not available",
+            message="No such decision here.",
+        )
+    if not reason.strip():
+        return _page(
+            "console_message.html",
+            422,
+            user=allowed,
+            title="A reason is needed",
+            message="Every decision needs a reason, for the audit log.",
+        )
+    reconciler = syncing.reconciler
+    call = reconciler.accept_stripe if decision == "accept" else reconciler.repush_ledger
+    try:
+        outcome = await run_in_threadpool(call, problem_id)
+    except BillsyncError as error:
+        return _page(
+            "console_message.html",
+            error.status_code,
+            user=allowed,
+            title="Not done",
+            message=error.message,
+        )
+    with billsync.database.transaction() as connection:
+        console_repository.record(
+            connection,
+            actor=allowed.name,
+            action=f"drift.{decision}",
+            now=billsync.clock.now(),
+            account_id=account or None,
+            reason=reason.strip(),
+            detail={"problem": problem_id, "resolved": outcome.resolved, "error": outcome.error},
+        )
+    return RedirectResponse(
+        f"/console/accounts/{account}" if account else "/console", status_code=303
+    )
+
+
+@router.get("/health")
+def health(request: Request, billsync: BillsyncDep) -> Response:
+    signed = _require(billsync, request)
+    if isinstance(signed, RedirectResponse):
+        return signed
+    now = billsync.clock.now()
+    with billsync.database.read() as connection:
+        numbers = sync_repository.health(connection, now)
+        held = sync_repository.periods_with_status(
+            connection, [PeriodStatus.REVIEW, PeriodStatus.HELD]
+        )
+        open_problems = problems.open_problems(connection)
+        inbox = webhook_repository.counts(connection)
+    syncing = billsync.sync
+    return _page(
+        "console_health.html",
+        user=signed,
+        numbers=numbers,
+        periods=held,
+        problems=open_problems,
+        inbox=inbox,
+        queue=syncing.scheduler.depth() if syncing else {},
+        budget=syncing.guard.budget.snapshot() if syncing else None,
+        breaker=syncing.guard.breaker.snapshot() if syncing else None,
+    )
 
 
 def _perform(

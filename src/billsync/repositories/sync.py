@@ -78,10 +78,14 @@ class Confirmation:
 def get_account(connection: Connection, account_id: str) -> SyncAccount | None:
     row = connection.execute(
         select(
-            accounts.c.id, accounts.c.name, accounts.c.email, accounts.c.currency,
-            accounts.c.stripe_customer_id, accounts.c.sync_policy,
+            accounts.c.id,
+            accounts.c.name,
+            accounts.c.email,
+            accounts.c.currency,
+            accounts.c.stripe_customer_id,
+            accounts.c.sync_policy,
         ).where(accounts.c.id == account_id)
-    ).first()  # fmt: skip
+    ).first()
     return None if row is None else SyncAccount(*tuple(row))
 
 
@@ -137,14 +141,23 @@ def lines_of(connection: Connection, account_id: str, starts: Sequence[date]) ->
         return []
     rows = connection.execute(
         select(
-            lines.c.id, lines.c.period_start, lines.c.line_key, lines.c.metric, lines.c.grouping,
-            lines.c.late_from, lines.c.quantity, lines.c.amount, lines.c.version,
-            lines.c.synced_version, lines.c.synced_amount, lines.c.stripe_line_item_id,
+            lines.c.id,
+            lines.c.period_start,
+            lines.c.line_key,
+            lines.c.metric,
+            lines.c.grouping,
+            lines.c.late_from,
+            lines.c.quantity,
+            lines.c.amount,
+            lines.c.version,
+            lines.c.synced_version,
+            lines.c.synced_amount,
+            lines.c.stripe_line_item_id,
             lines.c.stripe_invoice_item_id,
         )
         .where(lines.c.account_id == account_id, lines.c.period_start.in_(list(starts)))
         .order_by(lines.c.period_start, lines.c.late_from.is_not(None), lines.c.line_key)
-    )  # fmt: skip
+    )
     return [SyncLine(*tuple(row)) for row in rows]
 
 
@@ -188,9 +201,14 @@ def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
         connection.execute(
             update(lines)
             .where(lines.c.id.in_(list(line_ids)))
-            .values(synced_version=0, synced_amount=None, stripe_line_item_id=None,
-                    stripe_invoice_item_id=None, synced_at=None)
-        )  # fmt: skip
+            .values(
+                synced_version=0,
+                synced_amount=None,
+                stripe_line_item_id=None,
+                stripe_invoice_item_id=None,
+                synced_at=None,
+            )
+        )
 
 
 def mark_stripe_holds(connection: Connection, line_id: int, line_item_id: str, amount: int) -> None:
@@ -246,11 +264,16 @@ def record_intent(  # noqa: PLR0917 - one row's columns, named at every call sit
     result = connection.execute(
         insert(sync_intents).returning(sync_intents.c.id),
         {
-            "account_id": account_id, "period_start": start, "operation": operation,
-            "idempotency_key": key, "payload": payload, "status": "pending",
-            "created_at": now, "updated_at": now,
+            "account_id": account_id,
+            "period_start": start,
+            "operation": operation,
+            "idempotency_key": key,
+            "payload": payload,
+            "status": "pending",
+            "created_at": now,
+            "updated_at": now,
         },
-    )  # fmt: skip
+    )
     return int(result.scalar_one())
 
 
@@ -288,9 +311,13 @@ def _ensure_sync_row(connection: Connection, account_id: str, now: datetime) -> 
     if exists is None:
         connection.execute(
             insert(account_sync),
-            {"account_id": account_id, "consecutive_failures": 0, "stripe_calls": 0,
-             "updated_at": now},
-        )  # fmt: skip
+            {
+                "account_id": account_id,
+                "consecutive_failures": 0,
+                "stripe_calls": 0,
+                "updated_at": now,
+            },
+        )
 
 
 def record_attempt(
@@ -358,12 +385,104 @@ def unsynced_amount(connection: Connection, account_id: str) -> int:
     behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
     total = connection.execute(
         select(func.coalesce(func.sum(behind), 0))
-        .join(billing_periods, and_(billing_periods.c.account_id == lines.c.account_id,
-                                    billing_periods.c.start == lines.c.period_start))
+        .join(
+            billing_periods,
+            and_(
+                billing_periods.c.account_id == lines.c.account_id,
+                billing_periods.c.start == lines.c.period_start,
+            ),
+        )
         .where(lines.c.account_id == account_id, billing_periods.c.status.in_(SYNCED_STATUSES))
-    ).scalar_one()  # fmt: skip
+    ).scalar_one()
     return int(total)
 
 
 def all_account_ids(connection: Connection) -> list[str]:
     return [row[0] for row in connection.execute(select(accounts.c.id).order_by(accounts.c.id))]
+
+
+def add_adjustment_line(
+    connection: Connection,
+    *,
+    account_id: str,
+    period_start: date,
+    key: str,
+    description: str,
+    amount: int,
+    currency: str,
+    now: datetime,
+) -> int:
+    """A credit (negative) or charge added by support: a line of its own, pushed like any."""
+    result = connection.execute(
+        insert(lines).returning(lines.c.id),
+        {
+            "account_id": account_id,
+            "period_start": period_start,
+            "line_key": key,
+            "metric": "adjustment",
+            "grouping": {"description": description},
+            "late_from": None,
+            "currency": currency,
+            "quantity": Decimal(1),
+            "amount": amount,
+            "version": 1,
+            "event_count": 0,
+            "synced_version": 0,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    return int(result.scalar_one())
+
+
+def count_adjustments(connection: Connection, account_id: str, period_start: date) -> int:
+    return int(
+        connection.execute(
+            select(func.count())
+            .select_from(lines)
+            .where(
+                lines.c.account_id == account_id,
+                lines.c.period_start == period_start,
+                lines.c.metric == "adjustment",
+            )
+        ).scalar_one()
+    )
+
+
+def health(connection: Connection, now: datetime) -> dict[str, Any]:
+    """Numbers for the console's health page."""
+    behind = connection.execute(
+        select(func.min(lines.c.updated_at), func.count())
+        .join(
+            billing_periods,
+            and_(
+                billing_periods.c.account_id == lines.c.account_id,
+                billing_periods.c.start == lines.c.period_start,
+            ),
+        )
+        .where(
+            billing_periods.c.status.in_(SYNCED_STATUSES), lines.c.version != lines.c.synced_version
+        )
+    ).first()
+    failing = (
+        connection.execute(
+            select(
+                account_sync.c.account_id,
+                account_sync.c.consecutive_failures,
+                account_sync.c.last_error,
+                account_sync.c.last_error_at,
+            )
+            .where(account_sync.c.consecutive_failures > 0)
+            .order_by(account_sync.c.consecutive_failures.desc())
+            .limit(50)
+        )
+        .mappings()
+        .all()
+    )
+    oldest = None if behind is None else behind[0]
+    return {
+        "pending_lines": 0 if behind is None else int(behind[1]),
+        "oldest_pending_change": oldest,
+        "sync_lag_seconds": None if oldest is None else int((now - oldest).total_seconds()),
+        "failing_accounts": [dict(row) for row in failing],
+    }

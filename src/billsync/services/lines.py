@@ -86,8 +86,10 @@ class LineService:
                 LineView(
                     key=record.key,
                     metric=record.metric,
-                    description=record.metric if metric is None else metric.description,
-                    dimensions=dict(record.grouping),
+                    description=str(record.grouping.get("description", record.metric))
+                    if metric is None
+                    else metric.description,
+                    dimensions={} if metric is None else dict(record.grouping),
                     late_from=record.late_from,
                     quantity=record.quantity,
                     unit="" if metric is None else metric.unit,

@@ -161,6 +161,8 @@ class SyncService:
 
     def describe(self, line: SyncLine) -> str:
         """The line's text on the invoice: what, how much, and for late usage, from when."""
+        if line.metric == "adjustment":
+            return str(line.grouping.get("description", "Adjustment"))[:500]
         metric = self.catalog.metrics.get(line.metric)
         name = line.metric if metric is None else metric.description
         unit = "" if metric is None else f" {metric.unit}"
