@@ -334,3 +334,56 @@ def test_drift_is_resolved_from_the_console_and_health_is_shown(
     with support.database.read() as connection:
         assert problems.open_problems(connection, "acme") == []
         assert console_repository.trail(connection, "acme")[0]["action"] == "drift.accept"
+
+
+def test_admins_manage_users_and_others_cannot(support: Billsync) -> None:
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "alex")
+        assert client.get("/console/users").status_code == 403
+        csrf = csrf_of(client, "/console")
+        refused = client.post(
+            "/console/users",
+            data={
+                "csrf": csrf,
+                "name": "eve",
+                "role": "admin",
+                "password": PASSWORD,
+                "reason": "x",
+            },
+        )
+        assert refused.status_code == 403
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "ada")
+        assert "vera" in client.get("/console/users").text
+        csrf = csrf_of(client, "/console/users")
+        added = client.post(
+            "/console/users",
+            data={
+                "csrf": csrf,
+                "name": "sam",
+                "role": "agent",
+                "password": PASSWORD,
+                "reason": "new hire",
+            },
+            follow_redirects=False,
+        )
+        assert added.status_code == 303
+        disabled = client.post(
+            "/console/users/vera/disable",
+            data={"csrf": csrf, "reason": "left the team"},
+            follow_redirects=False,
+        )
+        assert disabled.status_code == 303
+    with TestClient(create_app(support)) as client:
+        assert sign_in(client, "sam") == 303
+    with TestClient(create_app(support)) as client:
+        assert sign_in(client, "vera") == 401
+
+
+def test_the_account_page_shows_sync_history_and_stripe_events(support: Billsync) -> None:
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "vera")
+        page = client.get("/console/accounts/acme").text
+    assert "create_customer" in page
+    assert "add_lines" in page
+    assert "billsync:add:" in page

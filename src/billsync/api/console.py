@@ -402,6 +402,93 @@ def health(request: Request, billsync: BillsyncDep) -> Response:
     )
 
 
+@router.get("/users")
+def users_page(request: Request, billsync: BillsyncDep) -> Response:
+    signed = _require(billsync, request)
+    if isinstance(signed, RedirectResponse):
+        return signed
+    if not signed.can("admin"):
+        return _page(
+            "console_message.html",
+            403,
+            user=signed,
+            title="Refused",
+            message="Only admins manage users.",
+        )
+    with billsync.database.read() as connection:
+        everyone = console_repository.all_users(connection)
+    return _page("console_users.html", user=signed, users=everyone)
+
+
+@router.post("/users")
+async def add_user(
+    request: Request,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    name: str = Form(default=""),
+    role: str = Form(default="viewer"),
+    password: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    allowed = _refusal(billsync, request, csrf, "admin")
+    if not isinstance(allowed, Signed):
+        return allowed
+    try:
+        await run_in_threadpool(billsync.console.add_user, name.strip(), password, role)
+    except BillsyncError as error:
+        return _page(
+            "console_message.html",
+            error.status_code,
+            user=allowed,
+            title="Not done",
+            message=error.message,
+        )
+    with billsync.database.transaction() as connection:
+        console_repository.record(
+            connection,
+            actor=allowed.name,
+            action="user.add",
+            now=billsync.clock.now(),
+            reason=reason.strip() or None,
+            detail={"user": name.strip(), "role": role},
+        )
+    return RedirectResponse("/console/users", status_code=303)
+
+
+@router.post("/users/{name}/disable")
+def disable_user(
+    request: Request,
+    name: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    allowed = _refusal(billsync, request, csrf, "admin")
+    if not isinstance(allowed, Signed):
+        return allowed
+    if name == allowed.name:
+        return _page(
+            "console_message.html",
+            409,
+            user=allowed,
+            title="Not done",
+            message="You cannot disable yourself.",
+        )
+    with billsync.database.transaction() as connection:
+        console_repository.set_user(connection, name, disabled=True)
+        console_repository.record(
+            connection,
+            actor=allowed.name,
+            action="user.disable",
+            now=billsync.clock.now(),
+            reason=reason.strip() or None,
+            detail={"user": name},
+        )
+    return RedirectResponse("/console/users", status_code=303)
+
+
 def _perform(
     billsync: Billsync, signed: Signed, account_id: str, *, action: str, period: str, reason: str
 ) -> str:

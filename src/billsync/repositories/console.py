@@ -8,7 +8,15 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from billsync.db.tables import accounts, audit_log, console_sessions, invoice_mirror, users
+from billsync.db.tables import (
+    accounts,
+    audit_log,
+    console_sessions,
+    invoice_mirror,
+    sync_intents,
+    users,
+    webhook_events,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +190,45 @@ def search_invoices(connection: Connection, text: str, limit: int) -> list[dict[
         }
         for r in rows
     ]
+
+
+def recent_intents(
+    connection: Connection, account_id: str, limit: int = 30
+) -> list[dict[str, Any]]:
+    """The account's latest Stripe writes: what, when, and how they ended."""
+    rows = connection.execute(
+        select(sync_intents)
+        .where(sync_intents.c.account_id == account_id)
+        .order_by(sync_intents.c.id.desc())
+        .limit(limit)
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def events_of_invoices(
+    connection: Connection, invoice_ids: list[str], limit: int = 30
+) -> list[dict[str, Any]]:
+    """Webhook events about these invoices, newest first."""
+    if not invoice_ids:
+        return []
+    rows = connection.execute(
+        select(
+            webhook_events.c.id,
+            webhook_events.c.type,
+            webhook_events.c.created,
+            webhook_events.c.outcome,
+            webhook_events.c.handled_at,
+            webhook_events.c.payload,
+        )
+        .order_by(webhook_events.c.created.desc())
+        .limit(2000)
+    ).mappings()
+    wanted = set(invoice_ids)
+    found = []
+    for row in rows:
+        obj = (row["payload"].get("data") or {}).get("object") or {}
+        if obj.get("id") in wanted:
+            found.append({k: row[k] for k in ("id", "type", "created", "outcome", "handled_at")})
+        if len(found) >= limit:
+            break
+    return found

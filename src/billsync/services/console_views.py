@@ -49,6 +49,8 @@ class AccountView:
     problems: list[ProblemRecord]
     audit: list[dict[str, Any]]
     mirrors: list[dict[str, Any]]
+    intents: list[dict[str, Any]]
+    events: list[dict[str, Any]]
 
 
 def account_view(connection: Connection, account_id: str) -> AccountView | None:
@@ -95,4 +97,6 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
         problems=open_problems,
         audit=console.trail(connection, account_id, limit=50),
         mirrors=mirrors,
+        intents=console.recent_intents(connection, account_id),
+        events=console.events_of_invoices(connection, [m["stripe_invoice_id"] for m in mirrors]),
     )
