@@ -387,3 +387,41 @@ def test_the_account_page_shows_sync_history_and_stripe_events(support: Billsync
     assert "create_customer" in page
     assert "add_lines" in page
     assert "billsync:add:" in page
+
+
+def test_the_support_cli_acts_and_audits(
+    tmp_path: Path, running_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BILLSYNC_API_TOKEN", TEST_TOKEN)
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_KEY", EMULATOR_KEY)
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_BASE", running_emulator.url)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["accounts", "create", "acme", "--currency", "usd"]).exit_code == 0
+    period = datetime.now(UTC).date().replace(day=1).isoformat()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(cli, ["support", *args, "--actor", "script"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "line" in run(
+        "adjust", "acme", "--amount", "12.50", "--description", "Setup", "--reason", "onboarding"
+    )
+    run("sync", "acme", "--reason", "push the setup fee")
+    run("hold", "acme", "--period", period, "--reason", "waiting for a PO")
+    run("release", "acme", "--period", period, "--reason", "PO received")
+    missing = runner.invoke(cli, ["support", "hold", "acme", "--period", period])
+    assert missing.exit_code == 2  # no reason
+    settings = Settings(data_dir=tmp_path)
+    billsync = build(settings)
+    with billsync.database.read() as connection:
+        trail = console_repository.trail(connection, "acme")
+    billsync.close()
+    assert [e["action"] for e in reversed(trail)] == [
+        "adjustment.charge",
+        "account.sync",
+        "period.hold",
+        "period.release",
+    ]
+    assert {e["actor"] for e in trail} == {"script"}

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from billsync.api.app import RUN_SCHEDULER
 from billsync.catalog_file import load_catalog
-from billsync.cli import reconcile_command, sync_commands
+from billsync.cli import reconcile_command, support_commands, sync_commands
 from billsync.cli.common import console, errors, fail, open_billsync
 from billsync.cli.ingest_file import ingest_file
 from billsync.config import Settings
@@ -251,6 +251,7 @@ def users_add(
     console.print(f"added {escape(name)} ({role})")
 
 
+app.add_typer(support_commands.support_app, name="support")
 tokens_app = typer.Typer(help="Tokens for customers.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 
