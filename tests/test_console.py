@@ -425,3 +425,32 @@ def test_the_support_cli_acts_and_audits(
         "period.release",
     ]
     assert {e["actor"] for e in trail} == {"script"}
+
+
+def test_admins_set_an_accounts_sync_policy(support: Billsync) -> None:
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "ada")
+        csrf = csrf_of(client, "/console/accounts/acme")
+        bad = client.post(
+            "/console/accounts/acme/policy", data={"csrf": csrf, "policy": "hourly", "reason": "x"}
+        )
+        assert bad.status_code == 422
+        done = client.post(
+            "/console/accounts/acme/policy",
+            data={"csrf": csrf, "policy": "threshold", "threshold": "5000", "reason": "big user"},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+    with support.database.read() as connection:
+        account = sync_repository.get_account(connection, "acme")
+    assert account is not None
+    assert account.sync_policy == {"policy": "threshold", "threshold": 5000}
+    with TestClient(create_app(support)) as client:
+        sign_in(client, "alex")
+        csrf = csrf_of(client, "/console/accounts/acme")
+        assert (
+            client.post(
+                "/console/accounts/acme/policy", data={"csrf": csrf, "policy": "", "reason": "x"}
+            ).status_code
+            == 403
+        )

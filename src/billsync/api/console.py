@@ -24,6 +24,7 @@ from billsync.api.deps import BillsyncDep
 from billsync.bootstrap import Billsync
 from billsync.core.money import format_minor, to_minor_units
 from billsync.core.periods import PeriodStatus
+from billsync.core.policy import PolicyError, SyncPolicy
 from billsync.errors import BillsyncError
 from billsync.repositories import console as console_repository
 from billsync.repositories import problems
@@ -400,6 +401,57 @@ def health(request: Request, billsync: BillsyncDep) -> Response:
         budget=syncing.guard.budget.snapshot() if syncing else None,
         breaker=syncing.guard.breaker.snapshot() if syncing else None,
     )
+
+
+@router.post("/accounts/{account_id}/policy")
+def set_policy(
+    request: Request,
+    account_id: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    policy: str = Form(default=""),
+    interval_seconds: str = Form(default=""),
+    threshold: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    """Admins set an account's own sync policy (empty policy: back to the default)."""
+    allowed = _refusal(billsync, request, csrf, "admin")
+    if not isinstance(allowed, Signed):
+        return allowed
+    override: dict[str, Any] | None = None
+    if policy:
+        override = {"policy": policy}
+        for name, text in (("interval_seconds", interval_seconds), ("threshold", threshold)):
+            if text.strip():
+                if not text.strip().isdigit():
+                    return _page(
+                        "console_message.html",
+                        422,
+                        user=allowed,
+                        title="Not done",
+                        message=f"{name} must be a whole number",
+                    )
+                override[name] = int(text)
+        try:
+            SyncPolicy().merged(override)
+        except PolicyError as error:
+            return _page(
+                "console_message.html", 422, user=allowed, title="Not done", message=str(error)
+            )
+    with billsync.database.transaction() as connection:
+        billsync.accounts.get(connection, account_id)
+        console_repository.set_sync_policy(connection, account_id, override)
+        console_repository.record(
+            connection,
+            actor=allowed.name,
+            action="account.sync_policy",
+            now=billsync.clock.now(),
+            account_id=account_id,
+            reason=reason.strip() or None,
+            detail={"sync_policy": override},
+        )
+    return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
 
 
 @router.get("/users")

@@ -232,3 +232,9 @@ def events_of_invoices(
         if len(found) >= limit:
             break
     return found
+
+
+def set_sync_policy(connection: Connection, account_id: str, policy: dict[str, Any] | None) -> None:
+    connection.execute(
+        update(accounts).where(accounts.c.id == account_id).values(sync_policy=policy)
+    )
