@@ -16,7 +16,7 @@ from rich.table import Table
 
 from billsync.api.app import RUN_SCHEDULER
 from billsync.catalog_file import load_catalog
-from billsync.cli import reconcile_command, support_commands, sync_commands
+from billsync.cli import reconcile_command, simulate_command, support_commands, sync_commands
 from billsync.cli.common import console, errors, fail, open_billsync
 from billsync.cli.ingest_file import ingest_file
 from billsync.config import Settings
@@ -325,6 +325,7 @@ def demo(
     serve(host=None, port=port, workers=1, access_log=True)
 
 
+app.command("simulate")(simulate_command.simulate_command)
 app.command("sync")(sync_commands.sync_command)
 app.command("worker")(sync_commands.worker_command)
 app.command("status")(sync_commands.status_command)
