@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
@@ -25,10 +27,10 @@ from billsync.core.catalog import CatalogError
 from billsync.core.money import decimal_text, format_minor
 from billsync.db import migrate
 from billsync.db.database import Database
+from billsync.demo import Demo, DemoOptions, DemoSummary
 from billsync.emulator.app import create_app as create_emulator
 from billsync.emulator.state import API_VERSION, EmulatorConfig
 from billsync.errors import BillsyncError
-from billsync.repositories import accounts as account_repository
 from billsync.services.accounts import NewAccount
 from billsync.services.lines import parse_period
 
@@ -39,8 +41,6 @@ catalog_app = typer.Typer(help="Inspect the catalog.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(catalog_app, name="catalog")
-
-DEMO_ACCOUNT = "demo"
 
 
 @db_app.command("upgrade")
@@ -311,18 +311,85 @@ def emulator(
 
 @app.command("demo")
 def demo(
-    port: Annotated[int | None, typer.Option(help="Default: BILLSYNC_PORT.")] = None,
+    *,
+    port: Annotated[int, typer.Option(help="billsync's port.")] = 8080,
+    emulator_port: Annotated[int, typer.Option(help="The Stripe emulator's port.")] = 12111,
+    accounts: Annotated[int, typer.Option(min=1, max=200, help="Simulated customers.")] = 12,
+    seed: Annotated[int, typer.Option(help="The simulated platform's seed.")] = 1,
+    speed: Annotated[float, typer.Option(min=0.5, help="Simulated hours per real second.")] = 6.0,
+    exit_when_done: Annotated[
+        bool, typer.Option("--exit", help="Stop once the month is invoiced (for scripts).")
+    ] = False,
 ) -> None:
-    """Run billsync on SQLite with the example catalog and a demo account, ready to take usage."""
-    billsync = open_billsync()
-    with billsync.database.transaction() as connection:
-        if account_repository.get_account(connection, DEMO_ACCOUNT) is None:
-            billsync.accounts.create(
-                connection, NewAccount(DEMO_ACCOUNT, "usd", name="Demo Cloud Customer")
-            )
-    billsync.close()
-    console.print(f"demo account: [bold]{DEMO_ACCOUNT}[/] (usd)")
-    serve(host=None, port=port, workers=1, access_log=True)
+    """A billing month on an accelerated clock: SQLite, the Stripe emulator, a simulated
+    platform, the customer pages and the console."""
+    settings = Settings()
+    options = DemoOptions(
+        data_dir=settings.data_dir / "demo", port=port, emulator_port=emulator_port,
+        accounts=accounts, seed=seed, hours_per_second=speed,
+    )  # fmt: skip
+    run = Demo(options)
+    try:
+        run.start()
+    except (RuntimeError, OSError) as error:
+        raise fail(str(error)) from None
+    console.print(f"[bold]billsync demo[/]: {accounts} customers, one month at {speed:g} h/s")
+    console.print(f"  Stripe emulator   {run.emulator_url}")
+    console.print(f"  billsync API      {run.url}   token: {run.api_token}", highlight=False)
+    console.print(
+        f"  support console   {run.url}/console   sign in as [bold]support[/] / "
+        f"[bold]{run.password}[/]",
+        highlight=False,
+    )
+    try:
+        with Live(demo_table(run.summary), console=console, refresh_per_second=4) as live:
+            summary = run.run(lambda s: live.update(demo_table(s)))
+        first = run.customer_link(f"cust-{0:04d}")
+        declined = run.customer_link(run.declined_account)
+        console.print(f"  a customer's bill {first}", highlight=False, soft_wrap=True)
+        console.print(f"  the declined card {declined}", highlight=False, soft_wrap=True)
+        for rejection in summary.rejections:
+            console.print(f"[red]rejected[/] {escape(rejection)}")
+        if summary.mismatches or summary.rejected:
+            for mismatch in summary.mismatches:
+                console.print(f"[red]mismatch[/] {mismatch}")
+            raise typer.Exit(1)
+        console.print(
+            "[green]every invoice finalized; each customer's ledger total equals Stripe's "
+            "invoice, to the cent[/]"
+        )
+        if not exit_when_done:
+            console.print("still serving: open the links above; Ctrl-C to stop")
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        run.stop()
+
+
+def demo_table(summary: DemoSummary) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_row("simulated time", summary.simulated_now.strftime("%Y-%m-%d %H:%M UTC"))
+    table.add_row("phase", summary.phase)
+    table.add_row(
+        "usage events",
+        f"{summary.events_accepted:,} ingested, {summary.duplicates:,} duplicates ignored, "
+        f"{summary.rejected:,} rejected",
+    )
+    ratio = summary.naive_calls / summary.stripe_calls if summary.stripe_calls else 0
+    table.add_row(
+        "Stripe API calls",
+        f"{summary.stripe_calls:,} (one per usage report would be {summary.naive_calls:,}: "
+        f"{ratio:,.0f}× more)",
+    )
+    table.add_row(
+        "invoices",
+        f"{summary.periods_finalized}/{summary.periods_total} finalized, "
+        f"{summary.invoices_paid} paid, {summary.payment_failed} payment failed",
+    )
+    if summary.late_lines:
+        table.add_row("late usage", f"{summary.late_lines} line(s) carried to the next invoice")
+    return table
 
 
 app.command("simulate")(simulate_command.simulate_command)

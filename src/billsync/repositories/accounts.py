@@ -70,3 +70,8 @@ def get_accounts(connection: Connection, account_ids: Iterable[str]) -> dict[str
         return {}
     rows = connection.execute(select(accounts).where(accounts.c.id.in_(ids))).mappings()
     return {row["id"]: _record(row) for row in rows}
+
+
+def account_ids(connection: Connection) -> list[str]:
+    """Every account's id, in order."""
+    return list(connection.execute(select(accounts.c.id).order_by(accounts.c.id)).scalars())

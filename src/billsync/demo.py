@@ -1,0 +1,361 @@
+"""The demo: a whole billing month on an accelerated clock, on SQLite, against the emulator.
+
+Everything runs in this process: the Stripe emulator, billsync's API and sync workers, and the
+simulated platform sending usage over HTTP. One clock (a ManualClock) drives billsync and the
+emulator's clock is kept in step with it, so the month's syncs, the period close, the review
+window, finalization, payment (one customer's card is declined) and a late event all play out
+in a few minutes of real time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from sqlalchemy import Connection
+
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync, build
+from billsync.clock import ManualClock
+from billsync.config import Settings
+from billsync.core import customer_tokens
+from billsync.core.periods import PeriodStatus
+from billsync.db import migrate
+from billsync.db.database import Database
+from billsync.emulator.app import create_app as create_emulator
+from billsync.emulator.state import EmulatorConfig
+from billsync.repositories import accounts as account_repository
+from billsync.repositories import sync as sync_repository
+from billsync.repositories import webhooks as webhook_repository
+from billsync.simulator import Simulation
+
+DEMO_KEY = "sk_test_billsyncDemoKey0123"
+DECLINED_CARD = "pm_card_chargeDeclined"
+GOOD_CARD = "pm_card_visa"
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+def _serve(app: Any, host: str, port: int) -> _Server:
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True, name=f"serve-{port}").start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not serve on {host}:{port} (is the port in use?)")
+        time.sleep(0.02)
+    return server
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    emulator_port: int = 12111
+    accounts: int = 12
+    seed: int = 1
+    hours_per_second: float = 6.0  # simulated hours per real second
+    start: date | None = None  # the first day of the simulated month (default: this month's)
+
+
+@dataclass
+class DemoSummary:
+    simulated_now: datetime
+    events_sent: int = 0
+    events_accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rejections: list[str] = field(default_factory=list)
+    stripe_calls: int = 0
+    naive_calls: int = 0
+    periods_finalized: int = 0
+    periods_total: int = 0
+    invoices_paid: int = 0
+    payment_failed: int = 0
+    late_lines: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    phase: str = "starting"
+
+
+class Demo:
+    def __init__(self, options: DemoOptions) -> None:
+        self.options = options
+        today = options.start or datetime.now(UTC).date().replace(day=1)
+        self.month_start = datetime(today.year, today.month, 1, tzinfo=UTC)
+        following = (self.month_start + timedelta(days=32)).replace(day=1)
+        self.month_end = following
+        self.clock = ManualClock(self.month_start)
+        self.summary = DemoSummary(self.month_start)
+        self.emulator_url = f"http://{options.host}:{options.emulator_port}"
+        self.url = f"http://{options.host}:{options.port}"
+        self.api_token = secrets.token_urlsafe(24)
+        self.password = secrets.token_urlsafe(9)
+        self.declined_account = ""
+        self._cards_set: set[str] = set()
+        self._servers: list[_Server] = []
+        self.billsync: Billsync | None = None
+
+    # --- setting up -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        options = self.options
+        if options.data_dir.exists():
+            shutil.rmtree(options.data_dir)  # every demo starts from nothing
+        options.data_dir.mkdir(parents=True)
+        config = EmulatorConfig(public_url=self.emulator_url)
+        config.rate_limit_test = 100
+        emulator = create_emulator(config, {DEMO_KEY})
+        self._servers.append(_serve(emulator, options.host, options.emulator_port))
+        self._emulator_clock()
+        settings = Settings(
+            data_dir=options.data_dir,
+            api_token=self.api_token,
+            stripe_api_key=DEMO_KEY,
+            stripe_api_base=self.emulator_url,
+            stripe_rate=80,
+            sync_interval_seconds=6 * 3600,  # simulated: four syncs a day per account
+            close_grace_seconds=3600,
+            review_window_seconds=6 * 3600,
+            webhook_tolerance_seconds=7 * 86400,  # the clocks jump by hours between deliveries
+            sweep_interval_seconds=6 * 3600,
+            reconcile_interval_seconds=24 * 3600,
+        )
+        database = Database(settings.resolved_database_url())
+        migrate.upgrade(database)
+        billsync = build(settings, clock=self.clock, database=database)
+        self.billsync = billsync
+        billsync.console.add_user("support", self.password, "admin")
+        server = _serve(create_app(billsync), options.host, options.port)
+        self._servers.append(server)
+        endpoint = httpx.post(
+            f"{self.emulator_url}/v1/webhook_endpoints",
+            data={"url": f"{self.url}/v1/stripe/webhook", "enabled_events[0]": "*"},
+            headers={"Authorization": f"Bearer {DEMO_KEY}"},
+        )
+        endpoint.raise_for_status()
+        billsync.webhooks.secrets.append(endpoint.json()["secret"])
+        assert billsync.sync is not None
+        billsync.sync.scheduler.start(workers=2, tick_seconds=0.05)
+
+    def _emulator_clock(self) -> None:
+        httpx.post(
+            f"{self.emulator_url}/_emulator/clock",
+            json={"set": self.clock.now().timestamp(), "freeze": True},
+        ).raise_for_status()
+
+    def customer_link(self, account_id: str) -> str:
+        assert self.billsync is not None
+        token = customer_tokens.issue(
+            self.billsync.customer_token_secret, account_id, self.clock.now(), timedelta(days=1)
+        )
+        return f"{self.url}/billing/{account_id}?token={token}"
+
+    # --- running the month ------------------------------------------------------------------
+
+    def run(self, on_progress: Callable[[DemoSummary], None] | None = None) -> DemoSummary:
+        assert self.billsync is not None
+        simulation = Simulation(
+            seed=self.options.seed, accounts=self.options.accounts, start=self.month_start,
+            report_every=timedelta(minutes=5), duplicate_rate=0.01, late_rate=0.0005,
+            late_delay=timedelta(hours=2), prefix="cust", currencies=(("usd", 3), ("eur", 1)),
+        )  # fmt: skip
+        self.declined_account = simulation.accounts[-1].id
+        http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.api_token}"}, timeout=60
+        )
+        for account in simulation.accounts:
+            http.post("/v1/accounts", json=account.as_json()).raise_for_status()
+        step = timedelta(hours=1)
+        pause = 1 / self.options.hours_per_second
+        late_sent = False
+        self.summary.phase = "the month"
+        deadline = self.month_end + timedelta(days=3)
+        while self.clock.now() < deadline:
+            began = time.monotonic()
+            target = self.clock.now() + step
+            self.clock.set(target)  # the platform reports what happened up to now
+            self._emulator_clock()
+            if target <= self.month_end:
+                for delivery in simulation.deliveries(target):
+                    self._send(http, delivery.events)
+                if target == self.month_end:
+                    last = simulation.flush_late()
+                    if last is not None:
+                        self._send(http, last.events)
+            if target > self.month_end + timedelta(hours=2) and not late_sent:
+                late_sent = True  # one more event about the old month, after it closed
+                self._send(http, [self._late_event(simulation)])
+            self._give_cards()
+            self._observe(simulation)
+            if on_progress:
+                on_progress(self.summary)
+            if self.clock.now() > self.month_end and self._month_done():
+                break
+            time.sleep(max(0.0, pause - (time.monotonic() - began)))
+        self._wait_for_webhooks()
+        self._observe(simulation)
+        self._check()
+        self.summary.phase = "done" if not self.summary.mismatches else "done, with mismatches"
+        if on_progress:
+            on_progress(self.summary)
+        http.close()
+        return self.summary
+
+    def _send(self, http: httpx.Client, events: list[dict[str, Any]]) -> None:
+        for offset in range(0, len(events), 2000):
+            chunk = events[offset : offset + 2000]
+            response = http.post("/v1/usage", json={"events": chunk})
+            response.raise_for_status()
+            for result in response.json()["results"]:
+                if result["status"] == "accepted":
+                    self.summary.events_accepted += 1
+                elif result["status"] == "duplicate":
+                    self.summary.duplicates += 1
+                else:
+                    self.summary.rejected += 1
+                    if len(self.summary.rejections) < 5:
+                        self.summary.rejections.append(str(result.get("error")))
+            self.summary.events_sent += len(chunk)
+
+    def _late_event(self, simulation: Simulation) -> dict[str, Any]:
+        account = simulation.accounts[0].id
+        moment = self.month_end - timedelta(minutes=30)
+        return {
+            "id": f"{account}:late-ipv4:{int(moment.timestamp())}",
+            "account": account,
+            "metric": "ip.ipv4.hours",
+            "quantity": "1",
+            "timestamp": moment.isoformat().replace("+00:00", "Z"),
+        }
+
+    def _give_cards(self) -> None:
+        """The platform collects a card from each customer once Stripe knows them."""
+        assert self.billsync is not None
+        with self.billsync.database.read() as connection:
+            ids = self._account_ids(connection)
+            accounts = [sync_repository.get_account(connection, a) for a in ids]
+        for account in accounts:
+            if account is None or not account.stripe_customer_id:
+                continue
+            if account.id in self._cards_set:
+                continue
+            card = DECLINED_CARD if account.id == self.declined_account else GOOD_CARD
+            httpx.post(
+                f"{self.emulator_url}/v1/customers/{account.stripe_customer_id}",
+                data={"invoice_settings[default_payment_method]": card},
+                headers={"Authorization": f"Bearer {DEMO_KEY}"},
+            ).raise_for_status()
+            self._cards_set.add(account.id)
+
+    @staticmethod
+    def _account_ids(connection: Connection) -> list[str]:
+        return account_repository.account_ids(connection)
+
+    def _stats(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.emulator_url}/_emulator/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def _observe(self, simulation: Simulation) -> None:
+        assert self.billsync is not None
+        stats = self._stats()
+        self.summary.simulated_now = self.clock.now()
+        self.summary.stripe_calls = int(stats["total"])
+        self.summary.naive_calls = simulation.stats.events  # one Stripe call per usage report
+        with self.billsync.database.read() as connection:
+            periods = sync_repository.periods_with_status(connection, list(PeriodStatus))
+        month = [p for p in periods if p.start == self.month_start.date()]
+        self.summary.periods_total = len(month)
+        self.summary.periods_finalized = sum(p.status is PeriodStatus.FINALIZED for p in month)
+        if self.clock.now() > self.month_end:
+            self.summary.phase = "closing the month"
+        invoices = self._invoices()
+        self.summary.invoices_paid = sum(i["status"] == "paid" for i in invoices)
+        self.summary.payment_failed = sum(
+            i["status"] == "open" and i["attempt_count"] > 0 for i in invoices
+        )
+
+    def _invoices(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            response = httpx.get(
+                f"{self.emulator_url}/v1/invoices",
+                params=params,
+                headers={"Authorization": f"Bearer {DEMO_KEY}"},
+            )
+            response.raise_for_status()
+            page = response.json()
+            found.extend(page["data"])
+            if not page["has_more"]:
+                return found
+            params["starting_after"] = page["data"][-1]["id"]
+
+    def _month_done(self) -> bool:
+        summary = self.summary
+        settled = summary.invoices_paid + summary.payment_failed
+        return (
+            summary.periods_total > 0
+            and summary.periods_finalized == summary.periods_total
+            and settled >= summary.periods_total
+        )
+
+    def _wait_for_webhooks(self) -> None:
+        assert self.billsync is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with self.billsync.database.read() as connection:
+                pending = webhook_repository.counts(connection)["pending"]
+            if not pending:
+                return
+            time.sleep(0.1)
+
+    def _check(self) -> None:
+        """What each customer's ledger says they owe for the month equals Stripe's invoice."""
+        assert self.billsync is not None
+        by_id = {i["id"]: i for i in self._invoices()}
+        with self.billsync.database.read() as connection:
+            for account_id in self._account_ids(connection):
+                account = self.billsync.accounts.get(connection, account_id)
+                lines = self.billsync.lines.period_lines(
+                    connection, account, self.month_start.date()
+                )
+                period = sync_repository.get_period(connection, account_id, self.month_start.date())
+                self.summary.late_lines += sum(
+                    line.late_from is not None
+                    for line in self.billsync.lines.period_lines(
+                        connection, account, self.month_end.date()
+                    ).lines
+                )
+                if period is None or period.stripe_invoice_id is None:
+                    if lines.total:
+                        self.summary.mismatches.append(f"{account_id}: no invoice")
+                    continue
+                invoice = by_id.get(period.stripe_invoice_id)
+                if invoice is None or invoice["total"] != lines.total:
+                    stripe_total = None if invoice is None else invoice["total"]
+                    self.summary.mismatches.append(
+                        f"{account_id}: ledger {lines.total} vs Stripe {stripe_total}"
+                    )
+
+    def stop(self) -> None:
+        if self.billsync is not None and self.billsync.sync is not None:
+            self.billsync.sync.scheduler.stop()
+        for server in reversed(self._servers):
+            server.should_exit = True
+        if self.billsync is not None:
+            self.billsync.close()
