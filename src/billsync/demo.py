@@ -67,7 +67,7 @@ class DemoOptions:
     emulator_port: int = 12111
     accounts: int = 12
     seed: int = 1
-    hours_per_second: float = 6.0  # simulated hours per real second
+    hours_per_second: float = 8.0  # simulated hours per real second
     start: date | None = None  # the first day of the simulated month (default: this month's)
 
 
@@ -107,6 +107,9 @@ class Demo:
         self._cards_set: set[str] = set()
         self._servers: list[_Server] = []
         self.billsync: Billsync | None = None
+        self.stripe = httpx.Client(
+            base_url=self.emulator_url, headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=30
+        )
 
     # --- setting up -------------------------------------------------------------------------
 
@@ -140,19 +143,18 @@ class Demo:
         billsync.console.add_user("support", self.password, "admin")
         server = _serve(create_app(billsync), options.host, options.port)
         self._servers.append(server)
-        endpoint = httpx.post(
-            f"{self.emulator_url}/v1/webhook_endpoints",
+        endpoint = self.stripe.post(
+            "/v1/webhook_endpoints",
             data={"url": f"{self.url}/v1/stripe/webhook", "enabled_events[0]": "*"},
-            headers={"Authorization": f"Bearer {DEMO_KEY}"},
         )
         endpoint.raise_for_status()
         billsync.webhooks.secrets.append(endpoint.json()["secret"])
         assert billsync.sync is not None
-        billsync.sync.scheduler.start(workers=2, tick_seconds=0.05)
+        self.scheduler = billsync.sync.scheduler
 
     def _emulator_clock(self) -> None:
-        httpx.post(
-            f"{self.emulator_url}/_emulator/clock",
+        self.stripe.post(
+            "/_emulator/clock",
             json={"set": self.clock.now().timestamp(), "freeze": True},
         ).raise_for_status()
 
@@ -189,8 +191,8 @@ class Demo:
             self.clock.set(target)  # the platform reports what happened up to now
             self._emulator_clock()
             if target <= self.month_end:
-                for delivery in simulation.deliveries(target):
-                    self._send(http, delivery.events)
+                hour = [e for d in simulation.deliveries(target) for e in d.events]
+                self._send(http, hour)  # the hour's reports in one request
                 if target == self.month_end:
                     last = simulation.flush_late()
                     if last is not None:
@@ -198,6 +200,8 @@ class Demo:
             if target > self.month_end + timedelta(hours=2) and not late_sent:
                 late_sent = True  # one more event about the old month, after it closed
                 self._send(http, [self._late_event(simulation)])
+            self.scheduler.tick()  # the month's clock drives billsync's jobs, hour by hour
+            self.scheduler.drain()
             self._give_cards()
             self._observe(simulation)
             if on_progress:
@@ -206,12 +210,14 @@ class Demo:
                 break
             time.sleep(max(0.0, pause - (time.monotonic() - began)))
         self._wait_for_webhooks()
+        self.scheduler.tick()
         self._observe(simulation)
         self._check()
         self.summary.phase = "done" if not self.summary.mismatches else "done, with mismatches"
         if on_progress:
             on_progress(self.summary)
         http.close()
+        self.scheduler.start(workers=2, tick_seconds=1.0)  # from here on, as in production
         return self.summary
 
     def _send(self, http: httpx.Client, events: list[dict[str, Any]]) -> None:
@@ -253,10 +259,9 @@ class Demo:
             if account.id in self._cards_set:
                 continue
             card = DECLINED_CARD if account.id == self.declined_account else GOOD_CARD
-            httpx.post(
-                f"{self.emulator_url}/v1/customers/{account.stripe_customer_id}",
+            self.stripe.post(
+                f"/v1/customers/{account.stripe_customer_id}",
                 data={"invoice_settings[default_payment_method]": card},
-                headers={"Authorization": f"Bearer {DEMO_KEY}"},
             ).raise_for_status()
             self._cards_set.add(account.id)
 
@@ -265,7 +270,7 @@ class Demo:
         return account_repository.account_ids(connection)
 
     def _stats(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.emulator_url}/_emulator/stats")
+        response = self.stripe.get("/_emulator/stats")
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
         return stats
@@ -281,8 +286,9 @@ class Demo:
         month = [p for p in periods if p.start == self.month_start.date()]
         self.summary.periods_total = len(month)
         self.summary.periods_finalized = sum(p.status is PeriodStatus.FINALIZED for p in month)
-        if self.clock.now() > self.month_end:
-            self.summary.phase = "closing the month"
+        if self.clock.now() <= self.month_end:
+            return  # nothing is invoiced before the month ends
+        self.summary.phase = "closing the month"
         invoices = self._invoices()
         self.summary.invoices_paid = sum(i["status"] == "paid" for i in invoices)
         self.summary.payment_failed = sum(
@@ -293,11 +299,7 @@ class Demo:
         found: list[dict[str, Any]] = []
         params: dict[str, Any] = {"limit": 100}
         while True:
-            response = httpx.get(
-                f"{self.emulator_url}/v1/invoices",
-                params=params,
-                headers={"Authorization": f"Bearer {DEMO_KEY}"},
-            )
+            response = self.stripe.get("/v1/invoices", params=params)
             response.raise_for_status()
             page = response.json()
             found.extend(page["data"])
@@ -322,6 +324,7 @@ class Demo:
                 pending = webhook_repository.counts(connection)["pending"]
             if not pending:
                 return
+            self.scheduler.tick()  # the inbox is processed by the scheduler's periodic job
             time.sleep(0.1)
 
     def _check(self) -> None:
@@ -359,3 +362,4 @@ class Demo:
             server.should_exit = True
         if self.billsync is not None:
             self.billsync.close()
+        self.stripe.close()

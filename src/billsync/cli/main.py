@@ -316,7 +316,9 @@ def demo(
     emulator_port: Annotated[int, typer.Option(help="The Stripe emulator's port.")] = 12111,
     accounts: Annotated[int, typer.Option(min=1, max=200, help="Simulated customers.")] = 12,
     seed: Annotated[int, typer.Option(help="The simulated platform's seed.")] = 1,
-    speed: Annotated[float, typer.Option(min=0.5, help="Simulated hours per real second.")] = 6.0,
+    speed: Annotated[
+        float, typer.Option(min=0.5, help="Simulated hours per real second (at most).")
+    ] = 8.0,
     exit_when_done: Annotated[
         bool, typer.Option("--exit", help="Stop once the month is invoiced (for scripts).")
     ] = False,
@@ -344,6 +346,7 @@ def demo(
     try:
         with Live(demo_table(run.summary), console=console, refresh_per_second=4) as live:
             summary = run.run(lambda s: live.update(demo_table(s)))
+        console.print()
         first = run.customer_link(f"cust-{0:04d}")
         declined = run.customer_link(run.declined_account)
         console.print(f"  a customer's bill {first}", highlight=False, soft_wrap=True)

@@ -1,0 +1,42 @@
+"""The demo plays a whole month through and ends with every invoice finalized, to the cent."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+from billsync.demo import Demo, DemoOptions, DemoSummary
+from tests.stripe_peer import free_port
+
+
+def test_the_demo_month_ends_finalized_paid_and_equal_to_stripe(tmp_path: Path) -> None:
+    demo = Demo(
+        DemoOptions(
+            data_dir=tmp_path / "demo", port=free_port(), emulator_port=free_port(),
+            accounts=3, seed=4, hours_per_second=100_000, start=date(2026, 10, 1),
+        )
+    )  # fmt: skip
+    seen: list[DemoSummary] = []
+    demo.start()
+    try:
+        summary = demo.run(seen.append)
+        page = httpx.get(demo.customer_link("cust-0000"))
+        declined = httpx.get(demo.customer_link(demo.declined_account))
+    finally:
+        demo.stop()
+    assert summary.phase == "done"
+    assert summary.mismatches == []
+    assert summary.rejected == 0
+    assert summary.periods_total == summary.periods_finalized == 3
+    assert summary.invoices_paid == 2
+    assert summary.payment_failed == 1
+    assert summary.late_lines == 1
+    assert summary.duplicates > 0
+    assert summary.events_accepted == summary.naive_calls + 1  # + the late event after close
+    assert 0 < summary.stripe_calls < summary.naive_calls / 10
+    assert len(seen) > 700  # one progress report per simulated hour, at least
+    assert page.status_code == 200
+    assert "cust-0000" in page.text
+    assert declined.status_code == 200
