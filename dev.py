@@ -65,10 +65,12 @@ def test(extra: list[str]) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "setup"):
         print(__doc__)
         return 2
     ensure_environment()
+    if sys.argv[1] == "setup":
+        return 0
     if sys.argv[1] == "test":
         return test(sys.argv[2:])
     return run("billsync", "demo", *sys.argv[2:])

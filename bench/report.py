@@ -1,0 +1,196 @@
+"""Write BENCHMARKS.md (and a chart of Stripe calls per policy) from bench/results/*.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import RESULTS
+
+ROOT = Path(__file__).parent.parent
+REPORT = ROOT / "BENCHMARKS.md"
+CHART = ROOT / "docs" / "stripe-calls.svg"
+ORDER = ("ingest", "api_calls", "webhooks", "billing", "emulator")
+
+
+def load() -> dict[str, dict[str, Any]]:
+    found = {}
+    for name in ORDER:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def n(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), {memory:.1f} GiB RAM, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def ingest_section(data: dict[str, Any]) -> str:
+    rows = [
+        [r["store"], n(r["events"]), n(r["events_per_second"]), r["batch_latency_ms"]["p99"],
+         r["server_rss_mib"]["peak"], n(r["baseline_single_event_requests"]["events_per_second"]),
+         f"×{r['speedup_vs_single_event_requests']}"]
+        for r in data["results"]
+    ]  # fmt: skip
+    return "## Ingest\n\n" + table(
+        ["store", "events", "events/s", "batch p99 ms", "server RSS MiB", "baseline: 1 event "
+         "per request, events/s", "speed-up"], rows,
+    )  # fmt: skip
+
+
+def api_calls_section(data: dict[str, Any]) -> str:
+    rows = [
+        [r["run"], n(r["accepted_increments"]), n(r["stripe_calls"]["naive"]),
+         n(r["stripe_calls"]["lower_bound"]), n(r["stripe_calls"]["billsync"]),
+         f"×{r['billsync_over_lower_bound']}", f"{n(r['naive_over_billsync'])}×",
+         r["rate_limited"], r["periods_finalized"]]
+        for r in data["results"]
+    ]  # fmt: skip
+    head = (
+        f"## Stripe API calls per policy\n\n{data['accounts']} accounts, "
+        f"{data['hours']:g} hours of usage, {data['metrics']} metrics; the naive design makes "
+        "one Stripe call per usage increment; the lower bound is the fewest writes that could "
+        "carry the same changes.\n\n![Stripe calls per policy](docs/stripe-calls.svg)\n\n"
+    )
+    return head + table(
+        ["policy", "increments", "naive", "lower bound", "billsync", "÷ lower bound",
+         "naive ÷ billsync", "429s", "invoices finalized"], rows,
+    )  # fmt: skip
+
+
+def latency_row(name: str, block: dict[str, Any]) -> list[object]:
+    return [name, n(block["requests"]), n(block.get("per_second", 0)), block["p50_ms"],
+            block["p99_ms"]]  # fmt: skip
+
+
+def webhooks_section(data: dict[str, Any]) -> str:
+    rows = [
+        latency_row("baseline: /healthz", data["baseline_healthz"]),
+        latency_row("signed events, acknowledged", data["acknowledge"]),
+        latency_row("the same events again (duplicates)", data["duplicates_resent"]),
+    ]
+    reconcile = data["reconcile"]
+    return (
+        "## Webhooks\n\n"
+        + table(["requests", "count", "per second", "p50 ms", "p99 ms"], rows)
+        + f"\n\nStored: {n(data['events_stored'])}, lost: {data['lost']}. Reconciling "
+        f"{n(reconcile['accounts'])} accounts took {reconcile['seconds']} s "
+        f"({reconcile['drift_found']} drift found)."
+    )
+
+
+def billing_section(data: dict[str, Any]) -> str:
+    rows = [
+        latency_row("baseline: /healthz", data["baseline_healthz"]),
+        latency_row("GET /v1/accounts/{id}/billing", data["billing_reads"]),
+        latency_row("POST /v1/accounts/{id}/portal (with a sync)", data["portal_with_sync"]),
+    ]
+    return (
+        f"## The customer's bill\n\n{data['clients']} concurrent customers reading an account "
+        f"with {data['account']['lines']} lines and {data['account']['past_invoices']} past "
+        f"invoices while usage is written ({data['usage_writes_during_reads']} writes).\n\n"
+        + table(["requests", "count", "per second", "p50 ms", "p99 ms"], rows)
+    )
+
+
+def emulator_section(data: dict[str, Any]) -> str:
+    rates = data["requests_per_second"]
+    rows = [[name, n(rate), data["ratio_to_baseline"][name]] for name, rate in rates.items()]
+    return "## The Stripe emulator\n\n" + table(["requests", "per second", "÷ baseline"], rows)
+
+
+SECTIONS = {
+    "ingest": ingest_section,
+    "api_calls": api_calls_section,
+    "webhooks": webhooks_section,
+    "billing": billing_section,
+    "emulator": emulator_section,
+}
+
+
+def chart(data: dict[str, Any]) -> str:
+    """A log-scale bar chart of Stripe calls per policy: naive, lower bound, billsync."""
+    runs = data["results"]
+    series = (("naive", "#c0392b"), ("lower_bound", "#7f8c8d"), ("billsync", "#635bff"))
+    top = max(max(r["stripe_calls"][s] for s, _ in series) for r in runs)
+    height, bar, gap, left = 220, 22, 40, 60
+    width = left + len(runs) * (3 * bar + gap) + 20
+    scale = (height - 40) / math.log10(max(top, 10))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<text x="{left}" y="14">Stripe API calls (log scale)</text>',
+    ]
+    for index, run in enumerate(runs):
+        x = left + index * (3 * bar + gap)
+        for offset, (name, colour) in enumerate(series):
+            value = run["stripe_calls"][name]
+            h = scale * math.log10(max(value, 1))
+            parts.append(
+                f'<rect x="{x + offset * bar}" y="{height - h:.1f}" width="{bar - 2}" '
+                f'height="{h:.1f}" fill="{colour}"><title>{name}: {value:,}</title></rect>'
+            )
+            parts.append(
+                f'<text x="{x + offset * bar}" y="{height - h - 3:.1f}" font-size="8">'
+                f"{value:,}</text>"
+            )
+        parts.append(f'<text x="{x}" y="{height + 16}">{run["run"]}</text>')
+    for offset, (name, colour) in enumerate(series):
+        x = left + offset * 110
+        parts.append(f'<rect x="{x}" y="{height + 30}" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 14}" y="{height + 39}">{name.replace("_", " ")}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write() -> Path:
+    results = load()
+    if not results:
+        sys.exit("no results in bench/results/: run bench/run first")
+    body = [
+        "# Benchmarks\n",
+        "Generated by `bench/run` (which runs every benchmark, then `python -m bench.report`); "
+        "do not edit by hand. Each benchmark measures a baseline in the same run and reports "
+        "ratios against it; the raw figures are in `bench/results/*.json`.\n",
+        f"Machine: {machine()}.\n",
+        "Reproduce: `bench/run` (PostgreSQL at `BILLSYNC_TEST_DATABASE_URL` for the "
+        "PostgreSQL ingest figures), or one benchmark: `.venv/bin/python -m bench.ingest`, "
+        "`bench.api_calls`, `bench.webhooks`, `bench.billing`, `bench.emulator`.\n",
+    ]
+    missing = [name for name in ORDER if name not in results]
+    for name, data in results.items():
+        body.append(SECTIONS[name](data) + "\n")
+    if missing:
+        body.append("Not measured in this run: " + ", ".join(missing) + ".\n")
+    REPORT.write_text("\n".join(body))
+    if "api_calls" in results:
+        CHART.parent.mkdir(exist_ok=True)
+        CHART.write_text(chart(results["api_calls"]))
+    return REPORT
+
+
+if __name__ == "__main__":
+    print(f"wrote {write()}")
