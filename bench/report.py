@@ -17,7 +17,7 @@ from bench.common import RESULTS
 ROOT = Path(__file__).parent.parent
 REPORT = ROOT / "BENCHMARKS.md"
 CHART = ROOT / "docs" / "stripe-calls.svg"
-ORDER = ("ingest", "api_calls", "webhooks", "billing", "emulator")
+ORDER = ("ingest", "api_calls", "freshness", "webhooks", "billing", "emulator")
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -122,9 +122,25 @@ def emulator_section(data: dict[str, Any]) -> str:
     return "## The Stripe emulator\n\n" + table(["requests", "per second", "÷ baseline"], rows)
 
 
+def freshness_section(data: dict[str, Any]) -> str:
+    rows = [[r["run"], r["samples"], r["p50_ms"], r["p99_ms"], r["max_ms"]] for r in data["runs"]]
+    base = data["runs"][-1].get("baseline_get_account")
+    if base:
+        rows.append(["baseline: GET /v1/accounts/{id}", base["samples"], base["p50_ms"],
+                     base["p99_ms"], base["max_ms"]])  # fmt: skip
+    return (
+        "## Freshness and on-demand syncs\n\nFrom the ingest's answer to the amount on Stripe's "
+        "draft (polled on the emulator). `threshold`: sync on any change; `interval`: every 2 s, "
+        "each sample arriving just after the previous sync (the interval's worst case); "
+        "`on_demand`: `POST /v1/accounts/{id}/sync`, which returns once Stripe holds the amount."
+        "\n\n" + table(["run", "samples", "p50 ms", "p99 ms", "max ms"], rows)
+    )
+
+
 SECTIONS = {
     "ingest": ingest_section,
     "api_calls": api_calls_section,
+    "freshness": freshness_section,
     "webhooks": webhooks_section,
     "billing": billing_section,
     "emulator": emulator_section,
@@ -178,7 +194,8 @@ def write() -> Path:
         f"Machine: {machine()}.\n",
         "Reproduce: `bench/run` (PostgreSQL at `BILLSYNC_TEST_DATABASE_URL` for the "
         "PostgreSQL ingest figures), or one benchmark: `.venv/bin/python -m bench.ingest`, "
-        "`bench.api_calls`, `bench.webhooks`, `bench.billing`, `bench.emulator`.\n",
+        "`bench.api_calls`, `bench.freshness`, `bench.webhooks`, `bench.billing`, "
+        "`bench.emulator`.\n",
     ]
     missing = [name for name in ORDER if name not in results]
     for name, data in results.items():
