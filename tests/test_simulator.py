@@ -84,7 +84,10 @@ def test_duplicates_repeat_an_event_exactly_and_late_events_arrive_after_the_del
     assert len(seen) + len(simulation._late) == simulation.stats.events
 
 
-def test_the_jsonl_output_is_one_valid_event_per_line(tmp_path: Path) -> None:
+def test_the_jsonl_output_is_one_valid_event_per_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path / "var"))
     out = tmp_path / "events.jsonl"
     result = CliRunner().invoke(
         cli,
@@ -147,3 +150,19 @@ def test_sent_over_http_billsync_counts_every_event_once(
     assert dict(totals) == {m: q for m, q in expected.stats.by_metric.items() if q}
     answered = f"{expected.stats.events} accepted, {expected.stats.duplicates} duplicate\n"
     assert f"billsync answered: {answered}" in result.output
+
+
+def test_simulate_then_ingest_works_as_the_readme_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --start the simulated span ends now, and --out creates the accounts locally."""
+    monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path / "var"))
+    out = tmp_path / "usage.jsonl"
+    runner = CliRunner()
+    made = runner.invoke(
+        cli, ["simulate", "--seed", "7", "--accounts", "4", "--duration", "10m", "--out", str(out)]
+    )
+    assert made.exit_code == 0, made.output
+    assert "4 accounts created" in made.output
+    ingested = runner.invoke(cli, ["ingest", str(out)])
+    assert ingested.exit_code == 0, ingested.output  # ingest exits 1 if any event is rejected

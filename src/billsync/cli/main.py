@@ -337,11 +337,14 @@ def demo(
         raise fail(str(error)) from None
     console.print(f"[bold]billsync demo[/]: {accounts} customers, one month at {speed:g} h/s")
     console.print(f"  Stripe emulator   {run.emulator_url}")
-    console.print(f"  billsync API      {run.url}   token: {run.api_token}", highlight=False)
+    console.print(
+        f"  billsync API      {run.url}   token: {run.api_token}", highlight=False, soft_wrap=True
+    )
     console.print(
         f"  support console   {run.url}/console   sign in as [bold]support[/] / "
         f"[bold]{run.password}[/]",
         highlight=False,
+        soft_wrap=True,
     )
     try:
         with Live(demo_table(run.summary), console=console, refresh_per_second=4) as live:

@@ -13,7 +13,9 @@ import orjson
 import typer
 from rich.console import Console
 
-from billsync.cli.common import fail
+from billsync.cli.common import fail, open_billsync
+from billsync.repositories import accounts as account_repository
+from billsync.services.accounts import NewAccount
 from billsync.simulator import Delivery, Simulation
 
 console = Console(stderr=True)
@@ -28,9 +30,10 @@ def parse_duration(text: str, option: str) -> timedelta:
     return timedelta(seconds=int(number) * UNITS[unit])
 
 
-def parse_start(text: str | None, step: timedelta) -> datetime:
+def parse_start(text: str | None, step: timedelta, back: timedelta) -> datetime:
+    """The given start, or ``back`` before now (aligned to the step)."""
     if text is None:
-        now = datetime.now(UTC)
+        now = datetime.now(UTC) - back
         step_s = int(step.total_seconds())
         return datetime.fromtimestamp(int(now.timestamp()) // step_s * step_s, UTC)
     try:
@@ -108,6 +111,12 @@ def simulate_command(
         str | None, typer.Option(envvar="BILLSYNC_API_TOKEN", help="billsync's API token.")
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Events per POST /v1/usage.")] = 2000,
+    create_accounts: Annotated[
+        bool,
+        typer.Option(
+            help="With --out: also create the accounts in billsync's store, ready to ingest."
+        ),
+    ] = True,
     speed: Annotated[
         float,
         typer.Option(min=0, help="Platform seconds per real second when sending (0: no pause)."),
@@ -115,16 +124,22 @@ def simulate_command(
 ) -> None:
     """Simulate a cloud platform's usage (machines, volumes, egress, late and duplicate events)."""
     step = parse_duration(report_every, "--report-every")
+    length = parse_duration(duration, "--duration")
+    # Paced live runs start now; otherwise the simulated span ends now (no future timestamps).
+    back = timedelta(0) if out is None and speed else length
     try:
         simulation = Simulation(
-            seed=seed, accounts=accounts, start=parse_start(start, step), report_every=step,
+            seed=seed, accounts=accounts, start=parse_start(start, step, back), report_every=step,
             duplicate_rate=duplicate_rate, late_rate=late_rate,
             late_delay=parse_duration(late_delay, "--late-delay"),
         )  # fmt: skip
     except ValueError as error:
         raise fail(str(error), code=2) from None
-    until = simulation.now + parse_duration(duration, "--duration")
+    until = simulation.now + length
     if out is not None:
+        if create_accounts:
+            created = create_local_accounts(simulation)
+            console.print(f"{created} accounts created in billsync's store ({accounts} in all)")
         stream = typer.get_binary_stream("stdout") if str(out) == "-" else out.open("wb")
         with stream:
             for delivery in _all(simulation, until):
@@ -157,3 +172,21 @@ def _all(simulation: Simulation, until: datetime) -> Iterator[Delivery]:
     last = simulation.flush_late()
     if last is not None:
         yield last
+
+
+def create_local_accounts(simulation: Simulation) -> int:
+    """Create the simulated accounts in the configured store (as ``billsync accounts create``)."""
+    billsync = open_billsync()
+    created = 0
+    try:
+        with billsync.database.transaction() as connection:
+            for account in simulation.accounts:
+                if account_repository.get_account(connection, account.id) is None:
+                    billsync.accounts.create(
+                        connection,
+                        NewAccount(account.id, account.currency, account.name, account.email),
+                    )
+                    created += 1
+    finally:
+        billsync.close()
+    return created
