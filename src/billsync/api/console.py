@@ -168,31 +168,10 @@ async def act(
     reason: str = Form(default=""),
     period: str = Form(default=""),
 ) -> Response:
-    signed = _signed(billsync, request)
-    if signed is None:
-        return _page(
-            "console_message.html",
-            401,
-            user=None,
-            title="Signed out",
-            message="Sign in again to act.",
-        )
-    if not csrf or not hmac.compare_digest(signed.csrf, csrf):
-        return _page(
-            "console_message.html",
-            403,
-            user=signed,
-            title="Refused",
-            message="This form is missing its security token: reload the page.",
-        )
-    if not signed.can("agent"):
-        return _page(
-            "console_message.html",
-            403,
-            user=signed,
-            title="Refused",
-            message="Viewers can look but not act: ask an agent.",
-        )
+    allowed = _refusal(billsync, request, csrf, "agent")
+    if not isinstance(allowed, Signed):
+        return allowed
+    signed = allowed
     if action not in ACTIONS:
         return _page(
             "console_message.html",
@@ -254,7 +233,9 @@ def _refusal(billsync: Billsync, request: Request, csrf: str, role: str) -> Resp
             403,
             user=signed,
             title="Refused",
-            message=f"This needs the {role} role.",
+            message="Viewers can look but not act: ask an agent."
+            if role == "agent"
+            else f"This needs the {role} role.",
         )
     return signed
 
