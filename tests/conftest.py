@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,6 +28,9 @@ from billsync.config import EXAMPLE_CATALOG, Settings
 from billsync.core.catalog import Catalog
 from billsync.db import migrate
 from billsync.db.database import Database
+
+if TYPE_CHECKING:  # imported at run time only as a plugin (so pytest can rewrite its asserts)
+    from tests.stripe_peer import RunningEmulator
 
 pytest_plugins = ["tests.stripe_peer", "tests.webhook_receiver"]
 
@@ -130,6 +134,16 @@ def clock() -> ManualClock:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "var", api_token=TEST_TOKEN)
+
+
+def emulator_settings(data_dir: Path, emulator: RunningEmulator, **overrides: Any) -> Settings:
+    """billsync's settings against the test emulator: no retries, no client-side rate limit."""
+    from tests.stripe_peer import EMULATOR_KEY  # noqa: PLC0415 - loaded as a plugin by then
+
+    return Settings(
+        data_dir=data_dir, api_token=TEST_TOKEN, stripe_api_key=EMULATOR_KEY,
+        stripe_api_base=emulator.url, stripe_max_retries=0, stripe_rate=1000, **overrides,
+    )  # fmt: skip
 
 
 @pytest.fixture

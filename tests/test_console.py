@@ -25,7 +25,7 @@ from billsync.db.database import Database
 from billsync.repositories import console as console_repository
 from billsync.repositories import problems
 from billsync.repositories import sync as sync_repository
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account, event
 from tests.served import serve
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
@@ -43,14 +43,7 @@ def support(
     example_catalog: Catalog,
     running_emulator: RunningEmulator,
 ) -> Iterator[Billsync]:
-    settings = Settings(
-        data_dir=tmp_path,
-        api_token=TEST_TOKEN,
-        stripe_api_key=EMULATOR_KEY,
-        stripe_api_base=running_emulator.url,
-        stripe_max_retries=0,
-        stripe_rate=1000,
-    )
+    settings = emulator_settings(tmp_path, running_emulator)
     billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
     for name, role in (("vera", "viewer"), ("alex", "agent"), ("ada", "admin")):
         billsync.console.add_user(name, PASSWORD, role)

@@ -20,12 +20,11 @@ from billsync.api.app import create_app
 from billsync.bootstrap import Billsync, build
 from billsync.cli.main import app as cli
 from billsync.clock import ManualClock
-from billsync.config import Settings
 from billsync.core import customer_tokens
 from billsync.core.catalog import Catalog
 from billsync.db.database import Database
 from billsync.repositories import sync as sync_repository
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account, event
 from tests.served import serve
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
@@ -42,15 +41,8 @@ def customer_billsync(
     example_catalog: Catalog,
     running_emulator: RunningEmulator,
 ) -> Iterator[Billsync]:
-    settings = Settings(
-        data_dir=tmp_path,
-        api_token=TEST_TOKEN,
-        stripe_api_key=EMULATOR_KEY,
-        stripe_api_base=running_emulator.url,
-        stripe_timeout_seconds=1.0,
-        stripe_max_retries=0,
-        stripe_rate=1000,
-        on_demand_wait_seconds=3.0,
+    settings = emulator_settings(
+        tmp_path, running_emulator, stripe_timeout_seconds=1.0, on_demand_wait_seconds=3.0
     )
     billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
     yield billsync

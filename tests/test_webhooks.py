@@ -19,13 +19,12 @@ import uvicorn
 from billsync.api.app import create_app
 from billsync.bootstrap import Billsync, build
 from billsync.clock import ManualClock
-from billsync.config import Settings
 from billsync.core.catalog import Catalog
 from billsync.core.webhook_signature import compute
 from billsync.db.database import Database
 from billsync.repositories import problems, webhooks
 from billsync.repositories import sync as sync_repository
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0, emulator_settings
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator, free_port
 
@@ -54,11 +53,7 @@ def served(
     """billsync's API on a real port, on the emulator's clock (signatures are timed)."""
     clock = ManualClock(T0)
     running_emulator.control("POST", "clock", {"set": T0.timestamp()})
-    settings = Settings(
-        data_dir=tmp_path, api_token=TEST_TOKEN, stripe_api_key=EMULATOR_KEY,
-        stripe_api_base=running_emulator.url, stripe_max_retries=0, stripe_rate=1000,
-        stripe_webhook_secrets=SECRET,
-    )  # fmt: skip
+    settings = emulator_settings(tmp_path, running_emulator, stripe_webhook_secrets=SECRET)
     billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
     port = free_port()
     server = _Server(
