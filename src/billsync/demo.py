@@ -74,7 +74,6 @@ class DemoOptions:
 @dataclass
 class DemoSummary:
     simulated_now: datetime
-    events_sent: int = 0
     events_accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
@@ -234,7 +233,6 @@ class Demo:
                     self.summary.rejected += 1
                     if len(self.summary.rejections) < 5:
                         self.summary.rejections.append(str(result.get("error")))
-            self.summary.events_sent += len(chunk)
 
     def _late_event(self, simulation: Simulation) -> dict[str, Any]:
         account = simulation.accounts[0].id
