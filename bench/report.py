@@ -17,7 +17,7 @@ from bench.common import RESULTS
 ROOT = Path(__file__).parent.parent
 REPORT = ROOT / "BENCHMARKS.md"
 CHART = ROOT / "docs" / "stripe-calls.svg"
-ORDER = ("ingest", "api_calls", "freshness", "webhooks", "billing", "emulator")
+ORDER = ("ingest", "api_calls", "sync_throughput", "freshness", "webhooks", "billing", "emulator")
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -137,9 +137,33 @@ def freshness_section(data: dict[str, Any]) -> str:
     )
 
 
+def sync_throughput_section(data: dict[str, Any]) -> str:
+    rows = [
+        [r["run"], r["key_mode"], n(r["budget_calls_per_second"]), r["workers"],
+         n(r["emulator_limit"]) if r["emulator_limit"] else "none", p["phase"],
+         n(p["stripe_calls"]), p["seconds"], n(p["mean_calls_per_second"] or 0),
+         f"×{p['mean_over_budget']}", p["busiest_second"], p["rate_limited"]]
+        for r in data["runs"]
+        for p in r["phases"]
+    ]  # fmt: skip
+    accounts = data["runs"][0]["accounts"] if data["runs"] else 0
+    return (
+        f"## Sync throughput at the budget\n\nA backlog of {n(accounts)} accounts synced by the "
+        "scheduler's workers on the real clock: `first` (customer, draft, `add_lines` for 4 "
+        "lines), then `update` (one `update_lines` each). Counted per wall-clock second at the "
+        "emulator. `unbounded` is the baseline: no budget and no limit, what one billsync "
+        "process and the emulator reach on this machine. The budget is a ceiling: the busiest "
+        "second never exceeds it, and with a backlog the mean stays close to it unless the "
+        "process itself is the bound (see `unbounded`).\n\n"
+        + table(["run", "key", "budget/s", "workers", "emulator limit/s", "phase", "calls",
+                 "seconds", "mean calls/s", "÷ budget", "busiest second", "429s"], rows)
+    )  # fmt: skip
+
+
 SECTIONS = {
     "ingest": ingest_section,
     "api_calls": api_calls_section,
+    "sync_throughput": sync_throughput_section,
     "freshness": freshness_section,
     "webhooks": webhooks_section,
     "billing": billing_section,
@@ -194,8 +218,8 @@ def write() -> Path:
         f"Machine: {machine()}.\n",
         "Reproduce: `bench/run` (PostgreSQL at `BILLSYNC_TEST_DATABASE_URL` for the "
         "PostgreSQL ingest figures), or one benchmark: `.venv/bin/python -m bench.ingest`, "
-        "`bench.api_calls`, `bench.freshness`, `bench.webhooks`, `bench.billing`, "
-        "`bench.emulator`.\n",
+        "`bench.api_calls`, `bench.sync_throughput`, `bench.freshness`, `bench.webhooks`, "
+        "`bench.billing`, `bench.emulator`.\n",
     ]
     missing = [name for name in ORDER if name not in results]
     for name, data in results.items():

@@ -203,16 +203,22 @@ class StripeGateway:
     def find_draft_invoices(
         self, *, customer: str, metadata_key: str, value: str
     ) -> list[RemoteInvoice]:
-        found: list[RemoteInvoice] = []
         params: InvoiceListParams = {"customer": customer, "status": "draft", "limit": PAGE_LIMIT}
+        return [
+            invoice
+            for invoice in self._list_invoices(params)
+            if invoice.metadata.get(metadata_key) == value
+        ]
+
+    def list_invoices(self, *, customer: str) -> list[RemoteInvoice]:
+        return self._list_invoices({"customer": customer, "limit": PAGE_LIMIT})
+
+    def _list_invoices(self, params: InvoiceListParams) -> list[RemoteInvoice]:
+        found: list[RemoteInvoice] = []
         with _translated():
             while True:
                 page = self._client.v1.invoices.list(params)
-                found.extend(
-                    _remote_invoice(invoice)
-                    for invoice in page.data
-                    if _metadata(invoice.metadata).get(metadata_key) == value
-                )
+                found.extend(_remote_invoice(invoice) for invoice in page.data)
                 if not page.has_more or not page.data:
                     return found
                 params["starting_after"] = page.data[-1].id

@@ -18,7 +18,13 @@ from rich.table import Table
 
 from billsync.api.app import RUN_SCHEDULER
 from billsync.catalog_file import load_catalog
-from billsync.cli import reconcile_command, simulate_command, support_commands, sync_commands
+from billsync.cli import (
+    reconcile_command,
+    simulate_command,
+    support_commands,
+    sync_commands,
+    verify_command,
+)
 from billsync.cli.common import console, errors, fail, open_billsync
 from billsync.cli.ingest_file import ingest_file
 from billsync.config import Settings
@@ -403,6 +409,7 @@ app.command("sync")(sync_commands.sync_command)
 app.command("worker")(sync_commands.worker_command)
 app.command("status")(sync_commands.status_command)
 app.command("reconcile")(reconcile_command.reconcile_command)
+app.command("verify")(verify_command.verify_command)
 periods_app = typer.Typer(help="Billing period lifecycle.", no_args_is_help=True)
 periods_app.command("advance")(sync_commands.advance_command)
 app.add_typer(periods_app, name="periods")

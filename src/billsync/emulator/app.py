@@ -139,6 +139,7 @@ class Emulator:
         endpoint = f"{request.method} {found[0].path}" if found else f"{request.method} {path}"
         state.stats.total += 1
         state.stats.by_endpoint[endpoint] += 1
+        state.stats.per_second[int(time.time())] += 1
         livemode = self._authenticate(request)
         rate = state.config.rate_limit_live if livemode else state.config.rate_limit_test
         if not self.limiter.allow(livemode, rate):

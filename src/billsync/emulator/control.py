@@ -110,7 +110,8 @@ def routes(emulator: Emulator) -> list[Route]:
     async def stats(request: Request) -> JSONResponse:
         if request.method == "DELETE":
             state.stats = type(state.stats)()
-        return JSONResponse(state.stats.as_dict())
+        timeline = request.query_params.get("per_second") in {"1", "true"}
+        return JSONResponse(state.stats.as_dict(per_second=timeline))
 
     async def chaos(request: Request) -> JSONResponse:
         if request.method == "POST":

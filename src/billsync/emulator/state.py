@@ -111,9 +111,12 @@ class Stats:
     webhook_attempts: int = 0
     webhook_deliveries: int = 0
     webhook_failures: int = 0
+    per_second: Counter[int] = field(default_factory=Counter)  # wall-clock second → requests
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, per_second: bool = False) -> dict[str, Any]:
+        timeline = {"per_second": {str(k): v for k, v in sorted(self.per_second.items())}}
         return {
+            **(timeline if per_second else {}),
             "total": self.total,
             "by_endpoint": dict(self.by_endpoint),
             "by_status": {str(k): v for k, v in self.by_status.items()},

@@ -306,6 +306,9 @@ class _RepairKeys:
             customer=customer, metadata_key=metadata_key, value=value
         )
 
+    def list_invoices(self, *, customer: str) -> list[RemoteInvoice]:
+        return self._gateway.list_invoices(customer=customer)
+
     def get_invoice(self, invoice_id: str, *, with_lines: bool) -> RemoteInvoice:
         return self._gateway.get_invoice(invoice_id, with_lines=with_lines)
 

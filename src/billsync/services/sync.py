@@ -229,8 +229,9 @@ class SyncService:
 
     def sync_account(self, account_id: str, *, lane: int = 3) -> SyncOutcome:
         outcome = SyncOutcome(account_id)
+        settled: list[PeriodState] | None = None
         try:
-            self._sync(account_id, lane, outcome)
+            settled = self._sync(account_id, lane, outcome)
         except (StripeFailure, PlanError) as failure:
             outcome.error = f"{type(failure).__name__}: {failure}"
             log.warning(
@@ -242,17 +243,17 @@ class SyncService:
             )
         if self.changes is not None and outcome.calls:
             self.changes.accounts_changed([account_id])
-        with self.database.read() as connection:
-            account = repository.get_account(connection, account_id)
-            if account is not None:
-                states, _, _ = self._states(connection, account)
-                outcome.pending_lines = sum(
-                    1
-                    for state in states
-                    for line in state.desired
-                    if (line.line_id, line.version)
-                    not in {(o.line_id, o.version) for o in state.observed}
-                )
+        if settled is None:  # the run failed part-way: read what is still behind
+            with self.database.read() as connection:
+                account = repository.get_account(connection, account_id)
+                if account is not None:
+                    settled, _, _ = self._states(connection, account)
+        outcome.pending_lines = sum(
+            1
+            for state in settled or ()
+            for line in state.desired
+            if (line.line_id, line.version) not in {(o.line_id, o.version) for o in state.observed}
+        )
         return outcome
 
     def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
@@ -267,7 +268,8 @@ class SyncService:
         self.guard.after_call(None)
         return result
 
-    def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> None:
+    def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
+        """Plan and apply until a fresh read plans nothing; returns that read's states."""
         with self.database.read() as connection:
             pending = repository.pending_intents(connection, account_id)
         if pending:
@@ -281,12 +283,14 @@ class SyncService:
                 states, periods, lines = self._states(connection, account)
             operations = plan(states, has_customer=account.stripe_customer_id is not None)
             if not operations:
-                return
+                return states
             try:
                 for operation in operations:
                     step = _Step(account, periods, lines, lane, outcome, self.clock.now())
                     self._apply(step, operation)
                     outcome.operations.append(operation)
+                    if isinstance(operation, AddLines | UpdateLines | RemoveLines):
+                        continue  # line operations learn no id the next operation needs
                     # Ids learnt by this operation (customer, invoice) are needed by the next.
                     with self.database.read() as connection:
                         refreshed = repository.get_account(connection, account_id)

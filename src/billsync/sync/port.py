@@ -135,6 +135,10 @@ class StripePort(Protocol):
         """Drafts of the customer whose metadata[metadata_key] == value (recovery)."""
         ...
 
+    def list_invoices(self, *, customer: str) -> list[RemoteInvoice]:
+        """Every invoice of the customer, any status, without lines (``billsync verify``)."""
+        ...
+
     def get_invoice(self, invoice_id: str, *, with_lines: bool) -> RemoteInvoice: ...
 
     def add_lines(

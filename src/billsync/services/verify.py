@@ -1,0 +1,520 @@
+"""``billsync verify``: the invariants, checked end to end against the ledger and Stripe.
+
+Read-only. What is checked:
+
+In the ledger (no Stripe call):
+
+- **every accepted event is counted in exactly one line**: each stored event points at a line
+  of its own account; each line's quantity is the exact sum of its events' quantities and its
+  event count is their number (support's adjustments, which have no events, excepted);
+- **late usage landed where the rule says**: an event lands on a line of its own metric, on its
+  own period while that period accepts usage, otherwise on the next period that does, as a line
+  labelled ``late_from`` its original period. Statuses only move forward, so an event found on a
+  later period whose original (or any period between) still accepts usage was misplaced, and so
+  is an event on its own period's line labelled late.
+
+Against Stripe, for every account with a Stripe customer:
+
+- **each period's invoice (draft or final) equals the ledger to the cent**: every ledger line
+  billsync has confirmed is on the invoice with the ledger's amount; no line of billsync's is on
+  it that the period does not have; no line is there that billsync did not put there; once
+  every line is in step, the invoice's total is the ledger's total for the period;
+- **no billsync line exists twice in Stripe**: on one invoice or across the customer's
+  invoices;
+- **no invoice of billsync's is unknown to the ledger** (a second invoice for a period is a
+  second charge);
+- **a period and its invoice agree on being final**: finalized in the ledger ⇔ no longer a
+  draft in Stripe.
+
+Not violations: lines whose latest amount has not been pushed yet in a period still being
+synced (``pending_lines``: the next sync brings them in step), and differences a person
+accepted in the console ("accepted Stripe's version"), which are listed as ``accepted``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from decimal import Decimal
+from functools import partial
+from typing import Any, TypeVar
+
+from billsync.core.money import format_minor
+from billsync.core.periods import PeriodStatus
+from billsync.db.database import Database
+from billsync.repositories import verify as repository
+from billsync.repositories.sync import PeriodRow
+from billsync.repositories.verify import EventRow, LedgerLine
+from billsync.services.sync import CallGuard
+from billsync.sync.budget import Lane
+from billsync.sync.port import RemoteInvoice, StripeFailure, StripePort
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ADJUSTMENT = "adjustment"
+
+# Ledger
+EVENT_WITHOUT_LINE = "event_without_line"
+EVENT_ON_WRONG_LINE = "event_on_wrong_line"
+LINE_QUANTITY_DIFFERS = "line_quantity_differs"
+LINE_EVENT_COUNT_DIFFERS = "line_event_count_differs"
+LATE_USAGE_MISPLACED = "late_usage_misplaced"
+# Stripe
+MISSING_IN_STRIPE = "missing_in_stripe"
+AMOUNT_DIFFERS = "amount_differs"
+LINE_TWICE_IN_STRIPE = "line_twice_in_stripe"
+FOREIGN_LINE = "line_of_another_period"
+EXTRA_IN_STRIPE = "extra_in_stripe"
+TOTAL_DIFFERS = "total_differs"
+INVOICE_MISSING = "invoice_missing"
+UNKNOWN_INVOICE = "unknown_invoice"
+NOT_FINAL_IN_STRIPE = "finalized_in_ledger_only"
+FINAL_IN_STRIPE_ONLY = "finalized_in_stripe_only"
+INVOICE_VOIDED = "invoice_voided"
+NO_INVOICE = "finalized_without_invoice"
+
+DRAFT_STATUSES = (PeriodStatus.OPEN, PeriodStatus.CLOSING, PeriodStatus.REVIEW, PeriodStatus.HELD)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    kind: str
+    account: str
+    detail: str
+    period_start: date | None = None
+    line_id: int | None = None
+    event_id: str | None = None
+    stripe_invoice_id: str | None = None
+    stripe_line_item_id: str | None = None
+    ledger_amount: int | None = None
+    stripe_amount: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["period_start"] = None if self.period_start is None else self.period_start.isoformat()
+        return {key: value for key, value in data.items() if value is not None}
+
+
+@dataclass
+class VerifyReport:
+    accounts: int = 0
+    periods: int = 0
+    invoices: int = 0
+    lines: int = 0
+    events: int = 0
+    pending_lines: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    accepted: list[Violation] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.errors
+
+    def by_kind(self) -> dict[str, int]:
+        return dict(sorted(Counter(v.kind for v in self.violations).items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": {
+                "accounts": self.accounts,
+                "periods": self.periods,
+                "invoices": self.invoices,
+                "lines": self.lines,
+                "events": self.events,
+            },
+            "pending_lines": self.pending_lines,
+            "violations": [v.to_dict() for v in self.violations],
+            "violations_by_kind": self.by_kind(),
+            "accepted": [v.to_dict() for v in self.accepted],
+            "errors": self.errors,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """Differences a person decided to keep: by line, and by Stripe object."""
+
+    lines: frozenset[tuple[date | None, int]]
+    objects: frozenset[str]
+
+    def covers(self, violation: Violation) -> bool:
+        if violation.line_id is not None and (violation.period_start, violation.line_id) in (
+            self.lines
+        ):
+            return True
+        return any(
+            oid is not None and oid in self.objects
+            for oid in (violation.stripe_line_item_id, violation.stripe_invoice_id)
+        )
+
+
+class Verifier:
+    def __init__(
+        self,
+        database: Database,
+        gateway: StripePort | None,
+        guard: CallGuard | None = None,
+        *,
+        lane: int = Lane.INTERVAL,
+    ) -> None:
+        self.database = database
+        self.gateway = gateway
+        self.guard = guard
+        self.lane = lane
+
+    def verify(self, account_id: str | None = None) -> VerifyReport:
+        report = VerifyReport()
+        with self.database.read() as connection:
+            accounts = repository.accounts(connection, account_id)
+            periods = repository.periods(connection, account_id)
+            lines = repository.ledger_lines(connection, account_id)
+            accepted = repository.accepted_differences(connection, account_id)
+        report.accounts = len(accounts)
+        report.periods = sum(len(p) for p in periods.values())
+        report.lines = len(lines)
+        with self.database.read() as connection:
+            self._check_events(repository.events(connection, account_id), lines, periods, report)
+        if self.gateway is not None:
+            by_account: dict[str, list[LedgerLine]] = defaultdict(list)
+            for line in lines.values():
+                by_account[line.account_id].append(line)
+            for account in accounts:
+                if account.stripe_customer_id is None:
+                    report.pending_lines += len(by_account[account.id])
+                    continue
+                try:
+                    self._check_stripe(
+                        account,
+                        periods.get(account.id, {}),
+                        by_account[account.id],
+                        report,
+                        _Accepted(
+                            frozenset(accepted.lines.get(account.id, set())),
+                            frozenset(accepted.objects.get(account.id, set())),
+                        ),
+                    )
+                except StripeFailure as failure:
+                    report.errors.append(f"{account.id}: {type(failure).__name__}: {failure}")
+        log.info(
+            "verify.done",
+            extra={
+                "accounts": report.accounts,
+                "violations": len(report.violations),
+                "errors": len(report.errors),
+            },
+        )
+        return report
+
+    # --- the ledger ---------------------------------------------------------------------
+
+    def _check_events(
+        self,
+        events: Iterable[EventRow],
+        lines: dict[int, LedgerLine],
+        periods: dict[str, dict[date, PeriodRow]],
+        report: VerifyReport,
+    ) -> None:
+        quantity: dict[int, Decimal] = defaultdict(Decimal)
+        count: Counter[int] = Counter()
+        for event in events:
+            report.events += 1
+            line = lines.get(event.line_id)
+            if line is None or line.account_id != event.account_id:
+                report.violations.append(
+                    Violation(
+                        EVENT_WITHOUT_LINE,
+                        event.account_id,
+                        f"event {event.id} points at line {event.line_id}, which is not a line "
+                        "of its account",
+                        event.period_start,
+                        event_id=event.id,
+                        line_id=event.line_id,
+                    )
+                )
+                continue
+            quantity[line.id] += event.quantity
+            count[line.id] += 1
+            if line.metric != event.metric:
+                report.violations.append(
+                    Violation(
+                        EVENT_ON_WRONG_LINE,
+                        event.account_id,
+                        f"event {event.id} ({event.metric}) is counted on line {line.id} "
+                        f"({line.key})",
+                        line.period_start,
+                        line_id=line.id,
+                        event_id=event.id,
+                    )
+                )
+            misplaced = _misplaced(event, line, periods.get(event.account_id, {}))
+            if misplaced:
+                report.violations.append(
+                    Violation(
+                        LATE_USAGE_MISPLACED,
+                        event.account_id,
+                        f"event {event.id} (usage of {event.period_start}): {misplaced}",
+                        line.period_start,
+                        line_id=line.id,
+                        event_id=event.id,
+                    )
+                )
+        for line in lines.values():
+            if line.metric == ADJUSTMENT and count[line.id] == 0:
+                continue
+            if quantity[line.id] != line.quantity:
+                report.violations.append(
+                    Violation(
+                        LINE_QUANTITY_DIFFERS,
+                        line.account_id,
+                        f"line {line.id} ({line.key}) holds {line.quantity}, its events add up "
+                        f"to {quantity[line.id]}",
+                        line.period_start,
+                        line_id=line.id,
+                    )
+                )
+            if count[line.id] != line.event_count:
+                report.violations.append(
+                    Violation(
+                        LINE_EVENT_COUNT_DIFFERS,
+                        line.account_id,
+                        f"line {line.id} ({line.key}) counts {line.event_count} events, "
+                        f"{count[line.id]} point at it",
+                        line.period_start,
+                        line_id=line.id,
+                    )
+                )
+
+    # --- Stripe -------------------------------------------------------------------------
+
+    def _call(self, call: Callable[[], T]) -> T:
+        if self.guard is None:
+            return call()
+        self.guard.before_call(self.lane)
+        try:
+            result = call()
+        except StripeFailure as failure:
+            self.guard.after_call(failure)
+            raise
+        self.guard.after_call(None)
+        return result
+
+    def _check_stripe(
+        self,
+        account: repository.AccountRow,
+        periods: dict[date, PeriodRow],
+        lines: list[LedgerLine],
+        report: VerifyReport,
+        accepted: _Accepted,
+    ) -> None:
+        assert self.gateway is not None
+        assert account.stripe_customer_id is not None
+        found: list[Violation] = []
+        listed = self._call(
+            partial(self.gateway.list_invoices, customer=account.stripe_customer_id)
+        )
+        known = {p.stripe_invoice_id for p in periods.values() if p.stripe_invoice_id}
+        for invoice in listed:
+            ours = invoice.metadata.get("billsync_account") == account.id
+            if invoice.id in known or not ours or invoice.status == "void":
+                continue
+            if invoice.status == "draft" and invoice.total == 0:
+                continue  # an empty draft no period points at charges nothing
+            found.append(
+                Violation(
+                    UNKNOWN_INVOICE,
+                    account.id,
+                    f"invoice {invoice.id} ({invoice.status}, "
+                    f"{format_minor(invoice.total, invoice.currency)}) carries billsync's "
+                    "metadata but no period points at it",
+                    stripe_invoice_id=invoice.id,
+                    stripe_amount=invoice.total,
+                )
+            )
+        seen_lines: dict[int, str] = {}
+        for start, period in sorted(periods.items()):
+            mine = [line for line in lines if line.period_start == start]
+            if period.stripe_invoice_id is None:
+                if period.status is PeriodStatus.FINALIZED and any(line.amount for line in mine):
+                    total = sum(line.amount for line in mine)
+                    found.append(
+                        Violation(
+                            NO_INVOICE,
+                            account.id,
+                            f"the period is finalized with {format_minor(total, account.currency)}"
+                            " in the ledger and no invoice in Stripe",
+                            start,
+                            ledger_amount=total,
+                        )
+                    )
+                elif period.status is not PeriodStatus.FINALIZED:
+                    report.pending_lines += len(mine)
+                continue
+            current = self._read(period.stripe_invoice_id)
+            report.invoices += 1
+            if current is None:
+                found.append(
+                    Violation(
+                        INVOICE_MISSING,
+                        account.id,
+                        f"invoice {period.stripe_invoice_id} no longer exists in Stripe",
+                        start,
+                        stripe_invoice_id=period.stripe_invoice_id,
+                    )
+                )
+                continue
+            found += self._compare(
+                account.id, period, current, mine, seen_lines=seen_lines, report=report
+            )
+        for violation in found:
+            (report.accepted if accepted.covers(violation) else report.violations).append(violation)
+
+    def _read(self, invoice_id: str) -> RemoteInvoice | None:
+        assert self.gateway is not None
+        try:
+            return self._call(partial(self.gateway.get_invoice, invoice_id, with_lines=True))
+        except StripeFailure as failure:
+            if failure.status == 404 or failure.code == "resource_missing":
+                return None
+            raise
+
+    def _compare(
+        self,
+        account_id: str,
+        period: PeriodRow,
+        invoice: RemoteInvoice,
+        mine: list[LedgerLine],
+        *,
+        seen_lines: dict[int, str],
+        report: VerifyReport,
+    ) -> list[Violation]:
+        start = period.start
+        final = period.status is PeriodStatus.FINALIZED
+        found: list[Violation] = []
+
+        def violation(kind: str, detail: str, **more: Any) -> None:
+            found.append(
+                Violation(kind, account_id, detail, start, stripe_invoice_id=invoice.id, **more)
+            )
+
+        if invoice.status == "void":
+            violation(INVOICE_VOIDED, f"invoice {invoice.id} was voided in Stripe")
+            return found
+        if final and invoice.status == "draft":
+            violation(NOT_FINAL_IN_STRIPE, f"invoice {invoice.id} is still a draft in Stripe")
+        if not final and invoice.status != "draft":
+            violation(
+                FINAL_IN_STRIPE_ONLY,
+                f"invoice {invoice.id} is {invoice.status} in Stripe while the period is "
+                f"{period.status.value}",
+            )
+        ledger = {line.id: line for line in mine}
+        on_invoice: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for remote in invoice.lines:
+            raw = remote.metadata.get("billsync_line_id")
+            if raw is None or not raw.isdigit():
+                violation(
+                    EXTRA_IN_STRIPE,
+                    f"{remote.line_item_id} ({format_minor(remote.amount, remote.currency)}, "
+                    f"{remote.description!r}) was not put there by billsync",
+                    stripe_line_item_id=remote.line_item_id,
+                    stripe_amount=remote.amount,
+                )
+                continue
+            line_id = int(raw)
+            on_invoice[line_id].append((remote.line_item_id, remote.amount))
+            elsewhere = seen_lines.get(line_id)
+            if elsewhere is not None and elsewhere != invoice.id:
+                violation(
+                    LINE_TWICE_IN_STRIPE,
+                    f"line {line_id} is on invoice {elsewhere} and on {invoice.id}",
+                    line_id=line_id,
+                    stripe_line_item_id=remote.line_item_id,
+                )
+            seen_lines[line_id] = invoice.id
+            if line_id not in ledger:
+                violation(
+                    FOREIGN_LINE,
+                    f"{remote.line_item_id} says it is line {line_id}, which is not a line of "
+                    "this period",
+                    line_id=line_id,
+                    stripe_line_item_id=remote.line_item_id,
+                    stripe_amount=remote.amount,
+                )
+        pending = 0
+        for line in mine:
+            copies = on_invoice.get(line.id, [])
+            if len(copies) > 1:
+                violation(
+                    LINE_TWICE_IN_STRIPE,
+                    f"line {line.id} is on the invoice {len(copies)} times",
+                    line_id=line.id,
+                    stripe_line_item_id=copies[1][0],
+                    ledger_amount=line.amount,
+                    stripe_amount=sum(amount for _, amount in copies),
+                )
+            in_step = line.synced_version == line.version and line.synced_amount == line.amount
+            if not in_step and not final:
+                pending += 1
+                continue
+            if not copies:
+                violation(
+                    MISSING_IN_STRIPE,
+                    f"line {line.id} ({line.key}, {format_minor(line.amount, line.currency)}) "
+                    "is not on the invoice",
+                    line_id=line.id,
+                    ledger_amount=line.amount,
+                )
+            elif copies[0][1] != line.amount:
+                violation(
+                    AMOUNT_DIFFERS,
+                    f"line {line.id} ({line.key}): the ledger says "
+                    f"{format_minor(line.amount, line.currency)}, Stripe "
+                    f"{format_minor(copies[0][1], line.currency)}",
+                    line_id=line.id,
+                    stripe_line_item_id=copies[0][0],
+                    ledger_amount=line.amount,
+                    stripe_amount=copies[0][1],
+                )
+        report.pending_lines += pending
+        ledger_total = sum(line.amount for line in mine)
+        if pending == 0 and invoice.total != ledger_total:
+            violation(
+                TOTAL_DIFFERS,
+                f"invoice {invoice.id} totals {format_minor(invoice.total, invoice.currency)}, "
+                f"the ledger {format_minor(ledger_total, invoice.currency)}",
+                ledger_amount=ledger_total,
+                stripe_amount=invoice.total,
+            )
+        return found
+
+
+def _misplaced(event: EventRow, line: LedgerLine, periods: dict[date, PeriodRow]) -> str:
+    """Why the event's line breaks the late-usage rule, or "" when it does not."""
+    if line.period_start == event.period_start:
+        if line.late_from is not None:
+            return f"on its own period's line {line.id}, labelled late from {line.late_from}"
+        return ""
+    if line.period_start < event.period_start:
+        return f"on line {line.id} of an earlier period ({line.period_start})"
+    if line.late_from != event.period_start:
+        return (
+            f"on line {line.id} of {line.period_start}, labelled late from {line.late_from} "
+            f"instead of {event.period_start}"
+        )
+    for start, period in periods.items():
+        if event.period_start <= start < line.period_start and period.status.accepts_usage:
+            return (
+                f"on line {line.id} of {line.period_start} while the period of {start} still "
+                "accepts usage"
+            )
+    return ""

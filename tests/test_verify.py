@@ -1,0 +1,315 @@
+"""``billsync verify`` on SQLite and PostgreSQL against the emulator over HTTP: a clean ledger
+passes; each invariant, broken on purpose (in Stripe through its API, or in the ledger by hand),
+is reported under its own kind; lines waiting for a sync and differences a person accepted are
+not violations."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from billsync.bootstrap import Billsync
+from billsync.cli.main import app as cli
+from billsync.clock import ManualClock
+from billsync.db.database import Database
+from billsync.db.tables import lines, usage_events
+from billsync.repositories import sync as sync_repository
+from billsync.services.lifecycle import LifecycleService, LifecycleSettings
+from billsync.services.reconcile import Reconciler
+from billsync.services.sync import SyncService
+from billsync.services.verify import Verifier, VerifyReport
+from billsync.stripe_gateway import StripeGateway
+from tests.conftest import T0, TEST_TOKEN
+from tests.factories import create_account, event
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+
+NOVEMBER = date(2026, 11, 1)
+HEADERS = {"Authorization": f"Bearer {EMULATOR_KEY}"}
+
+
+class World:
+    def __init__(self, billsync: Billsync, emulator: RunningEmulator, clock: ManualClock) -> None:
+        self.billsync = billsync
+        self.emulator = emulator
+        self.clock = clock
+        self.gateway = StripeGateway(
+            EMULATOR_KEY, api_base=emulator.url, timeout=2.0, max_network_retries=0
+        )
+        self.sync = SyncService(billsync.database, self.gateway, billsync.catalog, clock)
+        self.lifecycle = LifecycleService(
+            billsync.database, clock, self.sync,
+            LifecycleSettings(grace=timedelta(hours=1), review_window=timedelta(hours=2)),
+        )  # fmt: skip
+        self.verifier = Verifier(billsync.database, self.gateway)
+
+    def verify(self) -> VerifyReport:
+        return self.verifier.verify()
+
+    def stripe(self, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+        response = httpx.request(
+            method, f"{self.emulator.url}{path}", data=data, headers=HEADERS, timeout=10
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def egress(self, account: str, region: str, gb: str, at: datetime = T0) -> None:
+        report = self.billsync.ingest.ingest(
+            [event(account, "bandwidth.egress.na-eu.gb", gb, at=at, region=region)]
+        )
+        assert report.accepted == 1, report
+
+    def synced(self, account: str = "acme", regions: tuple[str, ...] = ("iad", "cdg")) -> str:
+        create_account(self.billsync, account)
+        for region in regions:
+            self.egress(account, region, "100")
+        assert self.sync.sync_account(account).ok
+        return self.invoice(account)
+
+    def invoice(self, account: str = "acme", start: date = NOVEMBER) -> str:
+        with self.billsync.database.read() as connection:
+            period = sync_repository.get_period(connection, account, start)
+        assert period is not None
+        assert period.stripe_invoice_id is not None
+        return period.stripe_invoice_id
+
+    def stripe_lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.stripe(
+            "GET", f"/v1/invoices/{invoice_id}/lines?limit=100"
+        )["data"]
+        return found
+
+
+@pytest.fixture
+def world(billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock) -> World:
+    return World(billsync, running_emulator, clock)
+
+
+def kinds(report: VerifyReport) -> dict[str, int]:
+    return report.by_kind()
+
+
+def test_a_clean_ledger_in_step_with_stripe_passes(world: World) -> None:
+    world.synced("acme", ("iad", "cdg"))
+    world.synced("globex", ("fra",))
+    world.egress("acme", "iad", "5")  # a second event on a line
+    assert world.sync.sync_account("acme").ok
+
+    report = world.verify()
+
+    assert report.ok, report.to_json()
+    assert (report.accounts, report.periods, report.invoices) == (2, 2, 2)
+    assert (report.lines, report.events, report.pending_lines) == (3, 4, 0)
+
+
+def test_each_stripe_side_break_is_a_violation_of_its_kind(world: World) -> None:
+    invoice = world.synced("acme", ("iad", "cdg", "fra"))
+    by_region = {line["metadata"]["billsync_line_id"]: line for line in world.stripe_lines(invoice)}
+    with world.billsync.database.read() as connection:
+        ledger = {
+            line.grouping["region"]: line
+            for line in sync_repository.lines_of(connection, "acme", [NOVEMBER])
+        }
+    iad, cdg, fra = (by_region[str(ledger[region].id)] for region in ("iad", "cdg", "fra"))
+    # Edited by hand, removed by hand, added by hand, and one of billsync's lines added twice.
+    world.stripe("POST", f"/v1/invoices/{invoice}/update_lines",
+                 {"lines[0][id]": iad["id"], "lines[0][amount]": "9999"})  # fmt: skip
+    world.stripe("POST", f"/v1/invoices/{invoice}/remove_lines",
+                 {"lines[0][id]": cdg["id"], "lines[0][behavior]": "delete"})  # fmt: skip
+    world.stripe("POST", f"/v1/invoices/{invoice}/add_lines",
+                 {"lines[0][amount]": "500", "lines[0][description]": "Goodwill"})  # fmt: skip
+    world.stripe("POST", f"/v1/invoices/{invoice}/add_lines", {
+        "lines[0][amount]": str(fra["amount"]), "lines[0][description]": "again",
+        **{f"lines[0][metadata][{k}]": v for k, v in fra["metadata"].items()},
+    })  # fmt: skip
+
+    report = world.verify()
+
+    assert not report.ok
+    assert kinds(report) == {
+        "amount_differs": 1,
+        "extra_in_stripe": 1,
+        "line_twice_in_stripe": 1,
+        "missing_in_stripe": 1,
+        "total_differs": 1,
+    }
+    edited = next(v for v in report.violations if v.kind == "amount_differs")
+    assert (edited.line_id, edited.ledger_amount, edited.stripe_amount) == (
+        ledger["iad"].id, ledger["iad"].amount, 9999,
+    )  # fmt: skip
+    assert next(v for v in report.violations if v.kind == "missing_in_stripe").line_id == (
+        ledger["cdg"].id
+    )
+    twice = next(v for v in report.violations if v.kind == "line_twice_in_stripe")
+    assert twice.line_id == ledger["fra"].id
+    assert twice.stripe_amount == 2 * ledger["fra"].amount
+
+
+def test_invoices_finalized_voided_or_unknown_to_the_ledger_are_violations(
+    world: World,
+) -> None:
+    acme = world.synced("acme", ("iad",))
+    globex = world.synced("globex", ("iad",))
+    world.synced("initech", ("iad",))
+    world.stripe("POST", f"/v1/invoices/{acme}/finalize")  # behind billsync's back
+    world.stripe("POST", f"/v1/invoices/{globex}/finalize")
+    world.stripe("POST", f"/v1/invoices/{globex}/void")
+    with world.billsync.database.read() as connection:
+        initech = sync_repository.get_account(connection, "initech")
+    assert initech is not None
+    assert initech.stripe_customer_id is not None
+    stray = world.stripe("POST", "/v1/invoices", {
+        "customer": initech.stripe_customer_id, "auto_advance": "false",
+        "metadata[billsync_account]": "initech",
+    })  # fmt: skip
+    world.stripe("POST", f"/v1/invoices/{stray['id']}/add_lines",
+                 {"lines[0][amount]": "700", "lines[0][description]": "second charge"})  # fmt: skip
+
+    report = world.verify()
+
+    assert kinds(report) == {
+        "finalized_in_stripe_only": 1,
+        "invoice_voided": 1,
+        "unknown_invoice": 1,
+    }
+    found = {v.kind: v for v in report.violations}
+    assert found["finalized_in_stripe_only"].account == "acme"
+    assert found["invoice_voided"].account == "globex"
+    assert (found["unknown_invoice"].stripe_invoice_id, found["unknown_invoice"].stripe_amount) == (
+        stray["id"], 700,
+    )  # fmt: skip
+
+
+def test_ledger_side_breaks_are_found_without_stripe(world: World, database: Database) -> None:
+    create_account(world.billsync, "acme")
+    world.billsync.ingest.ingest([
+        event("acme", "bandwidth.egress.na-eu.gb", "100", at=T0, event_id="a", region="iad"),
+        event("acme", "bandwidth.egress.na-eu.gb", "100", at=T0, event_id="b", region="cdg"),
+        event("acme", "bandwidth.egress.na-eu.gb", "1", at=T0, event_id="c", region="iad"),
+        event("acme", "ip.ipv4.hours", "24", at=T0, event_id="d"),
+    ])  # fmt: skip
+    verifier = Verifier(database, None)  # the ledger alone
+    assert verifier.verify().ok
+    with database.transaction() as connection:
+        ids = dict(connection.execute(select(lines.c.line_key, lines.c.id)).all())
+    cdg = ids["bandwidth.egress.na-eu.gb[region=cdg]"]
+
+    def move(event_id: str, line_id: int) -> None:
+        with database.transaction() as connection:
+            connection.execute(
+                update(usage_events).where(usage_events.c.id == event_id).values(line_id=line_id)
+            )
+
+    move("c", cdg)  # iad's event counted on cdg's line: both lines' sums and counts break
+    report = verifier.verify()
+    assert report.invoices == 0
+    assert kinds(report) == {"line_event_count_differs": 2, "line_quantity_differs": 2}
+    assert {v.line_id for v in report.violations} == {
+        ids["bandwidth.egress.na-eu.gb[region=iad]"],
+        cdg,
+    }
+
+    move("c", ids["bandwidth.egress.na-eu.gb[region=iad]"])
+    move("d", 999_999)  # an event on no line at all
+    lost = verifier.verify()
+    assert kinds(lost) == {
+        "event_without_line": 1, "line_event_count_differs": 1, "line_quantity_differs": 1,
+    }  # fmt: skip
+    assert next(v for v in lost.violations if v.kind == "event_without_line").event_id == "d"
+
+    move("d", cdg)  # on a line of another metric
+    wrong = verifier.verify()
+    assert wrong.by_kind()["event_on_wrong_line"] == 1
+
+
+def test_late_usage_on_the_next_period_passes_and_on_the_wrong_line_fails(
+    world: World, database: Database, clock: ManualClock
+) -> None:
+    world.synced("acme", ("iad",))
+    clock.set(datetime(2026, 12, 1, 2, 0, tzinfo=UTC))  # November closed: grace over → review
+    world.lifecycle.advance()
+    world.egress("acme", "iad", "10", at=T0)  # November's usage, arriving late
+    assert world.sync.sync_account("acme").ok
+    with database.read() as connection:
+        late = [line for line in sync_repository.lines_of(
+            connection, "acme", [date(2026, 12, 1)]) if line.late_from == NOVEMBER]  # fmt: skip
+    assert len(late) == 1
+
+    clean = world.verify()
+    assert clean.ok, clean.to_json()
+
+    with database.transaction() as connection:  # label it as December's own usage
+        connection.execute(update(lines).where(lines.c.id == late[0].id).values(late_from=None))
+    broken = world.verify()
+    assert kinds(broken) == {"late_usage_misplaced": 1}
+    assert "labelled late from None instead of 2026-11-01" in broken.violations[0].detail
+
+
+def test_lines_waiting_for_a_sync_are_pending_and_accepted_drift_is_not_a_violation(
+    world: World, database: Database, clock: ManualClock
+) -> None:
+    invoice = world.synced("acme", ("iad",))
+    world.egress("acme", "iad", "50")  # not pushed yet
+    world.egress("acme", "fra", "5")  # a new line, not pushed yet
+    report = world.verify()
+    assert report.ok, report.to_json()
+    assert report.pending_lines == 2
+
+    assert world.sync.sync_account("acme").ok
+    world.stripe("POST", f"/v1/invoices/{invoice}/add_lines",
+                 {"lines[0][amount]": "250", "lines[0][description]": "Goodwill"})  # fmt: skip
+    assert kinds(world.verify()) == {"extra_in_stripe": 1, "total_differs": 1}
+
+    reconciler = Reconciler(database, world.gateway, world.sync, clock)
+    (drift,) = reconciler.reconcile(repair=False).items
+    reconciler.accept_stripe(drift.problem_id or 0)
+    accepted = world.verify()
+    assert [v.kind for v in accepted.accepted] == ["extra_in_stripe"]
+    assert kinds(accepted) == {"total_differs": 1}  # the total still differs from the ledger
+
+
+def test_the_cli_prints_a_readable_report_and_exits_1_on_a_violation(
+    world: World, database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "BILLSYNC_DATA_DIR": str(tmp_path),
+        "BILLSYNC_DATABASE_URL": database.url,
+        "BILLSYNC_API_TOKEN": TEST_TOKEN,
+        "BILLSYNC_STRIPE_API_KEY": EMULATOR_KEY,
+        "BILLSYNC_STRIPE_API_BASE": world.emulator.url,
+        "BILLSYNC_STRIPE_MAX_RETRIES": "0",
+        "COLUMNS": "200",
+    }.items():
+        monkeypatch.setenv(name, value)
+    invoice = world.synced("acme", ("iad",))
+    runner = CliRunner()
+
+    clean = runner.invoke(cli, ["verify"])
+    assert clean.exit_code == 0, clean.output
+    assert "all invariants hold" in clean.stdout
+    assert "1 Stripe invoice(s)" in clean.stdout
+
+    world.egress("acme", "iad", "1")
+    waiting = runner.invoke(cli, ["verify", "--require-synced"])
+    assert waiting.exit_code == 1, waiting.output
+    assert "1 line(s) waiting for the next sync" in waiting.stdout
+
+    assert world.sync.sync_account("acme").ok
+    (line,) = world.stripe_lines(invoice)
+    world.stripe("POST", f"/v1/invoices/{invoice}/update_lines",
+                 {"lines[0][id]": line["id"], "lines[0][amount]": "1"})  # fmt: skip
+    broken = runner.invoke(cli, ["verify", "--json"])
+    assert broken.exit_code == 1, broken.output
+    data = json.loads(broken.stdout)
+    assert data["ok"] is False
+    assert data["violations_by_kind"] == {"amount_differs": 1, "total_differs": 1}
+    assert data["checked"]["invoices"] == 1
+    table = runner.invoke(cli, ["verify"])
+    assert table.exit_code == 1
+    assert "amount_differs" in table.stdout
+    assert "2 violation(s)" in table.stdout
