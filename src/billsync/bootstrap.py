@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import partial
 
 from billsync.catalog_file import load_catalog
-from billsync.clock import Clock, SystemClock
+from billsync.clock import Clock, FileClock, SystemClock
 from billsync.config import Settings
 from billsync.core.catalog import Catalog
 from billsync.core.policy import Policy, SyncPolicy
@@ -146,7 +146,7 @@ def build(
     catalog: Catalog | None = None,
     gateway: StripePort | None = None,
 ) -> Billsync:
-    clock = clock or SystemClock()
+    clock = clock or (FileClock(settings.clock_file) if settings.clock_file else SystemClock())
     catalog = catalog or load_catalog(settings.catalog)
     database = database or Database(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous

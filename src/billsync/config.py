@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, description="API processes for `billsync serve`.")
+    clock_file: str | None = Field(
+        default=None,
+        description="Tests and chaos runs only: read the time from this file (ISO 8601) "
+        "instead of the system clock, so several processes share one simulated clock.",
+    )
 
     @field_validator("billing_anchor_day")
     @classmethod

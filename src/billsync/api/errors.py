@@ -6,6 +6,8 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billsync.api.responses import JSONBody
@@ -50,9 +52,34 @@ def install_error_handlers(app: FastAPI) -> None:
             error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
         )
 
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_error(request: Request, error: Exception) -> JSONBody:
+        """The database is unreachable or refused the transaction: it rolled back, nothing of
+        the request was recorded, and the client should retry (idempotent ids make that safe).
+        A programming error reaching the database is still a 500."""
+        if isinstance(error, DBAPIError) and not _transient(error):
+            return await _unexpected(request, error)
+        log.warning(
+            "api.database.unavailable",
+            extra={"path": request.url.path, "error": type(error).__name__},
+        )
+        return error_response(
+            503,
+            "database_unavailable",
+            "billsync's database is unavailable right now; nothing from this request was "
+            "recorded: retry in a moment",
+            {"Retry-After": "1"},
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONBody:
         log.exception("api.error.unhandled", extra={"path": request.url.path})
         return error_response(
             500, "internal_error", "billsync failed to handle this request; it has been logged"
         )
+
+
+def _transient(error: DBAPIError) -> bool:
+    """Lost connections, refused connections, lock waits and serialization failures."""
+    return error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)

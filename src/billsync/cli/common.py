@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from billsync.bootstrap import Billsync, build
 from billsync.clock import Clock
@@ -15,6 +19,7 @@ from billsync.db.database import Database
 
 console = Console()
 errors = Console(stderr=True)
+DATABASE_WAIT_SECONDS = 60.0  # how long a starting process waits for its database
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -22,9 +27,29 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def wait_for_database(database: Database, seconds: float) -> None:
+    """A process starting while its database restarts (or the network blinks) waits for it,
+    retrying with back-off, instead of dying; after ``seconds`` it fails with the error."""
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            with database.read() as connection:
+                connection.execute(text("SELECT 1"))
+            return
+        except DBAPIError as error:
+            if time.monotonic() + delay > deadline:
+                raise fail(f"the database is unreachable: {error.orig or error}") from None
+            if delay == 0.1:
+                console.print(f"waiting for the database ({type(error.orig).__name__})")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def ensure_schema(database: Database) -> None:
     """SQLite (one process owns it) is migrated on the spot; PostgreSQL, shared by many
     processes, only by an explicit ``billsync db upgrade``."""
+    wait_for_database(database, DATABASE_WAIT_SECONDS)
     if database.is_sqlite:
         migrate.upgrade(database)
         return

@@ -204,17 +204,38 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="API processes (BILLSYNC_WORKERS).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
-    """Run the API (on SQLite by default: nothing else to install)."""
+    """Run the API (on SQLite by default: nothing else to install); with one API process it
+    also runs the scheduler and its sync workers."""
+    _serve(host, port, workers, access_log=access_log, scheduler=True)
+
+
+@app.command("api")
+def api(
+    host: Annotated[str | None, typer.Option(help="Default: BILLSYNC_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: BILLSYNC_PORT.")] = None,
+    workers: Annotated[int | None, typer.Option(help="API processes (BILLSYNC_WORKERS).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Run the API only: syncing, webhook processing and the lifecycle are left to
+    `billsync worker` processes."""
+    _serve(host, port, workers, access_log=access_log, scheduler=False)
+
+
+def _serve(
+    host: str | None, port: int | None, workers: int | None, *, access_log: bool, scheduler: bool
+) -> None:
     settings = Settings()
     billsync = open_billsync(settings)
     billsync.close()
     token = api_token(settings)
     os.environ["BILLSYNC_API_TOKEN"] = ",".join([token, *settings.api_tokens()[1:]])
     processes = workers or settings.workers
-    if processes == 1:
+    if processes == 1 and scheduler:
         os.environ[RUN_SCHEDULER] = "1"  # one process: it also runs the scheduler and workers
-    elif settings.stripe_api_key:
-        console.print("API processes > 1: run the scheduler separately with `billsync worker`")
+    else:
+        os.environ.pop(RUN_SCHEDULER, None)
+        if settings.stripe_api_key:
+            console.print("run the scheduler and syncs separately with `billsync worker`")
     host = host or settings.host
     port = port or settings.port
     url = f"http://{host}:{port}"

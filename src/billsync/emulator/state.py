@@ -111,6 +111,7 @@ class Stats:
     webhook_attempts: int = 0
     webhook_deliveries: int = 0
     webhook_failures: int = 0
+    webhook_chaos: Counter[str] = field(default_factory=Counter)  # dropped, duplicated, reordered
     per_second: Counter[int] = field(default_factory=Counter)  # wall-clock second → requests
 
     def as_dict(self, *, per_second: bool = False) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class Stats:
                 "attempts": self.webhook_attempts,
                 "delivered": self.webhook_deliveries,
                 "failed_attempts": self.webhook_failures,
+                "chaos": dict(self.webhook_chaos),
             },
         }
 

@@ -108,17 +108,21 @@ class WebhookDispatcher:
     def _take_outbox(self) -> None:
         outbox, self.state.outbox = self.state.outbox, []
         chaos = self.chaos
+        counts = self.state.stats.webhook_chaos
         for endpoint_id, event_id in outbox:
             if chaos.random.random() < chaos.drop_rate:
                 self._settled(event_id)
+                counts["dropped"] += 1
                 continue
             copies = 2 if chaos.random.random() < chaos.duplicate_rate else 1
+            counts["duplicated"] += copies - 1
             for _ in range(copies):
                 self._held.append((endpoint_id, event_id))
         if chaos.reorder_window and len(self._held) < chaos.reorder_window:
             return
         if chaos.reorder_window:
             chaos.random.shuffle(self._held)
+            counts["reordered"] += len(self._held)
         for endpoint_id, event_id in self._held:
             self._schedule(endpoint_id, event_id, 1, chaos.delay_seconds)
         self._held.clear()

@@ -1,0 +1,85 @@
+"""When PostgreSQL goes away (a restart, a network cut — made real here by a TCP proxy that
+drops every connection): the API answers 503 ``database_unavailable`` with ``Retry-After``,
+records nothing, and works again once the database is back; a starting process waits for the
+database instead of dying."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import typer
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+
+from billsync.api.app import create_app
+from billsync.bootstrap import build
+from billsync.cli.common import wait_for_database
+from billsync.clock import ManualClock
+from billsync.config import Settings
+from billsync.core.catalog import Catalog
+from billsync.db.database import Database
+from billsync.db.tables import usage_events
+from tests.chaos.harness import TcpProxy
+from tests.conftest import T0, TABLES, TEST_TOKEN
+from tests.factories import create_account, event
+
+
+@pytest.fixture
+def proxied(postgres_schema_url: str) -> Iterator[tuple[Database, TcpProxy]]:
+    url = make_url(postgres_schema_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    database = Database(url.set(host="127.0.0.1", port=proxy.port).render_as_string(False))
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield database, proxy
+    database.dispose()
+    proxy.close()
+
+
+def test_the_api_answers_503_while_the_database_is_away_and_records_nothing(
+    proxied: tuple[Database, TcpProxy], settings: Settings, example_catalog: Catalog
+) -> None:
+    database, proxy = proxied
+    billsync = build(settings, clock=ManualClock(T0), database=database, catalog=example_catalog)
+    create_account(billsync, "acme")
+    batch = {"events": [event("acme", at=T0, event_id="during-the-cut")]}
+    with TestClient(
+        create_app(billsync), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
+    ) as client:
+        proxy.cut()
+        refused = client.post("/v1/usage", json=batch)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "database_unavailable"
+        assert "retry" in refused.json()["error"]["message"]
+        assert refused.headers["retry-after"] == "1"
+        assert client.get("/v1/accounts/acme").status_code == 503
+
+        proxy.restore()
+        accepted = client.post("/v1/usage", json=batch)
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["results"][0]["status"] == "accepted"
+        again = client.post("/v1/usage", json=batch)
+        assert again.json()["results"][0]["status"] == "duplicate"
+    with database.read() as connection:
+        assert connection.execute(select(func.count()).select_from(usage_events)).scalar() == 1
+    billsync.close()
+
+
+def test_a_starting_process_waits_for_the_database_then_gives_up_with_the_error(
+    proxied: tuple[Database, TcpProxy],
+) -> None:
+    database, proxy = proxied
+    proxy.cut()
+    threading.Timer(0.6, proxy.restore).start()
+    started = time.monotonic()
+    wait_for_database(database, seconds=10)
+    assert 0.5 < time.monotonic() - started < 5
+
+    database.engine.dispose()
+    proxy.cut()
+    with pytest.raises(typer.Exit):
+        wait_for_database(database, seconds=0.5)
