@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     )
     max_batch_events: int = Field(default=5000, ge=1, description="Events per POST /v1/usage.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Request body cap.")
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A request body must arrive within this (slow clients)."
+    )
     stripe_api_key: str | None = Field(
         default=None, description="sk_test_… or sk_live_…; unset: no syncing to Stripe."
     )

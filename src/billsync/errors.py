@@ -36,6 +36,11 @@ class Conflict(BillsyncError):
     code = "conflict"
 
 
+class RequestTimeout(BillsyncError):
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(BillsyncError):
     status_code = 413
     code = "payload_too_large"

@@ -14,6 +14,7 @@ from billsync.api import (
     billing,
     catalog,
     console,
+    openapi,
     pages,
     stripe_webhook,
     sync,
@@ -70,6 +71,7 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
         ApiGuard,
         tokens=billsync.settings.api_tokens(),
         max_body_bytes=billsync.settings.max_body_bytes,
+        body_timeout_seconds=billsync.settings.body_timeout_seconds,
         signed_paths=[WEBHOOK_PATH],
         customer_account_of=customer_reader(billsync),
     )
@@ -81,6 +83,8 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
     app.include_router(billing.router, prefix="/v1")
     app.include_router(pages.router)
     app.include_router(console.router)
+
+    openapi.install(app, billsync)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -121,14 +121,9 @@ def open_portal(billsync: Billsync, account_id: str, return_url: str | None) -> 
     outcome = syncing.scheduler.request(account_id, wait=billsync.settings.on_demand_wait_seconds)
     bill = load_bill(billsync, account_id)
     customer = bill.account.stripe_customer_id
-    if customer is None:
-        with billsync.database.read() as connection:
-            customer = billsync.accounts.get(connection, account_id).stripe_customer_id
-    if customer is None:
-        raise StripeUnavailable(
-            "Stripe could not be reached to set up this account's billing; try again shortly"
-        )
     try:
+        if customer is None:  # nothing to sync yet, or the sync is still on its way
+            customer = syncing.service.ensure_customer(account_id)
         url = syncing.gateway.create_portal_session(customer=customer, return_url=return_url)
     except Exception as failure:  # the gateway's failures: Stripe is down or slow
         raise StripeUnavailable(f"Stripe did not open the portal: {failure}") from None

@@ -46,11 +46,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422 if code == "invalid_request" else 400, code, "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONBody:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONBody:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(
-            error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
-        )
+        headers = dict(error.headers) if error.headers else None
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        code = codes.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail), headers)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
@@ -83,3 +85,13 @@ def install_error_handlers(app: FastAPI) -> None:
 def _transient(error: DBAPIError) -> bool:
     """Lost connections, refused connections, lock waits and serialization failures."""
     return error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of this path answers (a path can have one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))

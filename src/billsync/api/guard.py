@@ -1,16 +1,20 @@
 """The gate in front of /v1: the API token and the body size limit, checked before any route
-reads or parses a byte of the body (so an anonymous client cannot make billsync parse JSON)."""
+reads or parses a byte of the body (so an anonymous client cannot make billsync parse JSON).
+Every request, /v1 or not, has its body bounded in size and in time: a client trickling bytes
+cannot hold a connection and a worker for long (408 after ``body_timeout_seconds``)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
+import time
 from collections.abc import Callable, Sequence
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billsync.errors import PayloadTooLarge
+from billsync.errors import PayloadTooLarge, RequestTimeout
 
 PROTECTED_PREFIX = "/v1/"
 # What a customer token may call (its own account only).
@@ -26,8 +30,10 @@ class ApiGuard:
         max_body_bytes: int,
         signed_paths: Sequence[str] = (),
         customer_account_of: Callable[[str], str | None] | None = None,
+        body_timeout_seconds: float = 30.0,
     ) -> None:
         self.app = app
+        self.body_timeout_seconds = body_timeout_seconds
         # Reads a customer token: the account it opens, or None when it is not a valid one.
         self.customer_account_of = customer_account_of
         # Paths that prove their caller another way (Stripe's webhook signature): no token.
@@ -77,8 +83,14 @@ class ApiGuard:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, self._bounded(receive), send)
+            return
+        if scope["path"] in self.signed_paths:  # proven by a signature, not by a token
+            await self.app(scope, self._bounded(receive), send)
             return
         authorized, code = self._authorized(scope)
         if not authorized and code == "invalid_token" and self.customer_account_of is not None:
@@ -87,7 +99,7 @@ class ApiGuard:
                 await self._refuse(send, *refusal)
                 return
             authorized = True
-        if not authorized and scope["path"] not in self.signed_paths:
+        if not authorized:
             message = (
                 "send the API token as 'Authorization: Bearer <token>'"
                 if code == "missing_token"
@@ -105,11 +117,24 @@ class ApiGuard:
                     f"the body is {int(value)} bytes; the limit is {limit}: send smaller batches",
                 )
                 return
+        await self.app(scope, self._bounded(receive), send)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """``receive`` with the body capped in size and in time."""
+        limit = self.max_body_bytes
+        deadline = time.monotonic() + self.body_timeout_seconds
         received = 0
 
         async def bounded_receive() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), timeout=max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.body_timeout_seconds:g} s",
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -119,4 +144,4 @@ class ApiGuard:
                     )
             return message
 
-        await self.app(scope, bounded_receive, send)
+        return bounded_receive

@@ -20,9 +20,18 @@ class ErrorRead(BaseModel):
 class AccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="The platform's own customer id.", min_length=1, max_length=255)
+    id: str = Field(
+        description="The platform's own customer id.",
+        min_length=1,
+        max_length=255,
+        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$"},  # the service's
+    )
     name: str | None = Field(default=None, max_length=255)
-    email: str | None = Field(default=None, max_length=320)
+    email: str | None = Field(
+        default=None,
+        max_length=320,
+        json_schema_extra={"pattern": r"^[^@\s]{1,64}@[^@\s]{1,255}$"},  # checked by the service
+    )
     currency: str = Field(description="ISO 4217 code the account is billed in, e.g. usd.")
     billing_anchor_day: int | None = Field(
         default=None, ge=1, le=28, description="Day of month periods start (UTC)."
@@ -51,6 +60,8 @@ class UsageEventCreate(BaseModel):
 
 
 class UsageBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     events: list[UsageEventCreate]
 
 

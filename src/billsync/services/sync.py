@@ -256,6 +256,24 @@ class SyncService:
         )
         return outcome
 
+    def ensure_customer(self, account_id: str, *, lane: int = 0) -> str:
+        """The account's Stripe customer, created now when no sync has needed one yet (an
+        account with no usage whose owner opens the Customer Portal). The key is the one the
+        sync plan uses, so a sync creating it at the same moment gets the same customer."""
+        with self.database.read() as connection:
+            account = repository.get_account(connection, account_id)
+        if account is None:
+            raise PlanError(f"account {account_id} does not exist")
+        if account.stripe_customer_id is not None:
+            return account.stripe_customer_id
+        step = _Step(account, {}, {}, lane, SyncOutcome(account_id), self.clock.now())
+        self._create_customer(step, CreateCustomer())
+        with self.database.read() as connection:
+            created = repository.get_account(connection, account_id)
+        assert created is not None
+        assert created.stripe_customer_id is not None
+        return created.stripe_customer_id
+
     def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
         outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
         self.guard.before_call(lane)
