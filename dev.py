@@ -3,6 +3,8 @@
 
     python3 dev.py demo   # create .venv, install billsync, run the demo
     python3 dev.py test   # create .venv, install billsync + tools, run lint, types and tests
+    python3 dev.py audit  # pip-audit of every installed package (needs network: PyPI's or
+                          # OSV's vulnerability database); --strict: one not audited fails it
 
 The virtual environment is rebuilt whenever pyproject.toml or requirements.lock change.
 """
@@ -65,7 +67,7 @@ def test(extra: list[str]) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "setup"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "setup", "audit"):
         print(__doc__)
         return 2
     ensure_environment()
@@ -73,6 +75,10 @@ def main() -> int:
         return 0
     if sys.argv[1] == "test":
         return test(sys.argv[2:])
+    if sys.argv[1] == "audit":
+        pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", "-e", ".[audit]"], cwd=ROOT, check=True)
+        return run("pip-audit", "--local", "--strict", "--skip-editable", *sys.argv[2:])
     return run("billsync", "demo", *sys.argv[2:])
 
 

@@ -121,6 +121,23 @@ def test_the_portal_flushes_pending_usage_first(
     assert "Billing portal" in page.text
 
 
+def test_the_portal_opens_for_an_account_with_no_usage_yet(
+    customer_billsync: Billsync, platform: TestClient, running_emulator: RunningEmulator
+) -> None:
+    """Nothing to sync, so no sync made a Stripe customer: the portal makes it (once)."""
+    create_account(customer_billsync, "acme")
+    first = platform.post("/v1/accounts/acme/portal", json={})
+    assert first.status_code == 200, first.text
+    assert first.json()["pending_lines"] == 0
+    second = platform.post("/v1/accounts/acme/portal", json={})
+    assert second.status_code == 200, second.text
+    customers = running_emulator.control("GET", "stats")["by_endpoint"]["POST /v1/customers"]
+    assert customers == 1
+    customer = platform.get("/v1/accounts/acme").json()["stripe_customer_id"]
+    assert customer is not None
+    assert customer.startswith("cus_")
+
+
 def test_the_portal_still_opens_when_stripe_hangs(
     customer_billsync: Billsync, platform: TestClient, running_emulator: RunningEmulator
 ) -> None:
