@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def test_the_demo_month_ends_finalized_paid_and_equal_to_stripe(tmp_path: Path) 
         summary = demo.run(seen.append)
         page = httpx.get(demo.customer_link("cust-0000"))
         declined = httpx.get(demo.customer_link(demo.declined_account))
+        headers = {"Authorization": f"Bearer {demo.api_token}"}
+        bills = {
+            account: httpx.get(f"{demo.url}/v1/accounts/{account}/billing", headers=headers).json()
+            for account in ("cust-0000", demo.declined_account)
+        }
+        before = demo.clock.now()
+        time.sleep(0.5)
+        moved = demo.clock.now() - before
     finally:
         demo.stop()
     assert summary.phase == "done"
@@ -40,3 +49,13 @@ def test_the_demo_month_ends_finalized_paid_and_equal_to_stripe(tmp_path: Path) 
     assert page.status_code == 200
     assert "cust-0000" in page.text
     assert declined.status_code == 200
+    # What customers see once the month is over: last month's invoice from Stripe, paid — or,
+    # for the declined card, open with the failed payment; and billsync's clock runs on.
+    paid = bills["cust-0000"]["invoices"]
+    assert [invoice["status"] for invoice in paid] == ["paid"], bills["cust-0000"]
+    failed = bills[demo.declined_account]
+    assert [invoice["status"] for invoice in failed["invoices"]] == ["open"], failed
+    assert failed["failed_payment"] is not None
+    assert failed["amount_due"] > 0
+    assert "No invoices yet" not in page.text
+    assert moved.total_seconds() > 0.3

@@ -97,6 +97,7 @@ class Demo:
         following = (self.month_start + timedelta(days=32)).replace(day=1)
         self.month_end = following
         self.clock = ManualClock(self.month_start)
+        self._stopping = threading.Event()
         self.summary = DemoSummary(self.month_start)
         self.emulator_url = f"http://{options.host}:{options.emulator_port}"
         self.url = f"http://{options.host}:{options.port}"
@@ -216,8 +217,25 @@ class Demo:
         if on_progress:
             on_progress(self.summary)
         http.close()
+        self._follow_real_time()
         self.scheduler.start(workers=2, tick_seconds=1.0)  # from here on, as in production
         return self.summary
+
+    def _follow_real_time(self) -> None:
+        """The month is over: from here both clocks run at real speed from where the month
+        left them, so billsync's periodic jobs (the webhook inbox, the sweep) keep running and
+        the invoice mirror — the customers' past invoices, the failed payment — stays current
+        while the demo serves."""
+        self.stripe.post("/_emulator/clock", json={"freeze": False}).raise_for_status()
+
+        def advance() -> None:
+            last = time.monotonic()
+            while not self._stopping.wait(0.2):
+                now = time.monotonic()
+                self.clock.advance(timedelta(seconds=now - last))
+                last = now
+
+        threading.Thread(target=advance, name="billsync-demo-clock", daemon=True).start()
 
     def _send(self, http: httpx.Client, events: list[dict[str, Any]]) -> None:
         for offset in range(0, len(events), 2000):
@@ -322,7 +340,10 @@ class Demo:
                 pending = webhook_repository.counts(connection)["pending"]
             if not pending:
                 return
-            self.scheduler.tick()  # the inbox is processed by the scheduler's periodic job
+            # The inbox is processed by a periodic job of the scheduler, due once a second of
+            # billsync's clock: let a simulated second pass for each look.
+            self.clock.advance(timedelta(seconds=1))
+            self.scheduler.tick()
             time.sleep(0.1)
 
     def _check(self) -> None:
@@ -354,6 +375,7 @@ class Demo:
                     )
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.billsync is not None and self.billsync.sync is not None:
             self.billsync.sync.scheduler.stop()
         for server in reversed(self._servers):

@@ -421,10 +421,21 @@ class ChaosRun:
         try:
             self.start()
             self._run()
+        except Exception as error:
+            self.stop()
+            raise RuntimeError(f"{error}\n{self._log_tails()}") from error
         finally:
             self.stop()
             self.result.seconds = round(time.monotonic() - started, 1)
         return self.result
+
+    def _log_tails(self, lines: int = 25) -> str:
+        """The end of each process's log: what a failed run needs to be understood."""
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def _run(self) -> None:
         simulation = Simulation(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -56,6 +58,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
+    @app.exception_handler(psycopg.OperationalError)  # raised by the bulk paths' own cursors
+    @app.exception_handler(sqlite3.OperationalError)
     async def _database_error(request: Request, error: Exception) -> JSONBody:
         """The database is unreachable or refused the transaction: it rolled back, nothing of
         the request was recorded, and the client should retry (idempotent ids make that safe).

@@ -308,8 +308,11 @@ def tokens_customer(
     except (BillsyncError, ValueError) as error:
         raise fail(getattr(error, "message", str(error))) from None
     console.print(token, highlight=False, soft_wrap=True)
+    base = (
+        billsync.settings.public_url or f"http://{billsync.settings.host}:{billsync.settings.port}"
+    )
     console.print(
-        f"billing page: /billing/{escape(account_id)}?token={token}",
+        f"billing page: {base.rstrip('/')}/billing/{escape(account_id)}?token={token}",
         highlight=False,
         soft_wrap=True,
     )

@@ -69,6 +69,10 @@ def sync_command(
     syncing = _syncing(billsync)
     with billsync.database.read() as connection:
         targets = [account] if account else sync_repository.accounts_needing_sync(connection)
+    if not targets:
+        console.print("nothing to sync: every account is in step with Stripe")
+        billsync.close()
+        return
     if dry_run:
         for target in targets:
             try:

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from billsync.core.periods import PeriodStatus
 from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
+from billsync.repositories.ledger import lock_accounts
 
 # Periods whose draft billsync keeps in step with the ledger.
 SYNCED_STATUSES = (
@@ -179,10 +180,23 @@ def set_invoice(
     )
 
 
+def _lock_owners(connection: Connection, line_ids: Sequence[int]) -> None:
+    """Take the per-account ledger locks of these lines' accounts (PostgreSQL) before writing
+    them: ingest rewrites the same rows under those locks, and two writers locking rows in
+    different orders deadlock."""
+    if connection.dialect.name != "postgresql" or not line_ids:
+        return
+    owners = connection.execute(
+        select(lines.c.account_id).where(lines.c.id.in_(list(line_ids))).distinct()
+    ).scalars()
+    lock_accounts(connection, list(owners))
+
+
 def confirm_lines(
     connection: Connection, confirmations: Sequence[Confirmation], now: datetime
 ) -> None:
-    for confirmation in confirmations:
+    _lock_owners(connection, [confirmation.line_id for confirmation in confirmations])
+    for confirmation in sorted(confirmations, key=lambda c: c.line_id):
         values: dict[str, Any] = {
             "synced_amount": confirmation.amount,
             "synced_version": confirmation.version,
@@ -197,6 +211,7 @@ def confirm_lines(
 
 def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
     """These lines are not (or no longer) in Stripe: the next sync adds them again."""
+    _lock_owners(connection, line_ids)
     if line_ids:
         connection.execute(
             update(lines)
@@ -214,6 +229,7 @@ def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
 def mark_stripe_holds(connection: Connection, line_id: int, line_item_id: str, amount: int) -> None:
     """Stripe holds this line at ``amount`` (someone edited it there), not at what billsync
     last pushed: the next sync's plan sees the difference and updates it back to the ledger."""
+    _lock_owners(connection, [line_id])
     connection.execute(
         update(lines)
         .where(lines.c.id == line_id)

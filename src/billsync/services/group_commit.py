@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+
+import psycopg
 
 from billsync.core.usage import Rejection, ValidEvent
 from billsync.services.ingest import IngestReport
@@ -113,7 +116,26 @@ class GroupCommitter:
             offset += count
 
     def _store_alone(self, batch: _Batch) -> None:
-        try:
-            batch.result.set_result(self._record(batch.outcomes, batch.now))
-        except Exception as error:  # the caller's request fails with it
-            batch.result.set_exception(error)
+        for attempt in range(1, RETRIES + 1):
+            try:
+                batch.result.set_result(self._record(batch.outcomes, batch.now))
+                return
+            except Exception as error:  # the caller's request fails with it
+                if attempt < RETRIES and is_retryable(error):
+                    log.warning("ingest.retry", extra={"attempt": attempt, "error": str(error)})
+                    time.sleep(0.05 * attempt)
+                    continue
+                batch.result.set_exception(error)
+                return
+
+
+RETRIES = 3  # a transaction the database rolled back to break a deadlock is simply run again
+
+
+def is_retryable(error: BaseException) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the database rolled the whole
+    transaction back, so running it again is safe and usually succeeds."""
+    cause = getattr(error, "orig", None)
+    cause = error if cause is None else cause
+    state = getattr(cause, "sqlstate", None) if isinstance(cause, psycopg.Error) else None
+    return isinstance(state, str) and state.startswith("40")
