@@ -33,6 +33,7 @@ def run(store: str, args: argparse.Namespace, directory: Path) -> dict[str, Any]
             database_url=url, workdir=directory / store, accounts=args.accounts,
             step=timedelta(hours=2), step_pause=args.step_pause, min_kills=args.kills,
             db_cuts=args.cuts, seed=args.seed, report_every=timedelta(minutes=15),
+            chaos_after_month=timedelta(days=10),
         )  # fmt: skip
 
     if store == "sqlite":

@@ -44,9 +44,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from billsync.clock import FileClock
-from billsync.db.tables import billing_periods, sync_intents, usage_events
+from billsync.db.tables import billing_periods, sync_intents, usage_events, webhook_events
 from billsync.repositories import sync as sync_repository
-from billsync.repositories import webhooks as webhook_repository
 from billsync.simulator import Simulation
 
 KEY = "sk_test_billsyncChaosKey0001"
@@ -77,6 +76,9 @@ class ChaosConfig:
     db_cut_seconds: tuple[float, float] = (0.5, 2.0)
     seed: int = 7
     report_every: timedelta = timedelta(hours=1)
+    # After the month, the clock keeps moving (the close, the review, the payments) until the
+    # kills reach min_kills, but no further than this.
+    chaos_after_month: timedelta = timedelta(days=3)
 
 
 @dataclass
@@ -464,7 +466,7 @@ class ChaosRun:
                 if moment == MONTH_END and (last := simulation.flush_late()) is not None:
                     self._send(last.events)
             time.sleep(max(0.0, self.config.step_pause - (time.monotonic() - began)))
-            if moment > MONTH_END + timedelta(days=3):
+            if moment > MONTH_END + self.config.chaos_after_month:
                 break  # kills still short of the minimum: the run is too short to count
         self.stop_chaos.set()
         for thread in chaos:
@@ -496,10 +498,11 @@ class ChaosRun:
                         )
                     )  # fmt: skip
                 done = statuses.get("finalized", 0)
-                if statuses and done == sum(statuses.values()) and self._in_step(engine):
+                left = self._behind(engine)
+                if statuses and done == sum(statuses.values()) and not left:
                     break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the month did not settle: {dict(statuses)}")
+                    raise RuntimeError(f"the month did not settle: {dict(statuses)}; {left}")
             self.result.periods = sum(statuses.values())
             self.result.periods_finalized = done
             self._check_events(engine)
@@ -523,18 +526,29 @@ class ChaosRun:
             self.result.verify = {"ok": False, "errors": [verify.stderr.decode()[-2000:]]}
 
     @staticmethod
-    def _in_step(engine: Any) -> bool:
-        """Nothing left to do: no account behind Stripe, no Stripe call of unknown outcome, no
-        webhook waiting in the inbox."""
+    def _behind(engine: Any) -> str:
+        """What is left to do ("" when nothing): accounts behind Stripe, Stripe calls of unknown
+        outcome, webhooks waiting in the inbox."""
         with engine.connect() as connection:
             behind = sync_repository.accounts_needing_sync(connection)
             intents = connection.execute(
-                select(func.count())
-                .select_from(sync_intents)
-                .where(sync_intents.c.status == "pending")
-            ).scalar_one()
-            inbox = webhook_repository.counts(connection)["pending"]
-        return not behind and not intents and not inbox
+                select(sync_intents.c.account_id, sync_intents.c.operation).where(
+                    sync_intents.c.status == "pending"
+                )
+            ).all()
+            inbox = connection.execute(
+                select(
+                    webhook_events.c.type, webhook_events.c.attempts, webhook_events.c.last_error
+                ).where(webhook_events.c.handled_at.is_(None))
+            ).all()
+        parts = []
+        if behind:
+            parts.append(f"accounts behind: {behind}")
+        if intents:
+            parts.append(f"pending intents: {[tuple(row) for row in intents]}")
+        if inbox:
+            parts.append(f"webhooks unhandled: {[tuple(row) for row in inbox][:10]}")
+        return "; ".join(parts)
 
     def _check_events(self, engine: Any) -> None:
         """No usage lost or counted twice: the ledger holds each distinct event once, with the

@@ -7,7 +7,6 @@ import time
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from billsync.bootstrap import Billsync, build
@@ -34,8 +33,7 @@ def wait_for_database(database: Database, seconds: float) -> None:
     delay = 0.1
     while True:
         try:
-            with database.read() as connection:
-                connection.execute(text("SELECT 1"))
+            database.ping()
             return
         except DBAPIError as error:
             if time.monotonic() + delay > deadline:

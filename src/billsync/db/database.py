@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
 
@@ -93,6 +93,11 @@ class Database:
             connection.execution_options(**options)
             with connection.begin():
                 yield connection
+
+    def ping(self) -> None:
+        """A round trip to the database; raises the driver's error if it cannot be reached."""
+        with self.read() as connection:
+            connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()
