@@ -89,12 +89,13 @@ class RssSampler:
 
 @contextmanager
 def billsync_server(
-    env: dict[str, str], port: int, workers: int = 1
+    env: dict[str, str], port: int, workers: int = 1, command: str = "serve"
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``billsync serve`` in a child process, waited on until it answers /healthz."""
+    """``billsync serve`` (or ``api``) in a child process, waited on until it answers
+    /healthz."""
     full_env = {**os.environ, **env, "BILLSYNC_API_TOKEN": TOKEN}
     process = subprocess.Popen(
-        [sys.executable, "-m", "billsync", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "billsync", command, "--port", str(port), "--workers", str(workers)],
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

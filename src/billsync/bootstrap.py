@@ -26,7 +26,8 @@ from billsync.services.reconcile import Reconciler
 from billsync.services.sync import SyncService
 from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
-from billsync.sync.budget import CircuitBreaker, RateBudget
+from billsync.sync.budget import CircuitBreaker, Lane, RateBudget
+from billsync.sync.guarded import guarded
 from billsync.sync.port import StripePort
 from billsync.sync.scheduler import Scheduler, StripeGuard
 
@@ -69,6 +70,10 @@ class Syncing:
     sweep: Sweep
     reconciler: Reconciler | None = None
 
+    def on_lane(self, lane: int) -> StripePort:
+        """The gateway, spending the process's budget on ``lane`` (for calls outside syncs)."""
+        return guarded(self.gateway, self.guard, lane)
+
 
 def build_syncing(
     settings: Settings,
@@ -109,8 +114,10 @@ def build_syncing(
         settings.sync_threshold,
     )
     scheduler = Scheduler(database, service, lifecycle, clock, policy)
-    processor = WebhookProcessor(database, clock, gateway, changes)
-    sweep = Sweep(database, clock, gateway)
+    # Webhook processing's re-reads and the sweep spend the same budget as syncs do.
+    background = guarded(gateway, guard, Lane.INTERVAL)
+    processor = WebhookProcessor(database, clock, background, changes)
+    sweep = Sweep(database, clock, background)
     scheduler.every(timedelta(seconds=1), "webhooks.process", processor.process)
     scheduler.every(timedelta(seconds=settings.sweep_interval_seconds), "webhooks.sweep", sweep.run)
     reconciler = Reconciler(database, gateway, service, clock)

@@ -18,6 +18,7 @@ from billsync.core import customer_tokens
 from billsync.core.money import decimal_text
 from billsync.errors import BillsyncError, InvalidRequest
 from billsync.services.billing_view import Bill
+from billsync.sync.budget import Lane
 
 router = APIRouter(tags=["billing"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -124,7 +125,8 @@ def open_portal(billsync: Billsync, account_id: str, return_url: str | None) -> 
     try:
         if customer is None:  # nothing to sync yet, or the sync is still on its way
             customer = syncing.service.ensure_customer(account_id)
-        url = syncing.gateway.create_portal_session(customer=customer, return_url=return_url)
+        portal = syncing.on_lane(Lane.ON_DEMAND)  # a person is waiting
+        url = portal.create_portal_session(customer=customer, return_url=return_url)
     except Exception as failure:  # the gateway's failures: Stripe is down or slow
         raise StripeUnavailable(f"Stripe did not open the portal: {failure}") from None
     return {

@@ -183,6 +183,15 @@ def routes(emulator: Emulator) -> list[Route]:
             f"</table><p>Amount due: {due}</p>",
         )
 
+    async def peek_invoice(request: Request) -> JSONResponse:
+        """An invoice as the API would render it, outside the rate limit and the request
+        counters: for tests and benchmarks that watch Stripe without taking from billsync's
+        share of the limit."""
+        invoice = state.invoices.get(request.path_params["invoice_id"])
+        if invoice is None:
+            return JSONResponse({"error": "no such invoice"}, status_code=404)
+        return JSONResponse(render.invoice(state, invoice))
+
     async def invoice_pdf(request: Request) -> Response:
         invoice = state.invoices.get(request.path_params["invoice_id"])
         if invoice is None:
@@ -199,6 +208,7 @@ def routes(emulator: Emulator) -> list[Route]:
         Route("/_emulator/webhooks/chaos", chaos, methods=["GET", "POST"]),
         Route("/_emulator/portal/{session_id}", portal),
         Route("/_emulator/invoices/{invoice_id}", hosted_invoice),
+        Route("/_emulator/peek/invoices/{invoice_id}", peek_invoice),
         Route("/_emulator/invoices/{invoice_id}/pdf", invoice_pdf),
     ]
 
