@@ -5,6 +5,7 @@ is a 5xx, every status and body is one the document declares, invalid input is r
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -30,6 +31,9 @@ from tests.conftest import T0, TEST_TOKEN
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, free_port
 
+# CI replays the same examples every run (a gate must not fail by chance); a run elsewhere
+# draws new ones, and keeps exploring.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 # Checks a route is exempt from, and why. The webhook receiver's signature can only be made
 # with the secret, so schema-valid requests are refused. A usage batch with invalid events is
@@ -85,6 +89,7 @@ def emulator() -> Iterator[None]:
 @settings(
     max_examples=40,
     deadline=None,
+    derandomize=IN_CI,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_documented_behaviour_with_the_api_token(case: Any) -> None:
@@ -105,7 +110,9 @@ def test_documented_behaviour_with_the_api_token(case: Any) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=10, deadline=None, derandomize=IN_CI, suppress_health_check=[HealthCheck.too_slow]
+)
 def test_without_a_token_every_route_answers_401_and_nothing_else(case: Any) -> None:
     response = case.call()
     if case.path == "/v1/stripe/webhook":  # signed instead: 400 without a valid signature

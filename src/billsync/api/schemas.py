@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from billsync.services.accounts import EMAIL_PATTERN
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code.")
@@ -30,7 +32,7 @@ class AccountCreate(BaseModel):
     email: str | None = Field(
         default=None,
         max_length=320,
-        json_schema_extra={"pattern": r"^[^@\s]{1,64}@[^@\s]{1,255}$"},  # checked by the service
+        json_schema_extra={"pattern": EMAIL_PATTERN},  # checked by the service
     )
     currency: str = Field(description="ISO 4217 code the account is billed in, e.g. usd.")
     billing_anchor_day: int | None = Field(

@@ -16,7 +16,10 @@ from billsync.repositories import accounts as repository
 from billsync.repositories.accounts import AccountExists, AccountRecord
 
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+# No "@", no white space, no control characters, on either side — written so that Python and
+# JSON Schema (ECMA) regular expressions read it the same way (their "\s" differ).
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}@[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,255}$"
+EMAIL = re.compile(EMAIL_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
