@@ -50,7 +50,14 @@ def test_the_api_answers_503_while_the_database_is_away_and_records_nothing(
     with TestClient(
         create_app(billsync), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
     ) as client:
+        assert client.get("/readyz").json() == {
+            "status": "ready", "database": "ok", "schema": "0004",
+        }  # fmt: skip
         proxy.cut()
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["database"].startswith("unreachable")
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
         refused = client.post("/v1/usage", json=batch)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "database_unavailable"
@@ -59,6 +66,7 @@ def test_the_api_answers_503_while_the_database_is_away_and_records_nothing(
         assert client.get("/v1/accounts/acme").status_code == 503
 
         proxy.restore()
+        assert client.get("/readyz").status_code == 200
         accepted = client.post("/v1/usage", json=batch)
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["results"][0]["status"] == "accepted"

@@ -59,6 +59,7 @@ BILLING_PAGE = {**dict.fromkeys(CALLERS, 401), "own_customer": "ok", "platform":
 Expected = dict[str, int | str] | dict[str, int] | dict[str, str] | dict[str, object]
 TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
@@ -116,8 +117,10 @@ def inventory() -> set[tuple[str, str]]:
         for route in router.routes:
             for method in getattr(route, "methods", set()) - {"HEAD"}:
                 found.add((method, prefix + route.path))  # type: ignore[attr-defined]
-    found |= {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/docs"),
-              ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}  # fmt: skip
+    for route in app.routes:  # the app's own routes: health, readiness, the documentation
+        path = getattr(route, "path", None)
+        if path is not None:
+            found |= {(method, path) for method in set(getattr(route, "methods", ())) - {"HEAD"}}
     return found
 
 

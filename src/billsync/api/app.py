@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from billsync import __version__
 from billsync.api import (
@@ -22,10 +24,12 @@ from billsync.api import (
 )
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
+from billsync.api.responses import JSONBody
 from billsync.api.stripe_webhook import WEBHOOK_PATH
 from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
 from billsync.core import customer_tokens
+from billsync.db import migrate
 
 # Set by `billsync serve` when its single process should also run the scheduler and workers.
 RUN_SCHEDULER = "BILLSYNC_RUN_SCHEDULER"
@@ -88,7 +92,27 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
+        """Liveness: the process answers (it never touches the database)."""
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONBody:
+        """Readiness: the database answers and its schema is the one this code expects; a
+        load balancer sends no traffic to a process that says 503."""
+        database = billsync.database
+        try:
+            current = migrate.current_revision(database)
+        except (DBAPIError, PoolTimeout, OSError) as error:
+            detail = f"unreachable: {type(getattr(error, 'orig', None) or error).__name__}"
+            return JSONBody({"status": "not_ready", "database": detail}, status_code=503)
+        head = migrate.head_revision(database)
+        if current != head:
+            return JSONBody(
+                {"status": "not_ready", "database": "ok",
+                 "schema": f"at {current}, this code needs {head}: run `billsync db upgrade`"},
+                status_code=503,
+            )  # fmt: skip
+        return JSONBody({"status": "ready", "database": "ok", "schema": head})
 
     return app
 
