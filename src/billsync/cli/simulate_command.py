@@ -92,7 +92,10 @@ def simulate_command(
     seed: Annotated[int, typer.Option(help="The same seed replays the same platform.")] = 1,
     accounts: Annotated[int, typer.Option(min=1, help="How many accounts.")] = 20,
     start: Annotated[
-        str | None, typer.Option(help="Simulated start, ISO 8601 (default: now).")
+        str | None,
+        typer.Option(
+            help="Simulated start, ISO 8601 (default: --duration before now; now with --speed)."
+        ),
     ] = None,
     duration: Annotated[str, typer.Option(help="How much platform time: 10m, 6h, 30d.")] = "10m",
     report_every: Annotated[
