@@ -47,6 +47,11 @@ def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status)
 
 
+def _message(status: int, user: Signed | None, title: str, message: str) -> HTMLResponse:
+    """The console's one-message page: a refusal, or why an action was not done."""
+    return _page("console_message.html", status, user=user, title=title, message=message)
+
+
 def _signed(billsync: Billsync, request: Request) -> Signed | None:
     return billsync.console.session(request.cookies.get(SESSION))
 
@@ -137,13 +142,7 @@ def account(request: Request, account_id: str, billsync: BillsyncDep) -> Respons
     with billsync.database.read() as connection:
         view = account_view(connection, account_id)
     if view is None:
-        return _page(
-            "console_message.html",
-            404,
-            user=signed,
-            title="No such account",
-            message=f"There is no account {account_id!r}.",
-        )
+        return _message(404, signed, "No such account", f"There is no account {account_id!r}.")
 
     def money(amount: int | None) -> str:
         return "—" if amount is None else format_minor(amount, view.account.currency)
@@ -173,20 +172,10 @@ async def act(
         return allowed
     signed = allowed
     if action not in ACTIONS:
-        return _page(
-            "console_message.html",
-            404,
-            user=signed,
-            title="Unknown action",
-            message=f"There is no action {action!r}.",
-        )
+        return _message(404, signed, "Unknown action", f"There is no action {action!r}.")
     if not reason.strip():
-        return _page(
-            "console_message.html",
-            422,
-            user=signed,
-            title="A reason is needed",
-            message="Every action needs a reason, for the audit log.",
+        return _message(
+            422, signed, "A reason is needed", "Every action needs a reason, for the audit log."
         )
     try:
         await run_in_threadpool(
@@ -196,15 +185,9 @@ async def act(
             account_id,
         )
     except BillsyncError as error:
-        return _page(
-            "console_message.html",
-            error.status_code,
-            user=signed,
-            title="Not done",
-            message=error.message,
-        )
+        return _message(error.status_code, signed, "Not done", error.message)
     except ValueError as error:
-        return _page("console_message.html", 422, user=signed, title="Not done", message=str(error))
+        return _message(422, signed, "Not done", str(error))
     return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
 
 
@@ -212,28 +195,17 @@ def _refusal(billsync: Billsync, request: Request, csrf: str, role: str) -> Resp
     """The signed-in person allowed to do this, or the page that says why not."""
     signed = _signed(billsync, request)
     if signed is None:
-        return _page(
-            "console_message.html",
-            401,
-            user=None,
-            title="Signed out",
-            message="Sign in again to act.",
-        )
+        return _message(401, None, "Signed out", "Sign in again to act.")
     if not csrf or not hmac.compare_digest(signed.csrf, csrf):
-        return _page(
-            "console_message.html",
-            403,
-            user=signed,
-            title="Refused",
-            message="This form is missing its security token: reload the page.",
+        return _message(
+            403, signed, "Refused", "This form is missing its security token: reload the page."
         )
     if not signed.can(role):
-        return _page(
-            "console_message.html",
+        return _message(
             403,
-            user=signed,
-            title="Refused",
-            message="Viewers can look but not act: ask an agent."
+            signed,
+            "Refused",
+            "Viewers can look but not act: ask an agent."
             if role == "agent"
             else f"This needs the {role} role.",
         )
@@ -272,7 +244,7 @@ async def adjust(
     if problem is None and not reason.strip():
         problem = "every adjustment needs a reason, for the audit log"
     if problem is not None:
-        return _page("console_message.html", 422, user=allowed, title="Not done", message=problem)
+        return _message(422, allowed, "Not done", problem)
     with billsync.database.read() as connection:
         account = billsync.accounts.get(connection, account_id)
     minor = to_minor_units(value, account.currency) * (-1 if kind == "credit" else 1)
@@ -288,13 +260,7 @@ async def adjust(
             )
         )
     except BillsyncError as error:
-        return _page(
-            "console_message.html",
-            error.status_code,
-            user=allowed,
-            title="Not done",
-            message=error.message,
-        )
+        return _message(error.status_code, allowed, "Not done", error.message)
     return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
 
 
@@ -315,33 +281,17 @@ async def decide(
         return allowed
     syncing = billsync.sync
     if decision not in ("accept", "repush") or syncing is None or syncing.reconciler is None:
-        return _page(
-            "console_message.html",
-            404,
-            user=allowed,
-            title="Not available",
-            message="No such decision here.",
-        )
+        return _message(404, allowed, "Not available", "No such decision here.")
     if not reason.strip():
-        return _page(
-            "console_message.html",
-            422,
-            user=allowed,
-            title="A reason is needed",
-            message="Every decision needs a reason, for the audit log.",
+        return _message(
+            422, allowed, "A reason is needed", "Every decision needs a reason, for the audit log."
         )
     reconciler = syncing.reconciler
     call = reconciler.accept_stripe if decision == "accept" else reconciler.repush_ledger
     try:
         outcome = await run_in_threadpool(call, problem_id)
     except BillsyncError as error:
-        return _page(
-            "console_message.html",
-            error.status_code,
-            user=allowed,
-            title="Not done",
-            message=error.message,
-        )
+        return _message(error.status_code, allowed, "Not done", error.message)
     with billsync.database.transaction() as connection:
         console_repository.record(
             connection,
@@ -406,20 +356,12 @@ def set_policy(
         for name, text in (("interval_seconds", interval_seconds), ("threshold", threshold)):
             if text.strip():
                 if not text.strip().isdigit():
-                    return _page(
-                        "console_message.html",
-                        422,
-                        user=allowed,
-                        title="Not done",
-                        message=f"{name} must be a whole number",
-                    )
+                    return _message(422, allowed, "Not done", f"{name} must be a whole number")
                 override[name] = int(text)
         try:
             SyncPolicy().merged(override)
         except PolicyError as error:
-            return _page(
-                "console_message.html", 422, user=allowed, title="Not done", message=str(error)
-            )
+            return _message(422, allowed, "Not done", str(error))
     with billsync.database.transaction() as connection:
         billsync.accounts.get(connection, account_id)
         console_repository.set_sync_policy(connection, account_id, override)
@@ -441,13 +383,7 @@ def users_page(request: Request, billsync: BillsyncDep) -> Response:
     if isinstance(signed, RedirectResponse):
         return signed
     if not signed.can("admin"):
-        return _page(
-            "console_message.html",
-            403,
-            user=signed,
-            title="Refused",
-            message="Only admins manage users.",
-        )
+        return _message(403, signed, "Refused", "Only admins manage users.")
     with billsync.database.read() as connection:
         everyone = console_repository.all_users(connection)
     return _page("console_users.html", user=signed, users=everyone)
@@ -470,13 +406,7 @@ async def add_user(
     try:
         await run_in_threadpool(billsync.console.add_user, name.strip(), password, role)
     except BillsyncError as error:
-        return _page(
-            "console_message.html",
-            error.status_code,
-            user=allowed,
-            title="Not done",
-            message=error.message,
-        )
+        return _message(error.status_code, allowed, "Not done", error.message)
     with billsync.database.transaction() as connection:
         console_repository.record(
             connection,
@@ -502,13 +432,7 @@ def disable_user(
     if not isinstance(allowed, Signed):
         return allowed
     if name == allowed.name:
-        return _page(
-            "console_message.html",
-            409,
-            user=allowed,
-            title="Not done",
-            message="You cannot disable yourself.",
-        )
+        return _message(409, allowed, "Not done", "You cannot disable yourself.")
     with billsync.database.transaction() as connection:
         console_repository.set_user(connection, name, disabled=True)
         console_repository.record(
