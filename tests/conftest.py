@@ -146,6 +146,25 @@ def emulator_settings(data_dir: Path, emulator: RunningEmulator, **overrides: An
     )  # fmt: skip
 
 
+def cli_against_emulator(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, database: Database, emulator: RunningEmulator
+) -> None:
+    """The environment a ``billsync`` command reads, pointed at this test's store and
+    emulator (wide columns, so tables print whole)."""
+    from tests.stripe_peer import EMULATOR_KEY  # noqa: PLC0415 - loaded as a plugin by then
+
+    for name, value in {
+        "BILLSYNC_DATA_DIR": str(data_dir),
+        "BILLSYNC_DATABASE_URL": database.url,
+        "BILLSYNC_API_TOKEN": TEST_TOKEN,
+        "BILLSYNC_STRIPE_API_KEY": EMULATOR_KEY,
+        "BILLSYNC_STRIPE_API_BASE": emulator.url,
+        "BILLSYNC_STRIPE_MAX_RETRIES": "0",
+        "COLUMNS": "200",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def billsync(
     settings: Settings, database: Database, clock: ManualClock, example_catalog: Catalog

@@ -28,7 +28,7 @@ from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.reconcile import ACCEPTED, REPAIRED, REPUSHED, DriftItem, Reconciler
 from billsync.services.sync import SyncService
 from billsync.stripe_gateway import StripeGateway
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0, cli_against_emulator
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 
@@ -421,16 +421,7 @@ def test_an_invoice_that_cannot_be_read_keeps_its_problems_open(world: World) ->
 def test_the_cli_prints_json_and_exits_1_while_drift_remains(
     world: World, database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in {
-        "BILLSYNC_DATA_DIR": str(tmp_path),
-        "BILLSYNC_DATABASE_URL": database.url,
-        "BILLSYNC_API_TOKEN": TEST_TOKEN,
-        "BILLSYNC_STRIPE_API_KEY": EMULATOR_KEY,
-        "BILLSYNC_STRIPE_API_BASE": world.emulator.url,
-        "BILLSYNC_STRIPE_MAX_RETRIES": "0",
-        "COLUMNS": "200",
-    }.items():
-        monkeypatch.setenv(name, value)
+    cli_against_emulator(monkeypatch, tmp_path, database, world.emulator)
     ids = drift(world)
     world.remove(ids["invoice"], ids["extra"])
     runner = CliRunner()

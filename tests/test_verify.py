@@ -25,7 +25,7 @@ from billsync.services.reconcile import Reconciler
 from billsync.services.sync import SyncService
 from billsync.services.verify import Verifier, VerifyReport
 from billsync.stripe_gateway import StripeGateway
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0, cli_against_emulator
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 
@@ -276,16 +276,7 @@ def test_lines_waiting_for_a_sync_are_pending_and_accepted_drift_is_not_a_violat
 def test_the_cli_prints_a_readable_report_and_exits_1_on_a_violation(
     world: World, database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in {
-        "BILLSYNC_DATA_DIR": str(tmp_path),
-        "BILLSYNC_DATABASE_URL": database.url,
-        "BILLSYNC_API_TOKEN": TEST_TOKEN,
-        "BILLSYNC_STRIPE_API_KEY": EMULATOR_KEY,
-        "BILLSYNC_STRIPE_API_BASE": world.emulator.url,
-        "BILLSYNC_STRIPE_MAX_RETRIES": "0",
-        "COLUMNS": "200",
-    }.items():
-        monkeypatch.setenv(name, value)
+    cli_against_emulator(monkeypatch, tmp_path, database, world.emulator)
     invoice = world.synced("acme", ("iad",))
     runner = CliRunner()
 
