@@ -29,8 +29,6 @@ import argparse
 import http.client
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -38,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.common import free_port, write_results
+from bench.common import free_port, start_emulator, write_results
 from billsync.bootstrap import build
 from billsync.clock import ManualClock
 from billsync.config import Settings
@@ -128,30 +126,8 @@ def measure(
     start: datetime,
 ) -> dict[str, Any]:
     port = free_port()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "billsync",
-            "emulator",
-            "--port",
-            str(port),
-            "--rate-limit",
-            str(run.emulator_rate),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    emulator = start_emulator(port, run.emulator_rate)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                control(port, "GET", "clock")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         with tempfile.TemporaryDirectory() as directory:
             clock = ManualClock(start)
             database = Database(f"sqlite:///{directory}/bench.db", sqlite_synchronous="NORMAL")

@@ -137,6 +137,27 @@ def api(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     return response.status, json.loads(data) if data else None
 
 
+def start_emulator(port: int, rate_limit: float | None = 0) -> subprocess.Popen[bytes]:
+    """``billsync emulator`` in a child process, waited on until it answers; ``rate_limit``
+    None keeps Stripe's per-mode limits, 0 lifts them."""
+    command = [sys.executable, "-m", "billsync", "emulator", "--port", str(port)]
+    if rate_limit is not None:
+        command += ["--rate-limit", str(rate_limit)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            probe.request("GET", "/_emulator/clock")
+            probe.getresponse().read()
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the emulator did not start") from None
+            time.sleep(0.1)
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -18,14 +18,12 @@ import argparse
 import http.client
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
 import stripe
 
-from bench.common import free_port, write_results
+from bench.common import free_port, start_emulator, write_results
 
 KEY = "sk_test_benchmarkKey0001"
 API_VERSION = "2026-10-28.endive"
@@ -125,23 +123,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     args = parser.parse_args()
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "billsync", "emulator", "--port", str(port), "--rate-limit", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server = start_emulator(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                probe.request("GET", "/_emulator/clock")
-                probe.getresponse().read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the emulator did not start") from None
-                time.sleep(0.1)
         rates = {
             kind: measure(kind, port, args.clients, args.seconds)
             for kind in (

@@ -23,14 +23,12 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import api, billsync_server, free_port, write_results
+from bench.common import api, billsync_server, free_port, start_emulator, write_results
 
 KEY = "sk_test_benchmarkKey0001"
 CENTS_PER_EVENT = 274  # 1,000 IPv4-hours × $0.00274
@@ -113,21 +111,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     args = parser.parse_args()
     emulator_port = free_port()
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "billsync", "emulator", "--port", str(emulator_port),
-         "--rate-limit", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:  # wait until the emulator answers
-        try:
-            api_emulator_reset(emulator_port)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    emulator = start_emulator(emulator_port)
     try:
         runs = [
             run("threshold", {"BILLSYNC_SYNC_POLICY": "threshold", "BILLSYNC_SYNC_THRESHOLD": "1"},

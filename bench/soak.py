@@ -30,7 +30,15 @@ from typing import Any
 
 import httpx
 
-from bench.common import RESULTS, TOKEN, RssSampler, billsync_server, free_port, write_results
+from bench.common import (
+    RESULTS,
+    TOKEN,
+    RssSampler,
+    billsync_server,
+    free_port,
+    start_emulator,
+    write_results,
+)
 
 KEY = "sk_test_benchmarkKey0001"
 BATCH = 1000
@@ -169,25 +177,12 @@ def main() -> None:
     args = parser.parse_args()
     rate = args.rate or default_rate()
     emulator_port, port = free_port(), free_port()
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "billsync", "emulator", "--port", str(emulator_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    emulator = start_emulator(emulator_port, rate_limit=None)  # Stripe's sandbox limit
     stripe = httpx.Client(
         base_url=f"http://127.0.0.1:{emulator_port}",
         headers={"Authorization": f"Bearer {KEY}"},
         timeout=30,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            stripe.get("/_emulator/clock")
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
     endpoint = stripe.post(
         "/v1/webhook_endpoints",
         data={"url": f"http://127.0.0.1:{port}/v1/stripe/webhook", "enabled_events[0]": "*"},

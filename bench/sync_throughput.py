@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.api_calls import control
-from bench.common import free_port, write_results
+from bench.common import free_port, start_emulator, write_results
 from billsync.bootstrap import build
 from billsync.config import Settings
 from billsync.db import migrate
@@ -69,18 +67,6 @@ RUNS = {
     "test-8-workers": Run("test-8-workers", "sk_test_benchmarkKey0001", None, 8, 25),
     "live-default": Run("live-default", "sk_live_benchmarkKey0001", None, 8, 100),
 }
-
-
-def wait_for_emulator(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            control(port, "GET", "clock")
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def rates(per_second: dict[str, int], started: float, ended: float) -> dict[str, Any]:
@@ -122,14 +108,8 @@ def phase(billsync: Any, port: int, name: str, timeout: float) -> dict[str, Any]
 
 def measure(run: Run, accounts: int) -> dict[str, Any]:
     port = free_port()
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "billsync", "emulator", "--port", str(port),
-         "--rate-limit", str(run.emulator_rate)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    emulator = start_emulator(port, run.emulator_rate)
     try:
-        wait_for_emulator(port)
         if run.key.startswith("sk_live_"):
             control(port, "POST", "config", {"rate_limit_live": run.emulator_rate})
         with tempfile.TemporaryDirectory() as directory:

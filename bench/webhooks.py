@@ -19,15 +19,13 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import billsync_server, free_port, write_results
+from bench.common import billsync_server, free_port, start_emulator, write_results
 from billsync.bootstrap import build
 from billsync.config import Settings
 from billsync.core.webhook_signature import compute
@@ -126,23 +124,8 @@ def burst(port: int, bodies: list[bytes], connections: int, path: str) -> dict[s
 def reconcile_time(accounts: int) -> dict[str, Any]:
     """Seed ``accounts`` accounts with a synced draft each, then time one reconciliation."""
     port = free_port()
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "billsync", "emulator", "--port", str(port), "--rate-limit", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    emulator = start_emulator(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                probe.request("GET", "/_emulator/clock")
-                probe.getresponse().read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         with tempfile.TemporaryDirectory() as directory:
             database = Database(f"sqlite:///{directory}/r.db", sqlite_synchronous="NORMAL")
             migrate.upgrade(database)
