@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Date,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -183,6 +184,23 @@ class AccountSync(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stripe_calls: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The worker syncing the account now, until when (renewed by its heartbeat), and how many
+    # times the lease has changed hands (a fencing token: a stale holder sees a newer number).
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class RateBudget(Base):
+    """One row per shared Stripe rate budget: every process draws its calls from it (GCRA,
+    times in the database's clock as Unix seconds; see sync.shared_budget)."""
+
+    __tablename__ = "rate_budgets"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    full_at: Mapped[float] = mapped_column(Float)
+    penalized_until: Mapped[float] = mapped_column(Float)
+    granted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class WebhookEvent(Base):

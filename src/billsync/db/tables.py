@@ -16,6 +16,7 @@ from billsync.db.models import (
     InvoiceMirror,
     Line,
     Problem,
+    RateBudget,
     SyncIntent,
     UsageEvent,
     User,
@@ -35,3 +36,4 @@ cursors = cast(Table, Cursor.__table__)
 users = cast(Table, User.__table__)
 console_sessions = cast(Table, ConsoleSession.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+rate_budgets = cast(Table, RateBudget.__table__)
