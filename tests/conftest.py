@@ -30,6 +30,7 @@ from billsync.db import migrate
 from billsync.db.database import Database
 
 if TYPE_CHECKING:  # imported at run time only as a plugin (so pytest can rewrite its asserts)
+    from tests.chaos.harness import TcpProxy
     from tests.stripe_peer import RunningEmulator
 
 pytest_plugins = ["tests.stripe_peer", "tests.webhook_receiver"]
@@ -39,6 +40,8 @@ TEST_TOKEN = "test-token-0123456789"
 # Mid-month, so "current period" tests have room on both sides.
 T0 = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 TABLES = (
+    "rate_budgets",
+    "job_leases",
     "audit_log",
     "console_sessions",
     "users",
@@ -49,6 +52,7 @@ TABLES = (
     "sync_intents",
     "account_sync",
     "usage_events",
+    "usage_event_ids",
     "lines",
     "billing_periods",
     "accounts",
@@ -184,3 +188,18 @@ def client(billsync: Billsync) -> Iterator[TestClient]:
 def anonymous(billsync: Billsync) -> Iterator[TestClient]:
     with TestClient(create_app(billsync)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def proxied(postgres_schema_url: str) -> Iterator[tuple[Database, TcpProxy]]:
+    """The PostgreSQL test ledger reached through a TCP proxy the test can cut and restore."""
+    from tests.chaos.harness import TcpProxy  # noqa: PLC0415 - only the outage tests need it
+
+    url = make_url(postgres_schema_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    database = Database(url.set(host="127.0.0.1", port=proxy.port).render_as_string(False))
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield database, proxy
+    database.dispose()
+    proxy.close()

@@ -57,6 +57,10 @@ def test_layers(path: Path) -> None:
         assert "stripe" not in {n.split(".")[0] for n in imports}, (
             f"{relative}: stripe is reached through the gateway"
         )
+    if relative != "jetstream.py":
+        assert "nats" not in {n.split(".")[0] for n in imports}, (
+            f"{relative}: NATS is reached through billsync.jetstream"
+        )
 
 
 def test_services_do_not_commit() -> None:

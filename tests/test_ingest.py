@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from billsync.bootstrap import Billsync
 from billsync.clock import ManualClock
 from billsync.core.periods import PeriodStatus
-from billsync.db.tables import billing_periods, lines, usage_events
+from billsync.db.tables import billing_periods, lines, usage_event_ids, usage_events
 from billsync.repositories import ledger, ledger_bulk
 from billsync.repositories.accounts import get_account
 from billsync.services.ingest import EventStatus
@@ -214,7 +214,7 @@ def snapshot(billsync: Billsync) -> dict[tuple[str, date, str], tuple[Decimal, i
 
 def reset(billsync: Billsync) -> None:
     with billsync.database.transaction() as connection:
-        for table in (usage_events, lines, billing_periods):
+        for table in (usage_event_ids, usage_events, lines, billing_periods):
             connection.execute(table.delete())
 
 

@@ -60,6 +60,7 @@ Expected = dict[str, int | str] | dict[str, int] | dict[str, str] | dict[str, ob
 TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,  # scraped on the internal network, like the health checks
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,

@@ -18,6 +18,7 @@ from billsync.services.adjustments import Adjustments
 from billsync.services.billing_view import BillCache, BillingView
 from billsync.services.changes import Changes
 from billsync.services.console_auth import ConsoleAuth
+from billsync.services.event_retention import EventRetention
 from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
@@ -28,8 +29,10 @@ from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
 from billsync.sync.budget import CircuitBreaker, Lane, RateBudget
 from billsync.sync.guarded import guarded
+from billsync.sync.leases import Leases
 from billsync.sync.port import StripePort
 from billsync.sync.scheduler import Scheduler, StripeGuard
+from billsync.sync.shared_budget import SharedBudget
 
 
 @dataclass
@@ -93,11 +96,14 @@ def build_syncing(
             timeout=settings.stripe_timeout_seconds,
             max_network_retries=settings.stripe_max_retries,
         )
-    guard = StripeGuard(RateBudget(settings.stripe_calls_per_second()), CircuitBreaker())
+    rate = settings.stripe_calls_per_second()
+    shared = SharedBudget(database, rate) if settings.shared_budget() else None
+    guard = StripeGuard(RateBudget(rate), CircuitBreaker(), shared)
+    leases = Leases(database, ttl=settings.lease_seconds)
     service = SyncService(
         database, gateway, catalog, clock, guard=guard,
         delete_zero_total=settings.zero_total_periods == "delete",
-        changes=changes,
+        changes=changes, leases=leases, lease_wait=settings.on_demand_wait_seconds,
     )  # fmt: skip
     lifecycle = LifecycleService(
         database,
@@ -113,13 +119,16 @@ def build_syncing(
         timedelta(seconds=settings.sync_interval_seconds),
         settings.sync_threshold,
     )
-    scheduler = Scheduler(database, service, lifecycle, clock, policy)
+    scheduler = Scheduler(database, service, lifecycle, clock, policy, leases=leases)
     # Webhook processing's re-reads and the sweep spend the same budget as syncs do.
     background = guarded(gateway, guard, Lane.INTERVAL)
     processor = WebhookProcessor(database, clock, background, changes)
     sweep = Sweep(database, clock, background)
     scheduler.every(timedelta(seconds=1), "webhooks.process", processor.process)
     scheduler.every(timedelta(seconds=settings.sweep_interval_seconds), "webhooks.sweep", sweep.run)
+    # Partitions for the coming months, then the raw events retention allows to go.
+    retention = EventRetention.from_settings(settings, database, clock)
+    scheduler.every(timedelta(hours=1), "events.retention", retention.run)
     reconciler = Reconciler(database, gateway, service, clock)
     if settings.reconcile_interval_seconds:
         # Detect and record only: repairs sync, and the tick must not race the sync workers.

@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     stripe_timeout_seconds: float = Field(default=10.0, gt=0)
     stripe_max_retries: int = Field(default=2, ge=0, le=10)
     stripe_rate: float | None = Field(
-        default=None, gt=0, description="Stripe calls/s for the whole process (20 test, 80 live)."
+        default=None,
+        gt=0,
+        description="Stripe calls/s (20 test, 80 live): for every process together when "
+        "the budget is shared (see stripe_budget_scope), else per process.",
     )
     sync_policy: str = Field(
         default="interval", description="interval|threshold|on_demand|cycle_end"
@@ -61,6 +64,17 @@ class Settings(BaseSettings):
     sync_interval_seconds: int = Field(default=900, ge=1)
     sync_threshold: int = Field(default=10_000, ge=1, description="Minor units behind.")
     sync_workers: int = Field(default=2, ge=1, le=64)
+    lease_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        description="How long a worker's lease on an account (and the scheduler's singleton "
+        "jobs) lasts unless renewed; a dead worker's accounts are picked up after this.",
+    )
+    stripe_budget_scope: str = Field(
+        default="auto",
+        description="process: each process keeps its own Stripe budget; database: every process "
+        "shares one (PostgreSQL's clock); auto: database on PostgreSQL, process on SQLite.",
+    )
     scheduler_tick_seconds: float = Field(default=5.0, gt=0)
     on_demand_wait_seconds: float = Field(default=10.0, ge=0)
     close_grace_seconds: int = Field(default=3600, ge=0)
@@ -77,6 +91,12 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(
         default=0, ge=0, description="How often the scheduler reconciles with Stripe (0: never)."
     )
+    event_retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="Raw usage events are deleted this many days after their invoice is "
+        "finalized (lines are kept); 0: kept forever.",
+    )
     customer_token_secret: str | None = Field(
         default=None,
         description="Signs customer tokens; if unset, `billsync serve` keeps one in <data_dir>.",
@@ -87,6 +107,21 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, description="API processes for `billsync serve`.")
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (logs go to stderr)."
+    )
+    log_format: str = Field(
+        default="auto",
+        description="json: one JSON object per line; text: for people; auto: text when stderr "
+        "is a terminal, json otherwise.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on this port (on BILLSYNC_HOST) from processes "
+        "without the API, such as `billsync worker`; the API serves them at /metrics.",
+    )
     clock_file: str | None = Field(
         default=None,
         description="Tests and chaos runs only: read the time from this file (ISO 8601) "
@@ -112,6 +147,35 @@ class Settings(BaseSettings):
         if value not in {"interval", "threshold", "on_demand", "cycle_end"}:
             raise ValueError("must be interval, threshold, on_demand or cycle_end")
         return value
+
+    @field_validator("stripe_budget_scope")
+    @classmethod
+    def _budget_scope(cls, value: str) -> str:
+        if value not in {"auto", "process", "database"}:
+            raise ValueError("must be auto, process or database")
+        return value
+
+    def shared_budget(self) -> bool:
+        """Whether every process draws from one Stripe budget kept in the database."""
+        if self.stripe_budget_scope == "auto":
+            return self.resolved_database_url().startswith("postgresql")
+        return self.stripe_budget_scope == "database"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        normalized = value.upper()
+        if normalized not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return normalized
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        normalized = value.lower()
+        if normalized not in {"auto", "json", "text"}:
+            raise ValueError("must be auto, json or text")
+        return normalized
 
     @field_validator("zero_total_periods")
     @classmethod

@@ -12,10 +12,13 @@ with ``lines=()``: an embedded first page is never passed off as the whole invoi
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 from stripe.params import (
@@ -34,6 +37,7 @@ from stripe.params import (
 )
 from stripe.params.billing_portal import SessionCreateParams
 
+from billsync.observability.instruments import observe_stripe
 from billsync.sync.port import (
     LineChange,
     NewLine,
@@ -52,6 +56,23 @@ from billsync.sync.port import (
 STRIPE_API_VERSION = "2026-10-28.endive"
 # Stripe's largest page; one invoice holds at most 250 items, so at most 3 pages of lines.
 PAGE_LIMIT = 100
+# Path segments of Stripe's API that are names, not ids: any other segment is an object's id.
+_ROUTE_WORDS = frozenset({
+    "v1", "customers", "invoices", "invoiceitems", "lines", "add_lines", "update_lines",
+    "remove_lines", "finalize", "pay", "send", "void", "mark_uncollectible", "billing_portal",
+    "sessions", "events", "search",
+})  # fmt: skip
+_MAX_ROUTE_SEGMENTS = 6
+
+log = logging.getLogger("billsync.stripe")
+
+
+def stripe_endpoint(method: str, url: str) -> str:
+    """``POST /v1/invoices/{id}/add_lines``: a request's method and route with every id
+    replaced, so that a metric labelled with it has a bounded set of values."""
+    segments = [part for part in urlsplit(url).path.split("/") if part][:_MAX_ROUTE_SEGMENTS]
+    route = "/".join(part if part in _ROUTE_WORDS else "{id}" for part in segments)
+    return f"{method.upper()} /{route}"
 
 
 class _RequestsClient(stripe.RequestsClient):
@@ -59,7 +80,12 @@ class _RequestsClient(stripe.RequestsClient):
     (``ChunkedEncodingError``: the status line came, the body did not) counts as a network
     error worth retrying, like a timeout or a refused connection already does. The SDK replays
     a write with the same idempotency key, so Stripe answers with the stored result instead of
-    writing twice."""
+    writing twice.
+
+    Every HTTP request passes here, each retry of the SDK's included: it is counted and timed
+    (``billsync_stripe_requests_total``, ``billsync_stripe_request_duration_seconds``) and
+    logged as ``stripe.request``, a line that carries the sync run's id (``sync_id``) and
+    Stripe's own request id, which Stripe's support asks for."""
 
     def request(
         self,
@@ -70,12 +96,31 @@ class _RequestsClient(stripe.RequestsClient):
         *,
         _usage: list[str] | None = None,
     ) -> tuple[Any, int, Mapping[str, str]]:
+        endpoint = stripe_endpoint(method, url)
+        status: int | None = None
+        stripe_request_id: str | None = None
+        started = time.perf_counter()
         try:
-            return super().request(method, url, headers, post_data)
+            response = super().request(method, url, headers, post_data)
+            status, stripe_request_id = response[1], response[2].get("Request-Id")
+            return response
         except stripe.APIConnectionError as error:
             if isinstance(error.__cause__, self.requests.exceptions.ChunkedEncodingError):
                 error.should_retry = True
             raise
+        finally:
+            seconds = time.perf_counter() - started
+            observe_stripe(endpoint, status, seconds)
+            # Answers that are routine under load (a 429, a 409 while a key is in use) are
+            # counted, and logged at DEBUG with the successes; the rest want a look.
+            routine = status is not None and (status < 400 or status in (409, 429))
+            log.log(
+                logging.DEBUG if routine else logging.INFO,
+                "stripe.request",
+                extra={"endpoint": endpoint, "status": status or "network_error",
+                       "duration_ms": round(seconds * 1000, 1),
+                       "stripe_request_id": stripe_request_id},
+            )  # fmt: skip
 
 
 class StripeGateway:

@@ -1,4 +1,5 @@
-"""The FastAPI application: routes under /v1, all behind the API token."""
+"""The FastAPI application: routes under /v1, all behind the API token; health, readiness and
+metrics beside them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -16,6 +17,7 @@ from billsync.api import (
     billing,
     catalog,
     console,
+    observability,
     openapi,
     pages,
     stripe_webhook,
@@ -30,9 +32,21 @@ from billsync.bootstrap import Billsync, build
 from billsync.config import Settings
 from billsync.core import customer_tokens
 from billsync.db import migrate
+from billsync.observability import metrics
 
 # Set by `billsync serve` when its single process should also run the scheduler and workers.
 RUN_SCHEDULER = "BILLSYNC_RUN_SCHEDULER"
+# Every router of the app, with the prefix it is served under.
+ROUTERS: tuple[tuple[APIRouter, str], ...] = (
+    (accounts.router, "/v1"),
+    (usage.router, "/v1"),
+    (catalog.router, "/v1"),
+    (sync.router, "/v1"),
+    (stripe_webhook.router, "/v1"),
+    (billing.router, "/v1"),
+    (pages.router, ""),
+    (console.router, ""),
+)
 
 
 def customer_reader(billsync: Billsync) -> Callable[[str], str | None]:
@@ -79,16 +93,11 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
         signed_paths=[WEBHOOK_PATH],
         customer_account_of=customer_reader(billsync),
     )
-    app.include_router(accounts.router, prefix="/v1")
-    app.include_router(usage.router, prefix="/v1")
-    app.include_router(catalog.router, prefix="/v1")
-    app.include_router(sync.router, prefix="/v1")
-    app.include_router(stripe_webhook.router, prefix="/v1")
-    app.include_router(billing.router, prefix="/v1")
-    app.include_router(pages.router)
-    app.include_router(console.router)
+    for router, prefix in ROUTERS:
+        app.include_router(router, prefix=prefix)
 
     openapi.install(app, billsync)
+    observability.install(app, metrics.registry_for(billsync), ROUTERS)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

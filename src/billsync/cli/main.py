@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -19,7 +22,9 @@ from rich.table import Table
 from billsync.api.app import RUN_SCHEDULER
 from billsync.catalog_file import load_catalog
 from billsync.cli import (
+    consume_command,
     reconcile_command,
+    retention_command,
     simulate_command,
     support_commands,
     sync_commands,
@@ -37,6 +42,8 @@ from billsync.demo import Demo, DemoOptions, DemoSummary
 from billsync.emulator.app import create_app as create_emulator
 from billsync.emulator.state import API_VERSION, EmulatorConfig
 from billsync.errors import BillsyncError
+from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
+from billsync.observability.metrics import MULTIPROCESS_DIR
 from billsync.services.accounts import NewAccount
 from billsync.services.lines import parse_period
 
@@ -246,6 +253,21 @@ def _serve(
         highlight=False,
         soft_wrap=True,
     )
+    metrics_dir = None
+    if processes > 1 and not os.environ.get(MULTIPROCESS_DIR):
+        # Each API process counts in a file here; a scrape answered by any one sums them.
+        metrics_dir = tempfile.mkdtemp(prefix="billsync-metrics-")
+        os.environ[MULTIPROCESS_DIR] = metrics_dir
+    try:
+        _run_uvicorn(settings, host, port, processes, access_log=access_log)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(
+    settings: Settings, host: str, port: int, processes: int, *, access_log: bool
+) -> None:
     uvicorn.run(
         "billsync.api.app:create_app_from_env",
         factory=True,
@@ -255,7 +277,9 @@ def _serve(
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
         access_log=access_log,
-        log_level="info",
+        log_level=settings.log_level.lower(),
+        # Each API process (uvicorn starts them afresh) logs as this one does, uvicorn included.
+        log_config=uvicorn_log_config(settings.log_level, resolve_format(settings.log_format)),
     )
 
 
@@ -434,10 +458,24 @@ app.command("worker")(sync_commands.worker_command)
 app.command("status")(sync_commands.status_command)
 app.command("reconcile")(reconcile_command.reconcile_command)
 app.command("verify")(verify_command.verify_command)
+app.command("retention")(retention_command.retention_command)
+app.command("consume")(consume_command.consume_command)
 periods_app = typer.Typer(help="Billing period lifecycle.", no_args_is_help=True)
 periods_app.command("advance")(sync_commands.advance_command)
 app.add_typer(periods_app, name="periods")
 
 
 def main() -> None:
+    setup_logging()
     app()
+
+
+def setup_logging() -> None:
+    """Logs as BILLSYNC_LOG_LEVEL and BILLSYNC_LOG_FORMAT say, for every command. Invalid
+    settings are left to the command to report: the defaults hold meanwhile."""
+    try:
+        settings = Settings()
+    except ValidationError:
+        configure_logging("INFO", resolve_format("auto"))
+        return
+    configure_logging(settings.log_level, resolve_format(settings.log_format))

@@ -26,6 +26,7 @@ from billsync.core.sync_plan import (
     RemoveLines,
     UpdateLines,
 )
+from billsync.observability.metrics import serve_metrics
 from billsync.repositories import sync as sync_repository
 from billsync.services.sync_status import sync_status
 from billsync.sync.budget import Lane
@@ -107,12 +108,18 @@ def worker_command() -> None:
     syncing.scheduler.start(
         workers=settings.sync_workers, tick_seconds=settings.scheduler_tick_seconds
     )
+    serve_metrics(billsync, settings.metrics_port)
+    shared = "shared by every process" if syncing.guard.shared else "this process"
+    leases = syncing.scheduler.leases
     console.print(
         f"billsync worker: {settings.sync_workers} worker(s), "
-        f"{settings.stripe_calls_per_second():g} Stripe calls/s, policy {settings.sync_policy}"
+        f"{settings.stripe_calls_per_second():g} Stripe calls/s ({shared}), "
+        f"policy {settings.sync_policy}"
+        + (f", leases as {leases.owner} ({leases.ttl:g} s)" if leases else ""),
+        highlight=False,
     )
     stop.wait()
-    console.print("stopping: finishing syncs in flight")
+    console.print("stopping: finishing syncs in flight, giving the leases back")
     billsync.close()
 
 

@@ -52,6 +52,12 @@ def print_report(report: VerifyReport, currency: str = "usd") -> None:
         f"{report.pending_lines} line(s) waiting for the next sync",
         highlight=False,
     )
+    if report.retained_lines:
+        console.print(
+            f"{report.retained_lines} line(s) of finalized periods whose raw events retention "
+            "removed: their totals stand, not re-added from events",
+            highlight=False,
+        )
     if report.ok:
         console.print("[green]all invariants hold[/]")
     else:

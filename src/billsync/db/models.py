@@ -134,7 +134,14 @@ class Line(Base):
 
 
 class UsageEvent(Base):
-    """A raw usage event, kept for audit and drill-down; idempotent on the producer's id."""
+    """A raw usage event, kept for audit and drill-down until retention removes it.
+
+    On PostgreSQL the table is partitioned by month of ``period_start`` (the period the usage
+    happened in): one billing period's events stay in one partition, and retention drops a
+    whole partition once every event in it belongs to a finalized invoice. PostgreSQL wants the
+    partition key in every unique constraint, so the primary key is (id, period_start) on both
+    stores; :class:`UsageEventId` keeps the id itself unique across partitions.
+    """
 
     __tablename__ = "usage_events"
 
@@ -144,11 +151,34 @@ class UsageEvent(Base):
     quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     dimensions: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
-    period_start: Mapped[date] = mapped_column(Date)  # the period the usage happened in
+    # The period the usage happened in (the partition key on PostgreSQL).
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
     # No foreign key on purpose: the ingest transaction writes the line and its events together,
     # lines are never deleted, and a per-row FK check would cost PostgreSQL a lookup per event.
     line_id: Mapped[int] = mapped_column(BigId, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # Monthly partitions and the DEFAULT one are created by migration 0006 and by
+    # services.event_partitions, never by metadata.create_all.
+    __table_args__ = ({"postgresql_partition_by": "RANGE (period_start)"},)
+
+
+class UsageEventId(Base):
+    """Every event id ever accepted, and the period (partition) its raw event is stored under.
+
+    The one index that makes an id unique globally, whatever month a re-sent event claims
+    (a partitioned table can only enforce uniqueness within a partition), and the memory of ids
+    whose raw events retention removed: they are still answered as duplicates, never counted
+    again. Never deleted.
+    """
+
+    __tablename__ = "usage_event_ids"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date)
+
+    # The primary key is the table (one B-tree, no rowid) on SQLite.
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class SyncIntent(Base):
@@ -201,6 +231,18 @@ class RateBudget(Base):
     full_at: Mapped[float] = mapped_column(Float)
     penalized_until: Mapped[float] = mapped_column(Float)
     granted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class JobLease(Base):
+    """A job only one process may run at a time (the scheduler's lifecycle and periodic jobs),
+    leased like accounts: owner, expiry renewed by a heartbeat, generation as fencing token."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class WebhookEvent(Base):

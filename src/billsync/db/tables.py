@@ -14,11 +14,13 @@ from billsync.db.models import (
     ConsoleSession,
     Cursor,
     InvoiceMirror,
+    JobLease,
     Line,
     Problem,
     RateBudget,
     SyncIntent,
     UsageEvent,
+    UsageEventId,
     User,
     WebhookEvent,
 )
@@ -27,6 +29,7 @@ accounts = cast(Table, Account.__table__)
 billing_periods = cast(Table, BillingPeriod.__table__)
 lines = cast(Table, Line.__table__)
 usage_events = cast(Table, UsageEvent.__table__)
+usage_event_ids = cast(Table, UsageEventId.__table__)
 sync_intents = cast(Table, SyncIntent.__table__)
 account_sync = cast(Table, AccountSync.__table__)
 webhook_events = cast(Table, WebhookEvent.__table__)
@@ -37,3 +40,4 @@ users = cast(Table, User.__table__)
 console_sessions = cast(Table, ConsoleSession.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
 rate_budgets = cast(Table, RateBudget.__table__)
+job_leases = cast(Table, JobLease.__table__)

@@ -17,13 +17,16 @@ A test reads everything written here back through the SQLAlchemy models, on both
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from billsync.core.folding import LineRef
 from billsync.core.periods import PeriodStatus
@@ -94,33 +97,91 @@ def account_terms(
     return found
 
 
-def stored_events(connection: Connection, event_ids: Sequence[str]) -> dict[str, ValidEvent]:
-    """Events already in the ledger among ``event_ids``, as they were accepted."""
+_STORED_COLUMNS = "id, account_id, metric, quantity, occurred_at, dimensions"
+
+
+def stored_events(connection: Connection, event_ids: Sequence[str]) -> dict[str, ValidEvent | None]:
+    """Event ids already accepted among ``event_ids``, each with its event as it was accepted,
+    or None when retention has removed the raw event since (the id is still taken).
+
+    ``usage_event_ids`` is looked up first: a new id (the usual case) costs one index probe and
+    no partition of ``usage_events`` is touched. The raw events of the ids found are then read
+    from their own months' partitions only (the partition key is in the query)."""
     ids = sorted(set(event_ids))
-    columns = "id, account_id, metric, quantity, occurred_at, dimensions"
     cursor = _dbapi(connection).cursor()
-    found: dict[str, ValidEvent] = {}
+    found: dict[str, ValidEvent | None] = {}
     if _is_postgres(connection):
-        cursor.execute(f"SELECT {columns} FROM usage_events WHERE id = ANY(%s)", (ids,))  # noqa: S608
-        for event_id, account, metric, quantity, occurred_at, dimensions in cursor.fetchall():
-            found[event_id] = ValidEvent(
-                event_id, account, metric, quantity, occurred_at.astimezone(UTC), dimensions
+        cursor.execute("SELECT id, period_start FROM usage_event_ids WHERE id = ANY(%s)", (ids,))
+        where = dict(cursor.fetchall())
+        if where:
+            found = dict.fromkeys(where)
+            cursor.execute(
+                f"SELECT {_STORED_COLUMNS}, period_start FROM usage_events "  # noqa: S608
+                "WHERE id = ANY(%s) AND period_start = ANY(%s)",
+                (sorted(where), sorted(set(where.values()))),
             )
+            for event_id, account, metric, quantity, occurred, dimensions, start in cursor:
+                if where[event_id] == start:
+                    found[event_id] = ValidEvent(
+                        event_id, account, metric, quantity, occurred.astimezone(UTC), dimensions
+                    )
     else:
+        columns = ", ".join(f"e.{name}" for name in _STORED_COLUMNS.split(", ")[1:])
         for chunk in _chunks(ids, SQLITE_MAX_VARIABLES):
             marks = ",".join("?" * len(chunk))
-            cursor.execute(f"SELECT {columns} FROM usage_events WHERE id IN ({marks})", chunk)  # noqa: S608
+            cursor.execute(
+                f"SELECT i.id, {columns} FROM usage_event_ids i "  # noqa: S608
+                "LEFT JOIN usage_events e ON e.id = i.id AND e.period_start = i.period_start "
+                f"WHERE i.id IN ({marks})",
+                chunk,
+            )
             for event_id, account, metric, quantity, occurred_at, dimensions in cursor.fetchall():
-                found[event_id] = ValidEvent(
-                    event_id,
-                    account,
-                    metric,
-                    Decimal(quantity),
-                    _parse_sqlite_datetime(occurred_at),
-                    orjson.loads(dimensions),
+                found[event_id] = (
+                    None
+                    if account is None
+                    else ValidEvent(
+                        event_id,
+                        account,
+                        metric,
+                        Decimal(quantity),
+                        _parse_sqlite_datetime(occurred_at),
+                        orjson.loads(dimensions),
+                    )
                 )
     cursor.close()
     return found
+
+
+def claim_event_ids(connection: Connection, claims: Sequence[tuple[str, date]]) -> None:
+    """Record new event ids, with the period their raw events are stored under, in
+    ``usage_event_ids``: the one place an id is unique across every partition.
+
+    PostgreSQL: a batch on another connection — for other accounts, so not queued behind the
+    same account locks — may have claimed one of these ids since our look-up. Its claim wins:
+    the unique index makes us wait for its transaction, then raises ``IntegrityError``, and the
+    caller runs its transaction again, now seeing that id as stored. Ids are claimed in sorted
+    order, so two batches claiming overlapping ids queue on the first shared one instead of
+    deadlocking. (``COPY`` rather than ``INSERT … ON CONFLICT``: the race is rare, and the
+    plain insert is the cheaper one on every batch.) SQLite has a single writer: the look-up
+    was authoritative."""
+    if not claims:
+        return
+    ordered = sorted(claims)
+    cursor = _dbapi(connection).cursor()
+    try:
+        if _is_postgres(connection):
+            with cursor.copy("COPY usage_event_ids (id, period_start) FROM STDIN") as copy:
+                for row in ordered:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(
+                "INSERT INTO usage_event_ids (id, period_start) VALUES (?, ?)",
+                [(event_id, start.isoformat()) for event_id, start in ordered],
+            )
+    except (psycopg.errors.UniqueViolation, sqlite3.IntegrityError) as error:
+        raise IntegrityError("claim usage_event_ids", None, error) from error
+    finally:
+        cursor.close()
 
 
 def period_statuses(

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
 
 from billsync.core.periods import PeriodStatus
 from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
@@ -372,10 +372,12 @@ def sync_row(connection: Connection, account_id: str) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-def accounts_needing_sync(connection: Connection) -> list[str]:
-    """Accounts with a line not in step with Stripe, or a period waiting to be finalized."""
-    dirty = (
-        select(lines.c.account_id)
+def out_of_step(*columns: Any) -> Select[Any]:
+    """``columns`` of the lines not in step with Stripe: their version or amount differs from
+    what Stripe was last seen to hold, in a period billsync still keeps in step."""
+    return (
+        select(*columns)
+        .select_from(lines)
         .join(
             billing_periods,
             and_(
@@ -388,6 +390,11 @@ def accounts_needing_sync(connection: Connection) -> list[str]:
             or_(lines.c.version != lines.c.synced_version, lines.c.amount != lines.c.synced_amount),
         )
     )
+
+
+def accounts_needing_sync(connection: Connection) -> list[str]:
+    """Accounts with a line not in step with Stripe, or a period waiting to be finalized."""
+    dirty = out_of_step(lines.c.account_id)
     finalizing = select(billing_periods.c.account_id).where(
         billing_periods.c.status.in_(SYNCED_STATUSES),
         billing_periods.c.finalize_requested_at.is_not(None),

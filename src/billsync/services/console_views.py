@@ -7,10 +7,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from billsync.core.event_storage import events_retained
 from billsync.core.periods import PeriodStatus
 from billsync.repositories import console, problems, webhooks
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord, get_account
+from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.problems import ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
 
@@ -39,6 +41,8 @@ class PeriodView:
     ledger_total: int
     stripe_total: int
     mirror: dict[str, Any] | None
+    # Retention removed the raw events of this finalized period: the lines are all there is.
+    events_retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,7 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
     open_problems = problems.open_problems(connection, account_id)
     by_line = {p.line_id: p for p in open_problems if p.line_id is not None}
     mirrors = webhooks.mirrors_of(connection, account_id)
+    retained_before = retention_mark(connection).retained_before
     views = []
     for period in recent:
         lines = sync_repository.lines_of(connection, account_id, [period.start])
@@ -88,6 +93,7 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
                 sum(line.amount for line in lines),
                 sum(line.synced_amount or 0 for line in lines),
                 mirror,
+                events_retained(period.status, period.finalized_at, retained_before),
             )
         )
     return AccountView(

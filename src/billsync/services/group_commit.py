@@ -23,6 +23,7 @@ from datetime import datetime
 import psycopg
 
 from billsync.core.usage import Rejection, ValidEvent
+from billsync.observability.instruments import batches_in_transaction
 from billsync.services.ingest import IngestReport
 
 log = logging.getLogger("billsync.ingest")
@@ -103,7 +104,8 @@ class GroupCommitter:
             return
         combined = [outcome for batch in group for outcome in batch.outcomes]
         try:
-            report = self._record(combined, max(batch.now for batch in group))
+            with batches_in_transaction(len(group)):
+                report = self._record(combined, max(batch.now for batch in group))
         except Exception:
             log.warning("ingest.group_commit.retry_alone", extra={"batches": len(group)})
             for batch in group:

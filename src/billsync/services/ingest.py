@@ -2,7 +2,9 @@
 
 One transaction per batch: every accepted event of the batch and every line it changes commit
 together, or nothing does. An event id already in the ledger is a duplicate and is never
-counted again; the same id with a different payload is refused as ``duplicate_conflict``.
+counted again; the same id with a different payload is refused as ``duplicate_conflict``. Ids
+are unique across the whole ledger, whatever account or month an event claims, and stay known
+after retention removed their raw events (``usage_event_ids``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from billsync.core.usage import (
     validate_event,
 )
 from billsync.db.database import Database
+from billsync.observability.instruments import observe_ingest
 from billsync.repositories import ledger, ledger_bulk
 from billsync.services.changes import Changes
+from billsync.services.event_partitions import EventPartitions
 
-# A concurrent batch on another connection may insert the same new event id first; the
-# transaction is then retried and sees it as a duplicate. Bounded, because it cannot recur
-# for the same ids.
+# A concurrent batch on another connection may claim the same new event id first (see
+# ledger_bulk.claim_event_ids); the transaction is then run again and sees it as a duplicate.
+# Bounded, because it cannot recur for the same ids.
 MAX_ATTEMPTS = 3
 
 
@@ -83,6 +87,15 @@ def _conflict(event_id: str, what: str) -> Rejection:
     )
 
 
+def _repeated(event: ValidEvent, previous: ValidEvent | None) -> EventResult:
+    """The answer to an id already accepted: a duplicate when the payload is the same — or
+    can no longer be compared, retention having removed the raw event — else a conflict.
+    Either way it is not counted again."""
+    if previous is None or event.same_payload(previous):
+        return EventResult(event.id, EventStatus.DUPLICATE)
+    return EventResult(event.id, EventStatus.REJECTED, _conflict(event.id, "accepted"))
+
+
 @dataclass(frozen=True, slots=True)
 class _Terms:
     """What ingest needs to know of an account."""
@@ -102,9 +115,11 @@ class IngestService:
         horizon: timedelta,
         default_anchor_day: int,
         changes: Changes | None = None,
+        partitions: EventPartitions | None = None,
     ) -> None:
         self.changes = changes
         self.database = database
+        self.partitions = partitions or EventPartitions(database, horizon=horizon)
         self.catalog = catalog
         self.clock = clock
         self.horizon = horizon
@@ -143,6 +158,11 @@ class IngestService:
                 first_index[outcome.id] = index
                 candidates.append(outcome)
 
+        if candidates and self.partitions.enabled:
+            self.partitions.ensure_for_usage(
+                min(event.timestamp for event in candidates),
+                max(event.timestamp for event in candidates),
+            )
         decided: dict[str, EventResult] = {}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
@@ -174,7 +194,10 @@ class IngestService:
                 results.append(EventResult(outcome.id, EventStatus.DUPLICATE))
         if self.changes is not None and candidates:
             self.changes.accounts_changed({event.account for event in candidates})
-        return IngestReport(results)
+        report = IngestReport(results)
+        # Here, after the commit, so that every way in (HTTP, a file, a stream) is counted once.
+        observe_ingest(report.accepted, report.duplicates, report.rejected)
+        return report
 
     def _store(
         self, connection: Connection, events: list[ValidEvent], now: datetime
@@ -195,15 +218,8 @@ class IngestService:
         fresh: list[tuple[ValidEvent, _Terms, Period]] = []
         periods: dict[tuple[int, date], Period] = {}
         for event in events:
-            previous = stored.get(event.id)
-            if previous is not None:
-                decided[event.id] = (
-                    EventResult(event.id, EventStatus.DUPLICATE)
-                    if event.same_payload(previous)
-                    else EventResult(
-                        event.id, EventStatus.REJECTED, _conflict(event.id, "accepted")
-                    )
-                )
+            if event.id in stored:
+                decided[event.id] = _repeated(event, stored[event.id])
                 continue
             account = accounts.get(event.account)
             if account is None:
@@ -236,6 +252,11 @@ class IngestService:
             decided[event.id] = EventResult(event.id, EventStatus.ACCEPTED)
         if not fresh:
             return decided
+        # The look-up above only saw committed batches: a batch still in flight that claimed
+        # one of these ids first makes this raise, and the transaction runs again.
+        ledger_bulk.claim_event_ids(
+            connection, [(event.id, period.start) for event, _, period in fresh]
+        )
 
         targets = self._targets(connection, fresh, now)
         deltas, refs = fold(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import partial
+from time import time as unix_now
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
@@ -41,11 +42,13 @@ from billsync.core.sync_plan import (
     plan,
 )
 from billsync.db.database import Database
+from billsync.observability.context import sync_run
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
 from billsync.repositories.problems import NewProblem
 from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
 from billsync.services.changes import Changes
+from billsync.sync.leases import AccountBusy, LeaseLost, Leases
 from billsync.sync.port import (
     LineChange,
     NewLine,
@@ -57,6 +60,8 @@ from billsync.sync.port import (
 )
 
 log = logging.getLogger("billsync.sync")
+
+CLOSING_LANE = 1  # sync.budget.Lane.CLOSING: this lane and the more urgent ones wait for a lease
 
 T = TypeVar("T")
 MAX_ROUNDS = 4  # plan → apply → (re-read after an ambiguous failure) → plan again ...
@@ -87,6 +92,7 @@ class SyncOutcome:
     error: str | None = None
     pending_lines: int = 0
     finalized: list[date] = field(default_factory=list)
+    busy: str | None = None  # skipped: this lease holder was syncing the account already
 
     @property
     def ok(self) -> bool:
@@ -148,8 +154,14 @@ class SyncService:
         guard: CallGuard | None = None,
         delete_zero_total: bool = False,
         changes: Changes | None = None,
+        leases: Leases | None = None,
+        lease_wait: float = 10.0,
     ) -> None:
         self.changes = changes
+        self.leases = leases
+        # How long a sync someone waits on (on demand, a closing cycle) waits for the account's
+        # lease held by another worker; background syncs skip a busy account at once.
+        self.lease_wait = lease_wait
         self.database = database
         self.gateway = gateway
         self.catalog = catalog
@@ -227,12 +239,18 @@ class SyncService:
 
     # --- syncing ------------------------------------------------------------------------
 
+    @sync_run  # every log line and Stripe request of the run carries one sync_id
     def sync_account(self, account_id: str, *, lane: int = 3) -> SyncOutcome:
         outcome = SyncOutcome(account_id)
         settled: list[PeriodState] | None = None
         try:
             settled = self._sync(account_id, lane, outcome)
-        except (StripeFailure, PlanError) as failure:
+        except AccountBusy as busy:
+            # Another worker is syncing it now: its run covers these changes, nothing failed.
+            outcome.busy = busy.holder or "another thread"
+            log.info("sync.account.busy", extra={"account": account_id, "holder": outcome.busy})
+            return outcome
+        except (StripeFailure, PlanError, LeaseLost) as failure:
             outcome.error = f"{type(failure).__name__}: {failure}"
             log.warning(
                 "sync.account.failed", extra={"account": account_id, "error": outcome.error}
@@ -276,6 +294,8 @@ class SyncService:
 
     def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
         outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
+        if self.leases is not None:
+            self.leases.check(outcome.account_id)
         self.guard.before_call(lane)
         outcome.calls += 1
         try:
@@ -287,6 +307,27 @@ class SyncService:
         return result
 
     def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
+        """Under the account's lease (sync.leases): one process syncs an account at a time."""
+        if self.leases is None:
+            return self._sync_held(account_id, lane, outcome)
+        wait = self.lease_wait if lane <= CLOSING_LANE else 0.0
+        with self.leases.hold(account_id, wait=wait) as generation:
+            started = unix_now()
+            try:
+                return self._sync_held(account_id, lane, outcome)
+            finally:
+                # The run's span under the lease: operators (and the multi-worker test) can
+                # check that no two runs of one account ever overlap.
+                log.info(
+                    "sync.account.run",
+                    extra={
+                        "account": account_id, "owner": self.leases.owner,
+                        "generation": generation, "lane": lane, "calls": outcome.calls,
+                        "started": round(started, 6), "ended": round(unix_now(), 6),
+                    },
+                )  # fmt: skip
+
+    def _sync_held(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
         """Plan and apply until a fresh read plans nothing; returns that read's states."""
         with self.database.read() as connection:
             pending = repository.pending_intents(connection, account_id)

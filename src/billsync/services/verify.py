@@ -6,7 +6,9 @@ In the ledger (no Stripe call):
 
 - **every accepted event is counted in exactly one line**: each stored event points at a line
   of its own account; each line's quantity is the exact sum of its events' quantities and its
-  event count is their number (support's adjustments, which have no events, excepted);
+  event count is their number (support's adjustments, which have no events, excepted — and
+  lines of periods whose raw events retention removed: their totals are all that is left, and
+  they are counted as ``retained_lines``);
 - **late usage landed where the rule says**: an event lands on a line of its own metric, on its
   own period while that period accepts usage, otherwise on the next period that does, as a line
   labelled ``late_from`` its original period. Statuses only move forward, so an event found on a
@@ -38,15 +40,17 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
+from billsync.core.event_storage import events_retained
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
 from billsync.db.database import Database
 from billsync.repositories import verify as repository
+from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.sync import PeriodRow
 from billsync.repositories.verify import EventRow, LedgerLine
 from billsync.services.sync import CallGuard
@@ -108,6 +112,7 @@ class VerifyReport:
     lines: int = 0
     events: int = 0
     pending_lines: int = 0
+    retained_lines: int = 0  # raw events removed by retention: totals not checked against them
     violations: list[Violation] = field(default_factory=list)
     accepted: list[Violation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -130,6 +135,7 @@ class VerifyReport:
                 "events": self.events,
             },
             "pending_lines": self.pending_lines,
+            "retained_lines": self.retained_lines,
             "violations": [v.to_dict() for v in self.violations],
             "violations_by_kind": self.by_kind(),
             "accepted": [v.to_dict() for v in self.accepted],
@@ -183,7 +189,15 @@ class Verifier:
         report.periods = sum(len(p) for p in periods.values())
         report.lines = len(lines)
         with self.database.read() as connection:
-            self._check_events(repository.events(connection, account_id), lines, periods, report)
+            self._check_events(
+                repository.events(connection, account_id),
+                lines,
+                periods,
+                # Read once the events are: a retention run records its cutoff before it
+                # removes anything, so every removal seen here is covered by what is read.
+                lambda: retention_mark(connection).retained_before,
+                report,
+            )
         if self.gateway is not None:
             by_account: dict[str, list[LedgerLine]] = defaultdict(list)
             for line in lines.values():
@@ -222,6 +236,7 @@ class Verifier:
         events: Iterable[EventRow],
         lines: dict[int, LedgerLine],
         periods: dict[str, dict[date, PeriodRow]],
+        retained_before_now: Callable[[], datetime | None],
         report: VerifyReport,
     ) -> None:
         quantity: dict[int, Decimal] = defaultdict(Decimal)
@@ -268,8 +283,15 @@ class Verifier:
                         event_id=event.id,
                     )
                 )
+        retained_before = retained_before_now()
         for line in lines.values():
             if line.metric == ADJUSTMENT and count[line.id] == 0:
+                continue
+            period = periods.get(line.account_id, {}).get(line.period_start)
+            if period is not None and events_retained(
+                period.status, period.finalized_at, retained_before
+            ):
+                report.retained_lines += 1
                 continue
             if quantity[line.id] != line.quantity:
                 report.violations.append(

@@ -26,12 +26,14 @@ from billsync.repositories import sync as repository
 from billsync.services.lifecycle import AdvanceReport, LifecycleService
 from billsync.services.sync import SyncOutcome, SyncService
 from billsync.sync.budget import CircuitBreaker, Lane, RateBudget, backoff_delay
+from billsync.sync.leases import SCHEDULER_JOB, Leases
 from billsync.sync.port import (
     StripeAmbiguous,
     StripeFailure,
     StripeRateLimited,
     StripeUnavailable,
 )
+from billsync.sync.shared_budget import SharedBudget
 
 log = logging.getLogger("billsync.scheduler")
 
@@ -39,9 +41,12 @@ log = logging.getLogger("billsync.scheduler")
 class StripeGuard:
     """Budget and breaker around every Stripe call (the sync service's ``CallGuard``)."""
 
-    def __init__(self, budget: RateBudget, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, budget: RateBudget, breaker: CircuitBreaker, shared: SharedBudget | None = None
+    ) -> None:
         self.budget = budget
         self.breaker = breaker
+        self.shared = shared  # the budget of every process, when several share one Stripe key
         self._rate_limited_in_a_row = 0
         self._random = random.Random()
         self._lock = threading.Lock()
@@ -54,6 +59,8 @@ class StripeGuard:
                 code="circuit_open",
             )
         self.budget.acquire(Lane(lane))
+        if self.shared is not None:
+            self.shared.acquire(Lane(lane))
 
     def after_call(self, failure: StripeFailure | None) -> None:
         # Every call let through is answered to the breaker: Stripe answering at all (even a
@@ -67,7 +74,10 @@ class StripeGuard:
             with self._lock:
                 self._rate_limited_in_a_row += 1
                 attempt = self._rate_limited_in_a_row
-            self.budget.penalize(max(0.05, backoff_delay(attempt, rng=self._random)))
+            penalty = max(0.05, backoff_delay(attempt, rng=self._random))
+            self.budget.penalize(penalty)
+            if self.shared is not None:
+                self.shared.penalize(penalty)
         elif failure is None:
             with self._lock:
                 self._rate_limited_in_a_row = 0
@@ -102,8 +112,14 @@ class Scheduler:
         lifecycle: LifecycleService,
         clock: Clock,
         policy: SyncPolicy,
+        *,
+        leases: Leases | None = None,
     ) -> None:
         self.database = database
+        self.leases = leases
+        # How many claimed accounts a process keeps queued: enough to keep its threads busy,
+        # few enough that other workers get their share of a backlog.
+        self.claim_limit = 1000
         self.sync = sync
         self.lifecycle = lifecycle
         self.clock = clock
@@ -156,7 +172,33 @@ class Scheduler:
         return found
 
     def tick(self) -> AdvanceReport:
-        """Periodic jobs, lifecycle transitions (they sync what they close), then due accounts."""
+        """Periodic jobs, lifecycle transitions (they sync what they close), then due accounts.
+
+        With several workers, one of them leads (it holds the scheduler's job lease) and runs
+        the periodic jobs and the lifecycle; every worker claims its share of the due accounts.
+        """
+        report = AdvanceReport()
+        if self.leases is None or self.leases.lead(SCHEDULER_JOB):
+            self._run_periodic()
+            report = self.lifecycle.advance()
+        due = self.due_accounts()
+        if self.leases is None:
+            for account_id, lane in due:
+                self.enqueue(account_id, lane)
+        else:
+            with self._lock:
+                busy = set(self._queued) | self._running
+            lanes = dict(due)
+            claimed = self.leases.claim(
+                [account_id for account_id, _ in due if account_id not in busy],
+                limit=self.claim_limit - len(busy),
+            )
+            for account_id in claimed:
+                self.enqueue(account_id, lanes[account_id])
+        self.last_tick = report
+        return report
+
+    def _run_periodic(self) -> None:
         now = self.clock.now()
         for periodic in self._periodic:
             if periodic.last_run is None or now - periodic.last_run >= periodic.interval:
@@ -165,11 +207,6 @@ class Scheduler:
                     periodic.job()
                 except Exception:  # one job's failure must not stop the others
                     log.exception("scheduler.periodic.failed", extra={"job": periodic.name})
-        report = self.lifecycle.advance()
-        for account_id, lane in self.due_accounts():
-            self.enqueue(account_id, lane)
-        self.last_tick = report
-        return report
 
     # --- the queue -------------------------------------------------------------------------
 
@@ -274,6 +311,9 @@ class Scheduler:
 
     def start(self, *, workers: int, tick_seconds: float) -> None:
         self._stop.clear()
+        self.claim_limit = max(8, 4 * workers)
+        if self.leases is not None:
+            self.leases.start()  # the heartbeat: renews what this process holds
         for index in range(workers):
             thread = threading.Thread(target=self._work, name=f"billsync-sync-{index}", daemon=True)
             thread.start()
@@ -304,3 +344,5 @@ class Scheduler:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        if self.leases is not None:
+            self.leases.stop()  # gives back the leases of accounts claimed but not started

@@ -1,4 +1,4 @@
-"""sync leases and shared budget
+"""sync leases, job leases and shared budget
 
 Revision ID: 0005
 Revises: 0004
@@ -34,9 +34,18 @@ def upgrade() -> None:
         sa.Column("granted", sa.BigInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_rate_budgets")),
     )
+    op.create_table(
+        "job_leases",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=True),
+        sa.Column("expires_at", UTC_DATETIME, nullable=True),
+        sa.Column("generation", sa.BigInteger(), server_default="0", nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_job_leases")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("job_leases")
     op.drop_table("rate_budgets")
     with op.batch_alter_table("account_sync", schema=None) as batch_op:
         batch_op.drop_column("lease_generation")

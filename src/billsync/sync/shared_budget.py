@@ -1,0 +1,144 @@
+"""One Stripe rate budget for every process: the local budget's GCRA, kept in the database.
+
+Stripe limits requests per account, whatever number of workers send them
+(reference/stripe-facts.md, "Rate limits"). Each process keeps its own
+:class:`~billsync.sync.budget.RateBudget` (it orders the process's threads by lane), and before
+a call also reserves a slot in the shared row: one ``UPDATE … RETURNING`` pushes the row's
+``full_at`` one interval later and tells the caller when its slot starts. Over any window of
+``w`` seconds all processes together get at most ``burst + rate * w`` slots, exactly the local
+guarantee. A 429 pushes the row's clock for everyone.
+
+Lanes across processes: a reservation is first come, first served, so a background lane only
+reserves a slot that starts within a short horizon (:data:`HORIZON`); while the reservations
+run further ahead it waits and asks again. The queue of reservations never grows long behind
+background work, and a person waiting is at most that horizon away from a slot.
+
+A late sleeper does not spend its slot: a process that wakes more than a quarter interval after
+its slot began (a pause, a busy CPU) reserves again instead of calling, because its late call
+would land right next to the following slot's, and a one-second window would see one call too
+many.
+
+On PostgreSQL the time is the database server's, so hosts' clock skew does not matter.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from billsync.db.database import Database
+from billsync.repositories import budget as repository
+from billsync.sync.budget import Lane
+
+HORIZON: dict[Lane, float] = {
+    Lane.ON_DEMAND: 30.0,
+    Lane.CLOSING: 2.0,
+    Lane.THRESHOLD: 0.5,
+    Lane.INTERVAL: 0.5,
+}
+"""How far ahead of now a lane may reserve a slot, seconds."""
+
+
+class SharedBudget:
+    """Calls/s for all processes sharing ``database``; ``rate`` and ``burst`` as in
+    :class:`~billsync.sync.budget.RateBudget` (every process must be configured alike).
+
+    ``clock`` gives Unix seconds; leave it None on PostgreSQL to use the server's clock (on
+    SQLite the host's ``time.time`` is used). ``sleep`` is injectable for tests."""
+
+    def __init__(
+        self,
+        database: Database,
+        rate: float,
+        *,
+        burst: float = 1.0,
+        name: str = "stripe",
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number of calls per second, not {rate!r}")
+        if not (burst >= 1 and math.isfinite(burst)):
+            raise ValueError(f"burst must be at least 1 (one whole call), not {burst!r}")
+        self.database = database
+        self.name = name
+        self.rate = float(rate)
+        self.interval = 1.0 / self.rate
+        self.tolerance = (float(burst) - 1.0) * self.interval
+        if clock is None and database.is_sqlite:
+            clock = time.time
+        self._clock = clock
+        self._sleep = sleep
+        # How late a sleeper woke: on the monotonic clock, or on an injected test clock.
+        injected = clock is not None and clock is not time.time
+        self._monotonic = monotonic or (clock if injected and clock else time.monotonic)
+        self._lock = threading.Lock()
+        self._ready = False
+        self.reserved = 0
+        self.deferred = 0
+        self.late = 0
+
+    def _now(self) -> float | None:
+        return None if self._clock is None else self._clock()
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self.database.transaction() as connection:
+            repository.ensure(connection, self.name)
+        self._ready = True
+
+    def acquire(self, lane: Lane) -> None:
+        """Wait until this process may make one call on ``lane``."""
+        self._ensure()
+        horizon = HORIZON[lane]
+        while True:
+            with self.database.transaction() as connection:
+                reserved, wait = repository.reserve(
+                    connection,
+                    self.name,
+                    interval=self.interval,
+                    tolerance=self.tolerance,
+                    horizon=horizon,
+                    now=self._now(),
+                )
+            answered = self._monotonic()
+            with self._lock:
+                if reserved:
+                    self.reserved += 1
+                else:
+                    self.deferred += 1
+            if not reserved:
+                # Not within the horizon yet: ask again once it would be (never busy-loop).
+                self._sleep(max(wait, self.interval))
+                continue
+            if wait > 0:
+                self._sleep(wait)
+            if self._monotonic() - (answered + wait) <= self.interval / 4:
+                return
+            with self._lock:
+                self.late += 1  # woke too late: the slot is gone unused, take another
+
+    def penalize(self, seconds: float) -> None:
+        """Stripe answered 429: no process gets a slot for ``seconds``."""
+        if not seconds >= 0:
+            raise ValueError(f"a penalty is a non-negative number of seconds, not {seconds!r}")
+        self._ensure()
+        with self.database.transaction() as connection:
+            repository.penalize(connection, self.name, seconds, self.tolerance, self._now())
+
+    def snapshot(self) -> dict[str, float]:
+        self._ensure()
+        with self.database.read() as connection:
+            found = repository.state(connection, self.name, self._now())
+        with self._lock:
+            found.update(
+                reserved_here=float(self.reserved),
+                deferred_here=float(self.deferred),
+                late_here=float(self.late),
+            )
+        found["rate"] = self.rate
+        return found

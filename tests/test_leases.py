@@ -1,0 +1,232 @@
+"""Account and job leases on both stores: exclusive, expiring, renewed, given back."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from billsync.bootstrap import Billsync
+from billsync.db.database import Database
+from billsync.repositories import leases as repository
+from billsync.sync.leases import SCHEDULER_JOB, AccountBusy, LeaseLost, Leases
+from tests.factories import create_account
+
+
+class Wall:
+    """The database-side time of leases, moved by hand; its monotonic twin moves with it."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+        self.seconds = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.seconds += seconds
+
+    def wall(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+
+@pytest.fixture
+def accounts(billsync: Billsync) -> list[str]:
+    ids = [f"acct-{n}" for n in range(6)]
+    for account_id in ids:
+        create_account(billsync, account_id)
+    return ids
+
+
+@pytest.fixture
+def time() -> Wall:
+    return Wall()
+
+
+def worker(database: Database, time: Wall, name: str, ttl: float = 30.0) -> Leases:
+    return Leases(
+        database, ttl=ttl, owner=name, wall=time.wall, monotonic=time.monotonic,
+        sleep=time.advance,
+    )  # fmt: skip
+
+
+def holders(database: Database, ids: list[str]) -> dict[str, str | None]:
+    with database.read() as connection:
+        return {a: repository.lease_holder(connection, a)[0] for a in ids}
+
+
+def test_claims_split_due_accounts_between_workers(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a, b = worker(database, time, "a"), worker(database, time, "b")
+    first = a.claim(accounts, limit=4)
+    second = b.claim(accounts, limit=4)
+    assert len(first) == 4
+    assert sorted(second) == sorted(set(accounts) - set(first))
+    assert set(first).isdisjoint(second)
+    assert b.claim(accounts, limit=10) == []  # nothing left to take
+    owners = holders(database, accounts)
+    assert {owners[x] for x in first} == {"a"}
+    assert {owners[x] for x in second} == {"b"}
+
+
+def test_a_held_account_is_busy_for_others_until_released(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a, b = worker(database, time, "a"), worker(database, time, "b")
+    with a.hold(accounts[0]):
+        with pytest.raises(AccountBusy) as busy, b.hold(accounts[0]):
+            pass
+        assert busy.value.holder == "a"
+    with b.hold(accounts[0]) as generation:
+        assert holders(database, accounts[:1]) == {accounts[0]: "b"}
+        assert generation == 2  # a took it once, b once
+    assert holders(database, accounts[:1]) == {accounts[0]: None}
+
+
+def test_waiting_for_a_lease_gives_up_after_the_wait(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a, b = worker(database, time, "a"), worker(database, time, "b")
+    with a.hold(accounts[0]):
+        started = time.seconds
+        with pytest.raises(AccountBusy), b.hold(accounts[0], wait=3.0):
+            pass
+        assert 3.0 <= time.seconds - started < 4.1  # it slept (the fake clock) and retried
+
+
+def test_a_dead_workers_lease_expires_and_is_taken_over(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    dead, alive = worker(database, time, "dead"), worker(database, time, "alive")
+    assert dead.claim(accounts[:2], limit=2) == sorted(accounts[:2])
+    assert alive.claim(accounts[:2], limit=2) == []
+    time.advance(29)
+    assert alive.claim(accounts[:2], limit=2) == []  # not expired yet
+    time.advance(2)
+    assert alive.claim(accounts[:2], limit=2) == sorted(accounts[:2])
+    # The stalled worker wakes up: renewal tells it the leases are gone.
+    assert dead.renew() == set(accounts[:2])
+    assert dead.claimed() == []
+
+
+def test_the_holder_stops_before_calling_stripe_once_it_cannot_trust_the_lease(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a = worker(database, time, "a", ttl=30)
+    with a.hold(accounts[0]):
+        time.advance(5)
+        a.check(accounts[0])  # fresh: fine, no renewal needed
+        time.advance(10)
+        a.check(accounts[0])  # a third passed: renewed inline
+        with database.read() as connection:
+            _, expires = repository.lease_holder(connection, accounts[0])
+        assert expires == time.now + timedelta(seconds=30)
+        # Another process took it over (say, after the database was away for a while).
+        with database.transaction() as connection:
+            repository.release_accounts(connection, [accounts[0]], "a")
+        other = worker(database, time, "b")
+        assert other.claim(accounts[:1], limit=1) == accounts[:1]
+        time.advance(11)
+        with pytest.raises(LeaseLost):
+            a.check(accounts[0])
+
+
+def test_a_lease_not_renewed_in_time_is_not_trusted_even_without_the_database(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a = worker(database, time, "a", ttl=30)
+    with a.hold(accounts[0]):
+        original = a.renew
+
+        def database_away(account_ids: object = None) -> set[str]:
+            raise ConnectionError("database unreachable")
+
+        a.renew = database_away  # type: ignore[method-assign]
+        time.advance(15)
+        a.check(accounts[0])  # renewal failed, but the lease it had still has 15 s
+        time.advance(16)
+        with pytest.raises(LeaseLost):
+            a.check(accounts[0])
+        a.renew = original  # type: ignore[method-assign]
+
+
+def test_two_threads_of_one_process_never_sync_one_account_at_once(
+    database: Database, accounts: list[str]
+) -> None:
+    leases = Leases(database, ttl=30, owner="p")
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def run() -> None:
+        nonlocal inside, most
+        for _ in range(5):
+            try:
+                with leases.hold(accounts[0], wait=10):
+                    with lock:
+                        inside += 1
+                        most = max(most, inside)
+                    with lock:
+                        inside -= 1
+            except AccountBusy:
+                pytest.fail("a thread gave up although the lease was free within the wait")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 1
+
+
+def test_one_leader_runs_the_singleton_jobs_and_hands_over_on_stop(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a, b = worker(database, time, "a"), worker(database, time, "b")
+    assert a.lead(SCHEDULER_JOB)
+    assert not b.lead(SCHEDULER_JOB)
+    assert a.lead(SCHEDULER_JOB)  # renewal
+    a.claim(accounts, limit=3)
+    a.stop()  # graceful: every lease back
+    assert set(holders(database, accounts).values()) == {None}
+    assert b.lead(SCHEDULER_JOB)
+    time.advance(31)
+    assert not b.leading(SCHEDULER_JOB)  # not renewed within the lease: not trusted
+
+
+def test_a_crashed_leader_is_replaced_after_the_lease(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a, b = worker(database, time, "a"), worker(database, time, "b")
+    assert a.lead()
+    time.advance(29)
+    assert not b.lead()
+    time.advance(2)
+    assert b.lead()
+    assert not a.lead()
+
+
+def test_leases_of_a_crashed_process_on_this_host_are_taken_at_once(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead = f"{socket.gethostname()}:{int(finished.stdout)}:0dead0"
+    alive = f"{socket.gethostname()}:{os.getppid()}:0a11e0"  # a live process, not billsync's
+    elsewhere = f"another-host:{int(finished.stdout)}:0ther0"
+    for name, account in ((dead, accounts[0]), (alive, accounts[1]), (elsewhere, accounts[2])):
+        assert worker(database, time, name).claim([account], limit=1) == [account]
+    restarted = Leases(database, ttl=30, wall=time.wall, monotonic=time.monotonic)
+    assert restarted.claim(accounts[:3], limit=3) == [accounts[0]]  # no waiting out the lease
+    with restarted.hold(accounts[0]) as generation:
+        assert generation == 2
+    with pytest.raises(AccountBusy), restarted.hold(accounts[1]):
+        pass
+    assert holders(database, accounts[1:3]) == {accounts[1]: alive, accounts[2]: elsewhere}
