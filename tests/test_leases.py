@@ -160,30 +160,74 @@ def test_a_lease_not_renewed_in_time_is_not_trusted_even_without_the_database(
 def test_two_threads_of_one_process_never_sync_one_account_at_once(
     database: Database, accounts: list[str]
 ) -> None:
+    """Both threads share the process's owner name, so the database lease alone would let both
+    in: the per-account lock must keep them apart."""
     leases = Leases(database, ttl=30, owner="p")
     inside = 0
     most = 0
     lock = threading.Lock()
+    errors: list[BaseException] = []
 
     def run() -> None:
         nonlocal inside, most
-        for _ in range(5):
-            try:
+        try:
+            for _ in range(3):
                 with leases.hold(accounts[0], wait=10):
                     with lock:
                         inside += 1
                         most = max(most, inside)
+                    threading.Event().wait(0.02)  # a sync takes time: others must wait it out
                     with lock:
                         inside -= 1
-            except AccountBusy:
-                pytest.fail("a thread gave up although the lease was free within the wait")
+        except BaseException as error:
+            errors.append(error)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    leases.stop()
+    assert errors == []
     assert most == 1
+
+
+def test_a_lease_is_reentrant_for_its_thread_only(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    """A repair holds the account and re-syncs it in the same thread: no deadlock."""
+    a = worker(database, time, "a")
+    with a.hold(accounts[0]) as outer, a.hold(accounts[0]) as inner:
+        assert inner == outer
+    assert holders(database, accounts[:1]) == {accounts[0]: None}
+    a.stop()
+
+
+def test_shutdown_keeps_the_lease_a_sync_still_runs_under(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    a, b = worker(database, time, "a"), worker(database, time, "b")
+    assert a.claim(accounts[1:3], limit=2) == accounts[1:3]
+    with a.hold(accounts[0]):
+        a.stop()  # graceful stop while a sync is in flight (it outlived the join)
+        assert b.claim(accounts[:3], limit=3) == accounts[1:3]  # the queued ones came back
+        a.check(accounts[0])  # the running one is still ours
+        assert holders(database, accounts[:1]) == {accounts[0]: "a"}
+    assert holders(database, accounts[:1]) == {accounts[0]: None}
+
+
+def test_a_claim_not_started_within_a_lease_time_is_given_back(
+    database: Database, accounts: list[str], time: Wall
+) -> None:
+    busy = worker(database, time, "busy")
+    assert busy.claim(accounts[:2], limit=2) == accounts[:2]
+    time.advance(20)
+    busy.heartbeat()  # renewed: still fresh
+    assert worker(database, time, "idle").claim(accounts[:2], limit=2) == []
+    time.advance(11)
+    busy.heartbeat()  # claimed 31 s ago and never started: released for an idle worker
+    assert busy.claimed() == []
+    assert worker(database, time, "idle").claim(accounts[:2], limit=2) == accounts[:2]
 
 
 def test_one_leader_runs_the_singleton_jobs_and_hands_over_on_stop(
@@ -218,15 +262,23 @@ def test_leases_of_a_crashed_process_on_this_host_are_taken_at_once(
 ) -> None:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)  # fmt: skip
-    dead = f"{socket.gethostname()}:{int(finished.stdout)}:0dead0"
-    alive = f"{socket.gethostname()}:{os.getppid()}:0a11e0"  # a live process, not billsync's
-    elsewhere = f"another-host:{int(finished.stdout)}:0ther0"
-    for name, account in ((dead, accounts[0]), (alive, accounts[1]), (elsewhere, accounts[2])):
+    host, dead_pid = socket.gethostname(), int(finished.stdout)
+    namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    dead = f"{host}:{dead_pid}:{namespace}:0dead0"
+    alive = f"{host}:{os.getppid()}:{namespace}:0a11e0"  # a live process, not billsync's
+    elsewhere = f"another-host:{dead_pid}:{namespace}:0ther0"
+    # Another container with the same host name: its pids mean nothing here.
+    other_namespace = f"{host}:{os.getpid()}:1:0c0n70"
+    owners = (dead, alive, elsewhere, other_namespace)
+    for name, account in zip(owners, accounts, strict=False):
         assert worker(database, time, name).claim([account], limit=1) == [account]
     restarted = Leases(database, ttl=30, wall=time.wall, monotonic=time.monotonic)
-    assert restarted.claim(accounts[:3], limit=3) == [accounts[0]]  # no waiting out the lease
+    assert restarted.claim(accounts[:4], limit=4) == [accounts[0]]  # no waiting out the lease
     with restarted.hold(accounts[0]) as generation:
         assert generation == 2
     with pytest.raises(AccountBusy), restarted.hold(accounts[1]):
         pass
-    assert holders(database, accounts[1:3]) == {accounts[1]: alive, accounts[2]: elsewhere}
+    assert holders(database, accounts[1:4]) == {
+        accounts[1]: alive, accounts[2]: elsewhere, accounts[3]: other_namespace,
+    }  # fmt: skip
+    restarted.stop()

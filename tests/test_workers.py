@@ -3,8 +3,10 @@
 Real processes, real leases, a real kill -9: the accounts are split between the workers, no
 account is ever synced by two of them at once (each run's span under its lease is logged, and
 the spans of one account never overlap), a killed worker's accounts are picked up by the
-others once its leases expire, nothing is lost (``billsync verify`` finds Stripe equal to the
-ledger), and all workers together stay within one Stripe budget, measured at the emulator.
+others (at once here: the dead process was on this host and its pid is gone; a lease left by
+another host is waited out, tests/test_leases.py), nothing is lost (``billsync verify`` finds
+Stripe equal to the ledger), and all workers together stay within one Stripe budget, measured
+at the emulator.
 """
 
 from __future__ import annotations
@@ -226,10 +228,16 @@ def test_workers_together_stay_within_one_stripe_budget(
     stats = running_emulator.control("GET", "stats?per_second=1")
     seconds = {int(k): v for k, v in stats["per_second"].items()}
     assert stats["rate_limited"] == 0
-    assert max(seconds.values()) <= budget, seconds
-    # It reaches the budget: the full seconds in the middle of the run use nearly all of it.
+    # Never above the budget: over the full seconds from the first call to the last, and in
+    # any single second (GCRA's bound for a one-second window is budget + 1: calls at exactly
+    # t and t + 1 s; a millisecond of network jitter can put both in one second at the
+    # emulator, never more).
     middle = sorted(seconds)[1:-1]
     assert middle, seconds
-    assert sum(seconds[s] for s in middle) / len(middle) >= 0.75 * budget, seconds
+    mean = sum(seconds[s] for s in middle) / len(middle)
+    assert mean <= budget, seconds
+    assert max(seconds.values()) <= budget + 1, seconds
+    # And it reaches the budget: the full seconds use nearly all of it.
+    assert mean >= 0.75 * budget, seconds
     by_worker = {run["worker"] for run in workers.runs()}
     assert len(by_worker) == 3  # all three were calling Stripe, sharing the one budget

@@ -70,6 +70,7 @@ from billsync.repositories.problems import NewProblem, ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
 from billsync.services.sync import SyncOutcome, SyncService
 from billsync.sync.budget import Lane
+from billsync.sync.leases import AccountBusy
 from billsync.sync.port import (
     LineChange,
     NewLine,
@@ -764,6 +765,7 @@ class Reconciler:
         service = SyncService(
             sync.database, _RepairKeys(self.gateway, uuid.uuid4().hex[:16]), sync.catalog,
             sync.clock, guard=sync.guard, delete_zero_total=sync.delete_zero_total,
+            leases=sync.leases, lease_wait=sync.lease_wait,
         )  # fmt: skip
         return service.sync_account(account_id, lane=lane)
 
@@ -782,7 +784,18 @@ class Reconciler:
                 raise
 
     def _repair(self, account_id: str, items: Sequence[DriftItem], lane: int) -> str | None:
-        """Make Stripe show the ledger for billsync's own lines. Returns an error, if any."""
+        """Make Stripe show the ledger for billsync's own lines, under the account's lease (no
+        worker syncs it meanwhile). Returns an error, if any."""
+        leases = self.sync.leases
+        if leases is None:
+            return self._repair_held(account_id, items, lane)
+        try:
+            with leases.hold(account_id, wait=self.sync.lease_wait):
+                return self._repair_held(account_id, items, lane)
+        except AccountBusy as busy:
+            return f"not repaired now: {busy}; try again once that sync is done"
+
+    def _repair_held(self, account_id: str, items: Sequence[DriftItem], lane: int) -> str | None:
         try:
             copies: dict[str, list[str]] = {}
             for item in items:

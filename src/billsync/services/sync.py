@@ -294,9 +294,11 @@ class SyncService:
 
     def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
         outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
-        if self.leases is not None:
-            self.leases.check(outcome.account_id)
         self.guard.before_call(lane)
+        if self.leases is not None:
+            # After the budget's wait, which can be long: the call goes out under a lease
+            # renewed just now (or not at all).
+            self.leases.check(outcome.account_id)
         outcome.calls += 1
         try:
             result = call()
@@ -310,6 +312,9 @@ class SyncService:
         """Under the account's lease (sync.leases): one process syncs an account at a time."""
         if self.leases is None:
             return self._sync_held(account_id, lane, outcome)
+        with self.database.read() as connection:
+            if repository.get_account(connection, account_id) is None:
+                raise PlanError(f"account {account_id} does not exist")
         wait = self.lease_wait if lane <= CLOSING_LANE else 0.0
         with self.leases.hold(account_id, wait=wait) as generation:
             started = unix_now()

@@ -61,23 +61,38 @@ class LeaseLost(Exception):
     """The process's lease on an account ran out or was taken over: stop calling Stripe."""
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's pid namespace: two containers may share a host name and
+    both run as pid 1, but never a pid namespace. "0" where it cannot be read."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+_OWNERS_HERE: set[str] = set()  # every owner name this process has made
+
+
 def default_owner() -> str:
-    """host:pid:random — unique per process, readable in ``billsync status`` and logs."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """host:pid:pid-namespace:random — unique per process, readable in logs and metrics."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace()}:{secrets.token_hex(3)}"
     _OWNERS_HERE.add(owner)
     return owner
 
 
 def is_dead_here(owner: str) -> bool:
-    """True only when ``owner`` is a process of this host that no longer exists: its leases can
-    be taken at once instead of after their expiry (a worker restarted after a crash). Any doubt
-    (another host, a pid in use, even by an unrelated process) answers False: wait the lease."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """True only when ``owner`` was a process of this host and pid namespace that no longer
+    exists: its leases can be taken at once instead of after their expiry (a worker restarted
+    after a crash). Any doubt — another host or namespace, an unreadable namespace, a pid in
+    use (even by an unrelated process) — answers False: the lease is waited out."""
+    parts = owner.split(":")
+    if len(parts) != 4 or not parts[1].isdigit():
+        return False
+    host, pid_text, namespace, _ = parts
+    if host != socket.gethostname() or namespace == "0" or namespace != _pid_namespace():
         return False
     pid = int(pid_text)
-    if pid == os.getpid():  # ours, or an earlier process that had our pid (a restart as pid 1)
+    if pid == os.getpid():  # ours, or an earlier process of this namespace that had our pid
         return owner not in _OWNERS_HERE
     try:
         os.kill(pid, 0)
@@ -88,9 +103,6 @@ def is_dead_here(owner: str) -> bool:
     return False
 
 
-_OWNERS_HERE: set[str] = set()  # every owner name this process has made
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -99,6 +111,7 @@ def _utcnow() -> datetime:
 class _Lease:
     generation: int
     renewed_at: float  # monotonic time of the last successful take or renewal
+    claimed_at: float = 0.0  # monotonic time it was claimed (a claim not started in time lapses)
     held: bool = False  # a sync runs under it now (claimed leases wait in the queue)
     lost: bool = False
 
@@ -129,6 +142,7 @@ class Leases:
         self._lock = threading.Lock()
         self._leases: dict[str, _Lease] = {}
         self._local: dict[str, threading.Lock] = {}
+        self._holding: dict[str, int] = {}  # account → the thread syncing it under its lease
         self._jobs: dict[str, float] = {}  # job → monotonic time of the last renewal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,7 +171,8 @@ class Leases:
                 got.update(self._take_over(connection, wanted, now, expires, room))
         with self._lock:
             for account_id, generation in got.items():
-                self._leases[account_id] = _Lease(generation, started)
+                # A request thread may have taken it meanwhile (same owner): keep its entry.
+                self._leases.setdefault(account_id, _Lease(generation, started, started))
         return sorted(got)
 
     def _take_over(
@@ -200,16 +215,30 @@ class Leases:
     def hold(self, account_id: str, *, wait: float = 0.0) -> Iterator[int]:
         """Sync ``account_id`` under its lease (yields the generation); raises
         :class:`AccountBusy` if it stays held elsewhere for ``wait`` seconds."""
-        deadline = self._monotonic() + wait
+        me = threading.get_ident()
         with self._lock:
-            local = self._local.setdefault(account_id, threading.Lock())
+            if self._holding.get(account_id) == me:  # re-entered (a repair that re-syncs)
+                lease = self._leases.get(account_id)
+                nested = lease.generation if lease is not None else None
+            else:
+                nested = None
+                local = self._local.setdefault(account_id, threading.Lock())
+        if nested is not None:
+            yield nested
+            return
+        self.start()  # any process holding a lease keeps it alive (API replicas included)
+        deadline = self._monotonic() + wait
         if not local.acquire(timeout=max(0.0, wait)):
             raise AccountBusy(account_id, None)
         try:
             generation = self._take(account_id, deadline)
+            with self._lock:
+                self._holding[account_id] = me
             try:
                 yield generation
             finally:
+                with self._lock:
+                    self._holding.pop(account_id, None)
                 self.release([account_id])
         finally:
             local.release()
@@ -249,11 +278,13 @@ class Leases:
                 repository.release_accounts(connection, mine, self.owner)
 
     def release_all(self) -> None:
-        """Graceful shutdown: give back every lease (claimed, not started) and job lease."""
+        """Graceful shutdown: give back the leases claimed but not started, and the job leases.
+        A lease a sync still runs under stays until that sync ends (its hold gives it back)."""
         with self._lock:
-            accounts = list(self._leases)
+            accounts = [a for a, lease in self._leases.items() if not lease.held]
+            for account_id in accounts:
+                del self._leases[account_id]
             jobs = list(self._jobs)
-            self._leases.clear()
             self._jobs.clear()
         with self.database.transaction() as connection:
             repository.release_accounts(connection, accounts, self.owner)
@@ -265,7 +296,10 @@ class Leases:
         can no longer trust its lease; renews it inline when a third of it has passed."""
         with self._lock:
             lease = self._leases.get(account_id)
+            holding = account_id in self._holding
         if lease is None:
+            if holding:  # the entry went while a sync still runs under it
+                raise LeaseLost(f"the lease on account {account_id} is no longer held")
             return  # not syncing under a lease (a tool outside the scheduler's paths)
         now = self._monotonic()
         if not lease.lost and now - lease.renewed_at > self.ttl / 3:
@@ -329,7 +363,16 @@ class Leases:
         return renewed is not None and self._monotonic() - renewed < self.ttl
 
     def heartbeat(self) -> None:
-        """One round of renewals: accounts and jobs held by this process."""
+        """One round of renewals: accounts and jobs held by this process. A claim that has
+        waited a whole lease time without its sync starting (every thread busy) is given back,
+        so an idle worker can take it."""
+        now = self._monotonic()
+        with self._lock:
+            lapsed = [
+                a for a, lease in self._leases.items()
+                if not lease.held and now - lease.claimed_at > self.ttl
+            ]  # fmt: skip
+        self.release(lapsed)
         self.renew()
         with self._lock:
             jobs = list(self._jobs)

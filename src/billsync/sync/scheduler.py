@@ -180,7 +180,10 @@ class Scheduler:
         report = AdvanceReport()
         if self.leases is None or self.leases.lead(SCHEDULER_JOB):
             self._run_periodic()
-            report = self.lifecycle.advance()
+            if self._leading():  # a long periodic job may have outlived the lease
+                report = self.lifecycle.advance()
+        if self._stop.is_set():
+            return report  # stopping: claim nothing more
         due = self.due_accounts()
         if self.leases is None:
             for account_id, lane in due:
@@ -198,9 +201,15 @@ class Scheduler:
         self.last_tick = report
         return report
 
+    def _leading(self) -> bool:
+        """Still the one process running the singleton jobs (always, without leases)."""
+        return self.leases is None or self.leases.leading(SCHEDULER_JOB)
+
     def _run_periodic(self) -> None:
         now = self.clock.now()
         for periodic in self._periodic:
+            if not self._leading():
+                return  # the lease ran out during an earlier job: another process leads now
             if periodic.last_run is None or now - periodic.last_run >= periodic.interval:
                 periodic.last_run = now
                 try:
