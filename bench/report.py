@@ -17,7 +17,10 @@ from bench.common import RESULTS
 ROOT = Path(__file__).parent.parent
 REPORT = ROOT / "BENCHMARKS.md"
 CHART = ROOT / "docs" / "stripe-calls.svg"
-ORDER = ("ingest", "api_calls", "sync_throughput", "freshness", "webhooks", "billing", "emulator")
+ORDER = (
+    "ingest", "jetstream_ingest", "api_calls", "sync_throughput", "workers", "freshness",
+    "webhooks", "billing", "emulator",
+)  # fmt: skip
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -175,8 +178,53 @@ def sync_throughput_section(data: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+def workers_section(data: dict[str, Any]) -> str:
+    rows = [
+        [r["workers"], "shared" if r["budget_scope"] == "database" else "per process (baseline)",
+         n(r["budget_calls_per_second"]), n(r["stripe_calls"]), r["seconds"],
+         n(r["mean_calls_per_second"] or 0), f"×{r['mean_over_budget']}", r["busiest_second"],
+         r["rate_limited"]]
+        for r in data["runs"]
+    ]  # fmt: skip
+    accounts = data["runs"][0]["accounts"] if data["runs"] else 0
+    return (
+        f"## Several workers, one Stripe budget\n\nA backlog of {n(accounts)} accounts on "
+        "PostgreSQL synced by 1, 2 and 3 `billsync worker` processes (2 threads each) sharing "
+        "one budget; the emulator limits at Stripe's sandbox "
+        f"{n(data['emulator_limit'])}/s and counts per wall-clock second. More workers reach "
+        "the budget and never pass it; the baseline, 3 workers each with a budget of its own, "
+        "sends three budgets' worth and is answered 429.\n\n"
+        + table(["workers", "budget", "budget/s", "calls", "seconds", "mean calls/s",
+                 "÷ budget", "busiest second", "429s"], rows)
+    )  # fmt: skip
+
+
+def jetstream_section(data: dict[str, Any]) -> str:
+    rows = []
+    for store in data["results"]:
+        for r in store["runs"]:
+            cpu = r["cpu_seconds_per_1000_events"]
+            rows.append([store["store"], r["consumers"], n(r["events"]), r["seconds"],
+                         n(r["events_per_second"]), cpu["consumers"], cpu["postgres"],
+                         cpu["nats_server"]])  # fmt: skip
+        file = store["baseline_ingest_file"]
+        rows.append([store["store"], "`billsync ingest FILE` (baseline)", n(file["events"]),
+                     file["seconds"], n(file["events_per_second"]), "", "", ""])  # fmt: skip
+    return (
+        f"## Streaming ingest from NATS JetStream\n\n{n(data['events'])} events "
+        f"({data['events_per_message']} per message) published first, then consumed by "
+        "`billsync consume` processes sharing one durable consumer, timed from the first "
+        "delivery to the last ack, checked against the ledger. CPU seconds per 1,000 events "
+        "show what bounds it on this machine (all processes share its CPUs).\n\n"
+        + table(["store", "consumers", "events", "seconds", "events/s", "CPU s/1k consumers",
+                 "CPU s/1k database", "CPU s/1k nats"], rows)
+    )  # fmt: skip
+
+
 SECTIONS = {
     "ingest": ingest_section,
+    "jetstream_ingest": jetstream_section,
+    "workers": workers_section,
     "api_calls": api_calls_section,
     "sync_throughput": sync_throughput_section,
     "freshness": freshness_section,
@@ -234,7 +282,8 @@ def write() -> Path:
         "Reproduce: `bench/run` (PostgreSQL at `BILLSYNC_TEST_DATABASE_URL` for the "
         "PostgreSQL ingest figures), or one benchmark: `.venv/bin/python -m bench.ingest`, "
         "`bench.api_calls`, `bench.sync_throughput`, `bench.freshness`, `bench.webhooks`, "
-        "`bench.billing`, `bench.emulator`.\n",
+        "`bench.billing`, `bench.emulator`, `bench.workers` and `bench.jetstream_ingest` "
+        "(PostgreSQL; the latter also NATS).\n",
     ]
     missing = [name for name in ORDER if name not in results]
     for name, data in results.items():
