@@ -119,7 +119,9 @@ def build_syncing(
         timedelta(seconds=settings.sync_interval_seconds),
         settings.sync_threshold,
     )
-    scheduler = Scheduler(database, service, lifecycle, clock, policy, leases=leases)
+    scheduler = Scheduler(
+        database, service, lifecycle, clock, policy, leases=leases, calls_per_second=rate
+    )
     # Webhook processing's re-reads and the sweep spend the same budget as syncs do.
     background = guarded(gateway, guard, Lane.INTERVAL)
     processor = WebhookProcessor(database, clock, background, changes)

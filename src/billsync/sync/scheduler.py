@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -114,9 +115,11 @@ class Scheduler:
         policy: SyncPolicy,
         *,
         leases: Leases | None = None,
+        calls_per_second: float = 20.0,
     ) -> None:
         self.database = database
         self.leases = leases
+        self.calls_per_second = calls_per_second
         # How many claimed accounts a process keeps queued: enough to keep its threads busy,
         # few enough that other workers get their share of a backlog.
         self.claim_limit = 1000
@@ -320,7 +323,9 @@ class Scheduler:
 
     def start(self, *, workers: int, tick_seconds: float) -> None:
         self._stop.clear()
-        self.claim_limit = max(8, 4 * workers)
+        # Enough for two ticks at the full budget (every account takes at least one call), so
+        # claiming never slows syncing down; more would only hold accounts from other workers.
+        self.claim_limit = max(8, 4 * workers, math.ceil(2 * self.calls_per_second * tick_seconds))
         if self.leases is not None:
             self.leases.start()  # the heartbeat: renews what this process holds
         for index in range(workers):
