@@ -380,6 +380,10 @@ def demo(
     """A billing month on an accelerated clock: SQLite, the Stripe emulator, a simulated
     platform, the customer pages and the console."""
     settings = Settings()
+    if "BILLSYNC_LOG_LEVEL" not in os.environ:
+        # The demo shows its own progress; a line per sync would bury it (set the variable to
+        # see them).
+        configure_logging("WARNING", resolve_format(settings.log_format))
     options = DemoOptions(
         data_dir=settings.data_dir / "demo", port=port, emulator_port=emulator_port,
         accounts=accounts, seed=seed, hours_per_second=speed,
