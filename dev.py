@@ -3,6 +3,8 @@
 
     python3 dev.py demo   # create .venv, install billsync, run the demo
     python3 dev.py test   # create .venv, install billsync + tools, run lint, types and tests
+                          # (in parallel: BILLSYNC_TEST_WORKERS processes, default 4)
+    python3 dev.py test -m unit   # lint, types and the unit layer only (seconds)
     python3 dev.py audit  # pip-audit of every installed package (needs network: PyPI's or
                           # OSV's vulnerability database); --strict: one not audited fails it
 
@@ -63,7 +65,20 @@ def test(extra: list[str]) -> int:
             print(f"== {title} failed", flush=True)
             return 1
     print("== pytest", flush=True)
-    return run("pytest", *extra)
+    return run("pytest", *_parallel(extra), *extra)
+
+
+def _parallel(extra: list[str]) -> list[str]:
+    """pytest-xdist options, unless the command line chose its own or runs the unit layer
+    (which takes seconds: starting workers would cost more than it saves). Most of the suite
+    waits on servers, processes and databases rather than computing, so it runs more workers
+    than the machine has cores; the long chaos runs are collected first and start at once."""
+    if any(arg in ("-n", "--numprocesses", "-p") or arg.startswith("-n") for arg in extra):
+        return []
+    if "-m" in extra and extra[extra.index("-m") + 1 :][:1] == ["unit"]:
+        return []
+    workers = os.environ.get("BILLSYNC_TEST_WORKERS", "4")
+    return ["-n", workers, "--dist", "worksteal"] if workers not in ("0", "1") else []
 
 
 def main() -> int:

@@ -3,12 +3,13 @@
     .venv/bin/python -m bench.chaos [--accounts 20] [--kills 120] [--stores sqlite,postgresql]
 
 The same run as ``tests/chaos`` (see ``tests/chaos/harness.py``): a simulated month through
-``billsync api`` and a ``billsync worker`` that is killed with SIGKILL at random moments and
-restarted, the emulator failing 20 % of Stripe requests (429, lock timeouts, 500, 503, hangs,
-responses lost after commit), webhooks duplicated, reordered and dropped, and on PostgreSQL the
-connection cut through a proxy. Afterwards ``billsync verify --require-synced`` must pass and
-every distinct event must be stored once with the quantity sent. Prints the faults injected by
-kind, the crashes, the events and the verify result; writes bench/results/chaos.json.
+``billsync api`` and a ``billsync worker`` that is killed with SIGKILL at steps of the month
+chosen from the seed and restarted, the emulator failing 20 % of Stripe requests (429, lock
+timeouts, 500, 503, hangs, responses lost after commit), webhooks duplicated, reordered and
+dropped, and on PostgreSQL the connection cut through a proxy. Afterwards ``billsync verify
+--require-synced`` must pass and every distinct event must be stored once with the quantity
+sent. Prints the faults injected by kind, the crashes, the events and the verify result; writes
+bench/results/chaos.json.
 PostgreSQL needs BILLSYNC_TEST_DATABASE_URL.
 """
 
@@ -31,9 +32,9 @@ def run(store: str, args: argparse.Namespace, directory: Path) -> dict[str, Any]
     def config(url: str) -> ChaosConfig:
         return ChaosConfig(
             database_url=url, workdir=directory / store, accounts=args.accounts,
-            step=timedelta(hours=2), step_pause=args.step_pause, min_kills=args.kills,
+            step=timedelta(hours=2), step_pause=args.step_pause, kills=args.kills,
             db_cuts=args.cuts, seed=args.seed, report_every=timedelta(minutes=15),
-            chaos_after_month=timedelta(days=10),
+            chaos_after_month=timedelta(hours=12),
         )  # fmt: skip
 
     if store == "sqlite":

@@ -15,6 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# billsync's CLI prints through rich consoles made when it is imported; without a terminal they
+# are 80 columns wide, so a table or a long path would wrap differently with the length of the
+# test's temporary folder (longer under pytest-xdist). Every test sees the same wide console.
+os.environ["COLUMNS"] = "200"
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -76,6 +81,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         engine.dispose()
     except Exception as error:  # any failure to connect must stop CI loudly
         pytest.exit(f"CI needs PostgreSQL at {url}: {error}", returncode=3)
+
+
+# Fixtures that reach a database, the emulator, a broker or a server: a test marked ``unit``
+# may not use them (the unit layer runs in seconds, with nothing running beside it).
+OUTSIDE_WORLD = frozenset({
+    "database", "billsync", "client", "anonymous", "postgres_schema_url", "sqlite_template",
+    "proxied", "running_emulator", "emulator_server", "stripe_peer", "webhook_receiver",
+    "nats_url", "stream", "workers", "served", "empty_postgres_schema",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            continue
+        used = OUTSIDE_WORLD & set(getattr(item, "fixturenames", ()))
+        if used:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked unit but uses {sorted(used)}: drop the mark"
+            )
 
 
 @pytest.fixture(scope="session")

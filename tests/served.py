@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,7 +10,8 @@ import uvicorn
 
 from billsync.api.app import create_app
 from billsync.bootstrap import Billsync
-from tests.stripe_peer import free_port
+from tests.ports import free_port
+from tests.waiting import wait_until
 
 
 class _Server(uvicorn.Server):
@@ -27,11 +27,7 @@ def serve(billsync: Billsync) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("billsync did not start")
-        threading.Event().wait(0.01)
+    wait_until(lambda: server.started, "billsync's API starts")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

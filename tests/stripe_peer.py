@@ -4,9 +4,7 @@ Stripe test mode when BILLSYNC_TEST_STRIPE_KEY is set."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +16,11 @@ import uvicorn
 
 from billsync.emulator.app import Emulator, create_app
 from billsync.emulator.state import API_VERSION, EmulatorConfig
+from tests.ports import free_port
+from tests.waiting import wait_until
 
 REAL_KEY_VARIABLE = "BILLSYNC_TEST_STRIPE_KEY"
 EMULATOR_KEY = "sk_test_billsyncEmulatorKey01"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -62,11 +55,7 @@ def emulator_server() -> Iterator[RunningEmulator]:
     server = _Server(uvicorn.Config(emulator, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the emulator did not start")
-        time.sleep(0.01)
+    wait_until(lambda: server.started, "the emulator starts")
     yield RunningEmulator(url, emulator)
     server.should_exit = True
     thread.join(timeout=10)

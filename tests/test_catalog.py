@@ -13,6 +13,8 @@ from billsync.catalog_file import load_catalog
 from billsync.config import EXAMPLE_CATALOG
 from billsync.core.catalog import Catalog, CatalogError, parse_catalog
 
+pytestmark = pytest.mark.unit  # pure: no database, no network, no process
+
 HEADER = '[catalog]\ncurrencies = ["usd", "eur"]\n'
 GOOD_METRIC = """
 [[metric]]

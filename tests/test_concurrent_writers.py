@@ -5,10 +5,10 @@ rolled back to break a deadlock anyway is run again rather than failing its requ
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from billsync.bootstrap import Billsync
@@ -19,6 +19,18 @@ from billsync.services.group_commit import GroupCommitter, is_retryable
 from billsync.services.ingest import IngestReport
 from tests.conftest import T0
 from tests.factories import create_account, event
+from tests.waiting import wait_until
+
+
+def blocked_by(billsync: Billsync, holder: int) -> bool:
+    with billsync.database.read() as connection:
+        waiting = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
+            ),
+            {"holder": holder},
+        ).scalar_one()
+    return bool(waiting)
 
 
 @pytest.mark.postgres
@@ -53,15 +65,19 @@ def test_a_sync_confirming_lines_and_ingest_into_them_queue_instead_of_deadlocki
         # The sync confirms the lines in the opposite order to the ingest's own.
         confirmations = [Confirmation(i, f"il_{i}", None, 100, 1) for i in reversed(ids)]
         sync_repository.confirm_lines(connection, confirmations, T0)
+        holder = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
         writer = threading.Thread(target=ingest_again)
         writer.start()
-        time.sleep(0.5)
+        # The ingest's session is seen waiting on this transaction's locks (PostgreSQL says
+        # so itself: pg_blocking_pids), and it has not gone ahead.
+        wait_until(lambda: blocked_by(billsync, holder), "the ingest waits on the sync's locks")
         assert not ingested.is_set(), "ingest went ahead while the sync held the account"
     writer.join(timeout=30)
     assert ingested.is_set()
     assert errors == []
 
 
+@pytest.mark.unit
 def test_a_deadlock_victim_batch_is_run_again() -> None:
     calls = []
 

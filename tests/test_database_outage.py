@@ -6,7 +6,6 @@ database instead of dying."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import typer
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 
 from billsync.api.app import create_app
 from billsync.bootstrap import build
-from billsync.cli.common import wait_for_database
+from billsync.cli.common import ensure_schema, wait_for_database
 from billsync.clock import ManualClock
 from billsync.config import Settings
 from billsync.core.catalog import Catalog
@@ -69,12 +68,41 @@ def test_a_starting_process_waits_for_the_database_then_gives_up_with_the_error(
 ) -> None:
     database, proxy = proxied
     proxy.cut()
-    threading.Timer(0.6, proxy.restore).start()
-    started = time.monotonic()
-    wait_for_database(database, seconds=10)
-    assert 0.5 < time.monotonic() - started < 5
+    restored = threading.Event()
+
+    def restore() -> None:
+        restored.set()
+        proxy.restore()
+
+    threading.Timer(0.6, restore).start()
+    wait_for_database(database, seconds=120)
+    assert restored.is_set(), "it went ahead while the database was still cut off"
+    database.ping()
 
     database.engine.dispose()
     proxy.cut()
     with pytest.raises(typer.Exit):
         wait_for_database(database, seconds=0.5)
+
+
+def test_a_starting_process_survives_the_database_leaving_again_after_the_wait(
+    proxied: tuple[Database, TcpProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database answers the wait's ping, then goes away before the schema check (a
+    failover): the start retries the whole step instead of dying with a traceback."""
+    database, proxy = proxied
+    cuts: list[threading.Timer] = []
+    real_ping = database.ping
+
+    def ping_then_cut() -> None:
+        real_ping()
+        if not cuts:  # the first ping succeeds; right after it, the connections are cut
+            database.engine.dispose()
+            proxy.cut()
+            cuts.append(threading.Timer(0.5, proxy.restore))
+            cuts[0].start()
+
+    monkeypatch.setattr(database, "ping", ping_then_cut)
+    ensure_schema(database, seconds=120)
+    assert len(cuts) == 1
+    assert migrate.current_revision(database) == migrate.head_revision(database)

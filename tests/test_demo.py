@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from billsync.demo import Demo, DemoOptions, DemoSummary
-from tests.stripe_peer import free_port
+from tests.ports import free_port
 
 
 def test_the_demo_month_ends_finalized_paid_and_equal_to_stripe(tmp_path: Path) -> None:

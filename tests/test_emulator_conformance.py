@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import importlib
 import inspect
 import json
-import os
 import re
 import sys
 import types
@@ -806,6 +806,7 @@ def _label(sample: Json, index: int) -> str:
 # --- 1. SDK resource conformance ----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_resolver_understands_every_annotation() -> None:
     """Each field of each served class (and of its nested classes) resolves to a shape the
     checker reads: a silently skipped annotation would make the conformance tests vacuous."""
@@ -944,22 +945,19 @@ def test_a_deleted_invoice_takes_no_writes(endpoint: str, wire: Wire) -> None:
 # --- 2. Fixture shape agreement ------------------------------------------------------------------
 
 
-def _fixtures_path() -> Path:
-    configured = os.environ.get("BILLSYNC_STRIPE_FIXTURES")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "shared" / "reference" / "stripe-fixtures3.json"
+# Stripe's example objects, vendored with their provenance (tests/fixtures/stripe/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe" / "fixtures3.json"
+FIXTURES_SHA256 = "41486e14a5b930447f53ecc4e71e34e3184462ba3d18212a39d4a40f70eaba44"
 
 
 @pytest.fixture(scope="module")
 def stripe_fixtures() -> dict[str, Json]:
-    path = _fixtures_path()
-    if not path.is_file():
-        pytest.skip(
-            f"Stripe's example objects are not at {path}: set BILLSYNC_STRIPE_FIXTURES to "
-            "stripe-fixtures3.json (from the stripe/openapi repository) to check shapes"
-        )
-    resources: dict[str, Json] = json.loads(path.read_text())["resources"]
+    """A missing or altered copy fails: these checks must never pass by having nothing to check."""
+    assert FIXTURES.is_file(), f"Stripe's example objects are missing: {FIXTURES}"
+    content = FIXTURES.read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+    assert digest == FIXTURES_SHA256, f"{FIXTURES} is not the vendored copy (sha256 {digest})"
+    resources: dict[str, Json] = json.loads(content)["resources"]
     return resources
 
 
@@ -980,6 +978,7 @@ def _sdk_field_for(kind: Kind, key: str) -> tuple[Any, type] | None:
     return sdk_fields(kind.sdk_class).get(key)
 
 
+@pytest.mark.unit
 def test_fixture_allow_list_is_not_in_the_sdk(stripe_fixtures: dict[str, Json]) -> None:
     classes = {kind.fixture: kind.sdk_class for kind in KINDS if kind.fixture}
     for resource, keys in FIXTURE_KEYS_NOT_IN_SDK.items():
@@ -1131,6 +1130,7 @@ def test_parameter_validation(case: BadRequest, wire: Wire, target: tuple[str, s
     assert wire.get(f"/v1/invoices/{invoice}")["lines"]["data"] == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.endpoint)
 def test_every_route_resolves_its_params_class(route: Route) -> None:
     cls = params_class(route.params)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any, cast
 
 import httpx
@@ -14,6 +13,7 @@ import stripe
 from stripe.params import InvoiceAddLinesParamsLine
 
 from tests.stripe_peer import EMULATOR_KEY, StripePeer
+from tests.waiting import wait_until
 from tests.webhook_receiver import Receiver
 
 
@@ -257,10 +257,10 @@ def test_idempotency_key_in_flight_gets_409(stripe_peer: StripePeer) -> None:
 
     thread = threading.Thread(target=slow)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not any(k[1] == "same" for k in emulator.emulator.state.idempotency):
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.01)
+    wait_until(
+        lambda: any(k[1] == "same" for k in emulator.emulator.state.idempotency),
+        "the first request holds its idempotency key",
+    )
     with pytest.raises(stripe.StripeError) as conflict:
         client.v1.invoices.add_lines(
             invoice.id, params={"lines": lines(1)}, options={"idempotency_key": "same"}
@@ -307,10 +307,7 @@ def test_concurrent_writes_to_one_invoice_get_lock_timeout(stripe_peer: StripePe
         target=lambda: client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
     )
     thread.start()
-    deadline = time.monotonic() + 5
-    while invoice.id not in emulator.emulator.locked_invoices:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.01)
+    wait_until(lambda: invoice.id in emulator.emulator.locked_invoices, "the invoice is locked")
     response = httpx.post(
         f"{emulator.url}/v1/invoices/{invoice.id}/add_lines",
         data={"lines[0][amount]": "5"},
@@ -387,10 +384,11 @@ def test_a_hang_past_the_client_timeout_still_commits(stripe_peer: StripePeer) -
     impatient = emulator.client(http_client=stripe.RequestsClient(timeout=0.5))
     with pytest.raises(stripe.APIConnectionError):
         impatient.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
-    deadline = time.monotonic() + 5
-    while stripe_peer.client.v1.invoices.retrieve(invoice.id).total != 100:
-        assert time.monotonic() < deadline, "the hung write never landed"
-        threading.Event().wait(0.1)
+    wait_until(
+        lambda: stripe_peer.client.v1.invoices.retrieve(invoice.id).total == 100,
+        "the hung write lands",
+        every=0.1,
+    )
 
 
 def test_rate_based_faults_are_reproducible_from_a_seed(stripe_peer: StripePeer) -> None:
@@ -474,10 +472,10 @@ def test_failed_deliveries_are_retried_with_backoff(
     stats = emulator.control("GET", "stats")["webhooks"]
     assert stats["failed_attempts"] == 2
     assert stats["delivered"] == 1
-    deadline = time.monotonic() + 5
-    while stripe_peer.client.v1.events.list().data[0].pending_webhooks != 0:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.02)
+    wait_until(
+        lambda: stripe_peer.client.v1.events.list().data[0].pending_webhooks == 0,
+        "the event has no webhook pending",
+    )
 
 
 def test_webhook_chaos_duplicates_reorders_and_fails_first_attempts(

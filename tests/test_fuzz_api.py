@@ -29,7 +29,8 @@ from billsync.emulator.app import create_app as create_emulator
 from billsync.emulator.state import EmulatorConfig
 from tests.conftest import T0, TEST_TOKEN
 from tests.factories import create_account, event
-from tests.stripe_peer import EMULATOR_KEY, free_port
+from tests.ports import free_port
+from tests.stripe_peer import EMULATOR_KEY
 
 # CI replays the same examples every run (a gate must not fail by chance); a run elsewhere
 # draws new ones, and keeps exploring.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
@@ -48,6 +48,17 @@ def test_events_fold_into_one_line_per_metric_and_grouping(billsync: Billsync) -
         "bandwidth.egress.na-eu.gb[region=iad]": (Decimal("1.50"), 3, 1),
         "bandwidth.egress.na-eu.gb[region=cdg]": (Decimal(2), 4, 1),
     }
+
+
+def test_a_line_on_a_half_cent_rounds_half_up_on_its_total(billsync: Billsync) -> None:
+    """0.25 GB at $0.02 is exactly half a cent: half up gives 1¢ (half to even would give 0);
+    one more 0.5 GB makes 0.75 GB = 1.5¢ → 2¢, rated on the total, not 1¢ + 1¢."""
+    create_account(billsync)
+    metric = "bandwidth.egress.na-eu.gb"
+    billsync.ingest.ingest([event("acme", metric, "0.25", at=T0, region="iad")])
+    assert line_table(billsync)[f"{metric}[region=iad]"][:2] == (Decimal("0.25"), 1)
+    billsync.ingest.ingest([event("acme", metric, "0.5", at=T0, region="iad")])
+    assert line_table(billsync)[f"{metric}[region=iad]"][:2] == (Decimal("0.75"), 2)
 
 
 def test_a_duplicate_id_is_never_counted_twice(billsync: Billsync) -> None:
@@ -139,7 +150,9 @@ def test_late_usage_lands_on_the_next_open_period_labelled_with_its_own(
     assert set(november) == {"volume.gb_hours", late_key}
     # The late 500 GB-hours are charged at October's marginal rates: 190 free, 310 paid.
     assert november[late_key][0] == 500
-    assert november[late_key][1] == round(Decimal(310) * Decimal("0.000205479452") * 100)
+    # Rounded once, half up (billsync.core.money): 6.36986¢ → 6¢.
+    cents = Decimal(310) * Decimal("0.000205479452") * 100
+    assert november[late_key][1] == cents.quantize(Decimal(1), rounding=ROUND_HALF_UP)
     assert november["volume.gb_hours"][:2] == (Decimal(10), 0)
     with billsync.database.read() as connection:
         view = billsync.lines.period_lines(

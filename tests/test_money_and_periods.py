@@ -29,6 +29,8 @@ from billsync.core.periods import (
 )
 from billsync.core.rating import exact_amount, line_amount
 
+pytestmark = pytest.mark.unit  # pure: no database, no network, no process
+
 
 @pytest.mark.parametrize(
     ("amount", "currency", "minor"),

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -44,7 +43,9 @@ from billsync.sync.budget import Lane
 from tests.chaos.harness import TcpProxy
 from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account, event
-from tests.stripe_peer import RunningEmulator, free_port
+from tests.ports import free_port
+from tests.stripe_peer import RunningEmulator
+from tests.waiting import wait_until
 
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -291,6 +292,7 @@ def test_stripe_requests_are_counted_by_endpoint_and_status_after_a_sync(
     assert deltas(before, after, "billsync_stripe_budget_penalties_total") == {frozenset(): 1}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("method", "url", "endpoint"),
     [
@@ -504,6 +506,7 @@ def test_serve_metrics_serves_the_same_metrics_on_a_port_of_its_own(billsync: Bi
 # --- log formats ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_json_lines_carry_the_event_its_fields_and_the_exception() -> None:
     with json_logs() as lines:
         log = logging.getLogger("billsync.test")
@@ -527,6 +530,7 @@ def test_json_lines_carry_the_event_its_fields_and_the_exception() -> None:
     assert "ValueError: multi\nline" in failed["exception"]
 
 
+@pytest.mark.unit
 def test_text_lines_read_well_and_auto_picks_text_only_for_a_terminal() -> None:
     stream = io.StringIO()
     handler = build_handler("text", stream)
@@ -561,16 +565,16 @@ def test_billsync_api_logs_json_lines_uvicorns_included(tmp_path: Path) -> None:
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ready() -> httpx.Response | None:
+            assert process.poll() is None, "billsync api exited"
             try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/readyz",
-                                   headers={"X-Request-ID": "req-from-lb"}, timeout=5)  # fmt: skip
-                break
+                return httpx.get(f"http://127.0.0.1:{port}/readyz",
+                                 headers={"X-Request-ID": "req-from-lb"}, timeout=5)  # fmt: skip
             except httpx.TransportError:
-                assert process.poll() is None, "billsync api exited"
-                assert time.monotonic() < deadline, "billsync api did not start"
-                threading.Event().wait(0.1)
+                return None
+
+        answer = wait_until(ready, "billsync api answers", every=0.1)
         assert answer.headers["x-request-id"] == "req-from-lb"
     finally:
         process.send_signal(signal.SIGINT)
@@ -596,15 +600,15 @@ def test_several_api_processes_report_the_sum_of_their_counters(tmp_path: Path) 
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def alive() -> bool:
+            assert process.poll() is None, "billsync api exited"
             try:
-                httpx.get(f"{base}/healthz", timeout=5)
-                break
+                return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
             except httpx.TransportError:
-                assert process.poll() is None, "billsync api exited"
-                assert time.monotonic() < deadline, "billsync api did not start"
-                threading.Event().wait(0.1)
+                return False
+
+        wait_until(alive, "billsync api answers", every=0.1)
         for _ in range(30):  # fresh connections: the kernel spreads them over both processes
             answer = httpx.get(f"{base}/v1/catalog", headers=AUTH, timeout=10)
             assert answer.status_code == 200

@@ -25,6 +25,7 @@ from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 
 
+@pytest.mark.unit
 def test_interval_policy_syncs_at_most_once_per_window() -> None:
     policy = SyncPolicy(Policy.INTERVAL, timedelta(minutes=15))
     now = datetime(2026, 11, 15, 12, 7, tzinfo=UTC)
@@ -34,6 +35,7 @@ def test_interval_policy_syncs_at_most_once_per_window() -> None:
     assert due(policy, AccountSyncView(now - timedelta(minutes=8), 0), now)
 
 
+@pytest.mark.unit
 def test_threshold_on_demand_and_cycle_end_policies() -> None:
     now = T0
     threshold = SyncPolicy(Policy.THRESHOLD, threshold=500)
@@ -43,6 +45,7 @@ def test_threshold_on_demand_and_cycle_end_policies() -> None:
         assert not due(SyncPolicy(policy), AccountSyncView(None, 10**9), now)
 
 
+@pytest.mark.unit
 def test_account_overrides_are_validated() -> None:
     base = SyncPolicy()
     assert base.merged({"policy": "threshold", "threshold": 99}).threshold == 99

@@ -27,6 +27,7 @@ def run(seed: int, **options: object) -> tuple[Simulation, list[list[dict[str, o
     return simulation, deliveries
 
 
+@pytest.mark.unit
 def test_the_same_seed_replays_the_same_platform_and_another_seed_does_not() -> None:
     first, first_deliveries = run(7)
     second, second_deliveries = run(7)
@@ -36,6 +37,7 @@ def test_the_same_seed_replays_the_same_platform_and_another_seed_does_not() -> 
     assert first_deliveries != other_deliveries
 
 
+@pytest.mark.unit
 def test_account_sizes_are_heavy_tailed() -> None:
     simulation = Simulation(seed=1, accounts=300, start=START)
     sizes = sorted(len(tenant.machines) for tenant in simulation.tenants)
@@ -44,6 +46,7 @@ def test_account_sizes_are_heavy_tailed() -> None:
     assert {a.currency for a in simulation.accounts} >= {"usd", "eur"}
 
 
+@pytest.mark.unit
 def test_machines_report_at_most_the_seconds_in_each_window_and_stop_and_start() -> None:
     _, deliveries = run(3, report_every=timedelta(seconds=5), late_rate=0)
     reports: dict[str, set[str]] = {}
@@ -62,6 +65,7 @@ def test_machines_report_at_most_the_seconds_in_each_window_and_stop_and_start()
     assert hours <= {"2026-11-01T00:00:00Z", "2026-11-01T00:30:00Z"} or not volumes
 
 
+@pytest.mark.unit
 def test_duplicates_repeat_an_event_exactly_and_late_events_arrive_after_the_delay() -> None:
     simulation = Simulation(
         seed=5, accounts=8, start=START, duplicate_rate=0.05, late_rate=0.02,
@@ -108,6 +112,7 @@ def test_the_jsonl_output_is_one_valid_event_per_line(
     assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()
 
 
+@pytest.mark.unit
 def test_bad_options_get_a_clear_error() -> None:
     result = CliRunner().invoke(cli, ["simulate", "--report-every", "7m", "--out", "-"])
     assert result.exit_code == 2

@@ -3,7 +3,6 @@ how each failure Stripe (or the network) can produce reaches billsync as a Strip
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -12,16 +11,21 @@ import stripe
 
 from billsync import stripe_gateway
 from billsync.stripe_gateway import STRIPE_API_VERSION, StripeGateway
+from billsync.sync.budget import Lane
+from billsync.sync.guarded import guarded
 from billsync.sync.port import (
     LineChange,
     NewLine,
     RemoteInvoice,
     StripeAmbiguous,
+    StripeFailure,
     StripeRateLimited,
     StripeRejected,
     StripeUnavailable,
 )
-from tests.stripe_peer import EMULATOR_KEY, RunningEmulator, free_port
+from tests.ports import free_port
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.waiting import wait_until
 
 ADD_LINES = "POST /v1/invoices/{id}/add_lines"
 LIST_LINES = "GET /v1/invoices/{id}/lines"
@@ -84,12 +88,10 @@ def lines_on(emulator: RunningEmulator, invoice_id: str) -> int:
 
 
 def wait_for_lines(emulator: RunningEmulator, invoice_id: str, expected: int) -> None:
-    deadline = time.monotonic() + 5
-    while lines_on(emulator, invoice_id) != expected:
-        assert time.monotonic() < deadline, "the write never landed"
-        threading.Event().wait(0.05)
+    wait_until(lambda: lines_on(emulator, invoice_id) == expected, "the write lands")
 
 
+@pytest.mark.unit
 def test_the_pinned_api_version_is_the_sdks() -> None:
     assert stripe.api_version == STRIPE_API_VERSION
 
@@ -465,3 +467,25 @@ def test_nobody_listening_is_ambiguous() -> None:
     )
     with pytest.raises(StripeAmbiguous):
         gateway.get_invoice("in_missing", with_lines=True)
+
+
+def test_calls_outside_syncs_spend_the_same_budget(running_emulator: RunningEmulator) -> None:
+    """Webhook re-reads, the events sweep and the portal go through the process's guard."""
+    seen: list[tuple[str, object]] = []
+
+    class Recording:
+        def before_call(self, lane: int) -> None:
+            seen.append(("before", lane))
+
+        def after_call(self, failure: StripeFailure | None) -> None:
+            seen.append(("after", None if failure is None else type(failure).__name__))
+
+    gateway = StripeGateway(EMULATOR_KEY, api_base=running_emulator.url, max_network_retries=0)
+    reads = guarded(gateway, Recording(), Lane.INTERVAL)
+    assert reads.list_events(created_gte=0) == []
+    with pytest.raises(StripeFailure):
+        reads.get_invoice("in_missing", with_lines=False)
+    assert seen == [
+        ("before", Lane.INTERVAL), ("after", None),
+        ("before", Lane.INTERVAL), ("after", "StripeRejected"),
+    ]  # fmt: skip

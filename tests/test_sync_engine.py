@@ -3,10 +3,7 @@ every fault — after each, Stripe equals the ledger to the cent and no line exi
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -25,6 +22,7 @@ from billsync.stripe_gateway import StripeGateway
 from tests.conftest import T0
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.waiting import wait_until
 
 NOVEMBER = date(2026, 11, 1)
 
@@ -161,15 +159,6 @@ def test_lost_responses_are_recovered_by_reading_stripe(
         outcome = sync.sync_account("acme")
     assert outcome.ok, outcome.error
     assert_invariants(billsync, running_emulator)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """A bounded wait for something happening in the emulator's own time (no fixed sleep)."""
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        pause.wait(0.05)
 
 
 def _invoice(billsync: Billsync) -> str:

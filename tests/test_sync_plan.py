@@ -27,6 +27,8 @@ from billsync.core.sync_plan import (
     plan_period,
 )
 
+pytestmark = pytest.mark.unit  # pure: no database, no network, no process
+
 PERIOD = date(2026, 11, 1)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +25,9 @@ from billsync.repositories import problems, webhooks
 from billsync.repositories import sync as sync_repository
 from tests.conftest import T0, emulator_settings
 from tests.factories import create_account, event
-from tests.stripe_peer import EMULATOR_KEY, RunningEmulator, free_port
+from tests.ports import free_port
+from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.waiting import wait_until
 
 SECRET = "whsec_test_billsync_0123456789"
 
@@ -61,10 +62,7 @@ def served(
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.01)
+    wait_until(lambda: server.started, "billsync's API starts")
     yield Served(billsync, f"http://127.0.0.1:{port}", clock)
     server.should_exit = True
     thread.join(timeout=10)
@@ -82,14 +80,6 @@ def register(emulator: RunningEmulator, served: Served) -> str:
     secret: str = response.json()["secret"]
     served.billsync.webhooks.secrets.append(secret)
     return secret
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        pause.wait(0.05)
 
 
 def inbox(billsync: Billsync) -> dict[str, int]:

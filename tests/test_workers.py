@@ -36,6 +36,7 @@ from billsync.services.verify import Verifier
 from tests.conftest import TABLES, emulator_settings
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.waiting import wait_until
 
 LEASE_SECONDS = 5  # short, so a killed worker's accounts come back within the test
 
@@ -117,16 +118,15 @@ def ingest(billsync: Billsync, accounts: list[str], rng: random.Random, count: i
     assert report.rejected == 0
 
 
-def wait_until_synced(workers: Workers, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_until_synced(workers: Workers) -> None:
+    def synced() -> bool:
         with workers.billsync.database.read() as connection:
-            behind = sync_repository.accounts_needing_sync(connection)
-        if not behind:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"still behind after {timeout:.0f} s: {behind}\n{workers.tails()}")
-        time.sleep(0.2)
+            return not sync_repository.accounts_needing_sync(connection)
+
+    try:
+        wait_until(synced, "every account synced", every=0.2)
+    except AssertionError as error:
+        pytest.fail(f"{error}\n{workers.tails()}")
 
 
 def lease_owners(billsync: Billsync) -> dict[str, str]:
@@ -159,28 +159,29 @@ def test_three_workers_one_killed_nothing_lost_nothing_synced_twice_at_once(
     for name in ("w1", "w2", "w3"):
         workers.start(name)
 
-    victim_accounts: set[str] = set()
-    started = time.monotonic()
-    killed_at = None
-    while time.monotonic() - started < 10:
+    def kill_the_busiest() -> tuple[set[str], float] | None:
+        """Once the workers have synced a while, kill the one holding the most leases, in the
+        middle of its work; None while none holds a lease yet."""
         ingest(billsync, accounts, rng, 30)
         owners = lease_owners(billsync)
-        if killed_at is None and time.monotonic() - started > 5 and owners:
-            # Kill the worker holding the most leases, in the middle of its work.
-            pids = {name: p.pid for name, p in workers.processes.items()}
-            held: dict[str, set[str]] = defaultdict(set)
-            for account, owner in owners.items():
-                held[owner].add(account)
-            owner, victim_accounts = max(held.items(), key=lambda item: len(item[1]))
-            pid = int(owner.split(":")[1])
-            victim = next(name for name, p in pids.items() if p == pid)
-            workers.processes[victim].send_signal(signal.SIGKILL)
-            workers.processes[victim].wait()
-            killed_at = time.time()
-        time.sleep(0.25)
-    assert killed_at is not None, "no worker ever held a lease: nothing was synced"
+        if len(workers.runs()) < 10 or not owners:
+            return None
+        held: dict[str, set[str]] = defaultdict(set)
+        for account, owner in owners.items():
+            held[owner].add(account)
+        owner, accounts_held = max(held.items(), key=lambda item: len(item[1]))
+        pid = int(owner.split(":")[1])
+        victim = next(p for p in workers.processes.values() if p.pid == pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        return accounts_held, time.time()
 
-    wait_until_synced(workers, timeout=90)
+    victim_accounts, killed_at = wait_until(kill_the_busiest, "a worker holds leases", every=0.25)
+    for _ in range(8):  # usage keeps arriving while the survivors take over
+        ingest(billsync, accounts, rng, 30)
+        time.sleep(0.25)
+
+    wait_until_synced(workers)
     survivors = [p for p in workers.processes.values() if p.returncode is None]
     assert len(survivors) == 2
     for process in survivors:  # graceful: finish the syncs in flight, give the leases back
@@ -224,7 +225,7 @@ def test_workers_together_stay_within_one_stripe_budget(
     running_emulator.control("DELETE", "stats")
     for name in ("w1", "w2", "w3"):
         workers.start(name)
-    wait_until_synced(workers, timeout=120)
+    wait_until_synced(workers)
     stats = running_emulator.control("GET", "stats?per_second=1")
     seconds = {int(k): v for k, v in stats["per_second"].items()}
     assert stats["rate_limited"] == 0
@@ -232,12 +233,12 @@ def test_workers_together_stay_within_one_stripe_budget(
     # any single second (GCRA's bound for a one-second window is budget + 1: calls at exactly
     # t and t + 1 s; a millisecond of network jitter can put both in one second at the
     # emulator, never more).
-    middle = sorted(seconds)[1:-1]
-    assert middle, seconds
-    mean = sum(seconds[s] for s in middle) / len(middle)
-    assert mean <= budget, seconds
+    # Never above the budget. In any single second: GCRA's bound for a one-second window is
+    # budget + 1 (calls at exactly t and t + 1 s). Over the whole run: the calls fit in the
+    # budget times the seconds they span, plus one second's slack for arrival jitter. (That the
+    # workers also *reach* the budget is a figure of speed: bench/workers.py measures it.)
     assert max(seconds.values()) <= budget + 1, seconds
-    # And it reaches the budget: the full seconds use nearly all of it.
-    assert mean >= 0.75 * budget, seconds
+    span = max(seconds) - min(seconds) + 1
+    assert sum(seconds.values()) <= budget * (span + 1), seconds
     by_worker = {run["worker"] for run in workers.runs()}
     assert len(by_worker) == 3  # all three were calling Stripe, sharing the one budget

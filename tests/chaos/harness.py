@@ -7,11 +7,14 @@ over HTTP, retrying what was not answered, as a real platform does) and the chao
 
 - the emulator fails ``fault_rate`` of Stripe requests, mixed: 429s, lock timeouts, 500s,
   503s, hangs past billsync's timeout (the write happens later), responses lost after commit;
+  and each kind also once on the next write at a chosen step, so every kind is met;
 - webhooks are duplicated, reordered and dropped (the sweep of ``GET /v1/events`` recovers the
   dropped ones);
-- the worker is killed with SIGKILL at random moments and restarted;
-- on PostgreSQL, every connection goes through a TCP proxy that cuts all connections and
-  refuses new ones for a moment, then lets them through again.
+- the worker is killed with SIGKILL at chosen steps of the simulated month (spread over the
+  month and the close after it, each while the worker runs) and restarted: the number of kills
+  is the schedule's, whatever the machine's speed;
+- on PostgreSQL, every connection goes through a TCP proxy that, at chosen steps, cuts all
+  connections and refuses new ones for a moment, then lets them through again.
 
 Then the chaos stops, the month is closed, reviewed and finalized, and ``billsync verify
 --require-synced`` must pass; this harness also checks that every distinct event the platform
@@ -47,6 +50,7 @@ from billsync.clock import FileClock
 from billsync.db.tables import billing_periods, sync_intents, usage_events, webhook_events
 from billsync.repositories import sync as sync_repository
 from billsync.simulator import Simulation
+from tests.ports import free_port
 
 KEY = "sk_test_billsyncChaosKey0001"
 TOKEN = "chaos-token-0123456789abcdef"
@@ -55,30 +59,41 @@ MONTH_END = datetime(2026, 12, 1, tzinfo=UTC)
 FAULT_KINDS = ("429", "lock_timeout", "500", "503", "hang", "drop_after_commit")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class ChaosConfig:
     database_url: str  # sqlite:///… or postgresql+psycopg://… (then cut through a proxy)
     workdir: Path
     accounts: int = 6
     step: timedelta = timedelta(hours=6)  # simulated time per driver step
-    step_pause: float = 0.4  # real seconds per step: how long the worker gets between steps
+    step_pause: float = 0.25  # real seconds per step: how long the worker gets between steps
     fault_rate: float = 0.2
-    min_kills: int = 30
-    kill_after: tuple[float, float] = (0.2, 1.5)  # a kill comes this long after the restart
-    db_cuts: int = 4  # PostgreSQL only
+    kills: int = 30  # SIGKILLs of the worker, at steps chosen from the seed
+    db_cuts: int = 4  # PostgreSQL only, at steps chosen from the seed
     db_cut_seconds: tuple[float, float] = (0.5, 2.0)
     seed: int = 7
     report_every: timedelta = timedelta(hours=1)
-    # After the month, the clock keeps moving (the close, the review, the payments) until the
-    # kills reach min_kills, but no further than this.
-    chaos_after_month: timedelta = timedelta(days=3)
+    # After the month, the clock moves on in half-hour steps under the same chaos (and kills):
+    # the grace window ends, the month is closed, reviewed and finalized while faults go on.
+    chaos_after_month: timedelta = timedelta(hours=4)
+
+    def driver_steps(self) -> list[datetime]:
+        """The simulated moments the driver sets, one per step: the month, then the close."""
+        moments, moment = [], MONTH_START
+        while moment < MONTH_END + self.chaos_after_month:
+            moment += self.step if moment < MONTH_END else timedelta(minutes=30)
+            moments.append(moment)
+        return moments
+
+    def schedule(self, count: int, salt: int, within: int | None = None) -> list[int]:
+        """``count`` distinct step indexes spread over the whole run, or its first ``within``
+        steps (one in each of ``count`` equal stretches, at a seeded place inside it): the
+        chaos lands everywhere, the month's first days as well as its close, and exactly
+        ``count`` times."""
+        steps = len(self.driver_steps()) if within is None else within
+        if count > steps:
+            raise ValueError(f"{count} events do not fit in {steps} steps: use a finer step")
+        rng = random.Random(self.seed * 1000 + salt)
+        return [int((i + rng.random()) * steps / count) for i in range(count)]
 
 
 @dataclass
@@ -213,10 +228,11 @@ class ChaosRun:
             )
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_lock = threading.Lock()
-        self.stop_chaos = threading.Event()
         self.sent: dict[str, dict[str, Any]] = {}  # event id → the event (first version)
         self.logs = config.workdir / "logs"
         self.logs.mkdir(exist_ok=True)
+        self._starts_at_spawn = 0  # worker start lines logged before the current worker began
+        self._restores: list[threading.Timer] = []
 
     # --- processes ------------------------------------------------------------------------
 
@@ -300,7 +316,6 @@ class ChaosRun:
         self.result.kills += 1
 
     def stop(self) -> None:
-        self.stop_chaos.set()
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -334,44 +349,42 @@ class ChaosRun:
 
     def _worker_ready(self, starts_before: int) -> None:
         """Wait until the worker just started says it runs (its scheduler and threads are up),
-        so that each kill lands in the middle of real work."""
-        deadline = time.monotonic() + 30
-        while self._worker_starts() <= starts_before and time.monotonic() < deadline:
+        so that each kill lands in the middle of real work. A worker that gives up by itself is
+        counted and replaced; one that never comes up fails the run."""
+        deadline = time.monotonic() + 120  # liveness only: a start takes about a second
+        while self._worker_starts() <= starts_before:
             with self.worker_lock:
                 if self.processes["worker"].poll() is not None:  # it gave up: start another
                     self.result.worker_exits += 1
                     self._spawn("worker", ["worker"], self.env(self.secret))
-            if self.stop_chaos.wait(0.05):
-                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not start within two minutes")
+            time.sleep(0.05)
 
     def _worker_starts(self) -> int:
         path = self.logs / "worker.log"
         return path.read_bytes().count(b"billsync worker:") if path.exists() else 0
 
-    def _killer(self) -> None:
-        low, high = self.config.kill_after
-        self._worker_ready(0)
-        while not self.stop_chaos.wait(self.rng.uniform(low, high)):
-            self._kill_worker()
-            starts = self._worker_starts()
-            self._start_worker()
-            self._worker_ready(starts)
+    def _kill_and_restart(self) -> None:
+        """Kill the worker in the middle of its work, and start the next one. The kill waits
+        until the worker started last says it runs (so every kill lands on a live worker with
+        its scheduler up), then a seeded moment into the step."""
+        self._worker_ready(self._starts_at_spawn)
+        time.sleep(self.rng.uniform(0.0, self.config.step_pause))
+        self._kill_worker()
+        self._starts_at_spawn = self._worker_starts()
+        self._start_worker()
 
-    def _cutter(self) -> None:
+    def _cut_database(self) -> None:
+        """Cut every connection and refuse new ones for a moment (restored by a timer, so the
+        outage lasts while the platform keeps sending and retrying)."""
         assert self.proxy is not None
-        total = self.expected_seconds
-        gap = total / (self.config.db_cuts + 1)
-        low, high = self.config.db_cut_seconds
-        while not self.stop_chaos.wait(self.rng.uniform(0.5 * gap, gap)):
-            self.proxy.cut()
-            self.result.db_cuts += 1
-            time.sleep(self.rng.uniform(low, high))
-            self.proxy.restore()
-
-    @property
-    def expected_seconds(self) -> float:
-        steps = (MONTH_END - MONTH_START) / self.config.step
-        return steps * self.config.step_pause
+        self.proxy.cut()
+        self.result.db_cuts += 1
+        restore = threading.Timer(self.rng.uniform(*self.config.db_cut_seconds), self.proxy.restore)
+        restore.daemon = True
+        restore.start()
+        self._restores.append(restore)
 
     # --- the platform ---------------------------------------------------------------------
 
@@ -450,28 +463,32 @@ class ChaosRun:
             if response.status_code != 201:
                 raise RuntimeError(f"account: {response.status_code} {response.text}")
         self._faults_on()
-        chaos = [threading.Thread(target=self._killer, daemon=True)]
-        if self.proxy is not None:
-            chaos.append(threading.Thread(target=self._cutter, daemon=True))
-        for thread in chaos:
-            thread.start()
+        kills = set(self.config.schedule(self.config.kills, salt=1))
+        cuts = set(self.config.schedule(self.config.db_cuts, salt=2)) if self.proxy else set()
+        # Each kind of fault also fires once at a chosen step of the month's first half, so
+        # that every kind is met however few requests the machine's speed let the run make.
+        half = len(self.config.driver_steps()) // 2
+        forced = dict(
+            zip(self.config.schedule(len(FAULT_KINDS), 3, half), FAULT_KINDS, strict=True)
+        )
         moment = MONTH_START
-        # The month, then two more hours: the grace window closes while faults go on.
-        while moment < MONTH_END + timedelta(hours=2) or self.result.kills < self.config.min_kills:
+        for index, moment in enumerate(self.config.driver_steps()):
             began = time.monotonic()
-            moment += self.config.step if moment < MONTH_END else timedelta(minutes=30)
             self._set_time(moment)  # the platform reports what happened up to now
             if moment <= MONTH_END:
                 self._send([e for d in simulation.deliveries(moment) for e in d.events])
                 if moment == MONTH_END and (last := simulation.flush_late()) is not None:
                     self._send(last.events)
+            if index in cuts:
+                self._cut_database()
+            if index in kills:
+                self._kill_and_restart()
+            if index in forced:  # this kind of fault on the next write, whatever the rates did
+                rule = {"endpoint": "POST *", "kind": forced[index], "count": 1}
+                self.stripe("POST", "/_emulator/faults", json=rule)
             time.sleep(max(0.0, self.config.step_pause - (time.monotonic() - began)))
-            if moment > MONTH_END + self.config.chaos_after_month:
-                break  # kills still short of the minimum: the run is too short to count
-        self.stop_chaos.set()
-        for thread in chaos:
-            thread.join()
-        self.stop_chaos.clear()
+        for restore in self._restores:
+            restore.cancel()
         if self.proxy is not None:
             self.proxy.restore()
         self._faults_off()

@@ -7,7 +7,7 @@ import time
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from billsync.bootstrap import Billsync, build
 from billsync.clock import Clock
@@ -17,7 +17,8 @@ from billsync.db import migrate
 from billsync.db.database import Database
 
 console = Console()
-errors = Console(stderr=True)
+# An error names files and ids a person copies: never broken across lines by the console.
+errors = Console(stderr=True, soft_wrap=True)
 DATABASE_WAIT_SECONDS = 60.0  # how long a starting process waits for its database
 
 
@@ -44,14 +45,24 @@ def wait_for_database(database: Database, seconds: float) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def ensure_schema(database: Database) -> None:
+def ensure_schema(database: Database, seconds: float = DATABASE_WAIT_SECONDS) -> None:
     """SQLite (one process owns it) is migrated on the spot; PostgreSQL, shared by many
-    processes, only by an explicit ``billsync db upgrade``."""
-    wait_for_database(database, DATABASE_WAIT_SECONDS)
-    if database.is_sqlite:
-        migrate.upgrade(database)
-        return
-    current, head = migrate.current_revision(database), migrate.head_revision(database)
+    processes, only by an explicit ``billsync db upgrade``. The database may go away again
+    between the wait and the check (a failover, a blink of the network): the whole step is
+    retried within the same ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        wait_for_database(database, max(0.0, deadline - time.monotonic()))
+        try:
+            if database.is_sqlite:
+                migrate.upgrade(database)
+                return
+            current, head = migrate.current_revision(database), migrate.head_revision(database)
+            break
+        except OperationalError as error:  # the connection was lost or refused, not a bad query
+            if time.monotonic() > deadline:
+                raise fail(f"the database is unreachable: {error.orig or error}") from None
+            console.print(f"the database went away while starting ({type(error.orig).__name__})")
     if current != head:
         raise fail(f"the database schema is at {current}, not {head}: run `billsync db upgrade`")
 
