@@ -73,7 +73,8 @@ def _parallel(extra: list[str]) -> list[str]:
     (which takes seconds: starting workers would cost more than it saves). Most of the suite
     waits on servers, processes and databases rather than computing, so it runs more workers
     than the machine has cores; the long chaos runs are collected first and start at once."""
-    if any(arg in ("-n", "--numprocesses", "-p") or arg.startswith("-n") for arg in extra):
+    chosen = ("-n", "--numprocesses", "--dist", "no:xdist", "-pno:xdist")
+    if any(arg in chosen or arg.startswith(("-n", "--numprocesses=")) for arg in extra):
         return []
     if "-m" in extra and extra[extra.index("-m") + 1 :][:1] == ["unit"]:
         return []

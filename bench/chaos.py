@@ -66,7 +66,8 @@ def main() -> None:
                 print(f"{store}: skipped ({row['skipped']})")
                 continue
             print(
-                f"{store}: {'PASSED' if row['ok'] else 'FAILED'} in {row['seconds']} s — "
+                f"{store}: {'PASSED' if row['ok'] else 'FAILED'} in {row['seconds']} s "
+                f"({row['phases']}, waiting for restarted workers {row['waited_for_worker']} s) — "
                 f"{row['distinct_events']:,} events ({row['events_sent']:,} sent), "
                 f"{row['kills']} worker kills, {row['db_cuts']} database cuts, "
                 f"{row['stripe_requests']:,} Stripe requests, faults {row['faults']}, "

@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billsync.sync.budget import CircuitBreaker, Lane, RateBudget, backoff_delay
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.unit  # pure: no database, no network, no process
 
@@ -427,7 +428,8 @@ def test_a_penalty_never_shortens_one_already_running() -> None:
 def test_with_the_real_clock_an_urgent_waiter_still_goes_first() -> None:
     budget = RateBudget(rate=20.0)
     assert budget.acquire(Lane.INTERVAL, timeout=1.0)
-    budget.penalize(0.3)
+    # Long enough that both threads queue inside it on any machine (they take milliseconds).
+    budget.penalize(5.0)
     assert not budget.acquire(Lane.INTERVAL, timeout=0.01)
     order: list[str] = []
 
@@ -439,13 +441,13 @@ def test_with_the_real_clock_an_urgent_waiter_still_goes_first() -> None:
         threading.Thread(target=wait, args=("interval", Lane.INTERVAL)),
         threading.Thread(target=wait, args=("on_demand", Lane.ON_DEMAND)),
     ]
-    queued = threading.Event()
-    for thread in threads:
+
+    def waiting() -> int:
+        return sum(budget.snapshot()["waiting"].values())
+
+    for queued, thread in enumerate(threads, start=1):
         thread.start()
-        for _ in range(1000):
-            if sum(budget.snapshot()["waiting"].values()) == threads.index(thread) + 1:
-                break
-            queued.wait(0.001)
+        wait_until(lambda: waiting() == queued, "the thread queues", every=0.001)  # noqa: B023
     assert budget.snapshot()["penalized_for"] > 0, "both threads must queue inside the penalty"
     for thread in threads:
         thread.join(STUCK)

@@ -496,3 +496,22 @@ def test_webhook_chaos_duplicates_reorders_and_fails_first_attempts(
     received = [json.loads(d.body)["data"]["object"]["id"] for d in deliveries]
     assert sorted(received) == sorted(created * 2)  # every event twice, nothing lost
     assert emulator.control("GET", "stats")["webhooks"]["failed_attempts"] == 6
+
+
+def test_webhook_chaos_drops_and_duplicates_the_next_events_on_demand(
+    stripe_peer: StripePeer, webhook_receiver: Receiver
+) -> None:
+    """``drop_next`` / ``duplicate_next``: a test meets each kind of chaos, whatever the rates
+    would have drawn (here none: the rates are 0)."""
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "webhooks/chaos", {"drop_next": 1, "duplicate_next": 1, "seed": 5})
+    register(stripe_peer, webhook_receiver, ["customer.created"])
+    created = [
+        stripe_peer.client.v1.customers.create(params={"name": f"n{n}"}).id for n in range(3)
+    ]
+    deliveries = webhook_receiver.wait_for(3)
+    received = sorted(json.loads(d.body)["data"]["object"]["id"] for d in deliveries)
+    assert received == sorted([created[1], created[1], created[2]])  # the first one lost
+    chaos = emulator.control("GET", "stats")["webhooks"]["chaos"]
+    assert (chaos["dropped"], chaos["duplicated"]) == (1, 1)
+    assert emulator.control("GET", "webhooks/chaos")["chaos"]["drop_next"] == 0

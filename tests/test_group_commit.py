@@ -14,6 +14,7 @@ from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import EventStatus, IngestReport
 from tests.conftest import T0
 from tests.factories import create_account, event
+from tests.waiting import wait_until
 
 Outcomes = Sequence[ValidEvent | Rejection]
 
@@ -25,12 +26,7 @@ def validated(billsync: Billsync, events: list[dict[str, Any]]) -> Outcomes:
 
 def wait_for_queue(committer: GroupCommitter, size: int) -> None:
     """Until ``size`` batches wait behind the running group (bounded, no fixed sleep)."""
-    ready = threading.Event()
-    for _ in range(2000):
-        if committer._queue.qsize() >= size:
-            return
-        ready.wait(0.005)
-    raise AssertionError("batches never queued")
+    wait_until(lambda: committer._queue.qsize() >= size, "the batches queue", every=0.005)
 
 
 def test_waiting_batches_commit_together_and_duplicates_across_them_count_once(

@@ -172,7 +172,7 @@ def test_two_threads_of_one_process_never_sync_one_account_at_once(
         nonlocal inside, most
         try:
             for _ in range(3):
-                with leases.hold(accounts[0], wait=10):
+                with leases.hold(accounts[0], wait=120):
                     with lock:
                         inside += 1
                         most = max(most, inside)
@@ -281,4 +281,31 @@ def test_leases_of_a_crashed_process_on_this_host_are_taken_at_once(
     assert holders(database, accounts[1:4]) == {
         accounts[1]: alive, accounts[2]: elsewhere, accounts[3]: other_namespace,
     }  # fmt: skip
+    restarted.stop()
+
+
+def test_the_singleton_job_of_a_crashed_process_on_this_host_is_taken_at_once(
+    database: Database, time: Wall
+) -> None:
+    """A worker killed and restarted by its service manager leads again at once: the webhook
+    inbox and the lifecycle do not wait out the dead process's lease. A live holder, or one on
+    another host, keeps it until the lease runs out."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    host, dead_pid = socket.gethostname(), int(finished.stdout)
+    namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    restarted = Leases(database, ttl=30, wall=time.wall, monotonic=time.monotonic)
+    for holder in (
+        f"{host}:{os.getppid()}:{namespace}:0a11e0",  # alive
+        f"another-host:{dead_pid}:{namespace}:0ther0",  # its pids mean nothing here
+    ):
+        assert worker(database, time, holder).lead(SCHEDULER_JOB)
+        assert not restarted.lead(SCHEDULER_JOB)
+        time.advance(31)  # that holder's lease runs out
+    dead = worker(database, time, f"{host}:{dead_pid}:{namespace}:0dead0")
+    assert dead.lead(SCHEDULER_JOB)
+    assert restarted.lead(SCHEDULER_JOB)  # no waiting out the lease
+    assert restarted.leading(SCHEDULER_JOB)
+    with database.read() as connection:
+        assert repository.job_holder(connection, SCHEDULER_JOB) == restarted.owner
     restarted.stop()

@@ -23,8 +23,8 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)  # answers to give, in order; then 200
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
-        """Until ``count`` deliveries have arrived (a bounded wait on a condition, no sleep)."""
+    def wait_for(self, count: int, timeout: float = 120.0) -> list[Delivery]:
+        """Until ``count`` deliveries have arrived (a wait on a condition, with a backstop)."""
         with self.arrived:
             if not self.arrived.wait_for(lambda: len(self.deliveries) >= count, timeout):
                 raise AssertionError(f"{len(self.deliveries)} deliveries arrived, wanted {count}")

@@ -9,6 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billsync.core.periods import validate_anchor_day
 
+# Set by `billsync serve` when its single process should also run the scheduler and workers.
+RUN_SCHEDULER = "BILLSYNC_RUN_SCHEDULER"
+
 EXAMPLE_CATALOG = Path(__file__).parent / "catalogs" / "example.toml"
 
 

@@ -99,6 +99,8 @@ class ChaosConfig:
 @dataclass
 class ChaosResult:
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds: start, chaos, settle
+    waited_for_worker: float = 0.0  # of which the kills waited for a restarted worker to run
     events_sent: int = 0
     distinct_events: int = 0
     accepted: int = 0
@@ -339,6 +341,7 @@ class ChaosRun:
             self.stripe("POST", "/_emulator/faults", json=rule)
         self.stripe("POST", "/_emulator/webhooks/chaos", json={
             "duplicate_rate": 0.2, "reorder_window": 4, "drop_rate": 0.1,
+            "drop_next": 2, "duplicate_next": 2,  # met whatever the rates draw
             "seed": self.config.seed,
         })  # fmt: skip
 
@@ -369,7 +372,11 @@ class ChaosRun:
         """Kill the worker in the middle of its work, and start the next one. The kill waits
         until the worker started last says it runs (so every kill lands on a live worker with
         its scheduler up), then a seeded moment into the step."""
+        began = time.monotonic()
         self._worker_ready(self._starts_at_spawn)
+        self.result.waited_for_worker = round(
+            self.result.waited_for_worker + time.monotonic() - began, 1
+        )
         time.sleep(self.rng.uniform(0.0, self.config.step_pause))
         self._kill_worker()
         self._starts_at_spawn = self._worker_starts()
@@ -432,9 +439,10 @@ class ChaosRun:
                     raise RuntimeError(f"event {sent['id']} rejected: {answer}")
 
     def run(self) -> ChaosResult:
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         try:
             self.start()
+            self._phase("start", started)
             self._run()
         except Exception as error:
             self.stop()
@@ -443,6 +451,9 @@ class ChaosRun:
             self.stop()
             self.result.seconds = round(time.monotonic() - started, 1)
         return self.result
+
+    def _phase(self, name: str, began: float) -> None:
+        self.result.phases[name] = round(time.monotonic() - began, 1)
 
     def _log_tails(self, lines: int = 25) -> str:
         """The end of each process's log: what a failed run needs to be understood."""
@@ -492,7 +503,9 @@ class ChaosRun:
         if self.proxy is not None:
             self.proxy.restore()
         self._faults_off()
+        self._phase("chaos", sum(self.result.phases.values()) + self._started)
         self._settle(moment)
+        self._phase("settle", sum(self.result.phases.values()) + self._started)
 
     def _settle(self, moment: datetime) -> None:
         """Chaos over: one clean worker finishes the month; then the checks."""

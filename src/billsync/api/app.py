@@ -29,13 +29,11 @@ from billsync.api.guard import ApiGuard
 from billsync.api.responses import JSONBody
 from billsync.api.stripe_webhook import WEBHOOK_PATH
 from billsync.bootstrap import Billsync, build
-from billsync.config import Settings
+from billsync.config import RUN_SCHEDULER, Settings
 from billsync.core import customer_tokens
 from billsync.db import migrate
 from billsync.observability import metrics
 
-# Set by `billsync serve` when its single process should also run the scheduler and workers.
-RUN_SCHEDULER = "BILLSYNC_RUN_SCHEDULER"
 # Every router of the app, with the prefix it is served under.
 ROUTERS: tuple[tuple[APIRouter, str], ...] = (
     (accounts.router, "/v1"),

@@ -10,7 +10,7 @@ import tempfile
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -19,7 +19,6 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from billsync.api.app import RUN_SCHEDULER
 from billsync.catalog_file import load_catalog
 from billsync.cli import (
     consume_command,
@@ -32,20 +31,20 @@ from billsync.cli import (
 )
 from billsync.cli.common import console, errors, fail, open_billsync
 from billsync.cli.ingest_file import ingest_file
-from billsync.config import Settings
+from billsync.config import RUN_SCHEDULER, Settings
 from billsync.core import customer_tokens
 from billsync.core.catalog import CatalogError
 from billsync.core.money import decimal_text, format_minor
 from billsync.db import migrate
 from billsync.db.database import Database
-from billsync.demo import Demo, DemoOptions, DemoSummary
-from billsync.emulator.app import create_app as create_emulator
-from billsync.emulator.state import API_VERSION, EmulatorConfig
 from billsync.errors import BillsyncError
 from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
 from billsync.observability.metrics import MULTIPROCESS_DIR
 from billsync.services.accounts import NewAccount
 from billsync.services.lines import parse_period
+
+if TYPE_CHECKING:
+    from billsync.demo import DemoSummary
 
 app = typer.Typer(help="billsync: usage ledger and Stripe invoice sync.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -355,6 +354,11 @@ def emulator(
     ] = None,
 ) -> None:
     """Run the Stripe emulator: the test peer and the demo's backend — never production."""
+    # Imported here, as the demo's are: a worker or an API process (which restart after a
+    # crash or a deploy) does not load the emulator, the demo or the web app to start.
+    from billsync.emulator.app import create_app as create_emulator  # noqa: PLC0415
+    from billsync.emulator.state import API_VERSION, EmulatorConfig  # noqa: PLC0415
+
     config = EmulatorConfig(public_url=f"http://{host}:{port}")
     if rate_limit is not None:
         config.rate_limit_test = config.rate_limit_live = rate_limit
@@ -379,6 +383,8 @@ def demo(
 ) -> None:
     """A billing month on an accelerated clock: SQLite, the Stripe emulator, a simulated
     platform, the customer pages and the console."""
+    from billsync.demo import Demo, DemoOptions  # noqa: PLC0415 - see emulator()
+
     settings = Settings()
     if "BILLSYNC_LOG_LEVEL" not in os.environ:
         # The demo shows its own progress; a line per sync would bury it (set the variable to

@@ -9,7 +9,8 @@ Chaos (``POST /_emulator/webhooks/chaos``): ``duplicate_rate`` sends an event tw
 ``reorder_window`` holds up to N events and sends them shuffled, ``delay_seconds`` delays
 every first attempt, ``fail_first`` makes the first K attempts of each delivery fail without
 reaching the receiver, ``drop_rate`` loses deliveries entirely (only ``GET /v1/events`` has
-them then).
+them then). ``drop_next`` and ``duplicate_next`` do the same to the next N events, whatever the
+rates draw (deterministic, for tests that must meet each kind of chaos).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Chaos:
     delay_seconds: float = 0.0
     fail_first: int = 0
     drop_rate: float = 0.0
+    drop_next: int = 0
+    duplicate_next: int = 0
     seed: int = 0
     random: random.Random = field(default_factory=lambda: random.Random(0))
 
@@ -54,8 +57,25 @@ class Chaos:
             "delay_seconds": self.delay_seconds,
             "fail_first": self.fail_first,
             "drop_rate": self.drop_rate,
+            "drop_next": self.drop_next,
+            "duplicate_next": self.duplicate_next,
             "seed": self.seed,
         }
+
+    def drops(self) -> bool:
+        """Whether the next event is lost (the rate is drawn either way, so a seed replays)."""
+        drawn = self.random.random() < self.drop_rate
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            return True
+        return drawn
+
+    def duplicates(self) -> bool:
+        drawn = self.random.random() < self.duplicate_rate
+        if self.duplicate_next > 0:
+            self.duplicate_next -= 1
+            return True
+        return drawn
 
 
 @dataclass(order=True)
@@ -85,6 +105,8 @@ class WebhookDispatcher:
             delay_seconds=float(spec.get("delay_seconds", 0)),
             fail_first=int(spec.get("fail_first", 0)),
             drop_rate=float(spec.get("drop_rate", 0)),
+            drop_next=int(spec.get("drop_next", 0)),
+            duplicate_next=int(spec.get("duplicate_next", 0)),
             seed=int(spec.get("seed", 0)),
         )
         chaos.random = random.Random(chaos.seed)
@@ -110,11 +132,11 @@ class WebhookDispatcher:
         chaos = self.chaos
         counts = self.state.stats.webhook_chaos
         for endpoint_id, event_id in outbox:
-            if chaos.random.random() < chaos.drop_rate:
+            if chaos.drops():
                 self._settled(event_id)
                 counts["dropped"] += 1
                 continue
-            copies = 2 if chaos.random.random() < chaos.duplicate_rate else 1
+            copies = 2 if chaos.duplicates() else 1
             counts["duplicated"] += copies - 1
             for _ in range(copies):
                 self._held.append((endpoint_id, event_id))

@@ -233,6 +233,19 @@ def take_job(
     return row is not None
 
 
+def take_over_job(
+    connection: Connection, name: str, dead_owner: str, owner: str, expires_at: datetime
+) -> bool:
+    """Take job ``name`` from ``dead_owner`` (a process known to be gone), if it still holds it."""
+    row = connection.execute(
+        update(job_leases)
+        .where(job_leases.c.name == name, job_leases.c.owner == dead_owner)
+        .values(generation=job_leases.c.generation + 1, owner=owner, expires_at=expires_at)
+        .returning(job_leases.c.generation)
+    ).first()
+    return row is not None
+
+
 def release_job(connection: Connection, name: str, owner: str) -> None:
     connection.execute(
         update(job_leases)

@@ -12,7 +12,9 @@ when due (so a process without the thread, an API replica syncing on demand, kee
 too). A process that cannot renew (it stalled, or lost the database) stops calling Stripe once
 its own view of the lease runs out, measured on its monotonic clock from the last successful
 renewal, before anyone else may take it over. A killed worker's leases simply expire and the
-other workers' next claim picks the accounts up.
+other workers' next claim picks the accounts up; on the same host (a crashed process whose pid
+is gone, the usual case when a service manager restarts it) its accounts and its singleton job
+are taken over at once.
 
 What is left if a stalled worker's call was already in flight when its lease ran out: the
 next holder may send the same write. Every write carries an idempotency key derived from the
@@ -349,6 +351,15 @@ class Leases:
         started = self._monotonic()
         with self.database.transaction() as connection:
             ours = repository.take_job(connection, job, self.owner, now, expires)
+            if not ours:
+                # A process of this host that crashed (its pid is gone) cannot renew: take the
+                # job now rather than leave the webhook inbox and the lifecycle waiting out its
+                # lease — as claims do with its accounts.
+                holder = repository.job_holder(connection, job)
+                if holder is not None and holder != self.owner and is_dead_here(holder):
+                    ours = repository.take_over_job(connection, job, holder, self.owner, expires)
+                    if ours:
+                        log.info("lease.job_taken_over", extra={"job": job, "from": holder})
         with self._lock:
             if ours:
                 self._jobs[job] = started
