@@ -27,6 +27,16 @@ pytestmark = pytest.mark.unit  # pure: no database, no network, no process
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "billsync"
 MODULES = sorted(SOURCE.rglob("*.py"))
 
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+# Every module parsed once, here, while collection runs on one thread: CPython 3.11 before
+# 3.11.8 can fail an ast.parse that overlaps one in another thread ("AST constructor recursion
+# depth mismatch", python/cpython#106905), and servers of other tests run threads later on.
+TREES: dict[Path, ast.Module] = {path: _parse(path) for path in MODULES}
+
 # Top to bottom. A module belongs to the first prefix that matches its dotted name (without
 # "billsync."); the order of prefixes inside a layer does not matter.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -77,7 +87,7 @@ def _type_checking_blocks(tree: ast.Module) -> set[int]:
 
 def imports_of(path: Path, *, runtime_only: bool = False) -> set[str]:
     """Imported modules, and ``module.name`` for each name imported from a module."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = TREES[path] if path in TREES else _parse(path)
     skip = _type_checking_blocks(tree) if runtime_only else set()
     package = module_name(path).rsplit(".", 1)[0] if "." in module_name(path) else ""
     found: set[str] = set()
@@ -217,7 +227,7 @@ def test_only_db_begins_commits_or_rolls_back_on_the_engine() -> None:
     for path in MODULES:
         if path.relative_to(SOURCE).parts[0] == "db":
             continue
-        tree = ast.parse(path.read_text())
+        tree = TREES[path]
         for call, attribute in calls(tree):
             receiver = ast.unparse(call.func).rsplit(".", 1)[0]
             if attribute in ENGINE_DOORS and "engine" in receiver:
@@ -230,7 +240,7 @@ def test_only_db_begins_commits_or_rolls_back_on_the_engine() -> None:
 
 def test_repositories_and_the_core_never_open_a_transaction() -> None:
     for path in source_files("repositories", "core"):
-        for call, attribute in calls(ast.parse(path.read_text())):
+        for call, attribute in calls(TREES[path]):
             assert not opens_transaction(call, attribute), (
                 f"{path.relative_to(SOURCE)}: {ast.unparse(call)}; it receives a connection"
             )
@@ -239,7 +249,7 @@ def test_repositories_and_the_core_never_open_a_transaction() -> None:
 def test_the_services_that_open_transactions_are_the_listed_ones() -> None:
     opening = set()
     for path in source_files("services"):
-        if any(opens_transaction(c, a) for c, a in calls(ast.parse(path.read_text()))):
+        if any(opens_transaction(c, a) for c, a in calls(TREES[path])):
             opening.add(path.relative_to(SOURCE).as_posix())
     assert opening - set(OWN_TRANSACTIONS) == set(), (
         "these services open transactions without a reason in OWN_TRANSACTIONS: the entry "
@@ -254,7 +264,7 @@ CONNECTION = re.compile(r"(\w+\.)?Connection( \| None)?")
 
 def test_a_function_given_a_connection_never_opens_another() -> None:
     for path in MODULES:
-        tree = ast.parse(path.read_text())
+        tree = TREES[path]
         for function in ast.walk(tree):
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
@@ -300,7 +310,7 @@ def test_no_stripe_call_while_a_transaction_is_open() -> None:
     database.transaction()`` or ``read()`` block, the Stripe port is not even mentioned."""
     blocks = 0
     for path in MODULES:
-        for block in transaction_blocks(ast.parse(path.read_text())):
+        for block in transaction_blocks(TREES[path]):
             blocks += 1
             for statement in block.body:
                 for node in stripe_references(statement):
@@ -311,14 +321,17 @@ def test_no_stripe_call_while_a_transaction_is_open() -> None:
     assert blocks > 20, "the check found no transaction blocks: it is looking in the wrong place"
 
 
+BAD = ast.parse(
+    "def sync(self, connection):\n"
+    "    with self.database.transaction() as c:\n"
+    "        self._call(self.gateway.add_lines, c)\n"
+    "    connection.commit()\n"
+)
+
+
 def test_the_transaction_checks_catch_what_they_forbid() -> None:
     """The checks above are not vacuous: each finds its violation in a made-up module."""
-    bad = ast.parse(
-        "def sync(self, connection):\n"
-        "    with self.database.transaction() as c:\n"
-        "        self._call(self.gateway.add_lines, c)\n"
-        "    connection.commit()\n"
-    )
+    bad = BAD
     assert [ast.unparse(n) for b in transaction_blocks(bad) for n in stripe_references(b)] == [
         "self.gateway"
     ]

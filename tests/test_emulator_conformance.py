@@ -52,11 +52,22 @@ NONE_TYPE = type(None)
 # names its TYPE_CHECKING block imports, plus typing's names.
 
 
+def _parse(source: str) -> ast.Module:
+    """ast.parse, again if it overlapped a parse in another thread: CPython 3.11 before 3.11.8
+    may then fail with "AST constructor recursion depth mismatch" (python/cpython#106905)."""
+    for _ in range(5):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            continue
+    return ast.parse(source)
+
+
 @cache
 def _type_checking_imports(module_name: str) -> dict[str, Any]:
     """The names a module imports under ``if TYPE_CHECKING:``, imported for real."""
     module = sys.modules[module_name]
-    tree = ast.parse(inspect.getsource(module))
+    tree = _parse(inspect.getsource(module))
     names: dict[str, Any] = {}
     for node in tree.body:
         if not (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)):

@@ -68,6 +68,8 @@ class ChaosConfig:
     step_pause: float = 0.25  # real seconds per step: how long the worker gets between steps
     fault_rate: float = 0.2
     kills: int = 30  # SIGKILLs of the worker, at steps chosen from the seed
+    # Real seconds a worker runs (from when it says it runs) before a kill may land on it.
+    worker_life: tuple[float, float] = (0.3, 1.2)
     db_cuts: int = 4  # PostgreSQL only, at steps chosen from the seed
     db_cut_seconds: tuple[float, float] = (0.5, 2.0)
     seed: int = 7
@@ -234,6 +236,7 @@ class ChaosRun:
         self.logs = config.workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         self._starts_at_spawn = 0  # worker start lines logged before the current worker began
+        self._ready_at: float | None = None  # when the current worker was first seen running
         self._restores: list[threading.Timer] = []
 
     # --- processes ------------------------------------------------------------------------
@@ -370,17 +373,28 @@ class ChaosRun:
 
     def _kill_and_restart(self) -> None:
         """Kill the worker in the middle of its work, and start the next one. The kill waits
-        until the worker started last says it runs (so every kill lands on a live worker with
-        its scheduler up), then a seeded moment into the step."""
+        until the worker started last says it runs (its scheduler and threads are up) and has
+        worked a seeded while since (so that it syncs, and dies in the middle of it), then the
+        next worker starts while the month goes on."""
+        low, high = self.config.worker_life
+        life = self.rng.uniform(low, high)
         began = time.monotonic()
         self._worker_ready(self._starts_at_spawn)
+        if self._ready_at is None:
+            self._ready_at = time.monotonic()
+        time.sleep(max(0.0, self._ready_at + life - time.monotonic()))
         self.result.waited_for_worker = round(
             self.result.waited_for_worker + time.monotonic() - began, 1
         )
-        time.sleep(self.rng.uniform(0.0, self.config.step_pause))
         self._kill_worker()
         self._starts_at_spawn = self._worker_starts()
+        self._ready_at = None
         self._start_worker()
+
+    def _note_ready(self) -> None:
+        """When the current worker was first seen running (checked at every step)."""
+        if self._ready_at is None and self._worker_starts() > self._starts_at_spawn:
+            self._ready_at = time.monotonic()
 
     def _cut_database(self) -> None:
         """Cut every connection and refuse new ones for a moment (restored by a timer, so the
@@ -492,6 +506,7 @@ class ChaosRun:
                     self._send(last.events)
             if index in cuts:
                 self._cut_database()
+            self._note_ready()
             if index in kills:
                 self._kill_and_restart()
             if index in forced:  # this kind of fault on the next write, whatever the rates did
