@@ -137,6 +137,70 @@ def periods_with_status(
     return [_period(row) for row in connection.execute(query.order_by(billing_periods.c.start))]
 
 
+def start_closing(connection: Connection, ended_by: date, now: datetime) -> list[tuple[str, date]]:
+    """Open periods that ended on or before ``ended_by`` become ``closing``, in one statement
+    (both accept usage: no lock needed); returns them."""
+    rows = connection.execute(
+        update(billing_periods)
+        .where(
+            billing_periods.c.status == PeriodStatus.OPEN.value,
+            billing_periods.c.end <= ended_by,
+        )
+        .values(status=PeriodStatus.CLOSING.value, status_changed_at=now, updated_at=now)
+        .returning(billing_periods.c.account_id, billing_periods.c.start)
+    )
+    return sorted((row[0], row[1]) for row in rows)
+
+
+def closing_due(connection: Connection, ended_by: date, limit: int) -> list[PeriodRow]:
+    """Closing periods whose grace is over (they ended on or before ``ended_by``)."""
+    query = (
+        select(billing_periods)
+        .where(
+            billing_periods.c.status == PeriodStatus.CLOSING.value,
+            billing_periods.c.end <= ended_by,
+        )
+        .order_by(billing_periods.c.end, billing_periods.c.account_id)
+        .limit(limit)
+    )
+    return [_period(row) for row in connection.execute(query)]
+
+
+def reviews_due(connection: Connection, now: datetime, limit: int) -> list[PeriodRow]:
+    """Periods in review whose draft is not complete yet (no review window set), or whose
+    review window is over."""
+    query = (
+        select(billing_periods)
+        .where(
+            billing_periods.c.status == PeriodStatus.REVIEW.value,
+            or_(
+                billing_periods.c.review_ends_at.is_(None),
+                billing_periods.c.review_ends_at <= now,
+            ),
+        )
+        .order_by(billing_periods.c.end, billing_periods.c.account_id)
+        .limit(limit)
+    )
+    return [_period(row) for row in connection.execute(query)]
+
+
+def start_review_window(
+    connection: Connection, account_id: str, start: date, ends_at: datetime, now: datetime
+) -> bool:
+    """The draft is complete: the review window starts (once)."""
+    changed = connection.execute(
+        update(billing_periods)
+        .where(
+            billing_periods.c.account_id == account_id,
+            billing_periods.c.start == start,
+            billing_periods.c.status == PeriodStatus.REVIEW.value,
+            billing_periods.c.review_ends_at.is_(None),
+        )
+        .values(review_ends_at=ends_at, updated_at=now)
+    )
+    return changed.rowcount == 1
+
+
 def lines_of(connection: Connection, account_id: str, starts: Sequence[date]) -> list[SyncLine]:
     if not starts:
         return []
@@ -250,6 +314,34 @@ def set_period_status(
         .where(billing_periods.c.account_id == account_id, billing_periods.c.start == start)
         .values(status=status.value, status_changed_at=now, updated_at=now, **values)
     )
+
+
+def transition(
+    connection: Connection,
+    account_id: str,
+    start: date,
+    expected: Iterable[PeriodStatus],
+    *,
+    to: PeriodStatus,
+    now: datetime,
+    **values: Any,
+) -> bool:
+    """Move the period to ``to`` if it is still in one of ``expected``; False if another
+    process moved it first. Taken under the account's ledger lock (the one ingest holds while
+    it places usage), so that a change of whether the period accepts usage falls cleanly
+    between two ingest transactions: an event is placed either before it (on this period) or
+    after it (on the next one, as late usage), never in between."""
+    lock_accounts(connection, [account_id])
+    changed = connection.execute(
+        update(billing_periods)
+        .where(
+            billing_periods.c.account_id == account_id,
+            billing_periods.c.start == start,
+            billing_periods.c.status.in_([state.value for state in expected]),
+        )
+        .values(status=to.value, status_changed_at=now, updated_at=now, **values)
+    )
+    return changed.rowcount == 1
 
 
 def mark_finalized(connection: Connection, account_id: str, start: date, now: datetime) -> None:

@@ -2,8 +2,15 @@
 
 - **open**: the period is running; syncs keep its draft current per the account's policy.
 - **closing**: the period ended; usage still arriving within the grace window lands on it.
-- **review**: grace is over and the draft in Stripe is complete; support may hold, adjust or
-  approve until the review window ends.
+- **review**: grace is over: the period takes no more usage (what arrives for it now is late
+  usage on the next period), its final state is pushed to Stripe's draft, and once the draft is
+  complete the review window starts; support may hold, adjust or approve until it ends.
+
+The moment a period stops taking usage (end of grace, approve now, hold) is one conditional
+status change taken under the account's ledger lock, the one ingest holds while it places
+usage (``repositories.sync.transition``): every accepted event is either on the period before
+that moment, and so in the final sync's snapshot, or on the next period as a late line.
+Every status change is conditional on the status it expects, never read-then-write.
 - **held**: a person stopped the clock; release restarts it with the time that was left.
 - **finalized**: billsync asked Stripe to finalize (``auto_advance=true``: Stripe collects);
   Stripe is the truth from here. Usage for it arriving later lands on the next open period.
@@ -58,26 +65,25 @@ class LifecycleService:
         self.sync = sync
         self.settings = settings or LifecycleSettings()
 
-    def advance(self, now: datetime | None = None) -> AdvanceReport:
-        """Run every transition that is due at ``now`` (default: the clock)."""
+    def advance(self, now: datetime | None = None, *, limit: int = 500) -> AdvanceReport:
+        """Run the transitions that are due at ``now`` (default: the clock), at most ``limit``
+        periods per step: each step reads only the periods that are due (by status and date),
+        not every open period."""
         now = now or self.clock.now()
         report = AdvanceReport()
         with self.database.transaction() as connection:
-            for period in repository.periods_with_status(connection, [PeriodStatus.OPEN]):
-                if _end(period) <= now:
-                    repository.set_period_status(
-                        connection, period.account_id, period.start, PeriodStatus.CLOSING, now
-                    )
-                    report.closing.append((period.account_id, period.start))
+            report.closing += repository.start_closing(connection, now.date(), now)
         with self.database.read() as connection:
-            closing = repository.periods_with_status(connection, [PeriodStatus.CLOSING])
+            closing = repository.closing_due(connection, (now - self.settings.grace).date(), limit)
         for period in closing:
             if _end(period) + self.settings.grace <= now:
-                self._close(period, now, report)
+                self._stop_usage(period, now, report)
         with self.database.read() as connection:
-            in_review = repository.periods_with_status(connection, [PeriodStatus.REVIEW])
+            in_review = repository.reviews_due(connection, now, limit)
         for period in in_review:
-            if period.review_ends_at is not None and period.review_ends_at <= now:
+            if period.review_ends_at is None:
+                self._complete_draft(period, now, report)
+            else:
                 self._finalize(period.account_id, period.start, now, report)
         return report
 
@@ -93,18 +99,30 @@ class LifecycleService:
             line.synced_version == line.version for line in lines
         )
 
-    def _close(self, period: PeriodRow, now: datetime, report: AdvanceReport) -> None:
-        """Grace is over: push the period's final state, then open the review window."""
+    def _stop_usage(self, period: PeriodRow, now: datetime, report: AdvanceReport) -> None:
+        """Grace is over: the period takes no more usage, then its draft is completed."""
+        with self.database.transaction() as connection:
+            stopped = repository.transition(
+                connection, period.account_id, period.start, [PeriodStatus.CLOSING],
+                to=PeriodStatus.REVIEW, now=now, review_ends_at=None,
+            )  # fmt: skip
+        if stopped:
+            self._complete_draft(period, now, report)
+
+    def _complete_draft(self, period: PeriodRow, now: datetime, report: AdvanceReport) -> None:
+        """Push the period's final state; once Stripe's draft holds all of it, the review
+        window starts. A failure is retried at the next tick."""
         outcome = self.sync.sync_account(period.account_id, lane=CLOSING)
         if not outcome.ok or not self._in_step(period.account_id, period.start):
             report.failed.append((period.account_id, outcome.error or "draft not complete yet"))
             return
         with self.database.transaction() as connection:
-            repository.set_period_status(
-                connection, period.account_id, period.start, PeriodStatus.REVIEW, now,
-                review_ends_at=now + self.settings.review_window,
+            started = repository.start_review_window(
+                connection, period.account_id, period.start, now + self.settings.review_window,
+                now,
             )  # fmt: skip
-        report.review.append((period.account_id, period.start))
+        if started:
+            report.review.append((period.account_id, period.start))
 
     def _finalize(self, account_id: str, start: date, now: datetime, report: AdvanceReport) -> None:
         with self.database.transaction() as connection:
@@ -137,11 +155,13 @@ class LifecycleService:
         if period.review_ends_at is not None:
             remaining = max(0, int((period.review_ends_at - now).total_seconds()))
         with self.database.transaction() as connection:
-            repository.set_period_status(
-                connection, account_id, start, PeriodStatus.HELD, now,
+            held = repository.transition(
+                connection, account_id, start, [period.status], to=PeriodStatus.HELD, now=now,
                 held_from=period.status.value, hold_remaining_seconds=remaining,
                 review_ends_at=None,
             )  # fmt: skip
+        if not held:
+            raise _changed_meanwhile(account_id, start)
 
     def release(self, account_id: str, start: date) -> None:
         """Restart the clock where it stopped."""
@@ -157,18 +177,40 @@ class LifecycleService:
                 timedelta(seconds=left) if left is not None else self.settings.review_window
             )
         with self.database.transaction() as connection:
-            repository.set_period_status(
-                connection, account_id, start, back, now, held_from=None,
-                hold_remaining_seconds=None, review_ends_at=review_ends_at,
+            released = repository.transition(
+                connection, account_id, start, [PeriodStatus.HELD], to=back, now=now,
+                held_from=None, hold_remaining_seconds=None, review_ends_at=review_ends_at,
             )  # fmt: skip
+        if not released:
+            raise _changed_meanwhile(account_id, start)
 
     def approve_now(self, account_id: str, start: date) -> bool:
-        """Finalize now (review or held periods): returns whether Stripe finalized it."""
+        """Finalize now (closing, review or held periods): returns whether Stripe finalized it.
+
+        The period stops taking usage first (under the account's ledger lock), then the final
+        sync reads everything it holds and finalizes: usage accepted while the call is in flight
+        is late usage on the next period, never lost between the two."""
         period = self._period(account_id, start)
-        if period.status not in (PeriodStatus.REVIEW, PeriodStatus.HELD, PeriodStatus.CLOSING):
+        approvable = (PeriodStatus.REVIEW, PeriodStatus.HELD, PeriodStatus.CLOSING)
+        if period.status not in approvable:
             raise Conflict(
                 f"a {period.status} period cannot be approved", code="period_not_approvable"
             )
+        now = self.clock.now()
+        with self.database.transaction() as connection:
+            stopped = repository.transition(
+                connection, account_id, start, approvable, to=PeriodStatus.REVIEW, now=now,
+                held_from=None, hold_remaining_seconds=None, review_ends_at=now,
+            )  # fmt: skip
+        if not stopped:
+            raise _changed_meanwhile(account_id, start)
         report = AdvanceReport()
-        self._finalize(account_id, start, self.clock.now(), report)
+        self._finalize(account_id, start, now, report)
         return bool(report.finalized)
+
+
+def _changed_meanwhile(account_id: str, start: date) -> Conflict:
+    return Conflict(
+        f"the {start} period of '{account_id}' changed meanwhile: look again, then retry",
+        code="period_changed",
+    )

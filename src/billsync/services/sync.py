@@ -64,7 +64,6 @@ log = logging.getLogger("billsync.sync")
 CLOSING_LANE = 1  # sync.budget.Lane.CLOSING: this lane and the more urgent ones wait for a lease
 
 T = TypeVar("T")
-MAX_ROUNDS = 4  # plan → apply → (re-read after an ambiguous failure) → plan again ...
 
 
 class CallGuard(Protocol):
@@ -333,36 +332,26 @@ class SyncService:
                 )  # fmt: skip
 
     def _sync_held(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
-        """Plan and apply until a fresh read plans nothing; returns that read's states."""
+        """Push one snapshot of the account: read its lines once, apply the plan, done. Usage
+        that arrives meanwhile is the next sync's work — an account whose usage never stops is
+        synced once per window like any other, never chased. A call of unknown outcome (or a
+        line Stripe no longer has) is read back and the snapshot planned once more. Returns the
+        account's states read after the run (what is still behind)."""
         with self.database.read() as connection:
             pending = repository.pending_intents(connection, account_id)
         if pending:
             # A previous run died between a call and its record: look before writing again.
             self._recover(account_id, lane, outcome)
-        for _ in range(MAX_ROUNDS):
+        while True:
             with self.database.read() as connection:
                 account = repository.get_account(connection, account_id)
                 if account is None:
                     raise PlanError(f"account {account_id} does not exist")
                 states, periods, lines = self._states(connection, account)
             operations = plan(states, has_customer=account.stripe_customer_id is not None)
-            if not operations:
-                return states
             try:
-                for operation in operations:
-                    step = _Step(account, periods, lines, lane, outcome, self.clock.now())
-                    self._apply(step, operation)
-                    outcome.operations.append(operation)
-                    if isinstance(operation, AddLines | UpdateLines | RemoveLines):
-                        continue  # line operations learn no id the next operation needs
-                    # Ids learnt by this operation (customer, invoice) are needed by the next.
-                    with self.database.read() as connection:
-                        refreshed = repository.get_account(connection, account_id)
-                        assert refreshed is not None
-                        account = refreshed
-                        periods = {
-                            p.start: p for p in repository.periods_to_sync(connection, account_id)
-                        }
+                snapshot = _Step(account, periods, lines, lane, outcome, self.clock.now())
+                self._apply_snapshot(snapshot, operations)
             except (StripeAmbiguous, StripeRejected) as failure:
                 if isinstance(failure, StripeRejected) and failure.status != 404:
                     raise  # Stripe refused what we sent: a bug or drift, not a read away
@@ -372,7 +361,32 @@ class SyncService:
                 self._recover(account_id, lane, outcome)
                 outcome.recovered = True
                 continue
-        raise PlanError(f"account {account_id} did not converge in {MAX_ROUNDS} rounds")
+            break
+        if not operations:
+            return states
+        with self.database.read() as connection:
+            account = repository.get_account(connection, account_id)
+            assert account is not None
+            after, _, _ = self._states(connection, account)
+        return after
+
+    def _apply_snapshot(self, snapshot: _Step, operations: list[Operation]) -> None:
+        account, periods = snapshot.account, snapshot.periods
+        for operation in operations:
+            step = _Step(
+                account, periods, snapshot.lines, snapshot.lane, snapshot.outcome,
+                self.clock.now(),
+            )  # fmt: skip
+            self._apply(step, operation)
+            snapshot.outcome.operations.append(operation)
+            if isinstance(operation, AddLines | UpdateLines | RemoveLines):
+                continue  # line operations learn no id the next operation needs
+            # Ids learnt by this operation (customer, invoice) are needed by the next.
+            with self.database.read() as connection:
+                refreshed = repository.get_account(connection, account.id)
+                assert refreshed is not None
+                account = refreshed
+                periods = {p.start: p for p in repository.periods_to_sync(connection, account.id)}
 
     def _apply(
         self,
