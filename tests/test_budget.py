@@ -23,6 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billsync.sync.budget import CircuitBreaker, Lane, RateBudget, backoff_delay
+from billsync.sync.leases import LeaseLost
+from billsync.sync.port import StripeUnavailable
+from billsync.sync.scheduler import StripeGuard
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.unit  # pure: no database, no network, no process
@@ -602,3 +605,35 @@ def test_circuit_breaker_refuses_nonsense_configuration(
 ) -> None:
     with pytest.raises(ValueError, match=r"threshold|cooldown"):
         CircuitBreaker(failure_threshold=threshold, cooldown=cooldown, max_cooldown=max_cooldown)
+
+
+@pytest.mark.parametrize(
+    "stopped_by",
+    [LeaseLost("the lease ran out during the budget's wait"), RuntimeError("database error")],
+)
+def test_a_probe_that_never_reaches_stripe_does_not_wedge_the_breaker(
+    stopped_by: Exception,
+) -> None:
+    """Half-open lets one probe through. If the block ends some other way than with Stripe's
+    answer (the lease lost, the database failing before the call goes out), the breaker is
+    told the call never happened: the next caller probes, instead of every call being refused
+    until a restart."""
+    clock = ManualSeconds()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=5.0, clock=clock)
+    guard = StripeGuard(RateBudget(rate=1000.0, burst=10), breaker)
+    breaker.allow()
+    breaker.record_failure()
+    clock.now = 5.0
+    assert state(breaker) == "half_open"
+    with pytest.raises(type(stopped_by)), guard.call(Lane.INTERVAL):
+        raise stopped_by
+    assert not breaker.snapshot()["probe_in_flight"]
+    with guard.call(Lane.INTERVAL):  # the next probe goes, and Stripe answers: closed
+        pass
+    assert state(breaker) == "closed"
+    # A probe that Stripe answers with an outage opens it again, as before.
+    breaker.record_failure()
+    clock.now = 10.0
+    with pytest.raises(StripeUnavailable), guard.call(Lane.INTERVAL):
+        raise StripeUnavailable("503 from Stripe", code="api_error")
+    assert state(breaker) == "open"

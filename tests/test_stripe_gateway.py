@@ -4,6 +4,8 @@ how each failure Stripe (or the network) can produce reaches billsync as a Strip
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -474,11 +476,15 @@ def test_calls_outside_syncs_spend_the_same_budget(running_emulator: RunningEmul
     seen: list[tuple[str, object]] = []
 
     class Recording:
-        def before_call(self, lane: int) -> None:
+        @contextmanager
+        def call(self, lane: int) -> Iterator[None]:
             seen.append(("before", lane))
-
-        def after_call(self, failure: StripeFailure | None) -> None:
-            seen.append(("after", None if failure is None else type(failure).__name__))
+            try:
+                yield
+            except StripeFailure as failure:
+                seen.append(("after", type(failure).__name__))
+                raise
+            seen.append(("after", None))
 
     gateway = StripeGateway(EMULATOR_KEY, api_base=running_emulator.url, max_network_retries=0)
     reads = guarded(gateway, Recording(), Lane.INTERVAL)

@@ -457,15 +457,8 @@ class Reconciler:
 
     def _call(self, lane: int, call: Callable[[], T]) -> T:
         """A Stripe call through the process's rate budget and circuit breaker."""
-        guard = self.sync.guard
-        guard.before_call(lane)
-        try:
-            result = call()
-        except StripeFailure as failure:
-            guard.after_call(failure)
-            raise
-        guard.after_call(None)
-        return result
+        with self.sync.guard.call(lane):
+            return call()
 
     def _read(self, invoice_id: str, lane: int, *, with_lines: bool) -> RemoteInvoice | None:
         """The invoice, or None when Stripe says it does not exist."""

@@ -12,7 +12,8 @@ again from what is really there: nothing is ever created twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import partial
@@ -67,19 +68,20 @@ T = TypeVar("T")
 
 
 class CallGuard(Protocol):
-    """Around every Stripe call: the shared rate budget and the circuit breaker."""
+    """Around every Stripe call: the shared rate budget and the circuit breaker.
 
-    def before_call(self, lane: int) -> None: ...
+    ``with guard.call(lane):`` waits for the budget (or refuses while the breaker is open),
+    and when the block ends answers the breaker exactly once: Stripe's answer if the block
+    reached it (a ``StripeFailure`` or none), or, for any other way out (a lost lease, a
+    database error before the call went out), that the call never happened."""
 
-    def after_call(self, failure: StripeFailure | None) -> None: ...
+    def call(self, lane: int) -> AbstractContextManager[None]: ...
 
 
 class NoGuard:
-    def before_call(self, lane: int) -> None:
-        return None
-
-    def after_call(self, failure: StripeFailure | None) -> None:
-        return None
+    @contextmanager
+    def call(self, lane: int) -> Iterator[None]:
+        yield
 
 
 @dataclass
@@ -293,19 +295,13 @@ class SyncService:
 
     def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
         outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
-        self.guard.before_call(lane)
-        if self.leases is not None:
-            # After the budget's wait, which can be long: the call goes out under a lease
-            # renewed just now (or not at all).
-            self.leases.check(outcome.account_id)
-        outcome.calls += 1
-        try:
-            result = call()
-        except StripeFailure as failure:
-            self.guard.after_call(failure)
-            raise
-        self.guard.after_call(None)
-        return result
+        with self.guard.call(lane):
+            if self.leases is not None:
+                # After the budget's wait, which can be long: the call goes out under a lease
+                # renewed just now (or not at all).
+                self.leases.check(outcome.account_id)
+            outcome.calls += 1
+            return call()
 
     def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
         """Under the account's lease (sync.leases): one process syncs an account at a time."""

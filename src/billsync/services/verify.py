@@ -321,14 +321,8 @@ class Verifier:
     def _call(self, call: Callable[[], T]) -> T:
         if self.guard is None:
             return call()
-        self.guard.before_call(self.lane)
-        try:
-            result = call()
-        except StripeFailure as failure:
-            self.guard.after_call(failure)
-            raise
-        self.guard.after_call(None)
-        return result
+        with self.guard.call(self.lane):
+            return call()
 
     def _check_stripe(
         self,

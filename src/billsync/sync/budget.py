@@ -359,6 +359,13 @@ class CircuitBreaker:
             self._cooldown = self._base_cooldown
             self._probe_in_flight = False
 
+    def abandon(self) -> None:
+        """A call let through never reached Stripe (its lease was lost, the database failed,
+        the budget's wait was interrupted): if it was the probe, the next asker probes instead.
+        Neither a success nor a failure."""
+        with self._lock:
+            self._probe_in_flight = False
+
     def record_failure(self) -> None:
         with self._lock:
             now = self._clock()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from billsync.services.sync import CallGuard
-from billsync.sync.port import StripeFailure, StripePort
+from billsync.sync.port import StripePort
 
 
 class _Guarded:
@@ -21,14 +21,8 @@ class _Guarded:
         method = getattr(self._gateway, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._guard.before_call(self._lane)
-            try:
-                result = method(*args, **kwargs)
-            except StripeFailure as failure:
-                self._guard.after_call(failure)
-                raise
-            self._guard.after_call(None)
-            return result
+            with self._guard.call(self._lane):
+                return method(*args, **kwargs)
 
         return call
 

@@ -16,7 +16,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -52,18 +53,36 @@ class StripeGuard:
         self._random = random.Random()
         self._lock = threading.Lock()
 
-    def before_call(self, lane: int) -> None:
+    @contextmanager
+    def call(self, lane: int) -> Iterator[None]:
+        """See ``CallGuard``: the breaker hears back exactly once, however the block ends."""
+        self._before(lane)
+        try:
+            yield
+        except StripeFailure as failure:
+            self._after(failure)
+            raise
+        except BaseException:
+            self.breaker.abandon()  # it never reached Stripe (or we cannot tell it did)
+            raise
+        self._after(None)
+
+    def _before(self, lane: int) -> None:
         if not self.breaker.allow():
             raise StripeUnavailable(
                 f"Stripe keeps failing: calls paused for {self.breaker.retry_in():.0f} s "
                 "(circuit open)",
                 code="circuit_open",
             )
-        self.budget.acquire(Lane(lane))
-        if self.shared is not None:
-            self.shared.acquire(Lane(lane))
+        try:
+            self.budget.acquire(Lane(lane))
+            if self.shared is not None:
+                self.shared.acquire(Lane(lane))
+        except BaseException:
+            self.breaker.abandon()  # let through by the breaker, stopped before Stripe
+            raise
 
-    def after_call(self, failure: StripeFailure | None) -> None:
+    def _after(self, failure: StripeFailure | None) -> None:
         # Every call let through is answered to the breaker: Stripe answering at all (even a
         # 4xx or a 429) means it is up; only 5xx and lost connections count as failures.
         if isinstance(failure, StripeUnavailable | StripeAmbiguous):
