@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event, select
 from typer.testing import CliRunner
 
 from billsync.api.app import create_app
@@ -18,10 +21,12 @@ from billsync.clock import ManualClock
 from billsync.core.catalog import Catalog
 from billsync.core.policy import AccountSyncView, Policy, PolicyError, SyncPolicy, due, window_start
 from billsync.db.database import Database
-from billsync.db.tables import accounts
+from billsync.db.tables import account_sync, accounts, lines
+from billsync.services.sync import SyncOutcome
 from billsync.sync.budget import Lane
 from tests.conftest import T0, TEST_TOKEN, emulator_settings
-from tests.factories import create_account, event
+from tests.factories import create_account
+from tests.factories import event as usage_event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.waiting import wait_until
 
@@ -71,7 +76,7 @@ def synced(
 
 
 def egress(account: str, quantity: str, at: datetime = T0) -> dict[str, object]:
-    return event(account, "bandwidth.egress.na-eu.gb", quantity, at=at, region="iad")
+    return usage_event(account, "bandwidth.egress.na-eu.gb", quantity, at=at, region="iad")
 
 
 def test_due_accounts_follow_each_accounts_policy(synced: Billsync, clock: ManualClock) -> None:
@@ -215,3 +220,109 @@ def test_cli_dry_run_prints_a_readable_plan(
     assert "acme: 3 call(s), ok" in real.output
     status = runner.invoke(cli, ["status"])
     assert "acme" in status.output
+
+
+def behind(billsync: Billsync) -> set[str]:
+    with billsync.database.read() as connection:
+        rows = connection.execute(select(account_sync.c.account_id).where(account_sync.c.behind))
+        return {row[0] for row in rows}
+
+
+def test_the_due_queue_is_kept_by_the_writers_and_read_most_overdue_first(
+    synced: Billsync, clock: ManualClock
+) -> None:
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    for name in ("a", "b", "c", "d", "e"):
+        create_account(synced, name)
+    assert behind(synced) == set()
+    synced.ingest.ingest([egress(name, "1") for name in ("c", "b", "a")])
+    assert behind(synced) == {"a", "b", "c"}  # ingest marks, in its own transaction
+    # Never synced first, then by name; no more than asked for.
+    assert scheduler.due_accounts(limit=2) == [("a", Lane.INTERVAL), ("b", Lane.INTERVAL)]
+    assert synced.sync.service.sync_account("b").ok
+    assert behind(synced) == {"a", "c"}  # a sync that leaves nothing behind clears the mark
+    synced.ingest.ingest([egress("b", "2")])
+    assert "b" in behind(synced)
+    assert [a for a, _ in scheduler.due_accounts()] == ["a", "c"]  # b: synced in this window
+    clock.advance(timedelta(minutes=15))
+    assert [a for a, _ in scheduler.due_accounts()] == ["a", "c", "b"]  # least recently last
+    # A support adjustment marks its account too.
+    synced.adjustments.add("d", amount=-500, description="goodwill", actor="t", reason="test")
+    assert "d" in behind(synced)
+    # A change made behind billsync's back (no writer marked it) is found by the backstop.
+    with synced.database.transaction() as connection:
+        connection.execute(
+            lines.update().where(lines.c.account_id == "b").values(version=lines.c.version + 5)
+        )
+        connection.execute(account_sync.update().values(behind=False))
+    assert scheduler.due_accounts() == []
+    assert sorted(scheduler.backstop()) == ["a", "b", "c", "d"]
+    assert [a for a, _ in scheduler.due_accounts()] == ["a", "c", "d", "b"]
+
+
+def test_a_tick_reads_what_it_claims_not_every_account_behind(
+    synced: Billsync, clock: ManualClock
+) -> None:
+    """The cost of finding due accounts does not grow with how many are behind: at most three
+    statements (the accounts with a policy of their own, then the never-synced range and the
+    synced-longest-ago range of the due queue, each limited), whether 3 or 300 accounts have
+    usage Stripe does not hold. (Its time at 100,000 accounts: bench/scale.py.)"""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    for total in (3, 300):
+        names = [f"acct-{total}-{n:03}" for n in range(total)]
+        for name in names:
+            create_account(synced, name)
+        synced.ingest.ingest([egress(name, "1") for name in names])
+        event.listen(synced.database.engine, "before_cursor_execute", count)
+        try:
+            statements.clear()
+            due_now = scheduler.due_accounts(limit=10)
+        finally:
+            event.remove(synced.database.engine, "before_cursor_execute", count)
+        assert len(due_now) == min(10, len(behind(synced)))
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) <= 3
+        assert all(" LIMIT " in s.upper() for s in selects[1:]), selects
+
+
+def test_a_customer_hammering_on_demand_syncs_cannot_spend_the_budget(
+    synced: Billsync, clock: ManualClock, running_emulator: RunningEmulator
+) -> None:
+    """Requests for one account share one sync, and an account synced less than
+    BILLSYNC_ON_DEMAND_MIN_SECONDS ago is answered as it is: no Stripe call."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    create_account(synced)
+    synced.ingest.ingest([egress("acme", "1")])
+    first = scheduler.request("acme", wait=60)
+    assert first is not None
+    assert first.ok
+    assert not first.spaced
+    synced.ingest.ingest([egress("acme", "2")])
+    running_emulator.control("DELETE", "stats")
+    for _ in range(16):  # a reload loop, within the spacing
+        again = scheduler.request("acme", wait=60)
+        assert again is not None
+        assert again.spaced
+        assert again.calls == 0
+    assert running_emulator.control("GET", "stats")["total"] == 0
+    clock.advance(timedelta(seconds=10))
+    outcomes: list[SyncOutcome | None] = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(scheduler.request("acme", wait=60)))
+        for _ in range(16)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(o is not None and o.ok for o in outcomes)
+    # Sixteen at once: one sync (the rest joined it, or came after it and were spaced).
+    assert running_emulator.control("GET", "stats")["total"] == 1

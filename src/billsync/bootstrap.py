@@ -120,8 +120,9 @@ def build_syncing(
         settings.sync_threshold,
     )
     scheduler = Scheduler(
-        database, service, lifecycle, clock, policy, leases=leases, calls_per_second=rate
-    )
+        database, service, lifecycle, clock, policy, leases=leases, calls_per_second=rate,
+        on_demand_spacing=timedelta(seconds=settings.on_demand_min_seconds),
+    )  # fmt: skip
     # Webhook processing's re-reads and the sweep spend the same budget as syncs do.
     background = guarded(gateway, guard, Lane.INTERVAL)
     processor = WebhookProcessor(database, clock, background, changes)

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     )
     scheduler_tick_seconds: float = Field(default=5.0, gt=0)
     on_demand_wait_seconds: float = Field(default=10.0, ge=0)
+    on_demand_min_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="An on-demand request for an account synced (or tried) less than this ago "
+        "answers its state as it is instead of syncing again (0: always sync).",
+    )
     close_grace_seconds: int = Field(default=3600, ge=0)
     review_window_seconds: int = Field(default=3600, ge=0)
     zero_total_periods: str = Field(default="finalize", description="finalize|delete")

@@ -76,7 +76,7 @@ async def post_sync(
         state = "synced" if status.pending_lines == 0 else "pending"
     body = _body(status)
     body.update(
-        sync="done" if outcome is not None else "still running",
+        sync="still running" if outcome is None else "recent" if outcome.spaced else "done",
         status=state,
         calls=None if outcome is None else outcome.calls,
         error=None if outcome is None else outcome.error,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +63,13 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint(
             "billing_anchor_day IS NULL OR billing_anchor_day BETWEEN 1 AND 28", name="anchor_day"
+        ),
+        # The few accounts with a sync policy of their own: the scheduler weighs them one by one.
+        Index(
+            "ix_accounts_own_sync_policy",
+            "id",
+            postgresql_where=text("sync_policy IS NOT NULL"),
+            sqlite_where=text("sync_policy IS NOT NULL"),
         ),
     )
 
@@ -219,6 +227,20 @@ class AccountSync(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Changes Stripe does not hold yet: set by every writer of the ledger in its transaction,
+    # cleared by a sync that leaves nothing behind. The scheduler's due queue is the partial
+    # index below: the accounts behind, least recently synced first.
+    behind: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (
+        Index(
+            "ix_account_sync_due",
+            "last_synced_at",
+            "account_id",
+            postgresql_where=text("behind IS true"),
+            sqlite_where=text("behind IS 1"),
+        ),
+    )
 
 
 class RateBudget(Base):

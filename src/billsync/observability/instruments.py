@@ -60,6 +60,13 @@ HTTP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+SCHEDULER_TICK = Histogram(
+    "billsync_scheduler_tick_seconds",
+    "How long one scheduler tick took: periodic jobs and lifecycle steps when this process "
+    "leads, then reading the due accounts and claiming them.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
 # How many callers' batches the current ingest transaction stores: the group committer stores
 # the batches of several requests in one transaction, and each of them is still one batch.
 _BATCHES_IN_TRANSACTION: ContextVar[int] = ContextVar("billsync_batches", default=1)
@@ -90,6 +97,10 @@ def observe_stripe(endpoint: str, status: int | None, seconds: float) -> None:
     STRIPE_DURATION.labels(endpoint).observe(seconds)
     if status == 429:
         STRIPE_RATE_LIMITED.inc()
+
+
+def observe_tick(seconds: float) -> None:
+    SCHEDULER_TICK.observe(seconds)
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from billsync.db.tables import accounts
+from billsync.db.tables import account_sync, accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,13 @@ def insert_account(connection: Connection, record: AccountRecord) -> None:
                     updated_at=record.created_at,
                 )
             )
+            # Its sync row from the start: the scheduler's due queue reads only these rows.
+            connection.execute(
+                insert(account_sync).values(
+                    account_id=record.id, consecutive_failures=0, stripe_calls=0,
+                    updated_at=record.created_at, behind=False,
+                )
+            )  # fmt: skip
     except IntegrityError as error:
         raise AccountExists(record.id) from error
 

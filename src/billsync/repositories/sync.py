@@ -256,6 +256,14 @@ def _lock_owners(connection: Connection, line_ids: Sequence[int]) -> None:
     lock_accounts(connection, list(owners))
 
 
+def _mark_owners_behind(connection: Connection, line_ids: Sequence[int]) -> None:
+    if line_ids:
+        owners = connection.execute(
+            select(lines.c.account_id).where(lines.c.id.in_(list(line_ids))).distinct()
+        ).scalars()
+        mark_behind(connection, list(owners))
+
+
 def confirm_lines(
     connection: Connection, confirmations: Sequence[Confirmation], now: datetime
 ) -> None:
@@ -276,6 +284,7 @@ def confirm_lines(
 def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
     """These lines are not (or no longer) in Stripe: the next sync adds them again."""
     _lock_owners(connection, line_ids)
+    _mark_owners_behind(connection, line_ids)
     if line_ids:
         connection.execute(
             update(lines)
@@ -294,6 +303,7 @@ def mark_stripe_holds(connection: Connection, line_id: int, line_item_id: str, a
     """Stripe holds this line at ``amount`` (someone edited it there), not at what billsync
     last pushed: the next sync's plan sees the difference and updates it back to the ledger."""
     _lock_owners(connection, [line_id])
+    _mark_owners_behind(connection, [line_id])
     connection.execute(
         update(lines)
         .where(lines.c.id == line_id)
@@ -484,6 +494,112 @@ def out_of_step(*columns: Any) -> Select[Any]:
     )
 
 
+def mark_behind(connection: Connection, account_ids: Iterable[str]) -> None:
+    """These accounts have changes Stripe does not hold yet (in the writer's transaction).
+    Rows already marked are not written again: the steady state costs an index look-up."""
+    ids = sorted(set(account_ids))
+    for offset in range(0, len(ids), 1000):
+        connection.execute(
+            update(account_sync)
+            .where(account_sync.c.account_id.in_(ids[offset : offset + 1000]))
+            .where(account_sync.c.behind.is_(False))
+            .values(behind=True)
+        )
+
+
+def settle_behind(connection: Connection, account_id: str) -> bool:
+    """After a sync: whether the account is still behind, written back. Taken under the
+    account's ledger lock, so that usage committed meanwhile is seen (it keeps the flag) and
+    usage committing later sets it again after us; returns the flag."""
+    lock_accounts(connection, [account_id])
+    still = (
+        connection.execute(
+            out_of_step(lines.c.account_id).where(lines.c.account_id == account_id).limit(1)
+        ).first()
+        is not None
+        or connection.execute(
+            select(billing_periods.c.account_id)
+            .where(
+                billing_periods.c.account_id == account_id,
+                billing_periods.c.status.in_(SYNCED_STATUSES),
+                billing_periods.c.finalize_requested_at.is_not(None),
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
+    connection.execute(
+        update(account_sync).where(account_sync.c.account_id == account_id).values(behind=still)
+    )
+    return still
+
+
+def due_by_interval(
+    connection: Connection, window_start: datetime, limit: int
+) -> list[tuple[str, datetime | None]]:
+    """Accounts behind, on the platform's policy (no override of their own), not synced in
+    this window: never synced first, then least recently synced, at most ``limit``. Two range
+    scans of the partial index ``ix_account_sync_due`` (last_synced_at, account_id), each in
+    the order it keeps: the cost is the rows returned, not the accounts behind."""
+
+    def due(condition: Any, order: list[Any], room: int) -> list[tuple[str, datetime | None]]:
+        query = (
+            select(account_sync.c.account_id, account_sync.c.last_synced_at)
+            .join(accounts, accounts.c.id == account_sync.c.account_id)
+            .where(account_sync.c.behind.is_(True), accounts.c.sync_policy.is_(None), condition)
+            .order_by(*order)
+            .limit(room)
+        )
+        return [(row[0], row[1]) for row in connection.execute(query)]
+
+    in_index_order = [account_sync.c.last_synced_at, account_sync.c.account_id]
+    never = due(account_sync.c.last_synced_at.is_(None), in_index_order, limit)
+    if len(never) >= limit:
+        return never
+    return never + due(
+        account_sync.c.last_synced_at < window_start, in_index_order, limit - len(never)
+    )
+
+
+def behind_accounts(
+    connection: Connection, *, with_override: bool, limit: int | None = None
+) -> list[tuple[str, dict[str, Any] | None, datetime | None]]:
+    """Accounts behind, with their policy override and when they were last synced: those with
+    an override of their own (few), or those on the platform's policy."""
+    query = (
+        select(accounts.c.id, accounts.c.sync_policy, account_sync.c.last_synced_at)
+        .join(account_sync, accounts.c.id == account_sync.c.account_id)
+        .where(
+            account_sync.c.behind.is_(True),
+            accounts.c.sync_policy.is_not(None)
+            if with_override
+            else accounts.c.sync_policy.is_(None),
+        )
+        .order_by(account_sync.c.last_synced_at.asc().nulls_first(), accounts.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [(row[0], row[1], row[2]) for row in connection.execute(query)]
+
+
+def mark_forgotten_behind(connection: Connection, now: datetime) -> list[str]:
+    """The backstop: accounts out of step that no writer marked (a change made outside
+    billsync, or a writer that forgot); marks them and returns them. Reads every out-of-step
+    line: run it seldom."""
+    forgotten = [
+        account_id
+        for account_id in accounts_needing_sync(connection)
+        if connection.execute(
+            select(account_sync.c.behind).where(account_sync.c.account_id == account_id)
+        ).scalar_one_or_none()
+        is not True
+    ]
+    for account_id in forgotten:
+        _ensure_sync_row(connection, account_id, now)
+    mark_behind(connection, forgotten)
+    return forgotten
+
+
 def accounts_needing_sync(connection: Connection) -> list[str]:
     """Accounts with a line not in step with Stripe, or a period waiting to be finalized."""
     dirty = out_of_step(lines.c.account_id)
@@ -528,6 +644,7 @@ def add_adjustment_line(
     now: datetime,
 ) -> int:
     """A credit (negative) or charge added by support: a line of its own, pushed like any."""
+    mark_behind(connection, [account_id])
     result = connection.execute(
         insert(lines).returning(lines.c.id),
         {

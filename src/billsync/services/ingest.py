@@ -36,6 +36,7 @@ from billsync.core.usage import (
 from billsync.db.database import Database
 from billsync.observability.instruments import observe_ingest
 from billsync.repositories import ledger, ledger_bulk
+from billsync.repositories import sync as sync_repository
 from billsync.services.changes import Changes
 from billsync.services.event_partitions import EventPartitions
 
@@ -274,6 +275,7 @@ class IngestService:
             self._group_by,
         )
         line_ids = self._apply_deltas(connection, deltas, accounts, now)
+        sync_repository.mark_behind(connection, {ref.account for ref in deltas})
         ledger_bulk.insert_events(
             connection,
             [

@@ -127,6 +127,7 @@ class LifecycleService:
     def _finalize(self, account_id: str, start: date, now: datetime, report: AdvanceReport) -> None:
         with self.database.transaction() as connection:
             repository.update_period(connection, account_id, start, now, finalize_requested_at=now)
+            repository.mark_behind(connection, [account_id])
         outcome = self.sync.sync_account(account_id, lane=CLOSING)
         if start in outcome.finalized:
             report.finalized.append((account_id, start))

@@ -94,6 +94,7 @@ class SyncOutcome:
     pending_lines: int = 0
     finalized: list[date] = field(default_factory=list)
     busy: str | None = None  # skipped: this lease holder was syncing the account already
+    spaced: bool = False  # skipped: synced too recently for another on-demand sync
 
     @property
     def ok(self) -> bool:
@@ -260,6 +261,8 @@ class SyncService:
             repository.record_attempt(
                 connection, account_id, self.clock.now(), calls=outcome.calls, error=outcome.error
             )
+            # Still behind? (What arrived during the run, or what a failed run left.)
+            repository.settle_behind(connection, account_id)
         if self.changes is not None and outcome.calls:
             self.changes.accounts_changed([account_id])
         if settled is None:  # the run failed part-way: read what is still behind

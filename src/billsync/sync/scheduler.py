@@ -21,9 +21,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import Connection
+
 from billsync.clock import Clock
-from billsync.core.policy import AccountSyncView, Policy, PolicyError, SyncPolicy, due
+from billsync.core.policy import (
+    AccountSyncView,
+    Policy,
+    PolicyError,
+    SyncPolicy,
+    due,
+    window_start,
+)
 from billsync.db.database import Database
+from billsync.observability.instruments import observe_tick
 from billsync.repositories import sync as repository
 from billsync.services.lifecycle import AdvanceReport, LifecycleService
 from billsync.services.sync import SyncOutcome, SyncService
@@ -38,6 +48,10 @@ from billsync.sync.port import (
 from billsync.sync.shared_budget import SharedBudget
 
 log = logging.getLogger("billsync.scheduler")
+
+# How often the leader looks for accounts out of step that no writer marked behind: a full
+# read of the lines out of step, so seldom.
+BACKSTOP_INTERVAL = timedelta(minutes=5)
 
 
 class StripeGuard:
@@ -135,8 +149,12 @@ class Scheduler:
         *,
         leases: Leases | None = None,
         calls_per_second: float = 20.0,
+        on_demand_spacing: timedelta = timedelta(seconds=10),
     ) -> None:
         self.database = database
+        # An account synced (or tried) this recently is answered as it is by an on-demand
+        # request: a customer reloading the page cannot spend the shared budget.
+        self.on_demand_spacing = on_demand_spacing
         self.leases = leases
         self.calls_per_second = calls_per_second
         # How many claimed accounts a process keeps queued: enough to keep its threads busy,
@@ -155,7 +173,9 @@ class Scheduler:
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._periodic: list[_Periodic] = []
+        self._periodic: list[_Periodic] = [
+            _Periodic("sync.backstop", BACKSTOP_INTERVAL, self.backstop)
+        ]
         self.last_tick: AdvanceReport | None = None
 
     def every(self, interval: timedelta, name: str, job: Callable[[], object]) -> None:
@@ -172,28 +192,78 @@ class Scheduler:
             log.warning("scheduler.policy.invalid", extra={"error": str(error)})
             return self.policy
 
-    def due_accounts(self) -> list[tuple[str, Lane]]:
+    def due_accounts(self, limit: int | None = None) -> list[tuple[str, Lane]]:
+        """The accounts due now, with their lane, most overdue first: what this tick may claim.
+
+        Read from the due queue (accounts marked behind, ``ix_account_sync_due``), so the cost
+        is that of the accounts returned, not of every account with usage: on the interval
+        policy, one index range scan in the order syncs should go (never synced, then least
+        recently synced), at most ``limit``. Accounts with a policy of their own are few and
+        are weighed one by one. With the threshold policy as the platform's default, every
+        account behind is weighed (its unsynced amount)."""
         now = self.clock.now()
+        limit = self.claim_limit if limit is None else limit
         found: list[tuple[str, Lane]] = []
         with self.database.read() as connection:
-            for account_id in repository.accounts_needing_sync(connection):
-                account = repository.get_account(connection, account_id)
-                if account is None:
-                    continue
-                policy = self.policy_of(account.sync_policy)
-                state = repository.sync_row(connection, account_id) or {}
-                view = AccountSyncView(
-                    last_synced_at=state.get("last_synced_at"),
-                    unsynced_amount=repository.unsynced_amount(connection, account_id)
-                    if policy.policy is Policy.THRESHOLD
-                    else 0,
-                )
-                if due(policy, view, now):
-                    lane = Lane.THRESHOLD if policy.policy is Policy.THRESHOLD else Lane.INTERVAL
+            for account_id, overrides, last_synced_at in repository.behind_accounts(
+                connection, with_override=True
+            ):
+                policy = self.policy_of(overrides)
+                lane = self._lane_if_due(connection, account_id, policy, last_synced_at, now)
+                if lane is not None:
                     found.append((account_id, lane))
-        return found
+            default = self.policy
+            if default.policy is Policy.INTERVAL:
+                start = window_start(now, default.interval)
+                found += [
+                    (account_id, Lane.INTERVAL)
+                    for account_id, _ in repository.due_by_interval(connection, start, limit)
+                ]
+            elif default.policy is Policy.THRESHOLD:
+                for account_id, _, last_synced_at in repository.behind_accounts(
+                    connection, with_override=False
+                ):
+                    lane = self._lane_if_due(connection, account_id, default, last_synced_at, now)
+                    if lane is not None:
+                        found.append((account_id, lane))
+        return found[:limit]
+
+    @staticmethod
+    def _lane_if_due(
+        connection: Connection,
+        account_id: str,
+        policy: SyncPolicy,
+        last_synced_at: datetime | None,
+        now: datetime,
+    ) -> Lane | None:
+        view = AccountSyncView(
+            last_synced_at=last_synced_at,
+            unsynced_amount=repository.unsynced_amount(connection, account_id)
+            if policy.policy is Policy.THRESHOLD
+            else 0,
+        )
+        if not due(policy, view, now):
+            return None
+        return Lane.THRESHOLD if policy.policy is Policy.THRESHOLD else Lane.INTERVAL
+
+    def backstop(self) -> list[str]:
+        """Mark behind the accounts out of step that no writer marked (a change made outside
+        billsync): a periodic job, so that nothing waits forever on a forgotten mark."""
+        with self.database.transaction() as connection:
+            forgotten = repository.mark_forgotten_behind(connection, self.clock.now())
+        if forgotten:
+            log.warning("scheduler.backstop.marked", extra={"accounts": len(forgotten)})
+        return forgotten
 
     def tick(self) -> AdvanceReport:
+        """One tick, timed (``billsync_scheduler_tick_seconds``)."""
+        began = time.perf_counter()
+        try:
+            return self._tick()
+        finally:
+            observe_tick(time.perf_counter() - began)
+
+    def _tick(self) -> AdvanceReport:
         """Periodic jobs, lifecycle transitions (they sync what they close), then due accounts.
 
         With several workers, one of them leads (it holds the scheduler's job lease) and runs
@@ -206,13 +276,13 @@ class Scheduler:
                 report = self.lifecycle.advance()
         if self._stop.is_set():
             return report  # stopping: claim nothing more
-        due = self.due_accounts()
+        with self._lock:
+            busy = set(self._queued) | self._running
+        due = self.due_accounts(self.claim_limit + len(busy))
         if self.leases is None:
             for account_id, lane in due:
                 self.enqueue(account_id, lane)
         else:
-            with self._lock:
-                busy = set(self._queued) | self._running
             lanes = dict(due)
             claimed = self.leases.claim(
                 [account_id for account_id, _ in due if account_id not in busy],
@@ -327,7 +397,16 @@ class Scheduler:
 
     def request(self, account_id: str, *, wait: float) -> SyncOutcome | None:
         """Sync now (a person is waiting): the on-demand lane; returns the outcome, or None if
-        it took longer than ``wait`` seconds (the sync goes on)."""
+        it took longer than ``wait`` seconds (the sync goes on).
+
+        Requests for one account share one sync (coalesced: joining the one in flight or
+        queued). An account synced or tried less than ``on_demand_spacing`` ago is not synced
+        again: the answer is its state as it is (``SyncOutcome.spaced``), and the budget is
+        left to everyone else."""
+        with self._lock:
+            joining = account_id in self._waiters
+        if not joining and self._recently_synced(account_id):
+            return SyncOutcome(account_id, spaced=True)
         with self._lock:
             waiters = self._waiters.setdefault(account_id, _Waiters())
         self.enqueue(account_id, Lane.ON_DEMAND)
@@ -337,6 +416,14 @@ class Scheduler:
         if waiters.done.wait(wait):
             return waiters.outcome
         return None
+
+    def _recently_synced(self, account_id: str) -> bool:
+        if self.on_demand_spacing <= timedelta(0):
+            return False
+        with self.database.read() as connection:
+            row = repository.sync_row(connection, account_id) or {}
+        last: datetime | None = row.get("last_attempt_at")
+        return last is not None and self.clock.now() - last < self.on_demand_spacing
 
     # --- threads -----------------------------------------------------------------------------
 

@@ -1,0 +1,160 @@
+"""The scheduler's cost at the platform's scale: finding the due accounts among N accounts that
+all have usage Stripe does not hold yet, on PostgreSQL.
+
+    .venv/bin/python -m bench.scale [--accounts 1000,10000,100000] [--limit 200] [--rounds 20]
+
+For each N, a migrated schema gets N accounts, each with an open November period and three
+lines out of step with Stripe (marked behind, as ingest marks them), synced at spread-out
+moments of the last hour. Measured: ``Scheduler.due_accounts(limit)`` — what a tick reads —
+mean and p99 over ``--rounds``; baseline in the same run: the full scan of the accounts out of
+step (``accounts_needing_sync``), which the tick ran before, plus its per-account reads.
+Target: a tick's read ≤ 100 ms at 100,000 accounts. Writes bench/results/scale.json.
+PostgreSQL at BILLSYNC_TEST_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.common import postgres_schema, write_results
+from billsync.bootstrap import build
+from billsync.catalog_file import load_catalog
+from billsync.clock import ManualClock
+from billsync.config import EXAMPLE_CATALOG, Settings
+from billsync.db import migrate
+from billsync.db.database import Database
+from billsync.repositories import sync as repository
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def populate(database: Database, accounts: int) -> None:
+    """N accounts behind, in bulk (SQL), as ingest would have left them."""
+    with database.transaction() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO accounts (id, name, currency, created_at, updated_at)"
+                " SELECT 'acct-' || lpad(n::text, 7, '0'), 'Account ' || n, 'usd', :now, :now"
+                " FROM generate_series(1, :n) AS n"
+            ),
+            {"n": accounts, "now": NOW},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO account_sync (account_id, consecutive_failures, stripe_calls,"
+                " updated_at, lease_generation, behind, last_synced_at)"
+                " SELECT id, 0, 0, :now, 0, true,"
+                " :now - make_interval(secs => (hashtext(id) & 4095) * 3600.0 / 4096)"
+                " FROM accounts"
+            ),
+            {"now": NOW},
+        )
+        connection.execute(
+            text(
+                'INSERT INTO billing_periods (account_id, start, "end", status,'
+                " status_changed_at, created_at, updated_at)"
+                " SELECT id, DATE '2026-11-01', DATE '2026-12-01', 'open', :now, :now, :now"
+                " FROM accounts"
+            ),
+            {"now": NOW},
+        )
+        for key in ("machine", "volume", "egress"):
+            connection.execute(
+                text(
+                    "INSERT INTO lines (account_id, period_start, line_key, metric, grouping,"
+                    " currency, quantity, amount, version, event_count, synced_version,"
+                    " created_at, updated_at)"
+                    " SELECT id, DATE '2026-11-01', :key, :key, '{}', 'usd', '10', 100, 3, 3, 2,"
+                    " :now, :now FROM accounts"
+                ),
+                {"key": key, "now": NOW},
+            )
+        connection.execute(text("ANALYZE"))
+
+
+def timed(call: Callable[[], Any], rounds: int, *, warm: bool = True) -> dict[str, float]:
+    if warm:
+        call()  # warm the caches once
+    seconds = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - began)
+    seconds.sort()
+    return {
+        "mean_ms": round(statistics.mean(seconds) * 1000, 2),
+        "p99_ms": round(seconds[min(len(seconds) - 1, int(0.99 * len(seconds)))] * 1000, 2),
+    }
+
+
+def run(url: str, accounts: int, limit: int, rounds: int) -> dict[str, Any]:
+    with postgres_schema(url) as scoped:
+        database = Database(scoped)
+        migrate.upgrade(database)
+        populate(database, accounts)
+        settings = Settings(stripe_api_key="sk_test_benchScale000000001")
+        billsync = build(
+            settings,
+            clock=ManualClock(NOW),
+            database=database,
+            catalog=load_catalog(EXAMPLE_CATALOG),
+        )
+        assert billsync.sync is not None
+        scheduler = billsync.sync.scheduler
+        due = scheduler.due_accounts(limit)
+        tick = timed(lambda: scheduler.due_accounts(limit), rounds)
+
+        def full_scan() -> None:
+            with database.read() as connection:
+                for account_id in repository.accounts_needing_sync(connection):
+                    repository.sync_row(connection, account_id)
+
+        # The baseline takes about a minute at 100,000 accounts: fewer rounds of it.
+        baseline = timed(full_scan, max(1, min(rounds, 20_000 // accounts)), warm=accounts < 50_000)
+        billsync.close()
+        database.dispose()
+    return {
+        "accounts": accounts,
+        "limit": limit,
+        "due_returned": len(due),
+        "tick_read": tick,
+        "baseline_full_scan": baseline,
+        "speed_up": round(baseline["mean_ms"] / max(tick["mean_ms"], 1e-6), 1),
+        "window": str(timedelta(minutes=15)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--accounts", default="1000,10000,100000")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    url = os.environ.get("BILLSYNC_TEST_DATABASE_URL")
+    if not url:
+        sys.exit("bench.scale needs PostgreSQL: set BILLSYNC_TEST_DATABASE_URL")
+    rows = []
+    for accounts in (int(n) for n in args.accounts.split(",")):
+        row = run(url, accounts, args.limit, args.rounds)
+        rows.append(row)
+        print(
+            f"{accounts:>7,} accounts behind: due_accounts(limit={args.limit}) "
+            f"mean {row['tick_read']['mean_ms']} ms, p99 {row['tick_read']['p99_ms']} ms; "
+            f"baseline full scan mean {row['baseline_full_scan']['mean_ms']} ms "
+            f"(×{row['speed_up']})",
+            flush=True,
+        )
+    print(f"wrote {write_results('scale', {'benchmark': 'scale', 'runs': rows})}")
+
+
+if __name__ == "__main__":
+    main()
