@@ -139,10 +139,12 @@ def api(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
 
 def start_emulator(port: int, rate_limit: float | None = 0) -> subprocess.Popen[bytes]:
     """``billsync emulator`` in a child process, waited on until it answers; ``rate_limit``
-    None keeps Stripe's per-mode limits, 0 lifts them."""
+    None keeps Stripe's limits (per mode and per endpoint), 0 lifts them both."""
     command = [sys.executable, "-m", "billsync", "emulator", "--port", str(port)]
     if rate_limit is not None:
         command += ["--rate-limit", str(rate_limit)]
+    if rate_limit == 0:
+        command += ["--endpoint-rate-limit", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while True:

@@ -65,7 +65,9 @@ def emulator_server() -> Iterator[RunningEmulator]:
 def running_emulator(emulator_server: RunningEmulator) -> RunningEmulator:
     """The emulator, reset, with rate limits lifted unless a test sets them."""
     emulator_server.control("POST", "reset")
-    emulator_server.control("POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0})
+    emulator_server.control(
+        "POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0, "rate_limit_endpoint": 0}
+    )
     return emulator_server
 
 

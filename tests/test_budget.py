@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billsync.sync.budget import CircuitBreaker, Lane, RateBudget, backoff_delay
+from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget, backoff_delay
 from billsync.sync.leases import LeaseLost
 from billsync.sync.port import StripeUnavailable
 from billsync.sync.scheduler import StripeGuard
@@ -637,3 +637,23 @@ def test_a_probe_that_never_reaches_stripe_does_not_wedge_the_breaker(
     with pytest.raises(StripeUnavailable), guard.call(Lane.INTERVAL):
         raise StripeUnavailable("503 from Stripe", code="api_error")
     assert state(breaker) == "open"
+
+
+def test_each_endpoint_is_paced_at_its_own_rate() -> None:
+    """Stripe limits every endpoint on its own (25/s by default, docs.stripe.com/rate-limits):
+    calls to one endpoint are spaced 1/rate apart, another endpoint is not held up by them,
+    a raised endpoint is spaced by its own rate, and an idle endpoint owes nothing."""
+    clock = ManualSeconds()
+    pacer = EndpointPacer(25.0, {"POST /v1/invoices/{id}/update_lines": 50.0}, clock=clock)
+    add = "POST /v1/invoices/{id}/add_lines"
+    update = "POST /v1/invoices/{id}/update_lines"
+    assert [round(pacer.reserve(add), 6) for _ in range(3)] == [0.0, 0.04, 0.08]
+    assert pacer.reserve("GET /v1/events") == 0.0  # another endpoint: its own pace
+    assert [round(pacer.reserve(update), 6) for _ in range(3)] == [0.0, 0.02, 0.04]
+    clock.now = 5.0
+    assert pacer.reserve(add) == 0.0  # idle for a while: no debt, no burst saved up either
+    assert round(pacer.reserve(add), 6) == 0.04
+    with pytest.raises(ValueError, match="positive"):
+        EndpointPacer(0)
+    with pytest.raises(ValueError, match="positive"):
+        EndpointPacer(25, {add: -1})

@@ -463,7 +463,9 @@ def wire(emulator_server: RunningEmulator) -> Iterator[Wire]:
     relies on the account being empty. The configuration is restored afterwards."""
     config = emulator_server.control("GET", "config")
     emulator_server.control("POST", "reset")
-    emulator_server.control("POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0})
+    emulator_server.control(
+        "POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0, "rate_limit_endpoint": 0}
+    )
     client = Wire(emulator_server.url)
     yield client
     client.http.close()

@@ -13,7 +13,7 @@ import stripe
 
 from billsync import stripe_gateway
 from billsync.stripe_gateway import STRIPE_API_VERSION, StripeGateway
-from billsync.sync.budget import Lane
+from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget
 from billsync.sync.guarded import guarded
 from billsync.sync.port import (
     LineChange,
@@ -25,6 +25,7 @@ from billsync.sync.port import (
     StripeRejected,
     StripeUnavailable,
 )
+from billsync.sync.scheduler import StripeGuard
 from tests.ports import free_port
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.waiting import wait_until
@@ -474,11 +475,13 @@ def test_nobody_listening_is_ambiguous() -> None:
 def test_calls_outside_syncs_spend_the_same_budget(running_emulator: RunningEmulator) -> None:
     """Webhook re-reads, the events sweep and the portal go through the process's guard."""
     seen: list[tuple[str, object]] = []
+    endpoints: list[str | None] = []
 
     class Recording:
         @contextmanager
-        def call(self, lane: int) -> Iterator[None]:
+        def call(self, lane: int, endpoint: str | None = None) -> Iterator[None]:
             seen.append(("before", lane))
+            endpoints.append(endpoint)
             try:
                 yield
             except StripeFailure as failure:
@@ -495,3 +498,33 @@ def test_calls_outside_syncs_spend_the_same_budget(running_emulator: RunningEmul
         ("before", Lane.INTERVAL), ("after", None),
         ("before", Lane.INTERVAL), ("after", "StripeRejected"),
     ]  # fmt: skip
+    # Each call names the endpoint Stripe counts it against (its own per-endpoint limit).
+    assert endpoints == ["GET /v1/events", "GET /v1/invoices/{id}"]
+
+
+def test_calls_paced_per_endpoint_stay_within_stripes_endpoint_limit(
+    running_emulator: RunningEmulator,
+) -> None:
+    """With the emulator limiting one endpoint to 5/s as Stripe limits each (25/s by default),
+    a burst through the guard's per-endpoint pacing is never refused, while the same burst
+    without it is: pacing spaces the calls, so a slower machine only spaces them more."""
+    running_emulator.control("POST", "config", {"rate_limit_endpoint": 5})
+    gateway = StripeGateway(EMULATOR_KEY, api_base=running_emulator.url, max_network_retries=0)
+    paced = guarded(
+        gateway,
+        StripeGuard(RateBudget(1000.0, burst=100), CircuitBreaker(), endpoints=EndpointPacer(5.0)),
+        Lane.INTERVAL,
+    )
+    for _ in range(12):
+        paced.list_events(created_gte=0)
+    assert running_emulator.control("GET", "stats")["rate_limited"] == 0
+    unpaced = guarded(
+        gateway, StripeGuard(RateBudget(1000.0, burst=100), CircuitBreaker()), Lane.INTERVAL
+    )
+
+    def burst() -> None:
+        for _ in range(12):
+            unpaced.list_events(created_gte=0)
+
+    with pytest.raises(StripeRateLimited):
+        burst()

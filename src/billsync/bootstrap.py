@@ -27,12 +27,12 @@ from billsync.services.reconcile import Reconciler
 from billsync.services.sync import SyncService
 from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
-from billsync.sync.budget import CircuitBreaker, Lane, RateBudget
+from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget
 from billsync.sync.guarded import guarded
 from billsync.sync.leases import Leases
 from billsync.sync.port import StripePort
 from billsync.sync.scheduler import Scheduler, StripeGuard
-from billsync.sync.shared_budget import SharedBudget
+from billsync.sync.shared_budget import SharedBudget, SharedEndpoints
 
 
 @dataclass
@@ -98,7 +98,11 @@ def build_syncing(
         )
     rate = settings.stripe_calls_per_second()
     shared = SharedBudget(database, rate) if settings.shared_budget() else None
-    guard = StripeGuard(RateBudget(rate), CircuitBreaker(), shared)
+    pacer = EndpointPacer(settings.stripe_endpoint_rate, settings.stripe_endpoint_rates)
+    guard = StripeGuard(
+        RateBudget(rate), CircuitBreaker(), shared, endpoints=pacer,
+        shared_endpoint=SharedEndpoints(database, pacer) if shared is not None else None,
+    )  # fmt: skip
     leases = Leases(database, ttl=settings.lease_seconds)
     service = SyncService(
         database, gateway, catalog, clock, guard=guard,

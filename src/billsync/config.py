@@ -61,6 +61,17 @@ class Settings(BaseSettings):
         description="Stripe calls/s (20 test, 80 live): for every process together when "
         "the budget is shared (see stripe_budget_scope), else per process.",
     )
+    stripe_endpoint_rate: float = Field(
+        default=25.0,
+        gt=0,
+        description="Stripe calls/s to any one endpoint (Stripe's default limit per endpoint), "
+        "paced besides the global rate.",
+    )
+    stripe_endpoint_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-endpoint rates Stripe raised for the account, as JSON: "
+        '{"POST /v1/invoices/{id}/update_lines": 50}.',
+    )
     sync_policy: str = Field(
         default="interval", description="interval|threshold|on_demand|cycle_end"
     )
@@ -149,6 +160,20 @@ class Settings(BaseSettings):
         if normalized not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("must be OFF, NORMAL, FULL or EXTRA")
         return normalized
+
+    @field_validator("stripe_endpoint_rates")
+    @classmethod
+    def _endpoint_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for endpoint, rate in value.items():
+            method, _, path = endpoint.partition(" ")
+            if method not in {"GET", "POST", "DELETE"} or not path.startswith("/v1/"):
+                raise ValueError(
+                    f"{endpoint!r}: name an endpoint as Stripe counts it, a method and a path "
+                    'template: "POST /v1/invoices/{id}/update_lines"'
+                )
+            if not rate > 0:
+                raise ValueError(f"{endpoint!r}: a rate is a positive number of calls/s")
+        return value
 
     @field_validator("sync_policy")
     @classmethod

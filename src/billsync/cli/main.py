@@ -352,6 +352,10 @@ def emulator(
     rate_limit: Annotated[
         float | None, typer.Option(help="Requests/s per mode (default 25 test, 100 live).")
     ] = None,
+    endpoint_rate_limit: Annotated[
+        float | None,
+        typer.Option(help="Requests/s per endpoint and mode (default 25, as Stripe; 0: none)."),
+    ] = None,
 ) -> None:
     """Run the Stripe emulator: the test peer and the demo's backend — never production."""
     # Imported here, as the demo's are: a worker or an API process (which restart after a
@@ -362,6 +366,8 @@ def emulator(
     config = EmulatorConfig(public_url=f"http://{host}:{port}")
     if rate_limit is not None:
         config.rate_limit_test = config.rate_limit_live = rate_limit
+    if endpoint_rate_limit is not None:
+        config.rate_limit_endpoint = endpoint_rate_limit
     server = create_emulator(config, set(api_key) if api_key else None)
     console.print(f"[bold]Stripe emulator[/] on http://{host}:{port}  (API version {API_VERSION})")
     uvicorn.run(server, host=host, port=port, log_level="warning", loop="uvloop", http="httptools")

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,22 +32,23 @@ _KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]{8,247}$")
 
 
 class RateLimiter:
-    """A token bucket per mode, refilled continuously; ``rate`` requests/s, 1 s of burst."""
+    """A token bucket per key (a mode, or a mode and an endpoint), refilled continuously;
+    ``rate`` requests/s, 1 s of burst."""
 
     def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self._now = now
-        self._buckets: dict[bool, tuple[float, float]] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
 
-    def allow(self, livemode: bool, rate: float) -> bool:
+    def allow(self, key: Hashable, rate: float) -> bool:
         if rate <= 0:
             return True
         now = self._now()
-        tokens, last = self._buckets.get(livemode, (rate, now))
+        tokens, last = self._buckets.get(key, (rate, now))
         tokens = min(rate, tokens + (now - last) * rate)
         if tokens < 1:
-            self._buckets[livemode] = (tokens, now)
+            self._buckets[key] = (tokens, now)
             return False
-        self._buckets[livemode] = (tokens - 1, now)
+        self._buckets[key] = (tokens - 1, now)
         return True
 
 
@@ -142,7 +143,10 @@ class Emulator:
         state.stats.per_second[int(time.time())] += 1
         livemode = self._authenticate(request)
         rate = state.config.rate_limit_live if livemode else state.config.rate_limit_test
-        if not self.limiter.allow(livemode, rate):
+        per_endpoint = state.config.endpoint_rates.get(endpoint, state.config.rate_limit_endpoint)
+        if not self.limiter.allow(livemode, rate) or not self.limiter.allow(
+            (livemode, endpoint), float(per_endpoint)
+        ):
             raise StripeError(
                 429,
                 "Request rate limit exceeded. Learn more about rate limits here "

@@ -81,6 +81,12 @@ class EmulatorConfig:
 
     rate_limit_test: float = 25.0  # requests/s per mode, as Stripe's sandbox
     rate_limit_live: float = 100.0
+    # Every endpoint (a method and a path template: "POST /v1/invoices/{id}/update_lines";
+    # GET and POST of one path apart) also has a limit of its own, per mode, as Stripe's
+    # "API endpoints have a default limit of 25 requests per second"
+    # (https://docs.stripe.com/rate-limits); endpoint_rates raises or lowers one of them.
+    rate_limit_endpoint: float = 25.0
+    endpoint_rates: dict[str, float] = field(default_factory=dict)
     auto_advance_delay: int = 3600  # s on the emulator clock before an auto_advance draft finalizes
     idempotency_ttl: int = 24 * 3600
     hang_seconds: float = 30.0

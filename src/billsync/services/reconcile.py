@@ -80,6 +80,7 @@ from billsync.sync.port import (
     StripeFailure,
     StripePort,
     StripeRejected,
+    endpoint_of,
 )
 
 log = logging.getLogger("billsync.reconcile")
@@ -457,7 +458,7 @@ class Reconciler:
 
     def _call(self, lane: int, call: Callable[[], T]) -> T:
         """A Stripe call through the process's rate budget and circuit breaker."""
-        with self.sync.guard.call(lane):
+        with self.sync.guard.call(lane, endpoint_of(call)):
             return call()
 
     def _read(self, invoice_id: str, lane: int, *, with_lines: bool) -> RemoteInvoice | None:

@@ -58,6 +58,7 @@ from billsync.sync.port import (
     StripeFailure,
     StripePort,
     StripeRejected,
+    endpoint_of,
 )
 
 log = logging.getLogger("billsync.sync")
@@ -75,12 +76,12 @@ class CallGuard(Protocol):
     reached it (a ``StripeFailure`` or none), or, for any other way out (a lost lease, a
     database error before the call went out), that the call never happened."""
 
-    def call(self, lane: int) -> AbstractContextManager[None]: ...
+    def call(self, lane: int, endpoint: str | None = None) -> AbstractContextManager[None]: ...
 
 
 class NoGuard:
     @contextmanager
-    def call(self, lane: int) -> Iterator[None]:
+    def call(self, lane: int, endpoint: str | None = None) -> Iterator[None]:
         yield
 
 
@@ -298,7 +299,7 @@ class SyncService:
 
     def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
         outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
-        with self.guard.call(lane):
+        with self.guard.call(lane, endpoint_of(call)):
             if self.leases is not None:
                 # After the budget's wait, which can be long: the call goes out under a lease
                 # renewed just now (or not at all).

@@ -55,7 +55,7 @@ from billsync.repositories.sync import PeriodRow
 from billsync.repositories.verify import EventRow, LedgerLine
 from billsync.services.sync import CallGuard
 from billsync.sync.budget import Lane
-from billsync.sync.port import RemoteInvoice, StripeFailure, StripePort
+from billsync.sync.port import RemoteInvoice, StripeFailure, StripePort, endpoint_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -321,7 +321,7 @@ class Verifier:
     def _call(self, call: Callable[[], T]) -> T:
         if self.guard is None:
             return call()
-        with self.guard.call(self.lane):
+        with self.guard.call(self.lane, endpoint_of(call)):
             return call()
 
     def _check_stripe(

@@ -294,6 +294,50 @@ class BreakerSnapshot(TypedDict):
     times_opened: int
 
 
+class EndpointPacer:
+    """Stripe's per-endpoint limit in one process: every endpoint gets its own ``rate`` calls/s
+    (``rates`` overrides some), one after the other at even spacing — the first call of an
+    idle endpoint goes at once, the next one ``1/rate`` s later. A caller reserves its slot and
+    sleeps until it; the global budget (and its lanes) is asked after that, so a call waiting
+    on a busy endpoint holds no share of the global rate meanwhile."""
+
+    def __init__(
+        self,
+        rate: float = 25.0,
+        rates: dict[str, float] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"an endpoint rate is a positive number of calls/s, not {rate!r}")
+        for endpoint, value in (rates or {}).items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{endpoint}: a rate is a positive number of calls/s")
+        self.rate = float(rate)
+        self.rates = {endpoint: float(value) for endpoint, value in (rates or {}).items()}
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+
+    def rate_of(self, endpoint: str) -> float:
+        return self.rates.get(endpoint, self.rate)
+
+    def reserve(self, endpoint: str) -> float:
+        """Take the endpoint's next slot; returns how long to wait for it (0: now)."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next.get(endpoint, now))
+            self._next[endpoint] = slot + 1.0 / self.rate_of(endpoint)
+            return slot - now
+
+    def acquire(self, endpoint: str) -> None:
+        wait = self.reserve(endpoint)
+        if wait > 0:
+            self._sleep(wait)
+
+
 class CircuitBreaker:
     """Stops calling Stripe while it is failing, and finds out with one probe when it is back.
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from billsync.services.sync import CallGuard
-from billsync.sync.port import StripePort
+from billsync.sync.port import ENDPOINTS, StripePort
 
 
 class _Guarded:
@@ -21,7 +21,7 @@ class _Guarded:
         method = getattr(self._gateway, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with self._guard.call(self._lane):
+            with self._guard.call(self._lane, ENDPOINTS.get(name)):
                 return method(*args, **kwargs)
 
         return call

@@ -166,3 +166,30 @@ class StripePort(Protocol):
     def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
         """Events created at or after ``created_gte``, oldest first (at most ``limit``)."""
         ...
+
+
+# The Stripe endpoint each port method calls (its first request; a listing's further pages go to
+# the same endpoint). Stripe limits every endpoint on its own — 25 requests/s by default, GET
+# and POST of one path apart (https://docs.stripe.com/rate-limits) — so the rate budget paces
+# each of them besides the global limit.
+ENDPOINTS: dict[str, str] = {
+    "create_customer": "POST /v1/customers",
+    "create_draft_invoice": "POST /v1/invoices",
+    "find_draft_invoices": "GET /v1/invoices",
+    "list_invoices": "GET /v1/invoices",
+    "get_invoice": "GET /v1/invoices/{id}",
+    "add_lines": "POST /v1/invoices/{id}/add_lines",
+    "update_lines": "POST /v1/invoices/{id}/update_lines",
+    "remove_lines": "POST /v1/invoices/{id}/remove_lines",
+    "finalize": "POST /v1/invoices/{id}/finalize",
+    "delete_draft": "DELETE /v1/invoices/{id}",
+    "create_portal_session": "POST /v1/billing_portal/sessions",
+    "list_events": "GET /v1/events",
+}
+
+
+def endpoint_of(call: object) -> str | None:
+    """The endpoint a call to the port goes to: ``call`` is a bound port method, or a
+    ``functools.partial`` of one; None for anything else."""
+    function = getattr(call, "func", call)
+    return ENDPOINTS.get(getattr(function, "__name__", ""))

@@ -37,7 +37,7 @@ from billsync.observability.instruments import observe_tick
 from billsync.repositories import sync as repository
 from billsync.services.lifecycle import AdvanceReport, LifecycleService
 from billsync.services.sync import SyncOutcome, SyncService
-from billsync.sync.budget import CircuitBreaker, Lane, RateBudget, backoff_delay
+from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget, backoff_delay
 from billsync.sync.leases import SCHEDULER_JOB, Leases
 from billsync.sync.port import (
     StripeAmbiguous,
@@ -58,19 +58,29 @@ class StripeGuard:
     """Budget and breaker around every Stripe call (the sync service's ``CallGuard``)."""
 
     def __init__(
-        self, budget: RateBudget, breaker: CircuitBreaker, shared: SharedBudget | None = None
+        self,
+        budget: RateBudget,
+        breaker: CircuitBreaker,
+        shared: SharedBudget | None = None,
+        *,
+        endpoints: EndpointPacer | None = None,
+        shared_endpoint: Callable[[str], SharedBudget] | None = None,
     ) -> None:
         self.budget = budget
         self.breaker = breaker
         self.shared = shared  # the budget of every process, when several share one Stripe key
+        # Stripe's limit per endpoint: this process's pacing, or (several processes) one
+        # shared budget per endpoint.
+        self.endpoints = endpoints
+        self.shared_endpoint = shared_endpoint
         self._rate_limited_in_a_row = 0
         self._random = random.Random()
         self._lock = threading.Lock()
 
     @contextmanager
-    def call(self, lane: int) -> Iterator[None]:
+    def call(self, lane: int, endpoint: str | None = None) -> Iterator[None]:
         """See ``CallGuard``: the breaker hears back exactly once, however the block ends."""
-        self._before(lane)
+        self._before(lane, endpoint)
         try:
             yield
         except StripeFailure as failure:
@@ -81,7 +91,7 @@ class StripeGuard:
             raise
         self._after(None)
 
-    def _before(self, lane: int) -> None:
+    def _before(self, lane: int, endpoint: str | None) -> None:
         if not self.breaker.allow():
             raise StripeUnavailable(
                 f"Stripe keeps failing: calls paused for {self.breaker.retry_in():.0f} s "
@@ -89,6 +99,11 @@ class StripeGuard:
                 code="circuit_open",
             )
         try:
+            if endpoint is not None:  # the endpoint's own limit first: no global slot held
+                if self.shared_endpoint is not None:
+                    self.shared_endpoint(endpoint).acquire(Lane(lane))
+                elif self.endpoints is not None:
+                    self.endpoints.acquire(endpoint)
             self.budget.acquire(Lane(lane))
             if self.shared is not None:
                 self.shared.acquire(Lane(lane))

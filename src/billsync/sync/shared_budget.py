@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from billsync.db.database import Database
 from billsync.repositories import budget as repository
-from billsync.sync.budget import Lane
+from billsync.sync.budget import EndpointPacer, Lane
 
 HORIZON: dict[Lane, float] = {
     Lane.ON_DEMAND: 2.0,
@@ -147,3 +147,25 @@ class SharedBudget:
             )
         found["rate"] = self.rate
         return found
+
+
+class SharedEndpoints:
+    """Stripe's per-endpoint limits shared by every process: one ``SharedBudget`` row per
+    endpoint (named ``stripe <endpoint>``), made the first time a call goes to it, at the
+    rate the pacer gives that endpoint. Called with an endpoint, returns its budget."""
+
+    def __init__(self, database: Database, rates: EndpointPacer) -> None:
+        self.database = database
+        self.rates = rates
+        self._budgets: dict[str, SharedBudget] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str) -> SharedBudget:
+        with self._lock:
+            budget = self._budgets.get(endpoint)
+            if budget is None:
+                budget = SharedBudget(
+                    self.database, self.rates.rate_of(endpoint), name=f"stripe {endpoint}"
+                )
+                self._budgets[endpoint] = budget
+            return budget
