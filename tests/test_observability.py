@@ -34,6 +34,7 @@ from billsync.clock import ManualClock
 from billsync.config import Settings
 from billsync.core.catalog import Catalog
 from billsync.db.database import Database
+from billsync.db.tables import account_sync
 from billsync.observability.logs import build_handler, resolve_format
 from billsync.observability.metrics import serve_metrics
 from billsync.repositories import sync as sync_repository
@@ -218,6 +219,23 @@ def test_dirty_lines_and_sync_lag_are_the_databases(
     assert value(samples, "billsync_database_up") == 1
     clock.advance(timedelta(seconds=30))
     assert value(scrape(api), "billsync_sync_lag_seconds") == 150
+    # The due queue: both accounts behind, never synced (no effective interval yet).
+    assert value(samples, "billsync_sync_behind_accounts") == 2
+    assert value(samples, "billsync_sync_effective_interval_seconds") == 0
+    with billsync.database.transaction() as connection:  # as a sync would leave them
+        connection.execute(
+            account_sync.update()
+            .where(account_sync.c.account_id == "acme")
+            .values(last_synced_at=clock.now() - timedelta(minutes=40))
+        )
+        connection.execute(
+            account_sync.update()
+            .where(account_sync.c.account_id == "globex")
+            .values(last_synced_at=clock.now() - timedelta(minutes=5))
+        )
+    # The least recently synced account behind waited 40 minutes: that is the interval
+    # achieved, whatever the configured one.
+    assert value(scrape(api), "billsync_sync_effective_interval_seconds") == 40 * 60
 
 
 def test_webhook_lag_is_the_age_of_the_oldest_unhandled_event(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -67,8 +68,20 @@ def ensure_schema(database: Database, seconds: float = DATABASE_WAIT_SECONDS) ->
         raise fail(f"the database schema is at {current}, not {head}: run `billsync db upgrade`")
 
 
+def load_settings() -> Settings:
+    """The settings from the environment, or a clear error naming each bad one."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"BILLSYNC_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise fail(f"invalid settings: {problems}") from None
+
+
 def open_billsync(settings: Settings | None = None, clock: Clock | None = None) -> Billsync:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     try:
         billsync = build(settings, clock=clock)
     except CatalogError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from billsync.bootstrap import Billsync, Syncing
 from billsync.cli.common import console, fail, open_billsync
 from billsync.clock import ManualClock
+from billsync.core.capacity import capacity
 from billsync.core.money import format_minor
 from billsync.core.sync_plan import (
     AddLines,
@@ -154,9 +156,16 @@ def advance_command(
 
 def status_command(
     account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Accounts listed: the most overdue first.")
+    ] = 50,
 ) -> None:
-    """Sync state per account: last synced, unsynced amount, pending lines, last error."""
+    """The platform's sync state (the due queue, the interval achieved, periods by status),
+    then per account — the most overdue first: last synced, unsynced amount, pending lines,
+    last error."""
     billsync = open_billsync()
+    if account is None:
+        _platform_summary(billsync)
     table = Table(title="sync status")
     for column in (
         "account",
@@ -168,7 +177,16 @@ def status_command(
     ):
         table.add_column(column)
     with billsync.database.read() as connection:
-        ids = [account] if account else sync_repository.all_account_ids(connection)
+        if account:
+            ids = [account]
+        else:
+            overdue = [
+                a for a, _, _ in sync_repository.behind_accounts(
+                    connection, with_override=False, limit=limit
+                )
+            ]  # fmt: skip
+            others = sync_repository.all_account_ids(connection)[: limit + len(overdue)]
+            ids = (overdue + [a for a in others if a not in set(overdue)])[:limit]
         for account_id in ids:
             status = sync_status(connection, account_id)
             if status is None:
@@ -186,3 +204,89 @@ def status_command(
             )
     console.print(table)
     billsync.close()
+
+
+def _platform_summary(billsync: Billsync) -> None:
+    now = billsync.clock.now()
+    settings = billsync.settings
+    with billsync.database.read() as connection:
+        summary = sync_repository.platform_summary(connection)
+    interval = settings.sync_interval_seconds
+    waited = (
+        (now - summary.oldest_behind_sync).total_seconds()
+        if summary.oldest_behind_sync is not None
+        else 0.0
+    )
+    console.print(
+        f"{summary.accounts:,} accounts, {summary.active_accounts:,} with usage in an open "
+        f"period; {summary.behind:,} behind Stripe ({summary.never_synced_behind:,} never "
+        "synced)"
+    )
+    state = "on time" if waited <= interval else "behind: see billsync capacity"
+    console.print(
+        f"effective interval {_duration(waited)} (configured {_duration(interval)}): {state}"
+    )
+    periods = ", ".join(f"{count:,} {status}" for status, count in sorted(summary.periods.items()))
+    console.print(f"periods: {periods or 'none yet'}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def capacity_command(
+    accounts: Annotated[
+        int | None,
+        typer.Option(min=0, help="Active accounts (default: those with usage now)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What Stripe's limits allow at this many active accounts: the interval achievable, the
+    month-end close's shortest duration, and the limit increases the configured interval
+    would need."""
+    billsync = open_billsync()
+    settings = billsync.settings
+    if accounts is None:
+        with billsync.database.read() as connection:
+            accounts = sync_repository.platform_summary(connection).active_accounts
+    rates = settings.stripe_endpoint_rates
+    result = capacity(
+        accounts,
+        float(settings.sync_interval_seconds),
+        settings.stripe_calls_per_second(),
+        lambda endpoint: rates.get(endpoint, settings.stripe_endpoint_rate),
+    )
+    billsync.close()
+    if as_json:
+        console.print_json(data={**asdict(result), "meets_interval": result.meets_interval})
+        return
+    console.print(
+        f"{result.accounts:,} active accounts; limits: {result.global_rate:g} calls/s in all, "
+        f"update_lines {result.update_lines_rate:g}/s, finalize {result.finalize_rate:g}/s",
+        highlight=False,
+    )
+    console.print(
+        f"interval: {_duration(result.achievable_interval_seconds)} achievable (configured "
+        f"{_duration(result.interval_seconds)}), bound by {result.interval_bound_by}",
+        highlight=False,
+    )
+    console.print(
+        f"month-end close: at least {_duration(result.close_seconds)}, bound by "
+        f"{result.close_bound_by}",
+        highlight=False,
+    )
+    if result.meets_interval:
+        console.print("the configured interval is within the limits", highlight=False)
+    else:
+        console.print(
+            f"to meet the configured interval: update_lines "
+            f"{result.needed_update_lines_rate:,.1f}/s and {result.needed_global_rate:,.1f} "
+            "calls/s in all — ask Stripe for those limits, or lengthen "
+            "BILLSYNC_SYNC_INTERVAL_SECONDS",
+            highlight=False,
+        )

@@ -102,6 +102,19 @@ class BacklogCollector:
                 age(backlog.oldest_dirty_change),
             ),
             _gauge(
+                "billsync_sync_behind_accounts",
+                "Accounts in the due queue: changes Stripe does not hold yet (the backlog the "
+                "rate budget has to work through).",
+                backlog.behind_accounts,
+            ),
+            _gauge(
+                "billsync_sync_effective_interval_seconds",
+                "Seconds since the least recently synced account with changes was last synced: "
+                "the interval billsync actually achieves. Above the configured interval, the "
+                "budget (or Stripe's per-endpoint limit) cannot keep up: see billsync capacity.",
+                age(backlog.oldest_behind_sync),
+            ),
+            _gauge(
                 "billsync_webhook_unhandled_events",
                 "Stripe events in the webhook inbox not handled yet.",
                 backlog.unhandled_webhooks,

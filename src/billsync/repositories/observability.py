@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select, text
 
-from billsync.db.tables import lines, webhook_events
+from billsync.db.tables import account_sync, lines, webhook_events
 from billsync.repositories.sync import out_of_step
 
 # A scrape gives up on a database this slow rather than pile up behind it.
@@ -23,6 +23,8 @@ class Backlog:
     oldest_dirty_change: datetime | None
     unhandled_webhooks: int
     oldest_unhandled_webhook: datetime | None
+    behind_accounts: int = 0
+    oldest_behind_sync: datetime | None = None  # the due queue's head: least recently synced
 
 
 def backlog(connection: Connection) -> Backlog:
@@ -43,7 +45,14 @@ def backlog(connection: Connection) -> Backlog:
             webhook_events.c.handled_at.is_(None)
         )
     ).one()
+    queue = connection.execute(
+        select(func.count(), func.min(account_sync.c.last_synced_at)).where(
+            account_sync.c.behind.is_(True)
+        )
+    ).one()
     return Backlog(
+        behind_accounts=int(queue[0]),
+        oldest_behind_sync=queue[1],
         dirty_lines=int(dirty[0]),
         dirty_accounts=int(dirty[1]),
         oldest_dirty_change=dirty[2],

@@ -718,3 +718,47 @@ def health(connection: Connection, now: datetime) -> dict[str, Any]:
         "sync_lag_seconds": None if oldest is None else int((now - oldest).total_seconds()),
         "failing_accounts": [dict(row) for row in failing],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSummary:
+    accounts: int
+    behind: int
+    never_synced_behind: int
+    oldest_behind_sync: datetime | None
+    periods: dict[str, int]
+    active_accounts: int  # with a line in a period that is open or closing
+
+
+def platform_summary(connection: Connection) -> PlatformSummary:
+    """The whole platform in a few aggregate statements (``billsync status``)."""
+    total = connection.execute(select(func.count()).select_from(accounts)).scalar_one()
+    queue = connection.execute(
+        select(
+            func.count(),
+            func.count().filter(account_sync.c.last_synced_at.is_(None)),
+            func.min(account_sync.c.last_synced_at),
+        ).where(account_sync.c.behind.is_(True))
+    ).one()
+    periods = {
+        str(status): int(count)
+        for status, count in connection.execute(
+            select(billing_periods.c.status, func.count()).group_by(billing_periods.c.status)
+        )
+    }
+    active = connection.execute(
+        select(func.count(func.distinct(lines.c.account_id)))
+        .select_from(lines)
+        .join(
+            billing_periods,
+            and_(
+                billing_periods.c.account_id == lines.c.account_id,
+                billing_periods.c.start == lines.c.period_start,
+            ),
+        )
+        .where(billing_periods.c.status.in_([PeriodStatus.OPEN.value, PeriodStatus.CLOSING.value]))
+    ).scalar_one()
+    return PlatformSummary(
+        accounts=int(total), behind=int(queue[0]), never_synced_behind=int(queue[1]),
+        oldest_behind_sync=queue[2], periods=periods, active_accounts=int(active),
+    )  # fmt: skip
