@@ -3,6 +3,7 @@ status``: the physical bounds, computed from the configured limits."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ from typer.testing import CliRunner
 
 from billsync.cli.main import app as cli
 from billsync.core.capacity import FINALIZE, UPDATE_LINES, capacity
+from billsync.db.database import Database
+from billsync.db.tables import billing_periods
+from tests.conftest import T0
 
 
 @pytest.mark.unit
@@ -40,6 +44,8 @@ def test_the_interval_and_the_close_follow_from_the_limits() -> None:
 
 def test_the_capacity_and_status_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BILLSYNC_DATA_DIR", str(tmp_path))
+    url = f"sqlite:///{tmp_path}/billsync.db"
+    monkeypatch.setenv("BILLSYNC_DATABASE_URL", url)
     monkeypatch.setenv("BILLSYNC_API_TOKEN", "capacity-token-0123456789")
     monkeypatch.setenv("BILLSYNC_STRIPE_API_KEY", "sk_live_capacityTest0000001")
     monkeypatch.setenv("BILLSYNC_STRIPE_ENDPOINT_RATES", '{"POST /v1/invoices/{id}/finalize": 100}')
@@ -56,6 +62,19 @@ def test_the_capacity_and_status_commands(tmp_path: Path, monkeypatch: pytest.Mo
     assert "1 accounts, 0 with usage in an open period; 0 behind Stripe" in status.output
     assert "effective interval 0 s (configured 15.0 min): on time" in status.output
     assert "acme" in status.output
+    assert "month end" not in status.output  # nothing closing
+    database = Database(url)
+    with database.transaction() as connection:  # acme's November, closing at month end
+        connection.execute(
+            billing_periods.insert().values(
+                account_id="acme", start=date(2026, 11, 1), end=date(2026, 12, 1),
+                status="closing", created_at=T0, updated_at=T0,
+            )
+        )  # fmt: skip
+    database.dispose()
+    closing = runner.invoke(cli, ["status"])
+    assert "periods: 1 closing" in closing.output
+    assert "month end: 1 period(s) to finalize, at least 0 s more" in closing.output
     bad = runner.invoke(cli, ["capacity"], env={"BILLSYNC_STRIPE_ENDPOINT_RATES": '{"x": 5}'})
     assert bad.exit_code != 0
     assert "invalid settings: BILLSYNC_STRIPE_ENDPOINT_RATES" in bad.output

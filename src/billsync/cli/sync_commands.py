@@ -228,6 +228,23 @@ def _platform_summary(billsync: Billsync) -> None:
     )
     periods = ", ".join(f"{count:,} {status}" for status, count in sorted(summary.periods.items()))
     console.print(f"periods: {periods or 'none yet'}")
+    closing = sum(summary.periods.get(status, 0) for status in ("closing", "review", "held"))
+    if closing:
+        # Month end: every period still to finalize costs at least a final update_lines and a
+        # finalize, paced at Stripe's limits.
+        rates = settings.stripe_endpoint_rates
+        bound = capacity(
+            closing,
+            float(interval),
+            settings.stripe_calls_per_second(),
+            lambda endpoint: rates.get(endpoint, settings.stripe_endpoint_rate),
+        )
+        console.print(
+            f"month end: {closing:,} period(s) to finalize, at least "
+            f"{_duration(bound.close_seconds)} more at the limits (bound by "
+            f"{bound.close_bound_by})",
+            highlight=False,
+        )
 
 
 def _duration(seconds: float) -> str:
