@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ from billsync.bootstrap import Billsync, build
 from billsync.cli.main import app as cli
 from billsync.clock import ManualClock
 from billsync.core.catalog import Catalog
+from billsync.core.periods import PeriodStatus
 from billsync.core.policy import AccountSyncView, Policy, PolicyError, SyncPolicy, due, window_start
 from billsync.db.database import Database
 from billsync.db.tables import account_sync, accounts, lines
+from billsync.repositories import sync as sync_repository
 from billsync.services.sync import SyncOutcome
 from billsync.sync.budget import Lane
 from tests.conftest import T0, TEST_TOKEN, emulator_settings
@@ -264,10 +266,11 @@ def test_the_due_queue_is_kept_by_the_writers_and_read_most_overdue_first(
 def test_a_tick_reads_what_it_claims_not_every_account_behind(
     synced: Billsync, clock: ManualClock
 ) -> None:
-    """The cost of finding due accounts does not grow with how many are behind: at most three
-    statements (the accounts with a policy of their own, then the never-synced range and the
-    synced-longest-ago range of the due queue, each limited), whether 3 or 300 accounts have
-    usage Stripe does not hold. (Its time at 100,000 accounts: bench/scale.py.)"""
+    """The cost of finding due accounts does not grow with how many are behind: at most four
+    statements (the periods to complete or finalize, the accounts with a policy of their own,
+    then the never-synced range and the synced-longest-ago range of the due queue, each
+    limited), whether 3 or 300 accounts have usage Stripe does not hold. (Its time at 100,000
+    accounts: bench/scale.py.)"""
     assert synced.sync is not None
     scheduler = synced.sync.scheduler
     statements: list[str] = []
@@ -288,8 +291,9 @@ def test_a_tick_reads_what_it_claims_not_every_account_behind(
             event.remove(synced.database.engine, "before_cursor_execute", count)
         assert len(due_now) == min(10, len(behind(synced)))
         selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-        assert len(selects) <= 3
-        assert all(" LIMIT " in s.upper() for s in selects[1:]), selects
+        assert len(selects) <= 4
+        limited = [s for s in selects if "sync_policy IS NOT NULL" not in s]
+        assert all(" LIMIT " in s.upper() for s in limited), selects
 
 
 def test_a_customer_hammering_on_demand_syncs_cannot_spend_the_budget(
@@ -326,3 +330,52 @@ def test_a_customer_hammering_on_demand_syncs_cannot_spend_the_budget(
     assert all(o is not None and o.ok for o in outcomes)
     # Sixteen at once: one sync (the rest joined it, or came after it and were spaced).
     assert running_emulator.control("GET", "stats")["total"] == 1
+
+
+def test_month_end_is_the_workers_work_and_the_tick_only_changes_state(
+    synced: Billsync, clock: ManualClock, running_emulator: RunningEmulator
+) -> None:
+    """In the scheduler the lifecycle only changes periods' state; completing drafts and
+    finalizing are syncs in the closing lane that every worker claims, paced by the budget —
+    not one after another inside the tick."""
+    assert synced.sync is not None
+    scheduler, lifecycle = synced.sync.scheduler, synced.sync.lifecycle
+    for name in ("a", "b", "c"):
+        create_account(synced, name)
+    synced.ingest.ingest([egress(name, "1") for name in ("a", "b", "c")])
+    scheduler.tick()
+    assert all(outcome.ok for outcome in scheduler.drain())
+    clock.set(datetime(2026, 12, 1, 0, 30, tzinfo=UTC))
+    synced.ingest.ingest([egress("a", "5")])  # within the grace: a's draft is behind
+    clock.set(datetime(2026, 12, 1, 1, 0, tzinfo=UTC))  # the end of grace
+    running_emulator.control("DELETE", "stats")
+
+    def periods() -> dict[str, tuple[str, bool]]:
+        with synced.database.read() as connection:
+            rows = sync_repository.periods_with_status(connection, list(PeriodStatus))
+        return {
+            p.account_id: (str(p.status), p.review_ends_at is not None)
+            for p in rows
+            if p.start == date(2026, 11, 1)
+        }
+
+    report = lifecycle.advance(sync=False)
+    assert running_emulator.control("GET", "stats")["total"] == 0  # no call in the tick
+    assert periods() == {"a": ("review", False), "b": ("review", True), "c": ("review", True)}
+    assert sorted(report.review) == [("b", date(2026, 11, 1)), ("c", date(2026, 11, 1))]
+    assert scheduler.due_accounts() == [("a", Lane.CLOSING)]
+    scheduler.tick()
+    assert [o.account_id for o in scheduler.drain()] == ["a"]  # a worker completes a's draft
+    lifecycle.advance(sync=False)
+    assert periods()["a"] == ("review", True)  # complete now: its review window runs
+    clock.advance(timedelta(hours=1, minutes=1))
+    running_emulator.control("DELETE", "stats")
+    lifecycle.advance(sync=False)  # the windows are over: the finalizes are requested
+    assert running_emulator.control("GET", "stats")["total"] == 0
+    assert sorted(scheduler.due_accounts()) == [
+        ("a", Lane.CLOSING), ("b", Lane.CLOSING), ("c", Lane.CLOSING)
+    ]  # fmt: skip
+    scheduler.tick()
+    assert all(outcome.ok for outcome in scheduler.drain())
+    assert {status for status, _ in periods().values()} == {"finalized"}
+    assert scheduler.due_accounts() == []

@@ -54,6 +54,12 @@ class Workers:
             [sys.executable, "-m", "billsync", "worker"], env=self.env, stdout=log, stderr=log
         )
 
+    def running(self) -> int:
+        """How many workers said they run (each logs its start line once it is up)."""
+        return sum(
+            1 for path in self.logs.glob("*.log") if b"billsync worker:" in path.read_bytes()
+        )
+
     def runs(self) -> list[dict[str, Any]]:
         """Every ``sync.account.run`` line the workers logged (one per sync under a lease)."""
         found = []
@@ -221,10 +227,13 @@ def test_workers_together_stay_within_one_stripe_budget(
     accounts = [f"acct-{n:02}" for n in range(40)]
     for account in accounts:
         create_account(billsync, account)
-    ingest(billsync, accounts, random.Random(5), 200)
     running_emulator.control("DELETE", "stats")
     for name in ("w1", "w2", "w3"):
         workers.start(name)
+    # The backlog appears once all three run, so that all three share it (a worker that
+    # started late on a loaded machine would otherwise find it claimed).
+    wait_until(lambda: workers.running() == 3, "three workers running", every=0.1)
+    ingest(billsync, accounts, random.Random(5), 200)
     wait_until_synced(workers)
     stats = running_emulator.control("GET", "stats?per_second=1")
     seconds = {int(k): v for k, v in stats["per_second"].items()}

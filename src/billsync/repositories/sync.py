@@ -561,6 +561,26 @@ def due_by_interval(
     )
 
 
+def due_for_closing(connection: Connection, limit: int) -> list[str]:
+    """Accounts with a period to complete (in review, its draft not complete yet) or to
+    finalize (requested): the closing lane's work, oldest period first, at most ``limit`` —
+    by the index on (status, end)."""
+    query = (
+        select(billing_periods.c.account_id, func.min(billing_periods.c.end))
+        .where(
+            billing_periods.c.status == PeriodStatus.REVIEW.value,
+            or_(
+                billing_periods.c.review_ends_at.is_(None),
+                billing_periods.c.finalize_requested_at.is_not(None),
+            ),
+        )
+        .group_by(billing_periods.c.account_id)
+        .order_by(func.min(billing_periods.c.end), billing_periods.c.account_id)
+        .limit(limit)
+    )
+    return [row[0] for row in connection.execute(query)]
+
+
 def behind_accounts(
     connection: Connection, *, with_override: bool, limit: int | None = None
 ) -> list[tuple[str, dict[str, Any] | None, datetime | None]]:

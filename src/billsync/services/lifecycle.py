@@ -65,10 +65,19 @@ class LifecycleService:
         self.sync = sync
         self.settings = settings or LifecycleSettings()
 
-    def advance(self, now: datetime | None = None, *, limit: int = 500) -> AdvanceReport:
+    def advance(
+        self, now: datetime | None = None, *, limit: int = 500, sync: bool = True
+    ) -> AdvanceReport:
         """Run the transitions that are due at ``now`` (default: the clock), at most ``limit``
         periods per step: each step reads only the periods that are due (by status and date),
-        not every open period."""
+        not every open period.
+
+        ``sync=False`` (the scheduler): only the state changes — stop usage, start a review
+        window once the draft is complete, request the finalize. The syncs they call for are
+        the workers' (every worker claims accounts with a period to complete or finalize, in
+        the closing lane, ``repositories.sync.due_for_closing``), paced by the budget, instead
+        of one after the other in the tick. ``sync=True`` (``billsync periods advance``, tests):
+        each sync runs here, and the report says what happened."""
         now = now or self.clock.now()
         report = AdvanceReport()
         with self.database.transaction() as connection:
@@ -77,14 +86,17 @@ class LifecycleService:
             closing = repository.closing_due(connection, (now - self.settings.grace).date(), limit)
         for period in closing:
             if _end(period) + self.settings.grace <= now:
-                self._stop_usage(period, now, report)
+                self._stop_usage(period, now, report, inline=sync)
         with self.database.read() as connection:
             in_review = repository.reviews_due(connection, now, limit)
         for period in in_review:
             if period.review_ends_at is None:
-                self._complete_draft(period, now, report)
+                self._complete_draft(period, now, report, inline=sync)
             else:
-                self._finalize(period.account_id, period.start, now, report)
+                self._finalize(
+                    period.account_id, period.start, now, report,
+                    requested=period.finalize_requested_at, inline=sync,
+                )  # fmt: skip
         return report
 
     def _in_step(self, account_id: str, start: date) -> bool:
@@ -99,7 +111,9 @@ class LifecycleService:
             line.synced_version == line.version for line in lines
         )
 
-    def _stop_usage(self, period: PeriodRow, now: datetime, report: AdvanceReport) -> None:
+    def _stop_usage(
+        self, period: PeriodRow, now: datetime, report: AdvanceReport, *, inline: bool
+    ) -> None:
         """Grace is over: the period takes no more usage, then its draft is completed."""
         with self.database.transaction() as connection:
             stopped = repository.transition(
@@ -107,15 +121,21 @@ class LifecycleService:
                 to=PeriodStatus.REVIEW, now=now, review_ends_at=None,
             )  # fmt: skip
         if stopped:
-            self._complete_draft(period, now, report)
+            self._complete_draft(period, now, report, inline=inline)
 
-    def _complete_draft(self, period: PeriodRow, now: datetime, report: AdvanceReport) -> None:
+    def _complete_draft(
+        self, period: PeriodRow, now: datetime, report: AdvanceReport, *, inline: bool
+    ) -> None:
         """Push the period's final state; once Stripe's draft holds all of it, the review
         window starts. A failure is retried at the next tick."""
-        outcome = self.sync.sync_account(period.account_id, lane=CLOSING)
-        if not outcome.ok or not self._in_step(period.account_id, period.start):
-            report.failed.append((period.account_id, outcome.error or "draft not complete yet"))
-            return
+        if not inline:
+            if not self._in_step(period.account_id, period.start):
+                return  # a worker pushes it (closing lane); a later tick starts the window
+        else:
+            outcome = self.sync.sync_account(period.account_id, lane=CLOSING)
+            if not outcome.ok or not self._in_step(period.account_id, period.start):
+                report.failed.append((period.account_id, outcome.error or "draft not complete yet"))
+                return
         with self.database.transaction() as connection:
             started = repository.start_review_window(
                 connection, period.account_id, period.start, now + self.settings.review_window,
@@ -124,10 +144,24 @@ class LifecycleService:
         if started:
             report.review.append((period.account_id, period.start))
 
-    def _finalize(self, account_id: str, start: date, now: datetime, report: AdvanceReport) -> None:
-        with self.database.transaction() as connection:
-            repository.update_period(connection, account_id, start, now, finalize_requested_at=now)
-            repository.mark_behind(connection, [account_id])
+    def _finalize(
+        self,
+        account_id: str,
+        start: date,
+        now: datetime,
+        report: AdvanceReport,
+        *,
+        requested: datetime | None = None,
+        inline: bool = True,
+    ) -> None:
+        if requested is None:
+            with self.database.transaction() as connection:
+                repository.update_period(
+                    connection, account_id, start, now, finalize_requested_at=now
+                )
+                repository.mark_behind(connection, [account_id])
+        if not inline:
+            return  # a worker finalizes it (closing lane)
         outcome = self.sync.sync_account(account_id, lane=CLOSING)
         if start in outcome.finalized:
             report.finalized.append((account_id, start))

@@ -220,6 +220,12 @@ class Scheduler:
         limit = self.claim_limit if limit is None else limit
         found: list[tuple[str, Lane]] = []
         with self.database.read() as connection:
+            # Month end first: periods to complete or finalize (the lifecycle only changes
+            # their state; the syncs are the workers', spread like any other).
+            found += [
+                (account_id, Lane.CLOSING)
+                for account_id in repository.due_for_closing(connection, limit)
+            ]
             for account_id, overrides, last_synced_at in repository.behind_accounts(
                 connection, with_override=True
             ):
@@ -241,7 +247,10 @@ class Scheduler:
                     lane = self._lane_if_due(connection, account_id, default, last_synced_at, now)
                     if lane is not None:
                         found.append((account_id, lane))
-        return found[:limit]
+        lanes: dict[str, Lane] = {}
+        for account_id, lane in found:  # the first (most urgent) lane an account came with
+            lanes.setdefault(account_id, lane)
+        return list(lanes.items())[:limit]
 
     @staticmethod
     def _lane_if_due(
@@ -288,7 +297,7 @@ class Scheduler:
         if self.leases is None or self.leases.lead(SCHEDULER_JOB):
             self._run_periodic()
             if self._leading():  # a long periodic job may have outlived the lease
-                report = self.lifecycle.advance()
+                report = self.lifecycle.advance(sync=False)
         if self._stop.is_set():
             return report  # stopping: claim nothing more
         with self._lock:
