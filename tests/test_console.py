@@ -313,6 +313,10 @@ def test_drift_is_resolved_from_the_console_and_health_is_shown(
         health = client.get("/console/health")
         assert health.status_code == 200
         assert "extra_in_stripe" in health.text
+        # The platform at a glance: the due queue, the interval achieved, periods by status.
+        assert 'id="platform"' in health.text
+        assert "accounts, 1 with usage in an open period" in health.text
+        assert "(configured 900 s)" in health.text
         csrf = csrf_of(client, "/console/accounts/acme")
         decided = client.post(
             f"/console/problems/{problem.id}/accept",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from billsync.api.deps import BillsyncDep
 from billsync.bootstrap import Billsync
+from billsync.config import Settings
+from billsync.core.capacity import capacity
 from billsync.core.money import format_minor, to_minor_units
 from billsync.core.periods import PeriodStatus
 from billsync.core.policy import PolicyError, SyncPolicy
@@ -307,6 +309,41 @@ async def decide(
     )
 
 
+# The health page lists the first periods in review or held; at month end there can be one per
+# account, which the summary above the table counts instead.
+HEALTH_PERIODS = 100
+
+
+def platform_view(
+    settings: Settings, summary: sync_repository.PlatformSummary, now: datetime
+) -> dict[str, Any]:
+    """The platform's sync state for the health page: the due queue, the interval achieved
+    against the configured one, and month end's shortest remaining time at Stripe's limits."""
+    waited = (
+        0 if summary.oldest_behind_sync is None
+        else int((now - summary.oldest_behind_sync).total_seconds())
+    )  # fmt: skip
+    interval = settings.sync_interval_seconds
+    closing = sum(summary.periods.get(s, 0) for s in ("closing", "review", "held"))
+    rates = settings.stripe_endpoint_rates
+    close = capacity(
+        closing, float(interval), settings.stripe_calls_per_second(),
+        lambda endpoint: rates.get(endpoint, settings.stripe_endpoint_rate),
+    )  # fmt: skip
+    return {
+        "accounts": summary.accounts,
+        "active": summary.active_accounts,
+        "behind": summary.behind,
+        "never_synced": summary.never_synced_behind,
+        "effective_interval_seconds": waited,
+        "interval_seconds": interval,
+        "on_time": waited <= interval,
+        "periods": dict(sorted(summary.periods.items())),
+        "to_finalize": closing,
+        "close_seconds": int(close.close_seconds),
+    }
+
+
 @router.get("/health")
 def health(request: Request, billsync: BillsyncDep) -> Response:
     signed = _require(billsync, request)
@@ -315,8 +352,9 @@ def health(request: Request, billsync: BillsyncDep) -> Response:
     now = billsync.clock.now()
     with billsync.database.read() as connection:
         numbers = sync_repository.health(connection, now)
+        summary = sync_repository.platform_summary(connection)
         held = sync_repository.periods_with_status(
-            connection, [PeriodStatus.REVIEW, PeriodStatus.HELD]
+            connection, [PeriodStatus.REVIEW, PeriodStatus.HELD], limit=HEALTH_PERIODS + 1
         )
         open_problems = problems.open_problems(connection)
         inbox = webhook_repository.counts(connection)
@@ -325,7 +363,9 @@ def health(request: Request, billsync: BillsyncDep) -> Response:
         "console_health.html",
         user=signed,
         numbers=numbers,
-        periods=held,
+        platform=platform_view(billsync.settings, summary, now),
+        periods=held[:HEALTH_PERIODS],
+        more_periods=len(held) > HEALTH_PERIODS,
         problems=open_problems,
         inbox=inbox,
         queue=syncing.scheduler.depth() if syncing else {},

@@ -127,14 +127,21 @@ def periods_to_sync(connection: Connection, account_id: str) -> list[PeriodRow]:
 
 
 def periods_with_status(
-    connection: Connection, statuses: Iterable[PeriodStatus], *, account_id: str | None = None
+    connection: Connection,
+    statuses: Iterable[PeriodStatus],
+    *,
+    account_id: str | None = None,
+    limit: int | None = None,
 ) -> list[PeriodRow]:
     query = select(billing_periods).where(
         billing_periods.c.status.in_([status.value for status in statuses])
     )
     if account_id is not None:
         query = query.where(billing_periods.c.account_id == account_id)
-    return [_period(row) for row in connection.execute(query.order_by(billing_periods.c.start))]
+    query = query.order_by(billing_periods.c.start, billing_periods.c.account_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_period(row) for row in connection.execute(query)]
 
 
 def start_closing(connection: Connection, ended_by: date, now: datetime) -> list[tuple[str, date]]:
