@@ -171,6 +171,8 @@ def main() -> None:
                 "BILLSYNC_DATA_DIR": directory,
                 "BILLSYNC_DATABASE_URL": url,
                 "BILLSYNC_STRIPE_API_KEY": KEY,
+                # Each request measures a real on-demand sync: no spacing between them.
+                "BILLSYNC_ON_DEMAND_MIN_SECONDS": "0",
                 "BILLSYNC_STRIPE_API_BASE": f"http://127.0.0.1:{emulator_port}",
                 "BILLSYNC_STRIPE_RATE": "1000",
                 "BILLSYNC_SYNC_POLICY": "on_demand",

@@ -69,6 +69,8 @@ def run(name: str, env: dict[str, str], emulator_port: int, samples: int) -> dic
             "BILLSYNC_STRIPE_API_KEY": KEY,
             "BILLSYNC_STRIPE_API_BASE": f"http://127.0.0.1:{emulator_port}",
             "BILLSYNC_SCHEDULER_TICK_SECONDS": "0.1",
+            # Each request measures a real on-demand sync: no spacing between them.
+            "BILLSYNC_ON_DEMAND_MIN_SECONDS": "0",
         }
         api_emulator_reset(emulator_port)
         with billsync_server(full, port):
