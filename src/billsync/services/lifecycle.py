@@ -99,6 +99,29 @@ class LifecycleService:
                 )  # fmt: skip
         return report
 
+    def drafts_completed(self, account_id: str) -> list[date]:
+        """After a sync of the account: the review window of each of its periods in review
+        whose draft Stripe now holds whole starts now. Returns those periods."""
+        now = self.clock.now()
+        with self.database.read() as connection:
+            waiting = [
+                period
+                for period in repository.periods_with_status(
+                    connection, [PeriodStatus.REVIEW], account_id=account_id
+                )
+                if period.review_ends_at is None
+            ]
+        started = []
+        for period in waiting:
+            if not self._in_step(account_id, period.start):
+                continue
+            with self.database.transaction() as connection:
+                if repository.start_review_window(
+                    connection, account_id, period.start, now + self.settings.review_window, now
+                ):
+                    started.append(period.start)
+        return started
+
     def _in_step(self, account_id: str, start: date) -> bool:
         with self.database.read() as connection:
             period = repository.get_period(connection, account_id, start)

@@ -405,6 +405,9 @@ class Scheduler:
         account_id, lane = job
         try:
             outcome = self.sync.sync_account(account_id, lane=lane)
+            if lane == Lane.CLOSING and outcome.ok:
+                # The draft this sync completed starts its review window now, not a tick later.
+                self.lifecycle.drafts_completed(account_id)
         except Exception as error:  # a worker must survive one account's bug
             log.exception("scheduler.sync.crashed", extra={"account": account_id})
             outcome = SyncOutcome(account_id, error=f"{type(error).__name__}: {error}")
