@@ -225,6 +225,10 @@ class Settings(BaseSettings):
         live = (self.stripe_api_key or "").startswith(("sk_live_", "rk_live_"))
         return 80.0 if live else 20.0
 
+    def stripe_endpoint_rate_of(self, endpoint: str) -> float:
+        """Calls/s allowed to one Stripe endpoint: its override, else the default."""
+        return self.stripe_endpoint_rates.get(endpoint, self.stripe_endpoint_rate)
+
     def webhook_secrets(self) -> list[str]:
         if not self.stripe_webhook_secrets:
             return []

@@ -325,10 +325,9 @@ def platform_view(
     )  # fmt: skip
     interval = settings.sync_interval_seconds
     closing = sum(summary.periods.get(s, 0) for s in ("closing", "review", "held"))
-    rates = settings.stripe_endpoint_rates
     close = capacity(
         closing, float(interval), settings.stripe_calls_per_second(),
-        lambda endpoint: rates.get(endpoint, settings.stripe_endpoint_rate),
+        settings.stripe_endpoint_rate_of,
     )  # fmt: skip
     return {
         "accounts": summary.accounts,

@@ -232,12 +232,11 @@ def _platform_summary(billsync: Billsync) -> None:
     if closing:
         # Month end: every period still to finalize costs at least a final update_lines and a
         # finalize, paced at Stripe's limits.
-        rates = settings.stripe_endpoint_rates
         bound = capacity(
             closing,
             float(interval),
             settings.stripe_calls_per_second(),
-            lambda endpoint: rates.get(endpoint, settings.stripe_endpoint_rate),
+            settings.stripe_endpoint_rate_of,
         )
         console.print(
             f"month end: {closing:,} period(s) to finalize, at least "
@@ -271,12 +270,11 @@ def capacity_command(
     if accounts is None:
         with billsync.database.read() as connection:
             accounts = sync_repository.platform_summary(connection).active_accounts
-    rates = settings.stripe_endpoint_rates
     result = capacity(
         accounts,
         float(settings.sync_interval_seconds),
         settings.stripe_calls_per_second(),
-        lambda endpoint: rates.get(endpoint, settings.stripe_endpoint_rate),
+        settings.stripe_endpoint_rate_of,
     )
     billsync.close()
     if as_json:

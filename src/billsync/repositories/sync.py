@@ -16,6 +16,12 @@ from billsync.db.tables import account_sync, accounts, billing_periods, lines, s
 from billsync.repositories.ledger import lock_accounts
 
 # Periods whose draft billsync keeps in step with the ledger.
+# A line belongs to its account's period.
+LINE_PERIOD = and_(
+    billing_periods.c.account_id == lines.c.account_id,
+    billing_periods.c.start == lines.c.period_start,
+)
+
 SYNCED_STATUSES = (
     PeriodStatus.OPEN.value,
     PeriodStatus.CLOSING.value,
@@ -487,13 +493,7 @@ def out_of_step(*columns: Any) -> Select[Any]:
     return (
         select(*columns)
         .select_from(lines)
-        .join(
-            billing_periods,
-            and_(
-                billing_periods.c.account_id == lines.c.account_id,
-                billing_periods.c.start == lines.c.period_start,
-            ),
-        )
+        .join(billing_periods, LINE_PERIOD)
         .where(
             billing_periods.c.status.in_(SYNCED_STATUSES),
             or_(lines.c.version != lines.c.synced_version, lines.c.amount != lines.c.synced_amount),
@@ -643,13 +643,7 @@ def unsynced_amount(connection: Connection, account_id: str) -> int:
     behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
     total = connection.execute(
         select(func.coalesce(func.sum(behind), 0))
-        .join(
-            billing_periods,
-            and_(
-                billing_periods.c.account_id == lines.c.account_id,
-                billing_periods.c.start == lines.c.period_start,
-            ),
-        )
+        .join(billing_periods, LINE_PERIOD)
         .where(lines.c.account_id == account_id, billing_periods.c.status.in_(SYNCED_STATUSES))
     ).scalar_one()
     return int(total)
@@ -712,13 +706,7 @@ def health(connection: Connection, now: datetime) -> dict[str, Any]:
     """Numbers for the console's health page."""
     behind = connection.execute(
         select(func.min(lines.c.updated_at), func.count())
-        .join(
-            billing_periods,
-            and_(
-                billing_periods.c.account_id == lines.c.account_id,
-                billing_periods.c.start == lines.c.period_start,
-            ),
-        )
+        .join(billing_periods, LINE_PERIOD)
         .where(
             billing_periods.c.status.in_(SYNCED_STATUSES), lines.c.version != lines.c.synced_version
         )
@@ -776,13 +764,7 @@ def platform_summary(connection: Connection) -> PlatformSummary:
     active = connection.execute(
         select(func.count(func.distinct(lines.c.account_id)))
         .select_from(lines)
-        .join(
-            billing_periods,
-            and_(
-                billing_periods.c.account_id == lines.c.account_id,
-                billing_periods.c.start == lines.c.period_start,
-            ),
-        )
+        .join(billing_periods, LINE_PERIOD)
         .where(billing_periods.c.status.in_([PeriodStatus.OPEN.value, PeriodStatus.CLOSING.value]))
     ).scalar_one()
     return PlatformSummary(
