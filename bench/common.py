@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -89,22 +90,29 @@ class RssSampler:
 
 @contextmanager
 def billsync_server(
-    env: dict[str, str], port: int, workers: int = 1, command: str = "serve"
+    env: dict[str, str],
+    port: int,
+    workers: int = 1,
+    command: str = "serve",
+    log_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``billsync serve`` (or ``api``) in a child process, waited on until it answers
-    /healthz."""
+    /healthz. Its log goes to ``log_path`` (kept) or a temporary file."""
     full_env = {**os.environ, **env, "BILLSYNC_API_TOKEN": TOKEN}
+    # A file, not a pipe nobody reads: a long run must never block on its log.
+    log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "billsync", command, "--port", str(port), "--workers", str(workers)],
         env=full_env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"billsync serve exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+                log.seek(0)
+                raise RuntimeError(f"billsync serve exited: {log.read().decode()}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
                 connection.request("GET", "/healthz")
@@ -121,6 +129,7 @@ def billsync_server(
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+        log.close()
 
 
 def api(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:

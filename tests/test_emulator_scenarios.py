@@ -548,3 +548,21 @@ def test_webhook_chaos_drops_and_duplicates_the_next_events_on_demand(
     chaos = emulator.control("GET", "stats")["webhooks"]["chaos"]
     assert (chaos["dropped"], chaos["duplicated"]) == (1, 1)
     assert emulator.control("GET", "webhooks/chaos")["chaos"]["drop_next"] == 0
+
+
+def test_peeking_at_totals_costs_no_request_of_the_limit(stripe_peer: StripePeer) -> None:
+    """``/_emulator/peek/totals``: many drafts' totals in one request, outside the limit and
+    the counters (a benchmark's way to watch Stripe without taking billsync's share)."""
+    emulator = stripe_peer.need_emulator()
+    customer = make_customer(stripe_peer)
+    first = stripe_peer.client.v1.invoices.add_lines(
+        draft(stripe_peer, customer).id, params={"lines": lines(2)}
+    )
+    second = draft(stripe_peer, customer)
+    counted = emulator.control("GET", "stats")["total"]
+    emulator.control("POST", "config", {"rate_limit_test": 1})
+    peeked = emulator.control(
+        "POST", "peek/totals", {"invoices": [first.id, second.id, "in_missing"]}
+    )
+    assert peeked == {"totals": {first.id: 100 + 101, second.id: 0}}
+    assert emulator.control("GET", "stats")["total"] == counted

@@ -330,6 +330,36 @@ def test_stripe_endpoints_never_carry_ids(method: str, url: str, endpoint: str) 
     assert stripe_endpoint(method, url) == endpoint
 
 
+def test_syncs_and_their_calls_are_counted_by_lane_and_result(
+    synced: Billsync, running_emulator: RunningEmulator
+) -> None:
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    create_account(synced, "acme")
+    synced.ingest.ingest([event("acme", at=T0)])
+    with TestClient(create_app(synced), headers=AUTH) as client:
+        before = scrape(client)
+        scheduler.enqueue("acme", Lane.INTERVAL)
+        first = scheduler.work_once()
+        assert first is not None and first.ok and first.calls == 3  # noqa: PT018
+        synced.ingest.ingest([event("acme", quantity=30, at=T0)])
+        running_emulator.control(
+            "POST", "faults", {"endpoint": "POST /v1/invoices/*", "kind": "429", "count": 1}
+        )
+        scheduler.enqueue("acme", Lane.ON_DEMAND)
+        failed = scheduler.work_once()
+        assert failed is not None and not failed.ok  # noqa: PT018
+        after = scrape(client)
+    assert deltas(before, after, "billsync_syncs_total") == {
+        frozenset({("lane", "interval"), ("result", "synced")}): 1,
+        frozenset({("lane", "on_demand"), ("result", "failed")}): 1,
+    }
+    assert deltas(before, after, "billsync_sync_stripe_calls_total") == {
+        frozenset({("lane", "interval")}): 3,
+        frozenset({("lane", "on_demand")}): failed.calls,
+    }
+
+
 def test_budget_and_queue_are_this_processs(synced: Billsync) -> None:
     assert synced.sync is not None
     create_account(synced, "acme")

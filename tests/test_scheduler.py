@@ -296,6 +296,89 @@ def test_a_tick_reads_what_it_claims_not_every_account_behind(
         assert all(" LIMIT " in s.upper() for s in limited), selects
 
 
+def test_the_month_ends_in_as_many_statements_for_300_periods_as_for_3(
+    synced: Billsync, clock: ManualClock
+) -> None:
+    """At the month's end the lifecycle's step is set-based: stopping usage, starting the
+    windows of drafts already complete and requesting the finalizes take the same statements
+    whether 3 or 300 periods close at once (bounded by ``limit`` each)."""
+    assert synced.sync is not None
+    lifecycle = synced.sync.lifecycle
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    def advance() -> int:
+        event.listen(synced.database.engine, "before_cursor_execute", count)
+        try:
+            statements.clear()
+            lifecycle.advance(sync=False)
+        finally:
+            event.remove(synced.database.engine, "before_cursor_execute", count)
+        return len(statements)
+
+    counts = []
+    for total, month in ((3, 11), (300, 12)):
+        clock.set(datetime(2026, month, 20, tzinfo=UTC))
+        names = [f"acct-{total}-{n:03}" for n in range(total)]
+        for name in names:
+            create_account(synced, name)
+        synced.ingest.ingest([usage_event(name, at=clock.now()) for name in names])
+        end = (
+            datetime(2026, month + 1, 1, 2, tzinfo=UTC)
+            if month < 12
+            else datetime(2027, 1, 1, 2, tzinfo=UTC)
+        )
+        clock.set(end)
+        lifecycle.advance(sync=False)  # open → closing (one statement)
+        stop = advance()  # grace over: review; no draft is complete (never synced)
+        with synced.database.read() as connection:
+            in_review = sync_repository.periods_with_status(connection, [PeriodStatus.REVIEW])
+        assert len([p for p in in_review if p.account_id in names]) == total
+        with synced.database.transaction() as connection:
+            for name in names:  # the closing lane's syncs would start the windows
+                assert sync_repository.start_review_window(
+                    connection, name, date(2026, month, 1), end, end
+                )
+        clock.set(end + timedelta(hours=2))
+        request = advance()  # the windows are over: every finalize requested
+        with synced.database.read() as connection:
+            assert set(names) <= set(sync_repository.due_for_closing(connection, 1000))
+        counts.append((stop, request))
+    assert counts[0] == counts[1]
+
+
+def test_a_slow_periodic_job_does_not_hold_up_the_tick(synced: Billsync) -> None:
+    """Running, the periodic jobs (webhooks, sweep, reconciliation: some call Stripe) have a
+    thread of their own: ticks go on claiming due accounts while one of them is stuck."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    inside, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        inside.set()
+        release.wait(600)
+
+    scheduler.every(timedelta(0), "stuck", stuck)
+    ticks: list[object] = []
+    original = scheduler.tick
+
+    def counted() -> Any:
+        ticks.append(None)
+        return original()
+
+    scheduler.tick = counted  # type: ignore[method-assign]
+    scheduler.start(workers=1, tick_seconds=0.01)
+    try:
+        wait_until(inside.is_set, "the periodic job runs")
+        seen = len(ticks)
+        wait_until(lambda: len(ticks) >= seen + 5, "ticks go on while the job is stuck")
+    finally:
+        release.set()
+        scheduler.stop()
+
+
 def test_a_customer_hammering_on_demand_syncs_cannot_spend_the_budget(
     synced: Billsync, clock: ManualClock, running_emulator: RunningEmulator
 ) -> None:

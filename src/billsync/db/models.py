@@ -74,6 +74,10 @@ class Account(Base):
     )
 
 
+CLOSING_WORK = "status = 'review' AND (review_ends_at IS NULL OR finalize_requested_at IS NOT NULL)"
+FINALIZE_DUE = "status = 'review' AND review_ends_at IS NOT NULL AND finalize_requested_at IS NULL"
+
+
 class BillingPeriod(Base):
     """One account's monthly period; the row exists once the period has usage."""
 
@@ -98,6 +102,20 @@ class BillingPeriod(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({PERIOD_STATUSES})", name="status"),
         Index("ix_billing_periods_status_end", "status", "end"),
+        # Month end: what the closing lane has to do, and the review windows that are over.
+        Index(
+            "ix_billing_periods_closing_work",
+            "end",
+            "account_id",
+            postgresql_where=text(CLOSING_WORK),
+            sqlite_where=text(CLOSING_WORK),
+        ),
+        Index(
+            "ix_billing_periods_finalize_due",
+            "review_ends_at",
+            postgresql_where=text(FINALIZE_DUE),
+            sqlite_where=text(FINALIZE_DUE),
+        ),
     )
 
 

@@ -192,6 +192,22 @@ def routes(emulator: Emulator) -> list[Route]:
             return JSONResponse({"error": "no such invoice"}, status_code=404)
         return JSONResponse(render.invoice(state, invoice))
 
+    async def peek_totals(request: Request) -> JSONResponse:
+        """Many invoices' totals in one request (``{"invoices": [ids]}``), outside the rate
+        limit: a benchmark watching a sample of drafts without one request per draft."""
+        try:
+            ids = (await _json(request)).get("invoices", [])
+            if not isinstance(ids, list):
+                raise TypeError("invoices is a list of invoice ids")
+        except (ValueError, TypeError) as error:
+            return _bad(str(error))
+        totals = {
+            str(invoice_id): render.totals(state, state.invoices[invoice_id])["total"]
+            for invoice_id in ids
+            if invoice_id in state.invoices
+        }
+        return JSONResponse({"totals": totals})
+
     async def invoice_pdf(request: Request) -> Response:
         invoice = state.invoices.get(request.path_params["invoice_id"])
         if invoice is None:
@@ -209,6 +225,7 @@ def routes(emulator: Emulator) -> list[Route]:
         Route("/_emulator/portal/{session_id}", portal),
         Route("/_emulator/invoices/{invoice_id}", hosted_invoice),
         Route("/_emulator/peek/invoices/{invoice_id}", peek_invoice),
+        Route("/_emulator/peek/totals", peek_totals, methods=["POST"]),
         Route("/_emulator/invoices/{invoice_id}/pdf", invoice_pdf),
     ]
 

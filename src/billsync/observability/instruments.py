@@ -62,9 +62,23 @@ HTTP_DURATION = Histogram(
 
 SCHEDULER_TICK = Histogram(
     "billsync_scheduler_tick_seconds",
-    "How long one scheduler tick took: periodic jobs and lifecycle steps when this process "
-    "leads, then reading the due accounts and claiming them.",
+    "How long one scheduler tick took: the lifecycle's steps when this process leads, then "
+    "reading the due accounts and claiming them (a running worker's periodic jobs — webhooks, "
+    "sweep, reconciliation — have a thread of their own).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+SYNCS = Counter(
+    "billsync_syncs",
+    "Account syncs run by the scheduler's workers, by lane (on_demand, closing, threshold, "
+    "interval) and result: synced, failed, or skipped (another process was syncing it, or an "
+    "on-demand request came too soon after the last sync).",
+    ["lane", "result"],
+)
+SYNC_CALLS = Counter(
+    "billsync_sync_stripe_calls",
+    "Stripe calls made by the scheduler's syncs, by lane: with billsync_syncs, the calls per "
+    "sync (one update_lines when only amounts changed).",
+    ["lane"],
 )
 
 # How many callers' batches the current ingest transaction stores: the group committer stores
@@ -101,6 +115,13 @@ def observe_stripe(endpoint: str, status: int | None, seconds: float) -> None:
 
 def observe_tick(seconds: float) -> None:
     SCHEDULER_TICK.observe(seconds)
+
+
+def observe_sync(lane: str, result: str, calls: int) -> None:
+    """One sync run by a worker: ``result`` is synced, failed or skipped."""
+    SYNCS.labels(lane, result).inc()
+    if calls:
+        SYNC_CALLS.labels(lane).inc(calls)
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:

@@ -197,6 +197,112 @@ def reviews_due(connection: Connection, now: datetime, limit: int) -> list[Perio
     return [_period(row) for row in connection.execute(query)]
 
 
+def stop_usage_due(
+    connection: Connection, ended_by: date, now: datetime, limit: int
+) -> list[tuple[str, date]]:
+    """Closing periods whose grace is over (ended on or before ``ended_by``) stop taking
+    usage: at most ``limit`` of them, in one conditional statement taken under their accounts'
+    ledger locks (as :func:`transition` is for one), so that each event is placed wholly
+    before the change or after it. Returns the periods moved to review."""
+    due = closing_due(connection, ended_by, limit)
+    ids = sorted({period.account_id for period in due})
+    if not ids:
+        return []
+    lock_accounts(connection, ids)
+    rows = connection.execute(
+        update(billing_periods)
+        .where(
+            billing_periods.c.account_id.in_(ids),
+            billing_periods.c.status == PeriodStatus.CLOSING.value,
+            billing_periods.c.end <= ended_by,
+        )
+        .values(
+            status=PeriodStatus.REVIEW.value,
+            status_changed_at=now,
+            updated_at=now,
+            review_ends_at=None,
+        )
+        .returning(billing_periods.c.account_id, billing_periods.c.start)
+    )
+    return sorted((row[0], row[1]) for row in rows)
+
+
+def start_windows_in_step(
+    connection: Connection, account_ids: Sequence[str], ends_at: datetime, now: datetime
+) -> list[tuple[str, date]]:
+    """The review window starts for these accounts' periods in review whose draft Stripe
+    already holds whole (no line, or an invoice and every line pushed), in one statement.
+    Drafts not complete yet are the closing lane's (their window starts after that sync)."""
+    if not account_ids:
+        return []
+    out_of_step_line = (
+        select(lines.c.id)
+        .where(
+            lines.c.account_id == billing_periods.c.account_id,
+            lines.c.period_start == billing_periods.c.start,
+            lines.c.synced_version != lines.c.version,
+        )
+        .exists()
+    )
+    any_line = (
+        select(lines.c.id)
+        .where(
+            lines.c.account_id == billing_periods.c.account_id,
+            lines.c.period_start == billing_periods.c.start,
+        )
+        .exists()
+    )
+    rows = connection.execute(
+        update(billing_periods)
+        .where(
+            billing_periods.c.account_id.in_(sorted(set(account_ids))),
+            billing_periods.c.status == PeriodStatus.REVIEW.value,
+            billing_periods.c.review_ends_at.is_(None),
+            or_(~any_line, billing_periods.c.stripe_invoice_id.is_not(None)),
+            ~out_of_step_line,
+        )
+        .values(review_ends_at=ends_at, updated_at=now)
+        .returning(billing_periods.c.account_id, billing_periods.c.start)
+    )
+    return sorted((row[0], row[1]) for row in rows)
+
+
+def request_finalize_due(
+    connection: Connection, now: datetime, limit: int
+) -> list[tuple[str, date]]:
+    """Periods whose review window is over have their finalize requested (the closing lane
+    does it), at most ``limit``, by ``ix_billing_periods_finalize_due``; their accounts are
+    marked behind. Returns them."""
+    due = connection.execute(
+        select(billing_periods.c.account_id, billing_periods.c.start)
+        .where(
+            billing_periods.c.status == PeriodStatus.REVIEW.value,
+            billing_periods.c.review_ends_at.is_not(None),
+            billing_periods.c.finalize_requested_at.is_(None),
+            billing_periods.c.review_ends_at <= now,
+        )
+        .order_by(billing_periods.c.review_ends_at)
+        .limit(limit)
+    ).all()
+    ids = sorted({row[0] for row in due})
+    if not ids:
+        return []
+    rows = connection.execute(
+        update(billing_periods)
+        .where(
+            billing_periods.c.account_id.in_(ids),
+            billing_periods.c.status == PeriodStatus.REVIEW.value,
+            billing_periods.c.review_ends_at <= now,
+            billing_periods.c.finalize_requested_at.is_(None),
+        )
+        .values(finalize_requested_at=now, updated_at=now)
+        .returning(billing_periods.c.account_id, billing_periods.c.start)
+    )
+    requested = sorted((row[0], row[1]) for row in rows)
+    mark_behind(connection, ids)
+    return requested
+
+
 def start_review_window(
     connection: Connection, account_id: str, start: date, ends_at: datetime, now: datetime
 ) -> bool:
@@ -571,9 +677,9 @@ def due_by_interval(
 def due_for_closing(connection: Connection, limit: int) -> list[str]:
     """Accounts with a period to complete (in review, its draft not complete yet) or to
     finalize (requested): the closing lane's work, oldest period first, at most ``limit`` —
-    by the index on (status, end)."""
+    one range of ``ix_billing_periods_closing_work``, however many periods are in review."""
     query = (
-        select(billing_periods.c.account_id, func.min(billing_periods.c.end))
+        select(billing_periods.c.account_id)
         .where(
             billing_periods.c.status == PeriodStatus.REVIEW.value,
             or_(
@@ -581,11 +687,11 @@ def due_for_closing(connection: Connection, limit: int) -> list[str]:
                 billing_periods.c.finalize_requested_at.is_not(None),
             ),
         )
-        .group_by(billing_periods.c.account_id)
-        .order_by(func.min(billing_periods.c.end), billing_periods.c.account_id)
+        .order_by(billing_periods.c.end, billing_periods.c.account_id)
         .limit(limit)
     )
-    return [row[0] for row in connection.execute(query)]
+    # An account with two periods in that state (rare) comes once, with its oldest.
+    return list(dict.fromkeys(row[0] for row in connection.execute(query)))
 
 
 def behind_accounts(

@@ -33,7 +33,7 @@ from billsync.core.policy import (
     window_start,
 )
 from billsync.db.database import Database
-from billsync.observability.instruments import observe_tick
+from billsync.observability.instruments import observe_sync, observe_tick
 from billsync.repositories import sync as repository
 from billsync.services.lifecycle import AdvanceReport, LifecycleService
 from billsync.services.sync import SyncOutcome, SyncService
@@ -192,6 +192,9 @@ class Scheduler:
             _Periodic("sync.backstop", BACKSTOP_INTERVAL, self.backstop)
         ]
         self.last_tick: AdvanceReport | None = None
+        # Running (``start``), the periodic jobs have a thread of their own: a sweep waiting
+        # on a slow Stripe never holds up the claiming of due accounts.
+        self._periodic_apart = False
 
     def every(self, interval: timedelta, name: str, job: Callable[[], object]) -> None:
         """Run ``job`` from the tick at most once per ``interval`` (webhook inbox, sweep,
@@ -288,29 +291,38 @@ class Scheduler:
             observe_tick(time.perf_counter() - began)
 
     def _tick(self) -> AdvanceReport:
-        """Periodic jobs, lifecycle transitions (they sync what they close), then due accounts.
+        """Periodic jobs (here unless a thread of their own runs them), lifecycle transitions
+        (state only: the syncs they call for go to the closing lane), then due accounts.
 
         With several workers, one of them leads (it holds the scheduler's job lease) and runs
         the periodic jobs and the lifecycle; every worker claims its share of the due accounts.
         """
         report = AdvanceReport()
         if self.leases is None or self.leases.lead(SCHEDULER_JOB):
-            self._run_periodic()
+            if not self._periodic_apart:
+                self._run_periodic()
             if self._leading():  # a long periodic job may have outlived the lease
                 report = self.lifecycle.advance(sync=False)
         if self._stop.is_set():
             return report  # stopping: claim nothing more
         with self._lock:
             busy = set(self._queued) | self._running
+            urgent_queued = sum(1 for lane in self._queued.values() if lane < Lane.INTERVAL)
         due = self.due_accounts(self.claim_limit + len(busy))
         if self.leases is None:
             for account_id, lane in due:
                 self.enqueue(account_id, lane)
         else:
             lanes = dict(due)
-            claimed = self.leases.claim(
-                [account_id for account_id, _ in due if account_id not in busy],
-                limit=self.claim_limit - len(busy),
+            fresh = [account_id for account_id, _ in due if account_id not in busy]
+            urgent = [account_id for account_id in fresh if lanes[account_id] < Lane.INTERVAL]
+            # A queue full of interval syncs does not hold back the month's end: the urgent
+            # lanes are claimed against the urgent work already queued only.
+            claimed = self.leases.claim(urgent, limit=self.claim_limit - urgent_queued)
+            room = self.claim_limit - len(busy) - len(claimed)
+            taken = set(claimed)
+            claimed += self.leases.claim(
+                [account_id for account_id in fresh if account_id not in taken], limit=room
             )
             for account_id in claimed:
                 self.enqueue(account_id, lanes[account_id])
@@ -411,6 +423,9 @@ class Scheduler:
         except Exception as error:  # a worker must survive one account's bug
             log.exception("scheduler.sync.crashed", extra={"account": account_id})
             outcome = SyncOutcome(account_id, error=f"{type(error).__name__}: {error}")
+        skipped = outcome.busy is not None or outcome.spaced
+        result = "failed" if not outcome.ok else "skipped" if skipped else "synced"
+        observe_sync(lane.name.lower(), result, outcome.calls)
         self._finish(account_id, outcome)
         return outcome
 
@@ -465,11 +480,12 @@ class Scheduler:
             thread = threading.Thread(target=self._work, name=f"billsync-sync-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        ticker = threading.Thread(
-            target=self._tick_forever, args=(tick_seconds,), name="billsync-tick", daemon=True
-        )
-        ticker.start()
-        self._threads.append(ticker)
+        self._periodic_apart = True
+        for target, name in ((self._tick_forever, "billsync-tick"),
+                             (self._periodic_forever, "billsync-periodic")):  # fmt: skip
+            thread = threading.Thread(target=target, args=(tick_seconds,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -483,6 +499,11 @@ class Scheduler:
                 log.exception("scheduler.tick.failed")
             self._stop.wait(seconds)
 
+    def _periodic_forever(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            if self._leading():  # the tick takes and renews the lead
+                self._run_periodic()
+
     def stop(self) -> None:
         """Finish in-flight syncs and stop (graceful shutdown)."""
         self._stop.set()
@@ -491,5 +512,10 @@ class Scheduler:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        self._periodic_apart = False
+        with self._lock:  # what was claimed but not started is given back below
+            self._queue.clear()
+            self._queued.clear()
+            self._again.clear()
         if self.leases is not None:
             self.leases.stop()  # gives back the leases of accounts claimed but not started
