@@ -238,8 +238,9 @@ def scale_section(data: dict[str, Any]) -> str:
             "endpoint) and 200 ms latency; the interval asked for is half of what N accounts "
             "can have at 25 `update_lines`/s, so the budget is saturated. Freshness: usage "
             "accepted → on Stripe's draft. On demand: `POST /v1/accounts/{id}/sync` during "
-            "the saturation. Close: the month's end (grace and review window 0) until every "
-            "invoice is finalized, usage still arriving, against N `finalize` calls at 25/s. "
+            "the saturation. Close: the month's end (grace 0, a review window of N/25 s) until "
+            "every invoice is finalized, usage still arriving, against the lower bound: N "
+            "`update_lines` at 25/s to complete the drafts, then the last one's window. "
             "Targets: freshness p99 ≤ 1.2 × effective interval, on-demand p99 < 2 s, close ≤ "
             "1.1 × bound, no 429.\n\n"
             + table(["accounts", "interval asked s", "N/25 s", "effective interval s",

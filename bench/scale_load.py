@@ -19,9 +19,11 @@ Phases, one after the other on the real clock:
    holding it. On demand: ``POST /v1/accounts/{id}/sync`` on other accounts, once a second,
    while the interval backlog holds the budget. Calls per account-window: the interval lane's
    Stripe calls per sync (``billsync_sync_stripe_calls`` ÷ ``billsync_syncs``);
-3. ``close``: the clock jumps to the month's end (grace and review window 0); usage keeps
+3. ``close``: the clock jumps to the month's end (grace 0, a review window of N/25 s, the
+   length of one wave of N calls: as the default hour is for 100,000 accounts); usage keeps
    arriving (now for December). The duration until every November invoice is finalized, against
-   the lower bound the limits allow: N ``finalize`` calls at 25/s.
+   the lower bound the limits allow: the last draft is complete no sooner than N
+   ``update_lines`` at 25/s, and finalized no sooner than its review window later.
 
 429s and failed syncs are counted over the whole run; the scheduler's tick from its histogram.
 """
@@ -319,7 +321,7 @@ def insert_accounts(connection: Connection, accounts: int, now: datetime) -> Non
 
 @contextlib.contextmanager
 def _environment(
-    url: str, accounts: int, interval: int
+    url: str, accounts: int, interval: int, review_window: int
 ) -> Iterator[tuple[Database, SimulatedClock, int, int]]:
     emulator_port = free_port()
     emulator = start_emulator(emulator_port, rate_limit=None)  # Stripe's limits
@@ -354,7 +356,7 @@ def _environment(
                 "BILLSYNC_SYNC_WORKERS": "16",
                 "BILLSYNC_SCHEDULER_TICK_SECONDS": "1",
                 "BILLSYNC_CLOSE_GRACE_SECONDS": "0",
-                "BILLSYNC_REVIEW_WINDOW_SECONDS": "0",
+                "BILLSYNC_REVIEW_WINDOW_SECONDS": str(review_window),
                 "BILLSYNC_RECONCILE_INTERVAL_SECONDS": "0",
                 "BILLSYNC_LOG_LEVEL": "warning",
                 "BILLSYNC_LOG_FORMAT": "json",
@@ -376,13 +378,19 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
     names = [f"acct-{n:07d}" for n in range(1, accounts + 1)]
     window = accounts / ENDPOINT_RATE  # what N accounts can have at 25 update_lines/s
     interval = max(2, round(window / 2))  # asked for: more than the limits allow
+    review_window = round(window)
     engine = create_engine(url)
 
     def scalar(query: str) -> int:
         with engine.connect() as connection:
             return int(connection.execute(text(query)).scalar_one())
 
-    with _environment(url, accounts, interval) as (_database, clock, port, emulator_port):
+    with _environment(url, accounts, interval, review_window) as (
+        _database,
+        clock,
+        port,
+        emulator_port,
+    ):
         rng = random.Random(3)
         tracked_names = rng.sample(names, min(40, max(4, accounts // 25)))
         background = sorted(set(names) - set(tracked_names))
@@ -465,7 +473,7 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
     finalized = stats["by_endpoint"].get("POST /v1/invoices/{id}/finalize", 0) - close_stats[
         "by_endpoint"
     ].get("POST /v1/invoices/{id}/finalize", 0)
-    bound = accounts / ENDPOINT_RATE + LATENCY
+    bound = accounts / ENDPOINT_RATE + review_window + 2 * LATENCY
     freshness = summary(tracked.freshness)
     effective_interval = statistics.median(effective) if effective else float("nan")
     return {
@@ -486,6 +494,7 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
             for endpoint, count in calls_after["by_endpoint"].items()
             if count - calls_before["by_endpoint"].get(endpoint, 0)
         },
+        "review_window_s": review_window,
         "close_seconds": round(close, 1),
         "close_lower_bound_s": round(bound, 1),
         "close_over_bound": round(close / bound, 3),

@@ -349,6 +349,66 @@ def test_the_month_ends_in_as_many_statements_for_300_periods_as_for_3(
     assert counts[0] == counts[1]
 
 
+def test_an_account_queued_for_its_interval_moves_to_the_closing_lane_when_its_period_closes(
+    synced: Billsync, clock: ManualClock
+) -> None:
+    """Claimed and queued as an interval sync, an account whose period then needs its draft
+    completed is moved up to the closing lane (and its sync starts the review window), not left
+    behind the interval backlog it was claimed with."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    create_account(synced, "acme")
+    synced.ingest.ingest([egress("acme", "1")])
+    scheduler.tick()
+    assert scheduler.depth()["interval"] == 1
+    clock.set(datetime(2026, 12, 1, 1, 0, tzinfo=UTC))  # the end of grace
+    scheduler.tick()
+    assert scheduler.depth() == {"on_demand": 0, "closing": 1, "threshold": 0, "interval": 0}
+    assert [outcome.ok for outcome in scheduler.drain()] == [True]
+    with synced.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", date(2026, 11, 1))
+    assert period is not None
+    assert period.status is PeriodStatus.REVIEW
+    assert period.review_ends_at is not None  # the closing-lane sync started the window
+
+
+def test_a_sync_takes_the_ledger_lock_before_it_writes_the_accounts_rows(
+    synced: Billsync,
+) -> None:
+    """The order ingest uses (the account's ledger lock, then its rows), in every transaction
+    of a sync: the reverse order deadlocks with a concurrent ingest on PostgreSQL (found under
+    load: ``DeadlockDetected`` at the end of a sync)."""
+    if synced.database.engine.dialect.name != "postgresql":
+        pytest.skip("the ledger lock is PostgreSQL's advisory lock; SQLite has one writer")
+    assert synced.sync is not None
+    create_account(synced, "acme")
+    synced.ingest.ingest([egress("acme", "1")])
+    transactions: list[list[str]] = [[]]
+
+    def statement(*args: Any) -> None:
+        transactions[-1].append(" ".join(str(args[2]).split()))
+
+    def begin(*_: Any) -> None:
+        transactions.append([])
+
+    engine = synced.database.engine
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "begin", begin)
+    try:
+        assert synced.sync.service.sync_account("acme").ok
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "begin", begin)
+    checked = 0
+    for statements in transactions:
+        writes = [i for i, s in enumerate(statements) if s.startswith("UPDATE account_sync")]
+        locks = [i for i, s in enumerate(statements) if "pg_advisory_xact_lock" in s]
+        if writes and locks:
+            checked += 1
+            assert locks[0] < writes[0], statements
+    assert checked >= 1
+
+
 def test_a_slow_periodic_job_does_not_hold_up_the_tick(synced: Billsync) -> None:
     """Running, the periodic jobs (webhooks, sweep, reconciliation: some call Stripe) have a
     thread of their own: ticks go on claiming due accounts while one of them is stuck."""

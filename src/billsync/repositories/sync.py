@@ -150,14 +150,26 @@ def periods_with_status(
     return [_period(row) for row in connection.execute(query)]
 
 
-def start_closing(connection: Connection, ended_by: date, now: datetime) -> list[tuple[str, date]]:
-    """Open periods that ended on or before ``ended_by`` become ``closing``, in one statement
-    (both accept usage: no lock needed); returns them."""
+def start_closing(
+    connection: Connection, ended_by: date, now: datetime, limit: int
+) -> list[tuple[str, date]]:
+    """Open periods that ended on or before ``ended_by`` become ``closing``, at most about
+    ``limit`` of them (those of ``limit`` accounts), in one statement (both accept usage: no
+    lock needed); returns them."""
+    ended = (
+        select(billing_periods.c.account_id)
+        .where(
+            billing_periods.c.status == PeriodStatus.OPEN.value,
+            billing_periods.c.end <= ended_by,
+        )
+        .limit(limit)
+    )
     rows = connection.execute(
         update(billing_periods)
         .where(
             billing_periods.c.status == PeriodStatus.OPEN.value,
             billing_periods.c.end <= ended_by,
+            billing_periods.c.account_id.in_(ended.scalar_subquery()),
         )
         .values(status=PeriodStatus.CLOSING.value, status_changed_at=now, updated_at=now)
         .returning(billing_periods.c.account_id, billing_periods.c.start)
@@ -173,7 +185,9 @@ def closing_due(connection: Connection, ended_by: date, limit: int) -> list[Peri
             billing_periods.c.status == PeriodStatus.CLOSING.value,
             billing_periods.c.end <= ended_by,
         )
-        .order_by(billing_periods.c.end, billing_periods.c.account_id)
+        # By end only: ix_billing_periods_status_end gives them in that order and the scan
+        # stops at the limit (ties in any order: a month's end closes together).
+        .order_by(billing_periods.c.end)
         .limit(limit)
     )
     return [_period(row) for row in connection.execute(query)]

@@ -81,7 +81,7 @@ class LifecycleService:
         now = now or self.clock.now()
         report = AdvanceReport()
         with self.database.transaction() as connection:
-            report.closing += repository.start_closing(connection, now.date(), now)
+            report.closing += repository.start_closing(connection, now.date(), now, limit)
         if not sync:
             self._advance_states(now, limit, report)
             return report

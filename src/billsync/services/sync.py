@@ -259,11 +259,13 @@ class SyncService:
                 "sync.account.failed", extra={"account": account_id, "error": outcome.error}
             )
         with self.database.transaction() as connection:
+            # Still behind? (What arrived during the run, or what a failed run left.) First:
+            # it takes the account's ledger lock before any row of it is written, in the
+            # order ingest takes them (lock, then rows) — the other order deadlocks with it.
+            repository.settle_behind(connection, account_id)
             repository.record_attempt(
                 connection, account_id, self.clock.now(), calls=outcome.calls, error=outcome.error
             )
-            # Still behind? (What arrived during the run, or what a failed run left.)
-            repository.settle_behind(connection, account_id)
         if self.changes is not None and outcome.calls:
             self.changes.accounts_changed([account_id])
         if settled is None:  # the run failed part-way: read what is still behind

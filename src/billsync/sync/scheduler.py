@@ -307,7 +307,8 @@ class Scheduler:
             return report  # stopping: claim nothing more
         with self._lock:
             busy = set(self._queued) | self._running
-            urgent_queued = sum(1 for lane in self._queued.values() if lane < Lane.INTERVAL)
+            queued = dict(self._queued)
+            urgent_queued = sum(1 for lane in queued.values() if lane < Lane.INTERVAL)
         due = self.due_accounts(self.claim_limit + len(busy))
         if self.leases is None:
             for account_id, lane in due:
@@ -326,6 +327,11 @@ class Scheduler:
             )
             for account_id in claimed:
                 self.enqueue(account_id, lanes[account_id])
+            # Claimed already, queued in a less urgent lane (an interval sync when its period
+            # closes): moved up, not left behind the interval backlog.
+            for account_id, lane in due:
+                if account_id in queued and lane < queued[account_id]:
+                    self.enqueue(account_id, lane)
         self.last_tick = report
         return report
 
