@@ -1,4 +1,8 @@
-"""Write BENCHMARKS.md (and a chart of Stripe calls per policy) from bench/results/*.json."""
+"""Write BENCHMARKS.md (and a chart of Stripe calls per policy) from bench/results/*.json.
+
+.venv/bin/python -m bench.report              every section, from every result (bench/run)
+.venv/bin/python -m bench.report --only NAME  one section, after running that benchmark alone
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 import os
 import platform
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -227,8 +232,8 @@ def scale_section(data: dict[str, Any]) -> str:
              r["effective_interval_s"], r["freshness"]["p50_s"], r["freshness"]["p99_s"],
              f"×{r['freshness_p99_over_effective']}", r["on_demand"]["p99_s"],
              r["calls_per_account_window"], r["close_seconds"], r["close_lower_bound_s"],
-             f"×{r['close_over_bound']}", r["tick"]["mean_ms"], r["rate_limited_429"],
-             r["failed_syncs"]]
+             f"×{r['close_over_bound']}", r.get("cpu_busy", {}).get("close", ""),
+             r["tick"]["mean_ms"], r["rate_limited_429"], r["failed_syncs"]]
             for r in loads
         ]  # fmt: skip
         text += (
@@ -246,7 +251,7 @@ def scale_section(data: dict[str, Any]) -> str:
             + table(["accounts", "interval asked s", "N/25 s", "effective interval s",
                      "freshness p50 s", "p99 s", "p99 ÷ effective", "on-demand p99 s",
                      "calls per account-window", "close s", "close bound s", "÷ bound",
-                     "tick mean ms", "429s", "failed syncs"], load_rows)
+                     "CPU busy during close", "tick mean ms", "429s", "failed syncs"], load_rows)
         )  # fmt: skip
     return text
 
@@ -350,5 +355,33 @@ def write() -> Path:
     return REPORT
 
 
+def refresh(name: str) -> Path:
+    """Rewrite one section of BENCHMARKS.md from its latest result (after running that one
+    benchmark alone), leaving the others as the last full run wrote them. The section says
+    when it was measured, since the rest of the file may be older."""
+    results = load()
+    if name not in results:
+        sys.exit(f"no bench/results/{name}.json: run that benchmark first")
+    text = REPORT.read_text()
+    fresh = SECTIONS[name](results[name])
+    heading = fresh.split("\n", 1)[0]
+    start = text.find(heading)
+    if start < 0:
+        sys.exit(f"BENCHMARKS.md has no section {heading!r}: run bench/run")
+    end = text.find("\n## ", start + len(heading))
+    end = len(text) if end < 0 else end + 1
+    measured = (RESULTS / f"{name}.json").stat().st_mtime
+    when = datetime.fromtimestamp(measured, UTC).strftime("%Y-%m-%d")
+    fresh = fresh.replace(
+        heading, f"{heading}\n\n_Measured on its own on {when} (`python -m bench.{name}`)._", 1
+    )
+    rest = text[end:].lstrip("\n")
+    REPORT.write_text(text[:start] + fresh + ("\n\n" + rest if rest else "\n"))
+    return REPORT
+
+
 if __name__ == "__main__":
-    print(f"wrote {write()}")
+    if len(sys.argv) == 3 and sys.argv[1] == "--only":
+        print(f"wrote {refresh(sys.argv[2])}")
+    else:
+        print(f"wrote {write()}")

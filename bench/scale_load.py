@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection, create_engine, text
 
@@ -287,6 +288,15 @@ def tick_figures(samples: Samples) -> dict[str, float]:
     return {"ticks": count, "mean_ms": round(mean * 1000, 1), "p99_under_ms": p99 * 1000}
 
 
+def cpu_busy(since: Any) -> float:
+    """The machine's CPUs busy since ``since`` (``psutil.cpu_times()``), 0–1: whether the
+    machine, rather than Stripe's limits, bounded a phase."""
+    now = psutil.cpu_times()
+    spent = sum(now) - sum(since)
+    idle = (now.idle + getattr(now, "iowait", 0.0)) - (since.idle + getattr(since, "iowait", 0.0))
+    return round(1 - idle / spent, 3) if spent > 0 else 0.0
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values) or [float("nan")]
     return {
@@ -432,7 +442,7 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
         tracked.start()
         on_demand.start()
         effective: list[float] = []
-        steady_began = time.monotonic()
+        steady_began, steady_cpu = time.monotonic(), psutil.cpu_times()
         while time.monotonic() - steady_began < windows * window:
             time.sleep(5)
             effective.append(total(scrape(port), "billsync_sync_effective_interval_seconds"))
@@ -440,13 +450,14 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
         on_demand.stop()
         wait_for("the tracked usage on Stripe", lambda: tracked.waiting() == 0, 4 * window + 120)
         tracked.stop()
+        steady_busy = cpu_busy(steady_cpu)
         steady_after = scrape(port)
         calls_after = emulator_control(emulator_port, "GET", "stats")
 
         # 3. close: the month ends; usage goes on (for December).
         close_stats = emulator_control(emulator_port, "GET", "stats")
         clock.jump(MONTH_END + timedelta(seconds=1))
-        jumped = time.monotonic()
+        jumped, close_cpu = time.monotonic(), psutil.cpu_times()
         timeline: list[dict[str, Any]] = []
 
         def closed() -> bool:
@@ -458,6 +469,7 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
             return bool(counts.get("finalized", 0) == accounts)
 
         close = wait_for("every November invoice finalized", closed, 6 * window + 300)
+        close_busy = cpu_busy(close_cpu)
         producer.stop()
         ended = scrape(port)
         stats = emulator_control(emulator_port, "GET", "stats")
@@ -496,6 +508,7 @@ def run(url: str, accounts: int, *, windows: float = 1.0) -> dict[str, Any]:
         },
         "review_window_s": review_window,
         "close_seconds": round(close, 1),
+        "cpu_busy": {"steady": steady_busy, "close": close_busy},
         "close_lower_bound_s": round(bound, 1),
         "close_over_bound": round(close / bound, 3),
         "close_finalize_calls": finalized,

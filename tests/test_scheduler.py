@@ -259,7 +259,21 @@ def test_the_due_queue_is_kept_by_the_writers_and_read_most_overdue_first(
         )
         connection.execute(account_sync.update().values(behind=False))
     assert scheduler.due_accounts() == []
-    assert sorted(scheduler.backstop()) == ["a", "b", "c", "d"]
+    writes: list[str] = []
+
+    def count(*args: Any) -> None:
+        if not str(args[2]).lstrip().upper().startswith("SELECT"):
+            writes.append(str(args[2]))
+
+    event.listen(synced.database.engine, "before_cursor_execute", count)
+    try:
+        assert sorted(scheduler.backstop()) == ["a", "b", "c", "d"]
+    finally:
+        event.remove(synced.database.engine, "before_cursor_execute", count)
+    # Found and marked in one statement (one snapshot): an account whose sync settled between
+    # two reads is not taken for a forgotten one (seen under load, bench.scale).
+    assert len([w for w in writes if "account_sync" in w]) == 1
+    assert sorted(scheduler.backstop()) == []  # in step with its mark: nothing forgotten now
     assert [a for a, _ in scheduler.due_accounts()] == ["a", "c", "d", "b"]
 
 

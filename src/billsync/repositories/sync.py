@@ -731,20 +731,23 @@ def behind_accounts(
 
 def mark_forgotten_behind(connection: Connection, now: datetime) -> list[str]:
     """The backstop: accounts out of step that no writer marked (a change made outside
-    billsync, or a writer that forgot); marks them and returns them. Reads every out-of-step
-    line: run it seldom."""
-    forgotten = [
-        account_id
-        for account_id in accounts_needing_sync(connection)
-        if connection.execute(
-            select(account_sync.c.behind).where(account_sync.c.account_id == account_id)
-        ).scalar_one_or_none()
-        is not True
-    ]
-    for account_id in forgotten:
-        _ensure_sync_row(connection, account_id, now)
-    mark_behind(connection, forgotten)
-    return forgotten
+    billsync, or a writer that forgot); marks them and returns them. One statement, so that
+    the lines out of step and the mark are read in the same snapshot: an account whose sync
+    settled between two separate reads is not taken for a forgotten one. Reads every
+    out-of-step line: run it seldom."""
+    dirty = out_of_step(lines.c.account_id).union(
+        select(billing_periods.c.account_id).where(
+            billing_periods.c.status.in_(SYNCED_STATUSES),
+            billing_periods.c.finalize_requested_at.is_not(None),
+        )
+    )
+    rows = connection.execute(
+        update(account_sync)
+        .where(account_sync.c.behind.is_(False), account_sync.c.account_id.in_(dirty))
+        .values(behind=True)
+        .returning(account_sync.c.account_id)
+    )
+    return sorted(row[0] for row in rows)
 
 
 def accounts_needing_sync(connection: Connection) -> list[str]:
