@@ -405,6 +405,12 @@ def test_the_support_cli_acts_and_audits(
     assert "line" in run(
         "adjust", "acme", "--amount", "12.50", "--description", "Setup", "--reason", "onboarding"
     )
+    too_large = runner.invoke(cli, [
+        "support", "adjust", "acme", "--amount", "1000000.00", "--description", "Typo",
+        "--reason", "a slip", "--actor", "script",
+    ])  # fmt: skip
+    assert too_large.exit_code != 0
+    assert "at most 99,999,999 minor units" in too_large.output
     run("sync", "acme", "--reason", "push the setup fee")
     run("hold", "acme", "--period", period, "--reason", "waiting for a PO")
     run("release", "acme", "--period", period, "--reason", "PO received")

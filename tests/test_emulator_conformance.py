@@ -935,8 +935,9 @@ def test_event_payload_objects_conform(samples: Callable[[Kind], list[Json]]) ->
 @pytest.mark.parametrize("endpoint", ["add_lines", "invoiceitems"])
 def test_a_deleted_invoice_takes_no_writes(endpoint: str, wire: Wire) -> None:
     """A write aimed at a deleted draft must fail as Stripe fails it (the invoice is gone:
-    404 resource_missing), never answer 200 with the ``{"deleted": true}`` stub where the SDK
-    expects a full Invoice / InvoiceItem, nor attach items to it."""
+    ``resource_missing`` — 404 when it is the URL's object, 400 when a parameter names it),
+    never answer 200 with the ``{"deleted": true}`` stub where the SDK expects a full Invoice /
+    InvoiceItem, nor attach items to it."""
     customer = wire.customer()["id"]
     invoice = wire.draft(customer)["id"]
     wire.delete(f"/v1/invoices/{invoice}")
@@ -949,10 +950,49 @@ def test_a_deleted_invoice_takes_no_writes(endpoint: str, wire: Wire) -> None:
             "POST", "/v1/invoiceitems", {"customer": customer, "invoice": invoice, "amount": "5"}
         )
     body = response.json()
-    assert response.status_code == 404, (
+    expected = 404 if endpoint == "add_lines" else 400  # in the path / in the body
+    assert response.status_code == expected, (
         f"{endpoint} on deleted invoice {invoice}: HTTP {response.status_code} {body}"
     )
     assert body["error"]["code"] == "resource_missing", body
+    if endpoint == "invoiceitems":
+        assert body["error"]["param"] == "invoice", body
+
+
+@pytest.mark.parametrize(
+    ("where", "status", "param"),
+    [
+        ("path", 404, "id"),
+        ("line id in update_lines", 400, "lines[0][id]"),
+        ("customer param", 400, "customer"),
+        ("pagination cursor", 400, "starting_after"),
+    ],
+)
+def test_a_missing_object_is_404_in_the_path_and_400_in_the_body(
+    where: str, status: int, param: str, wire: Wire
+) -> None:
+    """Stripe answers ``resource_missing`` with 404 for the object in the URL's path and 400
+    for an id it cannot find among the parameters (docs.stripe.com/error-codes/resource-missing;
+    the API reference's errors: "400 Bad Request … a missing required parameter … 404 Not
+    Found — The requested resource doesn't exist"): billsync decides on the code."""
+    customer = wire.customer()["id"]
+    invoice = wire.draft(customer)["id"]
+    if where == "path":
+        response = wire.request("GET", "/v1/invoices/in_missing0000000000000000")
+    elif where == "line id in update_lines":
+        response = wire.request(
+            "POST",
+            f"/v1/invoices/{invoice}/update_lines",
+            {"lines[0][id]": "il_missing000000000000000", "lines[0][amount]": "5"},
+        )
+    elif where == "customer param":
+        response = wire.request("POST", "/v1/invoices", {"customer": "cus_missing0000000000"})
+    else:
+        response = wire.request("GET", "/v1/invoices", {"starting_after": "in_missing000000000"})
+    body = response.json()
+    assert response.status_code == status, body
+    assert body["error"]["code"] == "resource_missing", body
+    assert body["error"]["param"] == param, body
 
 
 # --- 2. Fixture shape agreement ------------------------------------------------------------------

@@ -123,6 +123,35 @@ def test_zero_total_periods_are_finalized_at_zero_or_deleted(
         assert invoice_status(billsync, running_emulator) == "paid"  # Stripe marks $0 paid
 
 
+def test_a_lost_answer_to_deleting_a_zero_draft_is_the_delete_done(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    """Under the "delete" rule the DELETE goes through and its answer is lost. Stripe ignores
+    idempotency keys on DELETE: a repeat, or a read, answers "no such invoice" — which is the
+    result, not an error that blocks the account at every later sync."""
+    sync, lifecycle = make(billsync, running_emulator, clock, delete_zero=True)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "volume.gb_hours", "5", at=T0)])  # inside the free tier
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    clock.advance(timedelta(hours=3))
+    running_emulator.control(
+        "POST",
+        "faults",
+        {"endpoint": "DELETE /v1/invoices/{id}", "kind": "drop_after_commit", "count": 1},
+    )
+    assert lifecycle.advance().finalized == [("acme", NOVEMBER)]
+    assert running_emulator.control("GET", "faults")["rules"][0]["fired"] == 1
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+        pending = sync_repository.pending_intents(connection, "acme")
+    assert period is not None
+    assert (period.status, period.stripe_invoice_id, pending) == (PeriodStatus.FINALIZED, None, [])
+    again = sync.sync_account("acme")
+    assert again.ok, again.error
+    assert again.calls == 0
+
+
 def test_the_circuit_breaker_stops_calls_while_stripe_is_down(
     billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
 ) -> None:

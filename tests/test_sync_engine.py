@@ -4,7 +4,7 @@ every fault — after each, Stripe equals the ledger to the cent and no line exi
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -280,3 +280,22 @@ def test_a_line_removed_in_stripe_is_reported_and_does_not_block_the_account(
     remote = stripe_get(running_emulator, f"/v1/invoices/{_invoice(billsync)}/lines")["data"]
     assert [line["metadata"]["billsync_line_id"] for line in remote] == [str(kept.id)]
     assert sync.sync_account("acme").calls == 0  # left out until a person decides
+
+
+def test_a_lines_period_ends_on_the_periods_last_second_as_stripe_reads_it_inclusive(
+    billsync: Billsync, sync: SyncService, running_emulator: RunningEmulator
+) -> None:
+    """Stripe's ``lines[][period][end]`` is inclusive: November's lines end at 23:59:59 on
+    November 30, not on December 1's first second (which belongs to December's invoice)."""
+    create_account(billsync)
+    billsync.ingest.ingest([egress("10")])
+    assert sync.sync_account("acme").ok
+    (line,) = stripe_get(running_emulator, f"/v1/invoices/{_invoice(billsync)}/lines")["data"]
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    assert line["period"] == {
+        "start": int(start.timestamp()),
+        "end": int(december.timestamp()) - 1,
+    }
+    invoice = stripe_get(running_emulator, f"/v1/invoices/{_invoice(billsync)}")
+    assert invoice["description"] == "Usage 2026-11-01 – 2026-11-30"

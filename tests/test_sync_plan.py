@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from billsync.core.sync_plan import (
     LINES_PER_CALL,
     AddLines,
+    CloseWithoutInvoice,
     CreateCustomer,
     CreateInvoice,
     DeleteInvoice,
@@ -23,6 +24,7 @@ from billsync.core.sync_plan import (
     UpdateLines,
     apply,
     idempotency_key,
+    idempotency_key_for_ids,
     plan,
     plan_period,
 )
@@ -71,7 +73,8 @@ def test_applying_the_plan_yields_the_ledger_and_replanning_yields_nothing(
     assert sorted((o.line_id, o.amount, o.version) for o in after.observed) == sorted(
         as_observed(line) for line in state.desired
     )
-    assert after.invoice_id is not None or (not state.desired and not state.finalize)
+    # An invoice exactly when there is something to bill (an empty draft is never finalized).
+    assert after.invoice_id is not None or not state.desired
     assert plan_period(after) == []
 
 
@@ -132,6 +135,32 @@ def test_zero_total_period_with_the_delete_rule_deletes_its_draft() -> None:
     assert plan_period(state) == [DeleteInvoice(PERIOD)]
 
 
+def test_nothing_to_bill_ends_the_period_without_an_invoice_and_no_stripe_call() -> None:
+    """No line at all: no customer, no draft, never an empty invoice finalized; a draft that
+    exists is deleted. Under the delete rule a zero total with no draft (a cycle-end account
+    whose usage stayed in the free tier) ends the same way instead of waiting forever."""
+    nothing = PeriodState(PERIOD, "usd", (), finalize=True)
+    assert plan([nothing], has_customer=False) == [CloseWithoutInvoice(PERIOD)]
+    with_draft = PeriodState(PERIOD, "usd", (), invoice_id="in_1", finalize=True)
+    assert plan_period(with_draft) == [DeleteInvoice(PERIOD)]
+    free_tier = PeriodState(PERIOD, "usd", (desired(1, 0),), finalize=True, delete_if_empty=True)
+    assert plan([free_tier], has_customer=False) == [CloseWithoutInvoice(PERIOD)]
+    assert apply(free_tier, [CloseWithoutInvoice(PERIOD)]).finalized
+
+
+def test_a_line_above_stripes_8_digits_is_refused_before_any_call() -> None:
+    largest = PeriodState(PERIOD, "usd", (desired(1, 99_999_999),))
+    assert [type(o) for o in plan_period(largest)] == [CreateInvoice, AddLines]
+    too_large = PeriodState(PERIOD, "usd", (desired(1, 100_000_000), desired(2, 5)))
+    with pytest.raises(
+        PlanError, match=r"100,000,000 minor units; Stripe takes at most 99,999,999"
+    ):
+        plan_period(too_large)
+    credit = PeriodState(PERIOD, "usd", (desired(1, -100_000_000),))
+    with pytest.raises(PlanError, match="split the metric"):
+        plan_period(credit)
+
+
 def test_more_than_250_lines_fail_loudly() -> None:
     state = PeriodState(PERIOD, "usd", tuple(desired(i, 1) for i in range(251)))
     with pytest.raises(PlanError, match="at most 250"):
@@ -145,3 +174,24 @@ def test_idempotency_keys_follow_ids_and_versions() -> None:
     assert key.startswith("billsync:add:in_1:")
     assert len(key) <= 255
     assert idempotency_key("customer", "acme") == "billsync:customer:acme"
+
+
+@given(
+    st.lists(st.from_regex(r"il_[A-Za-z0-9]{24}", fullmatch=True), min_size=1, max_size=120),
+    st.lists(st.from_regex(r"il_[A-Za-z0-9]{24}", fullmatch=True), min_size=1, max_size=120),
+)
+def test_keys_for_sets_of_ids_fit_stripes_255_and_never_collide(
+    first: list[str], second: list[str]
+) -> None:
+    """Removing 100 lines (2,700 characters of ids) must not be cut to 255 characters, where
+    two batches sharing their first nine ids would share a key and Stripe would answer the
+    second with the first's result."""
+    key = idempotency_key_for_ids("remove", "in_1", first)
+    assert len(key) <= 255
+    assert key == idempotency_key_for_ids("remove", "in_1", list(reversed(first)))
+    if set(first) != set(second):
+        assert key != idempotency_key_for_ids("remove", "in_1", second)
+    shared = first[:9]
+    assert idempotency_key_for_ids("remove", "in_1", [*shared, "il_a"]) != (
+        idempotency_key_for_ids("remove", "in_1", [*shared, "il_b"])
+    )

@@ -23,6 +23,7 @@ from billsync.core.webhook_signature import compute
 from billsync.db.database import Database
 from billsync.repositories import problems, webhooks
 from billsync.repositories import sync as sync_repository
+from billsync.sync.port import StripeUnavailable
 from tests.conftest import T0, emulator_settings
 from tests.factories import create_account, event
 from tests.ports import free_port
@@ -251,6 +252,38 @@ def test_lost_webhooks_are_recovered_by_the_sweep(
     assert served.billsync.sync.sweep.run() == 0  # nothing new the second time
     served.billsync.processor.process()
     assert mirror(served.billsync, invoice_id)["status"] == "paid"
+
+
+def test_the_sweep_reads_every_event_since_its_cursor_however_many_arrived(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    """Webhooks down while 1,050 events happened: the sweep pages (Stripe lists newest first,
+    100 a page) all the way back to its cursor — none skipped — and a sweep cut short by
+    Stripe failing part-way leaves the cursor where it was, so the next one reads them all."""
+    billsync = served.billsync
+    assert billsync.sync is not None
+    with httpx.Client(headers={"Authorization": f"Bearer {EMULATOR_KEY}"}) as stripe_api:
+        for n in range(1050):  # each one a customer.created event
+            stripe_api.post(
+                f"{running_emulator.url}/v1/customers", data={"name": f"c{n}"}
+            ).raise_for_status()
+    # Cut short: the third page fails, the SDK's retries too.
+    running_emulator.control(
+        "POST", "faults", {"endpoint": "GET /v1/events", "kind": "503", "count": 10, "skip": 2}
+    )
+    with billsync.database.read() as connection:
+        before = webhooks.get_cursor(connection, "stripe_events_created")
+    with pytest.raises(StripeUnavailable):
+        billsync.sync.sweep.run()
+    assert inbox(billsync)["received"] == 200  # the pages read before the failure are kept
+    with billsync.database.read() as connection:
+        assert webhooks.get_cursor(connection, "stripe_events_created") == before
+    running_emulator.control("DELETE", "faults")
+    assert billsync.sync.sweep.run() == 850
+    assert inbox(billsync)["received"] == 1050
+    with billsync.database.read() as connection:
+        assert webhooks.get_cursor(connection, "stripe_events_created") != before
+    assert billsync.sync.sweep.run() == 0
 
 
 def test_a_failed_payment_is_a_problem_until_paid(

@@ -39,6 +39,7 @@ from stripe.params.billing_portal import SessionCreateParams
 
 from billsync.observability.instruments import observe_stripe
 from billsync.sync.port import (
+    EventPage,
     LineChange,
     NewLine,
     RemoteEvent,
@@ -276,28 +277,23 @@ class StripeGateway:
             session = self._client.v1.billing_portal.sessions.create(params)
         return session.url
 
-    def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
-        """Events are listed newest first: page back to ``created_gte``, return oldest first."""
-        found: list[RemoteEvent] = []
+    def list_events(self, *, created_gte: int, starting_after: str | None = None) -> EventPage:
         params: EventListParams = {"created": {"gte": created_gte}, "limit": PAGE_LIMIT}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
         with _translated():
-            while len(found) < limit:
-                page = self._client.v1.events.list(params)
-                found.extend(
-                    RemoteEvent(
-                        id=event.id,
-                        type=event.type,
-                        created=event.created,
-                        livemode=event.livemode,
-                        payload=_wire(event.to_dict()),
-                    )
-                    for event in page.data
-                )
-                if not page.has_more or not page.data:
-                    break
-                params["starting_after"] = page.data[-1].id
-        found.reverse()  # pages are newest first: oldest first now, ties kept in order
-        return found[:limit]
+            page = self._client.v1.events.list(params)
+        events = tuple(
+            RemoteEvent(
+                id=event.id,
+                type=event.type,
+                created=event.created,
+                livemode=event.livemode,
+                payload=_wire(event.to_dict()),
+            )
+            for event in page.data
+        )
+        return EventPage(events, bool(page.has_more))
 
     def _all_lines(self, invoice_id: str) -> Iterator[stripe.InvoiceLineItem]:
         """Every line of the invoice, in order, a page of up to ``PAGE_LIMIT`` at a time."""

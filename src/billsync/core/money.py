@@ -30,6 +30,9 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 # bill in them rather than round in a way the customer cannot see.
 UNSUPPORTED_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
+# The largest amount Stripe accepts on one line, in minor units: 8 digits (99,999,999 — $999,999.99,
+# ¥99,999,999). Stripe refuses more (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts).
+MAX_STRIPE_AMOUNT = 99_999_999
 ROUNDING = ROUND_HALF_UP
 
 # Ledger arithmetic runs in this context: wide enough for any quantity × price billsync accepts

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TypeVar
 
+from billsync.core.money import MAX_STRIPE_AMOUNT
+
 # Stripe's cap on invoice items per invoice; the catalog's grouping keeps billsync far below.
 MAX_INVOICE_ITEMS = 250
 # Lines per bulk call: a sync is one or two calls per account whatever its line count.
@@ -96,9 +98,16 @@ class DeleteInvoice:
     period_start: date
 
 
+@dataclass(frozen=True, slots=True)
+class CloseWithoutInvoice:
+    """Nothing to bill and no draft in Stripe: the period ends with no invoice (no call)."""
+
+    period_start: date
+
+
 Operation = (
     CreateCustomer | CreateInvoice | AddLines | UpdateLines | RemoveLines | FinalizeInvoice
-    | DeleteInvoice
+    | DeleteInvoice | CloseWithoutInvoice
 )  # fmt: skip
 
 
@@ -119,9 +128,22 @@ def plan_period(state: PeriodState) -> list[Operation]:
             f"period {state.period_start} has {len(state.desired)} lines; a Stripe invoice holds "
             f"at most {MAX_INVOICE_ITEMS}: group the catalog's metrics more coarsely"
         )
+    too_large = [line for line in state.desired if abs(line.amount) > MAX_STRIPE_AMOUNT]
+    if too_large:
+        line = too_large[0]
+        raise PlanError(
+            f"period {state.period_start}: line {line.line_id} ({line.description}) amounts to "
+            f"{line.amount:,} minor units; Stripe takes at most {MAX_STRIPE_AMOUNT:,} on one "
+            "line (8 digits): split the metric more finely in the catalog (by region or "
+            "resource), or ask Stripe to raise the account's limit"
+        )
     empty = sum(line.amount for line in state.desired) == 0
-    if state.delete_if_empty and empty and state.finalize:
-        return [DeleteInvoice(state.period_start)] if state.invoice_id is not None else []
+    if state.finalize and (not state.desired or (state.delete_if_empty and empty)):
+        # Nothing to bill: no invoice. An empty draft is never finalized (a $0 invoice with no
+        # line for the customer to read); a draft that exists is deleted.
+        if state.invoice_id is not None:
+            return [DeleteInvoice(state.period_start)]
+        return [CloseWithoutInvoice(state.period_start)]
     operations: list[Operation] = []
     if state.invoice_id is None:
         if not state.desired and not state.finalize:
@@ -156,7 +178,8 @@ def plan(periods: Sequence[PeriodState], *, has_customer: bool) -> list[Operatio
     operations: list[Operation] = []
     for state in sorted(periods, key=lambda s: s.period_start):
         operations += plan_period(state)
-    if operations and not has_customer:
+    calls_stripe = any(not isinstance(o, CloseWithoutInvoice) for o in operations)
+    if calls_stripe and not has_customer:
         operations.insert(0, CreateCustomer())
     return operations
 
@@ -195,7 +218,7 @@ def apply(state: PeriodState, operations: Sequence[Operation]) -> PeriodState:
             model.lines = {k: v for k, v in model.lines.items() if v.line_item_id not in gone}
         elif isinstance(operation, FinalizeInvoice):
             model.finalized = True
-        elif isinstance(operation, DeleteInvoice):
+        elif isinstance(operation, DeleteInvoice | CloseWithoutInvoice):
             model.invoice_id, model.lines, model.deleted = None, {}, True
     return replace(
         state,
@@ -213,4 +236,12 @@ def idempotency_key(kind: str, scope: str, lines: Iterable[tuple[int, int]] = ()
     if not pairs:
         return f"billsync:{kind}:{scope}"
     digest = hashlib.sha256(",".join(f"{i}:{v}" for i, v in pairs).encode()).hexdigest()[:24]
+    return f"billsync:{kind}:{scope}:{digest}"
+
+
+def idempotency_key_for_ids(kind: str, scope: str, ids: Iterable[str]) -> str:
+    """The key of an operation on a set of Stripe objects (lines to remove): the ids hashed,
+    so that it stays within Stripe's 255 characters however many there are, and two different
+    sets never share a key (cutting a long list would make them collide)."""
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
     return f"billsync:{kind}:{scope}:{digest}"

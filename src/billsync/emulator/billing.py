@@ -320,7 +320,7 @@ def create_invoice_item(state: State, ctx: Context, params: dict[str, Any]) -> d
     customer = state.customer(params["customer"], ctx.livemode)
     invoice = None
     if "invoice" in params:
-        invoice = state.invoice(params["invoice"], ctx.livemode)
+        invoice = state.invoice(params["invoice"], ctx.livemode, in_body=True)
         _require_draft(invoice, "add invoice items")
         if invoice["customer"] != customer["id"]:
             raise invalid("The invoice belongs to another customer.", param="invoice")

@@ -38,8 +38,16 @@ class StripeError(Exception):
         return {"error": error}
 
 
-def not_found(kind: str, object_id: str, param: str = "id") -> StripeError:
-    return StripeError(404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param)
+def not_found(
+    kind: str, object_id: str, param: str = "id", *, in_body: bool = False
+) -> StripeError:
+    """``resource_missing``: 404 for the object named in the URL's path, 400 for an id given
+    in the request's parameters (a ``customer``, a line id, a cursor), as Stripe answers
+    (https://docs.stripe.com/error-codes/resource-missing). Decide on the code, not the status."""
+    status = 400 if in_body else 404
+    return StripeError(
+        status, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
+    )
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> StripeError:

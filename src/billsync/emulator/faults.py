@@ -2,7 +2,8 @@
 
 Rules match an endpoint pattern (``POST /v1/invoices/{id}/add_lines``, a prefix ending in
 ``*``, or ``*``) and either fire on the next ``count`` matching requests (deterministic, for
-tests) or with a ``rate`` (0–1, seeded, for chaos runs). Kinds:
+tests; ``skip`` lets that many matching requests through first) or with a ``rate`` (0–1,
+seeded, for chaos runs). Kinds:
 
 - ``429``: ``rate_limit``; ``lock_timeout``: 429 with ``Stripe-Should-Retry: true``;
 - ``500`` / ``503``: server errors (a 500 after the write is replayed under its idempotency key,
@@ -30,6 +31,7 @@ class FaultRule:
     count: int | None = None
     rate: float | None = None
     seconds: float | None = None
+    skip: int = 0
     fired: int = 0
 
     def matches(self, endpoint: str) -> bool:
@@ -46,6 +48,7 @@ class FaultRule:
             "count": self.count,
             "rate": self.rate,
             "seconds": self.seconds,
+            "skip": self.skip,
             "fired": self.fired,
         }
 
@@ -70,6 +73,7 @@ class Faults:
             count=None if count is None else int(count),
             rate=None if rate is None else float(rate),
             seconds=None if spec.get("seconds") is None else float(spec["seconds"]),
+            skip=int(spec.get("skip", 0)),
         )
         self.rules.append(rule)
         return rule
@@ -85,6 +89,9 @@ class Faults:
         fired: dict[str, FaultRule] = {}
         for rule in self.rules:
             if rule.kind in fired or not rule.matches(endpoint):
+                continue
+            if rule.skip > 0:
+                rule.skip -= 1
                 continue
             if rule.count is not None:
                 if rule.fired >= rule.count:

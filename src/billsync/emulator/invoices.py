@@ -262,7 +262,7 @@ def add_lines(
         prefix = f"lines[{index}]["
         if "invoice_item" in line:
             item = state.invoice_item(
-                line["invoice_item"], ctx.livemode, f"lines[{index}][invoice_item]"
+                line["invoice_item"], ctx.livemode, f"lines[{index}][invoice_item]", in_body=True
             )
             if item["invoice"] is not None or item["customer"] != invoice["customer"]:
                 raise invalid(
@@ -282,8 +282,8 @@ def add_lines(
 def _line_of(state: State, invoice_id: str, line_id: str, index: int) -> dict[str, Any]:
     found = state.line_items.get(line_id)
     if found is None or found[0] != invoice_id:
-        raise StripeError(
-            404,
+        raise StripeError(  # an id in the body: 400, as Stripe answers (not 404)
+            400,
             f"No such line item: '{line_id}' on invoice {invoice_id}",
             code="resource_missing",
             param=f"lines[{index}][id]",
@@ -377,7 +377,7 @@ def _charge(
             param="payment_method",
         )
     if method not in SUCCEEDING_METHODS and method not in DECLINING_METHODS:
-        raise not_found("PaymentMethod", method, "payment_method")
+        raise not_found("PaymentMethod", method, "payment_method", in_body=True)
     invoice["attempt_count"] += 1
     invoice["attempted"] = True
     if method in SUCCEEDING_METHODS:

@@ -215,28 +215,35 @@ class State:
     # --- look-ups ----------------------------------------------------------------------
 
     def customer(self, customer_id: str, livemode: bool, param: str = "customer") -> dict[str, Any]:
+        """A customer by id: ``param`` "id" when it is the URL's object, else the parameter
+        that named it (then a missing one is a 400, as in Stripe)."""
         customer = self.customers.get(customer_id)
         if customer is None or customer["livemode"] != livemode:
-            raise not_found("customer", customer_id, param)
+            raise not_found("customer", customer_id, param, in_body=param != "id")
         if customer.get("deleted"):
             raise StripeError(
-                400,
+                400 if param != "id" else 404,
                 f"No such customer: '{customer_id}' (it was deleted)",
                 code="resource_missing",
                 param=param,
             )
         return customer
 
-    def invoice(self, invoice_id: str, livemode: bool, param: str = "invoice") -> dict[str, Any]:
+    def invoice(
+        self, invoice_id: str, livemode: bool, param: str = "invoice", *, in_body: bool = False
+    ) -> dict[str, Any]:
+        """An invoice by id; ``in_body``: named by a request parameter, not the URL's path."""
         invoice = self.invoices.get(invoice_id)
         if invoice is None or invoice["livemode"] != livemode or invoice.get("deleted"):
-            raise not_found("invoice", invoice_id, param)
+            raise not_found("invoice", invoice_id, param, in_body=in_body)
         return invoice
 
-    def invoice_item(self, item_id: str, livemode: bool, param: str = "id") -> dict[str, Any]:
+    def invoice_item(
+        self, item_id: str, livemode: bool, param: str = "id", *, in_body: bool = False
+    ) -> dict[str, Any]:
         item = self.invoice_items.get(item_id)
         if item is None or item["livemode"] != livemode or item.get("deleted"):
-            raise not_found("invoiceitem", item_id, param)
+            raise not_found("invoiceitem", item_id, param, in_body=in_body)
         return item
 
 
@@ -263,13 +270,20 @@ def paginate(
     if "starting_after" in params:
         cursor = params["starting_after"]
         if cursor not in ids:
-            raise not_found("object", cursor, "starting_after")
+            raise not_found("object", cursor, "starting_after", in_body=True)
         ordered = ordered[ids.index(cursor) + 1 :]
     elif "ending_before" in params:
         cursor = params["ending_before"]
         if cursor not in ids:
-            raise not_found("object", cursor, "ending_before")
-        ordered = ordered[: ids.index(cursor)][-limit:]
+            raise not_found("object", cursor, "ending_before", in_body=True)
+        before = ordered[: ids.index(cursor)]
+        # The page just before the cursor; has_more: still more beyond it (newer ones).
+        return {
+            "object": "list",
+            "data": [render(o) for o in before[-limit:]],
+            "has_more": len(before) > limit,
+            "url": url,
+        }
     page = ordered[:limit]
     return {
         "object": "list",

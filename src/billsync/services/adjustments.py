@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from billsync.clock import Clock
+from billsync.core.money import MAX_STRIPE_AMOUNT
 from billsync.core.periods import PeriodStatus, period_for_date, period_starting
 from billsync.db.database import Database
 from billsync.errors import Conflict, InvalidRequest, NotFound
@@ -12,8 +13,6 @@ from billsync.repositories import console as console_repository
 from billsync.repositories import ledger
 from billsync.repositories import sync as repository
 from billsync.repositories.accounts import get_account
-
-MAX_ADJUSTMENT = 10**9  # minor units, either way: a typo guard
 
 
 class Adjustments:
@@ -33,8 +32,12 @@ class Adjustments:
         period_start: date | None = None,
     ) -> int:
         """Add a credit (amount < 0) or a charge (> 0) in minor units; returns the line id."""
-        if amount == 0 or abs(amount) > MAX_ADJUSTMENT:
-            raise InvalidRequest("an adjustment is a non-zero amount of at most 10^9 minor units")
+        if amount == 0 or abs(amount) > MAX_STRIPE_AMOUNT:
+            raise InvalidRequest(
+                f"an adjustment is a non-zero amount of at most {MAX_STRIPE_AMOUNT:,} minor "
+                "units either way (Stripe's largest amount on one line); split a larger one",
+                code="invalid_amount",
+            )
         description = description.strip()
         if not description or len(description) > 200:
             raise InvalidRequest("describe the adjustment for the invoice (1–200 characters)")

@@ -62,6 +62,7 @@ from sqlalchemy import Connection
 from billsync.clock import Clock
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
+from billsync.core.sync_plan import idempotency_key_for_ids
 from billsync.db.database import Database
 from billsync.errors import Conflict, NotFound
 from billsync.repositories import problems as problem_repository
@@ -72,9 +73,9 @@ from billsync.services.sync import SyncOutcome, SyncService
 from billsync.sync.budget import Lane
 from billsync.sync.leases import AccountBusy
 from billsync.sync.port import (
+    EventPage,
     LineChange,
     NewLine,
-    RemoteEvent,
     RemoteInvoice,
     RemoteLine,
     StripeFailure,
@@ -348,14 +349,12 @@ class _RepairKeys:
     def create_portal_session(self, *, customer: str, return_url: str | None) -> str:
         return self._gateway.create_portal_session(customer=customer, return_url=return_url)
 
-    def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
-        return self._gateway.list_events(created_gte=created_gte, limit=limit)
+    def list_events(self, *, created_gte: int, starting_after: str | None = None) -> EventPage:
+        return self._gateway.list_events(created_gte=created_gte, starting_after=starting_after)
 
 
 def _gone(failure: StripeFailure) -> bool:
-    return isinstance(failure, StripeRejected) and (
-        failure.status == 404 or failure.code == "resource_missing"
-    )
+    return isinstance(failure, StripeRejected) and (failure.missing)
 
 
 def _billsync_line_id(line: RemoteLine) -> int | None:
@@ -765,13 +764,11 @@ class Reconciler:
 
     def _remove(self, invoice_id: str, line_item_ids: Sequence[str], lane: int) -> None:
         """Take lines off a draft (billsync's extra copies, or a line a person wants gone)."""
-        key = f"billsync:reconcile-remove:{invoice_id}:{'-'.join(sorted(line_item_ids))}"
+        key = idempotency_key_for_ids("reconcile-remove", invoice_id, line_item_ids)
         try:
             self._call(
                 lane,
-                partial(
-                    self.gateway.remove_lines, invoice_id, line_item_ids, idempotency_key=key[:255]
-                ),
+                partial(self.gateway.remove_lines, invoice_id, line_item_ids, idempotency_key=key),
             )
         except StripeFailure as failure:
             if not _gone(failure):

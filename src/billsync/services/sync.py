@@ -28,6 +28,7 @@ from billsync.core.money import decimal_text
 from billsync.core.periods import PeriodStatus
 from billsync.core.sync_plan import (
     AddLines,
+    CloseWithoutInvoice,
     CreateCustomer,
     CreateInvoice,
     DeleteInvoice,
@@ -40,6 +41,7 @@ from billsync.core.sync_plan import (
     RemoveLines,
     UpdateLines,
     idempotency_key,
+    idempotency_key_for_ids,
     plan,
 )
 from billsync.db.database import Database
@@ -100,6 +102,20 @@ class SyncOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def _record_deleted(
+    connection: Connection, account_id: str, start: date, line_ids: list[int], now: datetime
+) -> None:
+    """A zero-total period's draft is deleted (the "delete" rule): no invoice, nothing to
+    sync, the period done."""
+    repository.set_invoice(connection, account_id, start, None, now)
+    repository.forget_lines(connection, line_ids)
+    repository.mark_finalized(connection, account_id, start, now)
+
+
+def _last_day(end: date) -> date:
+    return date.fromordinal(end.toordinal() - 1)
 
 
 def _unix(day: date) -> int:
@@ -207,7 +223,10 @@ class SyncService:
                     self.describe(line),
                     line.version,
                     _unix(period.start),
-                    _unix(period.end),
+                    # Stripe's line period end is inclusive ("This value is inclusive",
+                    # docs.stripe.com/api/invoices/add_lines): the period's last second, so
+                    # that neighbouring invoices do not overlap by one.
+                    _unix(period.end) - 1,
                 )
                 for line in mine
             )
@@ -355,7 +374,7 @@ class SyncService:
                 snapshot = _Step(account, periods, lines, lane, outcome, self.clock.now())
                 self._apply_snapshot(snapshot, operations)
             except (StripeAmbiguous, StripeRejected) as failure:
-                if isinstance(failure, StripeRejected) and failure.status != 404:
+                if isinstance(failure, StripeRejected) and not failure.missing:
                     raise  # Stripe refused what we sent: a bug or drift, not a read away
                 if outcome.recovered:
                     raise  # twice in one run: Stripe is struggling, try later
@@ -403,6 +422,7 @@ class SyncService:
             RemoveLines: self._remove_lines,
             FinalizeInvoice: self._finalize,
             DeleteInvoice: self._delete,
+            CloseWithoutInvoice: self._close_without_invoice,
         }[type(operation)]
         handler(step, operation)  # type: ignore[operator]
 
@@ -445,7 +465,8 @@ class SyncService:
                 self.gateway.create_draft_invoice,
                 customer=account.stripe_customer_id,
                 currency=account.currency,
-                description=f"Usage {start.isoformat()} – {period.end.isoformat()}",
+                # The period's days, both included (its end is the next period's first day).
+                description=f"Usage {start.isoformat()} – {_last_day(period.end).isoformat()}",
                 metadata={"billsync_account": account.id, "billsync_period": scope},
                 idempotency_key=key,
             ),
@@ -521,7 +542,7 @@ class SyncService:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
         items = list(operation.line_item_ids)
-        key = f"{idempotency_key('remove', invoice_id)}:{'-'.join(items)}"[:255]
+        key = idempotency_key_for_ids("remove", invoice_id, items)
         intent = self._intent(step, start, "remove_lines", key, {"line_items": items})
         self._call(step, partial(self.gateway.remove_lines, invoice_id, items, idempotency_key=key))
         gone = [i for i, line in step.lines.items() if line.stripe_line_item_id in items]
@@ -551,13 +572,43 @@ class SyncService:
         self._call(step, partial(self.gateway.delete_draft, invoice_id, idempotency_key=key))
         mine = [i for i, line in step.lines.items() if line.period_start == start]
         with self.database.transaction() as connection:
-            repository.set_invoice(connection, step.account.id, start, None, step.now)
-            repository.forget_lines(connection, mine)
-            repository.mark_finalized(connection, step.account.id, start, step.now)
+            _record_deleted(connection, step.account.id, start, mine, step.now)
             repository.settle_intent(connection, intent, "applied", step.now)
         step.outcome.finalized.append(start)
 
+    def _close_without_invoice(self, step: _Step, operation: CloseWithoutInvoice) -> None:
+        """Nothing to bill, no draft in Stripe: the period ends here, without a call."""
+        start = operation.period_start
+        mine = [i for i, line in step.lines.items() if line.period_start == start]
+        with self.database.transaction() as connection:
+            _record_deleted(connection, step.account.id, start, mine, step.now)
+        step.outcome.finalized.append(start)
+
     # --- recovery -------------------------------------------------------------------------
+
+    def _read_back(
+        self,
+        step: tuple[SyncOutcome, int],
+        invoice_id: str,
+        start: date,
+        *,
+        deleting: bool,
+        lines: list[int],
+    ) -> RemoteInvoice | None:
+        """The invoice as Stripe holds it; None when it was ours to delete and is gone."""
+        try:
+            return self._call(step, partial(self.gateway.get_invoice, invoice_id, with_lines=True))
+        except StripeRejected as failure:
+            if not (failure.missing and deleting):
+                raise
+        # Our delete went through and its answer was lost: Stripe ignores idempotency keys on
+        # DELETE and answers a repeat (or a read) "no such invoice"
+        # (docs.stripe.com/api/idempotent_requests) — a deleted draft is the result.
+        outcome = step[0]
+        with self.database.transaction() as connection:
+            _record_deleted(connection, outcome.account_id, start, lines, self.clock.now())
+        outcome.finalized.append(start)
+        return None
 
     def _recover(self, account_id: str, lane: int, outcome: SyncOutcome) -> None:
         """Make observed state what Stripe really holds: adopt drafts created before a crash,
@@ -569,6 +620,11 @@ class SyncService:
             assert account is not None
             periods = repository.periods_to_sync(connection, account_id)
             lines = repository.lines_of(connection, account_id, [p.start for p in periods])
+            deleting = {
+                start
+                for _, operation, start in repository.pending_intents(connection, account_id)
+                if operation == "delete_invoice"
+            }
         for period in periods:
             invoice_id = period.stripe_invoice_id
             scope = _scope(account_id, period.start)
@@ -591,9 +647,12 @@ class SyncService:
                         )
             if invoice_id is None:
                 continue
-            remote = self._call(
-                (outcome, lane), partial(self.gateway.get_invoice, invoice_id, with_lines=True)
-            )
+            remote = self._read_back(
+                (outcome, lane), invoice_id, period.start, deleting=period.start in deleting,
+                lines=[line.id for line in lines if line.period_start == period.start],
+            )  # fmt: skip
+            if remote is None:
+                continue
             confirmations = _confirmations(remote)
             seen: dict[int, Confirmation] = {}
             duplicates: list[str] = []
@@ -634,7 +693,7 @@ class SyncService:
                     now,
                 )
             if duplicates and remote.status == "draft":
-                key = f"{idempotency_key('dedupe', invoice_id)}:{'-'.join(duplicates)}"[:255]
+                key = idempotency_key_for_ids("dedupe", invoice_id, duplicates)
                 remove = partial(
                     self.gateway.remove_lines, invoice_id, duplicates, idempotency_key=key
                 )

@@ -399,7 +399,7 @@ class Verifier:
         try:
             return self._call(partial(self.gateway.get_invoice, invoice_id, with_lines=True))
         except StripeFailure as failure:
-            if failure.status == 404 or failure.code == "resource_missing":
+            if failure.missing:
                 return None
             raise
 

@@ -364,26 +364,36 @@ class Sweep:
         self.gateway = gateway
 
     def run(self) -> int:
+        """Every event since the cursor, page after page until the cursor is reached (Stripe
+        lists newest first): each page goes to the inbox as it is read, and the cursor moves
+        only once all of them are in — a sweep cut short (Stripe down, a restart) leaves it
+        where it was, and the next one reads the same span again (the inbox keeps each event
+        once). After a webhook outage, however many events arrived, none is skipped."""
         now = self.clock.now()
         with self.database.read() as connection:
             cursor = webhooks.get_cursor(connection, SWEEP_CURSOR)
         since = (
             int((now - FIRST_SWEEP).timestamp()) if cursor is None else int(cursor) - SWEEP_OVERLAP
         )
-        events = self.gateway.list_events(created_gte=since)
-        added = 0
+        added, newest, after = 0, since + SWEEP_OVERLAP, None
+        while True:
+            page = self.gateway.list_events(created_gte=since, starting_after=after)
+            with self.database.transaction() as connection:
+                for event in page.events:
+                    added += webhooks.store_event(
+                        connection,
+                        event_id=event.id,
+                        event_type=event.type,
+                        created=event.created,
+                        livemode=event.livemode,
+                        payload=dict(event.payload),
+                        source="sweep",
+                        now=now,
+                    )
+            newest = max([newest, *(event.created for event in page.events)])
+            if not page.has_more or not page.events:
+                break
+            after = page.events[-1].id
         with self.database.transaction() as connection:
-            for event in events:
-                added += webhooks.store_event(
-                    connection,
-                    event_id=event.id,
-                    event_type=event.type,
-                    created=event.created,
-                    livemode=event.livemode,
-                    payload=dict(event.payload),
-                    source="sweep",
-                    now=now,
-                )
-            newest = max((event.created for event in events), default=since + SWEEP_OVERLAP)
             webhooks.set_cursor(connection, SWEEP_CURSOR, str(max(newest, since)), now)
         return added

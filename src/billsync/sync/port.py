@@ -20,6 +20,12 @@ class StripeFailure(Exception):
         self.code = code
         self.status = status
 
+    @property
+    def missing(self) -> bool:
+        """Stripe has no such object: 404 for the URL's object, 400 for an id in the body —
+        ``code`` says it either way (docs.stripe.com/error-codes/resource-missing)."""
+        return self.code == "resource_missing"
+
 
 class StripeRateLimited(StripeFailure):
     """429 ``rate_limit`` or ``lock_timeout``: nothing was written; back off and retry."""
@@ -107,6 +113,14 @@ class RemoteEvent:
     payload: Mapping[str, Any]  # the whole event, as a webhook would carry it
 
 
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """One page of ``GET /v1/events``: newest first, as Stripe lists them."""
+
+    events: tuple[RemoteEvent, ...]
+    has_more: bool
+
+
 class StripePort(Protocol):
     """Every write takes an idempotency key built by the caller from its own ids."""
 
@@ -163,8 +177,9 @@ class StripePort(Protocol):
         """A Customer Portal session; returns its (short-lived) URL."""
         ...
 
-    def list_events(self, *, created_gte: int, limit: int = 1000) -> list[RemoteEvent]:
-        """Events created at or after ``created_gte``, oldest first (at most ``limit``)."""
+    def list_events(self, *, created_gte: int, starting_after: str | None = None) -> EventPage:
+        """One page of the events created at or after ``created_gte``, newest first, after the
+        event ``starting_after`` (one request: the caller pages, each page within the budget)."""
         ...
 
 
