@@ -474,7 +474,7 @@ def test_each_sync_run_has_its_own_sync_id_on_all_its_log_lines(
         assert service.sync_account("acme").ok
     synced.ingest.ingest([event("acme", "bandwidth.egress.na-eu.gb", "2", at=T0, region="cdg")])
     running_emulator.control(
-        "POST", "faults", {"endpoint": "POST /v1/invoices/*", "kind": "500", "count": 1}
+        "POST", "faults", {"endpoint": "POST /v1/invoices/*", "kind": "429", "count": 1}
     )
     with json_logs() as failed:
         assert not service.sync_account("acme").ok

@@ -325,17 +325,44 @@ def test_a_key_reused_with_other_parameters_is_rejected(running_emulator: Runnin
 
 
 @pytest.mark.parametrize("kind", ["500", "503"])
-def test_persistent_server_errors_are_unavailable(
+def test_persistent_server_errors_leave_a_write_undetermined_and_a_read_unavailable(
     running_emulator: RunningEmulator, kind: str
 ) -> None:
+    """Stripe can answer 5xx after an endpoint started (and stores that answer under the
+    key): a write answered 5xx may have happened — read before writing again. A read answered
+    5xx simply failed."""
     gateway = make_gateway(running_emulator, max_network_retries=1)
     invoice = make_draft(gateway)
     inject(running_emulator, kind, count=5)
-    with pytest.raises(StripeUnavailable) as failed:
+    with pytest.raises(StripeAmbiguous) as failed:
         gateway.add_lines(invoice.id, new_lines(2), idempotency_key="add:1")
     assert failed.value.status == int(kind)
+    assert failed.value.answered
     assert requests_to(running_emulator, ADD_LINES) == 2  # the first try and the SDK's retry
     assert lines_on(running_emulator, invoice.id) == 0
+    running_emulator.control(
+        "POST", "faults", {"endpoint": "GET /v1/invoices/{id}", "kind": kind, "count": 5}
+    )
+    with pytest.raises(StripeUnavailable):
+        gateway.get_invoice(invoice.id, with_lines=False)
+
+
+def test_a_500_stored_under_the_key_is_replayed_to_every_retry_with_it(
+    running_emulator: RunningEmulator,
+) -> None:
+    """As Stripe does: the endpoint started and failed; the 500 is the key's result for 24 h,
+    whatever the retries — only a new key runs the write."""
+    gateway = make_gateway(running_emulator, max_network_retries=2)
+    invoice = make_draft(gateway)
+    inject(running_emulator, "500_stored", count=1)
+    with pytest.raises(StripeAmbiguous):
+        gateway.add_lines(invoice.id, new_lines(2), idempotency_key="add:1")
+    assert running_emulator.control("GET", "stats")["idempotent_replays"] == 2
+    with pytest.raises(StripeAmbiguous):
+        gateway.add_lines(invoice.id, new_lines(2), idempotency_key="add:1")
+    assert lines_on(running_emulator, invoice.id) == 0
+    gateway.add_lines(invoice.id, new_lines(2), idempotency_key="add:1:retry-1")
+    assert lines_on(running_emulator, invoice.id) == 2
 
 
 def test_server_errors_within_the_retry_budget_succeed_once(

@@ -156,7 +156,7 @@ class StripeGateway:
         params: CustomerCreateParams = {"name": name, "metadata": dict(metadata)}
         if email is not None:
             params["email"] = email
-        with _translated():
+        with _translated(write=True):
             customer = self._client.v1.customers.create(params, _write(idempotency_key))
         return customer.id
 
@@ -178,7 +178,7 @@ class StripeGateway:
             "collection_method": "charge_automatically",
             "pending_invoice_items_behavior": "exclude",
         }
-        with _translated():
+        with _translated(write=True):
             invoice = self._client.v1.invoices.create(params, _write(idempotency_key))
         return _remote_invoice(invoice)
 
@@ -188,7 +188,7 @@ class StripeGateway:
         if not lines:
             return self.get_invoice(invoice_id, with_lines=False)
         params: InvoiceAddLinesParams = {"lines": [_new_line(line) for line in lines]}
-        with _translated():
+        with _translated(write=True):
             invoice = self._client.v1.invoices.add_lines(
                 invoice_id, params, _write(idempotency_key)
             )
@@ -200,7 +200,7 @@ class StripeGateway:
         if not changes:
             return self.get_invoice(invoice_id, with_lines=False)
         params: InvoiceUpdateLinesParams = {"lines": [_line_change(change) for change in changes]}
-        with _translated():
+        with _translated(write=True):
             invoice = self._client.v1.invoices.update_lines(
                 invoice_id, params, _write(idempotency_key)
             )
@@ -215,7 +215,7 @@ class StripeGateway:
             {"id": line_item_id, "behavior": "delete"} for line_item_id in line_item_ids
         ]
         params: InvoiceRemoveLinesParams = {"lines": removals}
-        with _translated():
+        with _translated(write=True):
             invoice = self._client.v1.invoices.remove_lines(
                 invoice_id, params, _write(idempotency_key)
             )
@@ -225,14 +225,14 @@ class StripeGateway:
         self, invoice_id: str, *, auto_advance: bool, idempotency_key: str
     ) -> RemoteInvoice:
         params: InvoiceFinalizeInvoiceParams = {"auto_advance": auto_advance}
-        with _translated():
+        with _translated(write=True):
             invoice = self._client.v1.invoices.finalize_invoice(
                 invoice_id, params, _write(idempotency_key)
             )
         return _with_embedded_lines(invoice)
 
     def delete_draft(self, invoice_id: str, *, idempotency_key: str) -> None:
-        with _translated():
+        with _translated(write=True):
             self._client.v1.invoices.delete(invoice_id, None, _write(idempotency_key))
 
     # --- reads -------------------------------------------------------------------------
@@ -398,15 +398,15 @@ def _metadata(metadata: stripe.StripeObject | None) -> dict[str, str]:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def _translated(*, write: bool = False) -> Iterator[None]:
     """Turns every SDK error into the port's :class:`StripeFailure` family."""
     try:
         yield
     except stripe.StripeError as error:
-        raise _failure(error) from error
+        raise _failure(error, write=write) from error
 
 
-def _failure(error: stripe.StripeError) -> StripeFailure:
+def _failure(error: stripe.StripeError, *, write: bool = False) -> StripeFailure:
     message = error.user_message or type(error).__name__
     status = error.http_status
     code = _error_code(error)
@@ -420,6 +420,11 @@ def _failure(error: stripe.StripeError) -> StripeFailure:
         # Another request with this idempotency key is still running: it may yet write.
         return StripeAmbiguous(message, code=code, status=status)
     if status is not None and status >= 500:
+        if write:
+            # A 500 can come after the endpoint started: Stripe stores it under the key and
+            # replays it (docs.stripe.com/api/idempotent_requests). Whether it wrote is
+            # unknown: read back before writing again (then with a key of its own).
+            return StripeAmbiguous(message, code=code or "api_error", status=status)
         return StripeUnavailable(message, code=code, status=status)
     if status is not None and status >= 400:
         # InvalidRequestError, IdempotencyError, AuthenticationError, PermissionError, ...

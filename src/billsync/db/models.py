@@ -219,7 +219,8 @@ class SyncIntent(Base):
     operation: Mapped[str] = mapped_column(String(32))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
-    status: Mapped[str] = mapped_column(String(16))  # pending | applied | failed | recovered
+    # pending | applied | recovered | answered_5xx (Stripe stored a 5xx under the key)
+    status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

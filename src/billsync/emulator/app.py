@@ -204,6 +204,8 @@ class Emulator:
             invoices.advance_due_drafts(state)
             ctx = Context(livemode, request_id, idempotency_key)
             try:
+                if "500_stored" in kinds:  # started, failed, wrote nothing: stored as is
+                    raise StripeError(500, "An unknown error occurred.", type="api_error")
                 status, body = 200, route.operation(state, ctx, path_args, params)
             except StripeError as error:
                 # The endpoint ran: its error is the result, replayed under the same key.

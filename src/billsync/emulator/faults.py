@@ -6,8 +6,11 @@ tests; ``skip`` lets that many matching requests through first) or with a ``rate
 seeded, for chaos runs). Kinds:
 
 - ``429``: ``rate_limit``; ``lock_timeout``: 429 with ``Stripe-Should-Retry: true``;
-- ``500`` / ``503``: server errors (a 500 after the write is replayed under its idempotency key,
-  as Stripe does; these fire before any write);
+- ``500`` / ``503``: server errors before the endpoint runs (nothing stored under the key);
+- ``500_stored``: the endpoint started and failed, writing nothing: Stripe stores that 500
+  under the idempotency key and replays it to every retry with the key for 24 h
+  (docs.stripe.com/api/idempotent_requests: "Subsequent requests with the same key return the
+  same result, including 500 errors");
 - ``latency``: ``seconds`` added before the answer;
 - ``hang``: the request sleeps ``seconds`` (default: the configured hang time) and *then*
   performs its write — the client has long given up;
@@ -21,7 +24,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = frozenset({"429", "lock_timeout", "500", "503", "latency", "hang", "drop_after_commit"})
+KINDS = frozenset(
+    {"429", "lock_timeout", "500", "500_stored", "503", "latency", "hang", "drop_after_commit"}
+)
 
 
 @dataclass

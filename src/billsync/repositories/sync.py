@@ -538,6 +538,24 @@ def settle_intent(
     )
 
 
+def answered_attempts(connection: Connection, account_id: str, key: str) -> int:
+    """How many attempts of the write keyed ``key`` (or ``key:retry-N``) Stripe answered with
+    a 5xx — each stored under its key, so each next attempt needs a new one."""
+    count = connection.execute(
+        select(func.count())
+        .select_from(sync_intents)
+        .where(
+            sync_intents.c.account_id == account_id,
+            sync_intents.c.status == "answered_5xx",
+            or_(
+                sync_intents.c.idempotency_key == key,
+                sync_intents.c.idempotency_key.startswith(f"{key}:retry-", autoescape=True),
+            ),
+        )
+    ).scalar_one()
+    return int(count)
+
+
 def pending_intents(connection: Connection, account_id: str) -> list[tuple[int, str, date | None]]:
     rows = connection.execute(
         select(sync_intents.c.id, sync_intents.c.operation, sync_intents.c.period_start)

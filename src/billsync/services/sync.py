@@ -150,6 +150,17 @@ def _confirmations(invoice: RemoteInvoice) -> list[Confirmation]:
     return found
 
 
+# An intent whose call Stripe answered with a 5xx: that attempt is over (its answer is stored
+# under its key); the next attempt of the operation takes a key of its own.
+ANSWERED_5XX = "answered_5xx"
+
+
+@dataclass(frozen=True, slots=True)
+class _Intent:
+    id: int
+    key: str
+
+
 @dataclass
 class _Step:
     """What applying one operation needs to know."""
@@ -318,15 +329,28 @@ class SyncService:
         assert created.stripe_customer_id is not None
         return created.stripe_customer_id
 
-    def _call(self, step: _Step | tuple[SyncOutcome, int], call: Callable[[], T]) -> T:
+    def _call(
+        self,
+        step: _Step | tuple[SyncOutcome, int],
+        call: Callable[[], T],
+        intent: _Intent | None = None,
+    ) -> T:
         outcome, lane = (step.outcome, step.lane) if isinstance(step, _Step) else step
-        with self.guard.call(lane, endpoint_of(call)):
-            if self.leases is not None:
-                # After the budget's wait, which can be long: the call goes out under a lease
-                # renewed just now (or not at all).
-                self.leases.check(outcome.account_id)
-            outcome.calls += 1
-            return call()
+        try:
+            with self.guard.call(lane, endpoint_of(call)):
+                if self.leases is not None:
+                    # After the budget's wait, which can be long: the call goes out under a
+                    # lease renewed just now (or not at all).
+                    self.leases.check(outcome.account_id)
+                outcome.calls += 1
+                return call()
+        except StripeAmbiguous as failure:
+            if intent is not None and failure.answered:
+                with self.database.transaction() as connection:  # that attempt is over
+                    repository.settle_intent(
+                        connection, intent.id, ANSWERED_5XX, self.clock.now(), failure.message
+                    )
+            raise
 
     def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
         """Under the account's lease (sync.leases): one process syncs an account at a time."""
@@ -427,17 +451,34 @@ class SyncService:
         handler(step, operation)  # type: ignore[operator]
 
     def _intent(
-        self, step: _Step, start: date | None, name: str, key: str, payload: dict[str, Any]
-    ) -> int:
+        self,
+        step: _Step,
+        start: date | None,
+        name: str,
+        key: str,
+        payload: dict[str, Any],
+        *,
+        renewable: bool = True,
+    ) -> _Intent:
+        """Record the write before making it; its idempotency key is ``key``, or, when Stripe
+        answered an earlier attempt with a 5xx it stores under the key and replays for 24 h,
+        ``key:retry-N`` — that attempt is over and was read back (``_recover``) before this
+        one is planned, so the new key cannot write twice. Not ``renewable``: a create that
+        recovery cannot find by reading (the customer) keeps its key."""
         with self.database.transaction() as connection:
-            return repository.record_intent(
+            if renewable:
+                answered = repository.answered_attempts(connection, step.account.id, key)
+                if answered:
+                    key = f"{key}:retry-{answered}"
+            intent = repository.record_intent(
                 connection, step.account.id, start, name, key, payload, step.now
             )
+        return _Intent(intent, key)
 
     def _create_customer(self, step: _Step, _operation: CreateCustomer) -> None:
         account = step.account
         key = idempotency_key("customer", account.id)
-        intent = self._intent(step, None, "create_customer", key, {})
+        intent = self._intent(step, None, "create_customer", key, {}, renewable=False)
         customer_id = self._call(
             step,
             partial(
@@ -445,12 +486,13 @@ class SyncService:
                 name=account.name,
                 email=account.email,
                 metadata={"billsync_account": account.id},
-                idempotency_key=key,
+                idempotency_key=intent.key,
             ),
+            intent,
         )
         with self.database.transaction() as connection:
             repository.set_customer(connection, account.id, customer_id, step.now)
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
 
     def _create_invoice(self, step: _Step, operation: CreateInvoice) -> None:
         account, start = step.account, operation.period_start
@@ -468,12 +510,13 @@ class SyncService:
                 # The period's days, both included (its end is the next period's first day).
                 description=f"Usage {start.isoformat()} – {_last_day(period.end).isoformat()}",
                 metadata={"billsync_account": account.id, "billsync_period": scope},
-                idempotency_key=key,
+                idempotency_key=intent.key,
             ),
+            intent,
         )
         with self.database.transaction() as connection:
             repository.set_invoice(connection, account.id, start, invoice.id, step.now)
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
 
     def _invoice_of(self, step: _Step, start: date) -> str:
         invoice_id = step.periods[start].stripe_invoice_id
@@ -498,7 +541,9 @@ class SyncService:
         ]
         intent = self._intent(step, start, "add_lines", key, {"lines": [i for i, _ in versions]})
         result = self._call(
-            step, partial(self.gateway.add_lines, invoice_id, new, idempotency_key=key)
+            step,
+            partial(self.gateway.add_lines, invoice_id, new, idempotency_key=intent.key),
+            intent,
         )
         wanted = {line.line_id for line in operation.lines}
         if not result.lines_complete:
@@ -510,7 +555,7 @@ class SyncService:
             repository.confirm_lines(
                 connection, [c for c in _confirmations(result) if c.line_id in wanted], step.now
             )
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
 
     def _update_lines(self, step: _Step, operation: UpdateLines) -> None:
         start = operation.period_start
@@ -528,7 +573,9 @@ class SyncService:
         ]
         intent = self._intent(step, start, "update_lines", key, {"lines": [i for i, _ in versions]})
         self._call(
-            step, partial(self.gateway.update_lines, invoice_id, changes, idempotency_key=key)
+            step,
+            partial(self.gateway.update_lines, invoice_id, changes, idempotency_key=intent.key),
+            intent,
         )
         confirmed = [
             Confirmation(line.line_id, item, None, line.amount, line.version)
@@ -536,7 +583,7 @@ class SyncService:
         ]
         with self.database.transaction() as connection:
             repository.confirm_lines(connection, confirmed, step.now)
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
 
     def _remove_lines(self, step: _Step, operation: RemoveLines) -> None:
         start = operation.period_start
@@ -544,11 +591,15 @@ class SyncService:
         items = list(operation.line_item_ids)
         key = idempotency_key_for_ids("remove", invoice_id, items)
         intent = self._intent(step, start, "remove_lines", key, {"line_items": items})
-        self._call(step, partial(self.gateway.remove_lines, invoice_id, items, idempotency_key=key))
+        self._call(
+            step,
+            partial(self.gateway.remove_lines, invoice_id, items, idempotency_key=intent.key),
+            intent,
+        )
         gone = [i for i, line in step.lines.items() if line.stripe_line_item_id in items]
         with self.database.transaction() as connection:
             repository.forget_lines(connection, gone)
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
 
     def _finalize(self, step: _Step, operation: FinalizeInvoice) -> None:
         start = operation.period_start
@@ -556,11 +607,15 @@ class SyncService:
         key = idempotency_key("finalize", invoice_id)
         intent = self._intent(step, start, "finalize", key, {})
         self._call(
-            step, partial(self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=key)
+            step,
+            partial(
+                self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=intent.key
+            ),
+            intent,
         )
         with self.database.transaction() as connection:
             repository.mark_finalized(connection, step.account.id, start, step.now)
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
         step.outcome.finalized.append(start)
 
     def _delete(self, step: _Step, operation: DeleteInvoice) -> None:
@@ -569,11 +624,13 @@ class SyncService:
         invoice_id = self._invoice_of(step, start)
         key = idempotency_key("delete", invoice_id)
         intent = self._intent(step, start, "delete_invoice", key, {})
-        self._call(step, partial(self.gateway.delete_draft, invoice_id, idempotency_key=key))
+        self._call(
+            step, partial(self.gateway.delete_draft, invoice_id, idempotency_key=intent.key), intent
+        )
         mine = [i for i, line in step.lines.items() if line.period_start == start]
         with self.database.transaction() as connection:
             _record_deleted(connection, step.account.id, start, mine, step.now)
-            repository.settle_intent(connection, intent, "applied", step.now)
+            repository.settle_intent(connection, intent.id, "applied", step.now)
         step.outcome.finalized.append(start)
 
     def _close_without_invoice(self, step: _Step, operation: CloseWithoutInvoice) -> None:

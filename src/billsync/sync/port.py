@@ -32,12 +32,17 @@ class StripeRateLimited(StripeFailure):
 
 
 class StripeUnavailable(StripeFailure):
-    """5xx after the SDK's own retries, answered by Stripe: nothing usable was written."""
+    """A read answered 5xx after the SDK's own retries (or calls paused by the breaker)."""
 
 
 class StripeAmbiguous(StripeFailure):
-    """Timeout or lost connection: the write may or may not have happened. Read before
-    writing again."""
+    """Timeout, lost connection, or a write answered 5xx: the write may or may not have
+    happened. Read before writing again. ``answered``: Stripe did answer (a 5xx, stored under
+    the key): that attempt is over, the next one takes a key of its own."""
+
+    @property
+    def answered(self) -> bool:
+        return self.status is not None and self.status >= 500
 
 
 class StripeRejected(StripeFailure):
