@@ -141,6 +141,92 @@ def test_delete_draft_and_mark_uncollectible(stripe_peer: StripePeer) -> None:
     assert client.v1.invoices.mark_uncollectible(second.id).status == "uncollectible"
 
 
+def test_an_uncollectible_invoice_can_still_be_paid(stripe_peer: StripePeer) -> None:
+    """Stripe keeps collecting an invoice marked uncollectible: ``pay`` is allowed on it."""
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1, 700)})
+    client.v1.invoices.finalize_invoice(invoice.id, params={"auto_advance": False})
+    client.v1.invoices.mark_uncollectible(invoice.id)
+    paid = client.v1.invoices.pay(invoice.id)
+    assert (paid.status, paid.amount_paid) == ("paid", 700)
+
+
+def auto_collected(peer: StripePeer, customer: stripe.Customer) -> stripe.Invoice:
+    invoice = draft(peer, customer)
+    peer.client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1, 1234)})
+    return peer.client.v1.invoices.finalize_invoice(invoice.id, params={"auto_advance": True})
+
+
+def event_types(peer: StripePeer, invoice_id: str) -> list[str]:
+    events = peer.client.v1.events.list(params={"limit": 100}).data
+    return [e.type for e in reversed(events) if e.data.object.to_dict().get("id") == invoice_id]
+
+
+def test_finalize_answers_open_and_payment_follows_on_its_own(stripe_peer: StripePeer) -> None:
+    """Finalizing is not paying: the answer is the invoice ``open``; Stripe attempts the
+    payment afterwards and says so with ``invoice.paid`` (docs.stripe.com/invoicing/
+    integration/workflow-transitions: "finalized … open … Stripe automatically attempts
+    payment")."""
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "config", {"collection_delay": 3600})
+    customer = make_customer(stripe_peer)
+    finalized = auto_collected(stripe_peer, customer)
+    assert (finalized.status, finalized.attempt_count, finalized.amount_paid) == ("open", 0, 0)
+    assert "invoice.paid" not in event_types(stripe_peer, finalized.id)
+    emulator.control("POST", "clock", {"advance": 3600})
+    wait_until(
+        lambda: stripe_peer.client.v1.invoices.retrieve(finalized.id).status == "paid",
+        "the payment attempted after finalization",
+    )
+    assert event_types(stripe_peer, finalized.id)[-3:] == [
+        "invoice.finalized", "invoice.paid", "invoice.payment_succeeded"
+    ]  # fmt: skip
+
+
+def test_a_customer_without_a_payment_method_is_attempted_and_retried(
+    stripe_peer: StripePeer,
+) -> None:
+    """No payment method is a failed attempt (``invoice.payment_failed``, retried on the
+    account's schedule), not an invoice Stripe never tries to collect."""
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    customer = client.v1.customers.create(params={"name": "No card"})
+    invoice = auto_collected(stripe_peer, customer)
+    wait_until(
+        lambda: client.v1.invoices.retrieve(invoice.id).attempt_count == 1, "the first attempt"
+    )
+    failed = client.v1.invoices.retrieve(invoice.id)
+    assert failed.status == "open"
+    assert failed.next_payment_attempt is not None
+    assert event_types(stripe_peer, invoice.id).count("invoice.payment_failed") == 1
+    emulator.control("POST", "clock", {"advance": 3 * 86400})
+    wait_until(lambda: client.v1.invoices.retrieve(invoice.id).attempt_count == 2, "the retry")
+    assert event_types(stripe_peer, invoice.id).count("invoice.payment_failed") == 2
+
+
+def test_an_automatic_finalization_that_fails_says_so(stripe_peer: StripePeer) -> None:
+    """A draft Stripe was to finalize on its own and could not (here: its customer was
+    deleted) stays a draft, with ``invoice.finalization_failed`` and the error on it."""
+    emulator = stripe_peer.need_emulator()
+    client = stripe_peer.client
+    customer = make_customer(stripe_peer)
+    invoice = client.v1.invoices.create(
+        params={"customer": customer.id, "auto_advance": True, "currency": "usd",
+                "pending_invoice_items_behavior": "exclude"}
+    )  # fmt: skip
+    client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1)})
+    client.v1.customers.delete(customer.id)
+    emulator.control("POST", "clock", {"advance": 3600})
+    wait_until(
+        lambda: "invoice.finalization_failed" in event_types(stripe_peer, invoice.id),
+        "invoice.finalization_failed",
+    )
+    after = emulator.control("GET", f"peek/invoices/{invoice.id}")
+    assert after["status"] == "draft"
+    assert after["last_finalization_error"]["message"]
+
+
 def test_pending_items_unassign_and_preview(stripe_peer: StripePeer) -> None:
     client = stripe_peer.client
     customer = make_customer(stripe_peer)
@@ -429,7 +515,7 @@ def test_rate_based_faults_are_reproducible_from_a_seed(stripe_peer: StripePeer)
 
     def run() -> list[str]:
         emulator.control("POST", "reset")
-        emulator.control("POST", "config", {"rate_limit_test": 0})
+        emulator.control("POST", "config", {"rate_limit_test": 0, "rate_limit_endpoint": 0})
         emulator.control(
             "POST",
             "faults",
@@ -461,9 +547,10 @@ def test_auto_advance_draft_finalizes_and_charges_after_the_delay(stripe_peer: S
     emulator.control("POST", "clock", {"advance": 3599})
     assert client.v1.invoices.retrieve(invoice.id).status == "draft"
     emulator.control("POST", "clock", {"advance": 2})
-    final = client.v1.invoices.retrieve(invoice.id)
-    assert final.status == "paid"
-    assert final.amount_paid == 999
+    assert client.v1.invoices.retrieve(invoice.id).status in ("open", "paid")
+    # Then Stripe attempts the payment, on its own.
+    wait_until(lambda: client.v1.invoices.retrieve(invoice.id).status == "paid", "the payment")
+    assert client.v1.invoices.retrieve(invoice.id).amount_paid == 999
 
 
 # --- webhooks ---------------------------------------------------------------------------

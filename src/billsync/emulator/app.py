@@ -74,14 +74,23 @@ class Emulator:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(self.webhooks.run())
+        tasks = [asyncio.create_task(self.webhooks.run()), asyncio.create_task(self._on_its_own())]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.webhooks.close()
+
+    async def _on_its_own(self) -> None:
+        """What Stripe does without being asked (drafts finalizing, payment attempts), checked
+        a few times a second besides at every request."""
+        while True:
+            await asyncio.sleep(0.1)
+            invoices.advance_due_drafts(self.state)
+            self.webhooks.wake()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

@@ -55,6 +55,7 @@ def routes(emulator: Emulator) -> list[Route]:
 
     async def reset(_request: Request) -> JSONResponse:
         state.reset()
+        state.reset_config()
         state.clock.set(time.time())  # back to real time, unfrozen
         emulator.faults.clear()
         emulator.webhooks.reset()

@@ -339,7 +339,8 @@ def _finalize(state: State, ctx: Context, invoice: dict[str, Any]) -> None:
     invoice["ending_balance"] = 0
     invoice["automatically_finalizes_at"] = None
     if invoice["collection_method"] == "charge_automatically" and invoice["auto_advance"]:
-        invoice["next_payment_attempt"] = now
+        # Collection is Stripe's, afterwards and asynchronously: finalize answers "open".
+        invoice["next_payment_attempt"] = now + state.config.collection_delay
     state.emit(
         "invoice.finalized",
         render.invoice(state, invoice),
@@ -412,18 +413,10 @@ def finalize_invoice(
         )
     if "auto_advance" in params:
         invoice["auto_advance"] = params["auto_advance"]
+    # The answer is the invoice open (or paid at $0): payment is attempted afterwards,
+    # asynchronously (invoice.paid / invoice.payment_failed; ``collect_due``), as Stripe does
+    # (docs.stripe.com/invoicing/integration/workflow-transitions).
     _finalize(state, ctx, invoice)
-    if (
-        invoice["status"] == "open"
-        and invoice["auto_advance"]
-        and invoice["collection_method"] == "charge_automatically"
-    ):
-        customer = state.customers[invoice["customer"]]
-        if (
-            invoice["default_payment_method"]
-            or customer["invoice_settings"]["default_payment_method"]
-        ):
-            _charge(state, ctx, invoice, None)  # a decline leaves it open, as Stripe does
     return render.invoice(state, invoice)
 
 
@@ -433,9 +426,10 @@ def pay_invoice(
     invoice = state.invoice(invoice_id, ctx.livemode, "invoice")
     if invoice["status"] == "paid":
         raise invalid("Invoice is already paid", param="invoice")
-    if invoice["status"] != "open":
+    if invoice["status"] not in ("open", "uncollectible"):  # Stripe collects uncollectible ones
         raise invalid(
-            f"You can only pay an open invoice; this one is {invoice['status']}.", param="invoice"
+            f"You can only pay an open or uncollectible invoice; this one is {invoice['status']}.",
+            param="invoice",
         )
     if params.get("paid_out_of_band"):
         _mark_paid(state, ctx, invoice)
@@ -528,9 +522,16 @@ def create_preview(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
     return preview
 
 
+# Automatic collection: a failed attempt is retried this long after, at most this many times
+# in all (then the invoice stays open, past due: the default of Stripe's retry settings).
+RETRY_AFTER = 3 * 86400
+MAX_ATTEMPTS = 4
+
+
 def advance_due_drafts(state: State) -> None:
-    """Drafts with ``auto_advance`` finalize once their time comes on the emulator clock,
-    then Stripe attempts collection with the customer's default payment method."""
+    """What Stripe does on its own once the time comes on the emulator clock: drafts with
+    ``auto_advance`` finalize (or fail to: ``invoice.finalization_failed``), and open invoices
+    collected automatically get their payment attempts."""
     now = state.clock.now()
     for invoice in list(state.invoices.values()):
         due = invoice.get("automatically_finalizes_at")
@@ -541,4 +542,48 @@ def advance_due_drafts(state: State) -> None:
             and due <= now
         ):
             ctx = Context(invoice["livemode"], new_id("req"), None)
-            finalize_invoice(state, ctx, invoice["id"], {})
+            if state.customers[invoice["customer"]].get("deleted"):
+                _finalization_failed(state, ctx, invoice)
+            else:
+                finalize_invoice(state, ctx, invoice["id"], {})
+        attempt = invoice.get("next_payment_attempt")
+        if invoice["status"] == "open" and attempt is not None and attempt <= now:
+            _collect(state, Context(invoice["livemode"], new_id("req"), None), invoice)
+
+
+def _finalization_failed(state: State, ctx: Context, invoice: dict[str, Any]) -> None:
+    invoice["automatically_finalizes_at"] = None
+    invoice["last_finalization_error"] = {
+        "type": "invalid_request_error",
+        "message": "The invoice's customer has been deleted.",
+    }
+    state.emit(
+        "invoice.finalization_failed",
+        render.invoice(state, invoice),
+        livemode=ctx.livemode,
+        request=ctx.request,
+    )
+
+
+def _collect(state: State, ctx: Context, invoice: dict[str, Any]) -> None:
+    """One automatic payment attempt: the default payment method charged, or the attempt
+    failed (declined, or no payment method at all) and retried later."""
+    customer = state.customers[invoice["customer"]]
+    method = (
+        invoice["default_payment_method"] or customer["invoice_settings"]["default_payment_method"]
+    )
+    if method in SUCCEEDING_METHODS:
+        invoice["attempt_count"] += 1
+        invoice["attempted"] = True
+        _mark_paid(state, ctx, invoice)
+        return
+    invoice["attempt_count"] += 1
+    invoice["attempted"] = True
+    more = invoice["attempt_count"] < MAX_ATTEMPTS
+    invoice["next_payment_attempt"] = state.clock.now() + RETRY_AFTER if more else None
+    state.emit(
+        "invoice.payment_failed",
+        render.invoice(state, invoice),
+        livemode=ctx.livemode,
+        request=ctx.request,
+    )

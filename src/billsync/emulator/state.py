@@ -6,6 +6,7 @@ one Stripe "account" (test and live data are kept apart by each object's ``livem
 
 from __future__ import annotations
 
+import copy
 import random
 import secrets
 import string
@@ -88,6 +89,8 @@ class EmulatorConfig:
     rate_limit_endpoint: float = 25.0
     endpoint_rates: dict[str, float] = field(default_factory=dict)
     auto_advance_delay: int = 3600  # s on the emulator clock before an auto_advance draft finalizes
+    # s on the emulator clock from finalization to the first automatic payment attempt
+    collection_delay: int = 0
     idempotency_ttl: int = 24 * 3600
     hang_seconds: float = 30.0
     webhook_retry_base_seconds: float = 1.0  # real seconds; doubles each attempt
@@ -145,8 +148,14 @@ class State:
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
+        self._started_with = copy.deepcopy(self.config)  # what a reset goes back to
         self.clock = EmulatorClock()
         self.reset()
+
+    def reset_config(self) -> None:
+        """The behaviour knobs as the emulator started (its command line), not as tests left
+        them."""
+        self.config = copy.deepcopy(self._started_with)
 
     def reset(self) -> None:
         self.customers: dict[str, dict[str, Any]] = {}
