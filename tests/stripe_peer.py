@@ -63,12 +63,25 @@ def emulator_server() -> Iterator[RunningEmulator]:
 
 @pytest.fixture
 def running_emulator(emulator_server: RunningEmulator) -> RunningEmulator:
-    """The emulator, reset, with rate limits lifted unless a test sets them."""
+    """The emulator, reset, with rate limits lifted unless a test sets them, and the Customer
+    Portal's settings saved (as on a Stripe account set up for billsync; a test of the
+    refusal without them resets the emulator)."""
     emulator_server.control("POST", "reset")
     emulator_server.control(
         "POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0, "rate_limit_endpoint": 0}
     )
+    save_portal_settings(emulator_server.url, EMULATOR_KEY)
     return emulator_server
+
+
+def save_portal_settings(url: str, key: str) -> None:
+    """What saving the portal's settings in the Dashboard does: a default configuration."""
+    httpx.post(
+        f"{url}/v1/billing_portal/configurations",
+        data={"features[invoice_history][enabled]": "true"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ).raise_for_status()
 
 
 @dataclass

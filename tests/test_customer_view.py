@@ -121,6 +121,23 @@ def test_the_portal_flushes_pending_usage_first(
     assert "Billing portal" in page.text
 
 
+def test_without_saved_portal_settings_the_portal_says_what_to_do(
+    customer_billsync: Billsync, platform: TestClient, running_emulator: RunningEmulator
+) -> None:
+    """Stripe refuses portal sessions (test mode) until the Customer Portal's settings are
+    saved: billsync answers 503 ``portal_not_configured`` saying where to save them, not a
+    bare "Stripe did not open the portal"."""
+    running_emulator.control("POST", "reset")  # a Stripe account never set up for the portal
+    running_emulator.control("POST", "config", {"rate_limit_test": 0, "rate_limit_endpoint": 0})
+    create_account(customer_billsync, "acme")
+    answer = platform.post("/v1/accounts/acme/portal", json={})
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "portal_not_configured"
+    assert "dashboard.stripe.com/test/settings/billing/portal" in error["message"]
+    assert "billsync doctor" in error["message"]
+
+
 def test_the_portal_opens_for_an_account_with_no_usage_yet(
     customer_billsync: Billsync, platform: TestClient, running_emulator: RunningEmulator
 ) -> None:

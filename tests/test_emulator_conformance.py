@@ -683,8 +683,24 @@ def _deleted_webhook_endpoint(w: Wire) -> list[Json]:
     return [w.delete(f"/v1/webhook_endpoints/{created['id']}")]
 
 
+def _portal_configuration(w: Wire) -> list[Json]:
+    return [
+        w.post("/v1/billing_portal/configurations", {"features[invoice_history][enabled]": "true"}),
+        w.post(
+            "/v1/billing_portal/configurations",
+            {
+                "business_profile[privacy_policy_url]": "https://billsync.test/privacy",
+                "features[customer_update][enabled]": "true",
+                "features[customer_update][allowed_updates][0]": "email",
+                "default_return_url": "https://billsync.test/account",
+            },
+        ),
+    ]
+
+
 def _portal_session(w: Wire) -> list[Json]:
     customer = w.customer()["id"]
+    w.post("/v1/billing_portal/configurations", {"features[invoice_history][enabled]": "true"})
     return [
         w.post(
             "/v1/billing_portal/sessions",
@@ -789,6 +805,12 @@ KINDS = [
         True,
     ),
     Kind("billing_portal.session", _portal_session, PortalSession, "billing_portal.session"),
+    Kind(
+        "billing_portal.configuration",
+        _portal_configuration,
+        stripe.billing_portal.Configuration,
+        "billing_portal.configuration",
+    ),
     Kind("list.customer", _list_customers, stripe.Customer, None, listed=True),
     Kind("list.invoiceitem", _list_invoiceitems, stripe.InvoiceItem, None, listed=True),
     Kind("list.invoice", _list_invoices, stripe.Invoice, None, listed=True),

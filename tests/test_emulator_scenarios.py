@@ -653,3 +653,23 @@ def test_peeking_at_totals_costs_no_request_of_the_limit(stripe_peer: StripePeer
     )
     assert peeked == {"totals": {first.id: 100 + 101, second.id: 0}}
     assert emulator.control("GET", "stats")["total"] == counted
+
+
+def test_portal_sessions_need_the_portals_settings_saved(stripe_peer: StripePeer) -> None:
+    """In test mode Stripe refuses Customer Portal sessions until the portal's settings are
+    saved (a default configuration exists); then sessions use that configuration."""
+    emulator = stripe_peer.need_emulator()
+    emulator.control("POST", "reset")
+    emulator.control("POST", "config", {"rate_limit_test": 0, "rate_limit_endpoint": 0})
+    client = stripe_peer.client
+    customer = client.v1.customers.create(params={"name": "Portal"})
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.billing_portal.sessions.create(params={"customer": customer.id})
+    assert refused.value.http_status == 400
+    assert "save your customer portal settings in test mode" in str(refused.value.user_message)
+    saved = client.v1.billing_portal.configurations.create(
+        params={"features": {"invoice_history": {"enabled": True}}}
+    )
+    assert saved.is_default
+    session = client.v1.billing_portal.sessions.create(params={"customer": customer.id})
+    assert session.configuration == saved.id

@@ -143,6 +143,11 @@ class Demo:
         billsync.console.add_user("support", self.password, "admin")
         server = _serve(create_app(billsync), options.host, options.port)
         self._servers.append(server)
+        # The Customer Portal's settings, saved (Stripe refuses portal sessions without them).
+        self.stripe.post(
+            "/v1/billing_portal/configurations",
+            data={"features[invoice_history][enabled]": "true"},
+        ).raise_for_status()
         endpoint = self.stripe.post(
             "/v1/webhook_endpoints",
             data={"url": f"{self.url}/v1/stripe/webhook", "enabled_events[0]": "*"},

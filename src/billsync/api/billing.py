@@ -19,6 +19,7 @@ from billsync.core.money import decimal_text
 from billsync.errors import BillsyncError, InvalidRequest
 from billsync.services.billing_view import Bill
 from billsync.sync.budget import Lane
+from billsync.sync.port import StripeRejected
 
 router = APIRouter(tags=["billing"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -29,6 +30,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class StripeUnavailable(BillsyncError):
     status_code = 503
     code = "stripe_unavailable"
+
+
+class PortalNotConfigured(BillsyncError):
+    """Stripe refuses portal sessions until the portal's settings are saved for the mode."""
+
+    status_code = 503
+    code = "portal_not_configured"
+
+
+# Stripe's words when the Customer Portal's settings were never saved for the key's mode (the
+# refusal has no error code of its own: "You can’t create a portal session in test mode until
+# you save your customer portal settings in test mode at …").
+PORTAL_NOT_SET_UP = "save your customer portal settings"
 
 
 class PortalCreate(BaseModel):
@@ -127,6 +141,15 @@ def open_portal(billsync: Billsync, account_id: str, return_url: str | None) -> 
             customer = syncing.service.ensure_customer(account_id)
         portal = syncing.on_lane(Lane.ON_DEMAND)  # a person is waiting
         url = portal.create_portal_session(customer=customer, return_url=return_url)
+    except StripeRejected as refused:
+        if PORTAL_NOT_SET_UP in refused.message:
+            raise PortalNotConfigured(
+                "the Stripe Customer Portal is not set up for this Stripe account in this mode: "
+                "save its settings in the Dashboard (Settings → Billing → Customer portal; "
+                "https://dashboard.stripe.com/test/settings/billing/portal in test mode), "
+                f"then try again — `billsync doctor` checks it. Stripe said: {refused.message}"
+            ) from None
+        raise StripeUnavailable(f"Stripe did not open the portal: {refused}") from None
     except Exception as failure:  # the gateway's failures: Stripe is down or slow
         raise StripeUnavailable(f"Stripe did not open the portal: {failure}") from None
     return {

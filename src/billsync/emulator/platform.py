@@ -10,17 +10,99 @@ from billsync.emulator.errors import StripeError, invalid, not_found
 from billsync.emulator.state import API_VERSION, State, created_filter, new_id, paginate, public
 
 
+def create_portal_configuration(
+    state: State, ctx: Context, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Saved Customer Portal settings (what the Dashboard's portal page saves). The mode's
+    first one is its default."""
+    mine = [c for c in state.portal_configurations.values() if c["livemode"] == ctx.livemode]
+    wanted = params.get("features", {})
+    features = {
+        "customer_update": {"allowed_updates": [], "enabled": False},
+        "invoice_history": {"enabled": False},
+        "payment_method_update": {"enabled": False, "payment_method_configuration": None},
+        "subscription_cancel": {
+            "cancellation_reason": {"enabled": False, "options": []},
+            "enabled": False,
+            "mode": "at_period_end",
+            "proration_behavior": "none",
+        },
+        "subscription_pause": {
+            "duration": {"interval_options": [], "type": "indefinite"},
+            "enabled": False,
+        },
+        "subscription_update": {
+            "default_allowed_updates": [],
+            "enabled": False,
+            "proration_behavior": "none",
+            "schedule_at_period_end": {"conditions": []},
+            "trial_update_behavior": "end_trial",
+            "billing_cycle_anchor": None,
+        },
+    }
+    for name, settings in wanted.items():
+        if name in features and isinstance(settings, dict):
+            features[name] = {**features[name], **settings}
+    profile = {"headline": None, "privacy_policy_url": None, "terms_of_service_url": None}
+    configuration = {
+        "id": new_id("bpc"),
+        "object": "billing_portal.configuration",
+        "active": True,
+        "application": None,
+        "business_profile": {**profile, **params.get("business_profile", {})},
+        "created": state.clock.now(),
+        "default_return_url": params.get("default_return_url"),
+        "features": features,
+        "is_default": not mine,
+        "livemode": ctx.livemode,
+        "login_page": {"enabled": False, "url": None},
+        "metadata": params.get("metadata", {}),
+        "name": params.get("name"),
+        "updated": state.clock.now(),
+        "_sequence": state.sequence(),
+    }
+    state.portal_configurations[configuration["id"]] = configuration
+    return public(configuration)
+
+
+def list_portal_configurations(
+    state: State, ctx: Context, params: dict[str, Any]
+) -> dict[str, Any]:
+    mine = [c for c in state.portal_configurations.values() if c["livemode"] == ctx.livemode]
+    return paginate(mine, params, "/v1/billing_portal/configurations", public)
+
+
+def _portal_configuration(state: State, ctx: Context, wanted: str | None) -> str:
+    """The configuration a session uses: the one named, else the mode's default. None saved:
+    Stripe refuses the session, with this message."""
+    if wanted is not None:
+        found = state.portal_configurations.get(wanted)
+        if found is None or found["livemode"] != ctx.livemode:
+            raise not_found("billing_portal.configuration", wanted, "configuration", in_body=True)
+        return wanted
+    for configuration in state.portal_configurations.values():
+        if configuration["livemode"] == ctx.livemode and configuration["is_default"]:
+            return str(configuration["id"])
+    mode = "live" if ctx.livemode else "test"
+    where = "" if ctx.livemode else "test/"
+    raise invalid(
+        f"You can’t create a portal session in {mode} mode until you save your customer portal "
+        f"settings in {mode} mode at https://dashboard.stripe.com/{where}settings/billing/portal."
+    )
+
+
 def create_portal_session(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if "customer" not in params:
         raise StripeError(
             400, "Missing required param: customer.", code="parameter_missing", param="customer"
         )
     customer = state.customer(params["customer"], ctx.livemode)
+    configuration = _portal_configuration(state, ctx, params.get("configuration"))
     session_id = new_id("bps")
     session = {
         "id": session_id,
         "object": "billing_portal.session",
-        "configuration": params.get("configuration") or "bpc_emulator_default",
+        "configuration": configuration,
         "created": state.clock.now(),
         "customer": customer["id"],
         "customer_account": None,

@@ -198,6 +198,18 @@ ROUTES: list[Route] = [
     # billing portal, events, webhook endpoints
     Route(
         "POST",
+        "/v1/billing_portal/configurations",
+        "billing_portal._configuration_create_params.ConfigurationCreateParams",
+        lambda s, c, p, q: platform.create_portal_configuration(s, c, q),
+    ),
+    Route(
+        "GET",
+        "/v1/billing_portal/configurations",
+        "billing_portal._configuration_list_params.ConfigurationListParams",
+        lambda s, c, p, q: platform.list_portal_configurations(s, c, q),
+    ),
+    Route(
+        "POST",
         "/v1/billing_portal/sessions",
         "billing_portal._session_create_params.SessionCreateParams",
         lambda s, c, p, q: platform.create_portal_session(s, c, q),

@@ -168,6 +168,9 @@ class State:
         self.event_order: list[str] = []
         self.webhook_endpoints: dict[str, dict[str, Any]] = {}
         self.portal_sessions: dict[str, dict[str, Any]] = {}
+        # Customer Portal configurations (saved portal settings), per mode: without a default
+        # one, Stripe refuses portal sessions.
+        self.portal_configurations: dict[str, dict[str, Any]] = {}
         self.idempotency: dict[tuple[str, str], IdempotentResult] = {}
         self.stats = Stats()
         self.outbox: list[tuple[str, str]] = []  # (endpoint id, event id) awaiting delivery
