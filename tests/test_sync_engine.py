@@ -333,6 +333,40 @@ def test_a_500_stripe_stored_under_the_key_does_not_block_the_account_for_24_hou
             .order_by(sync_intents.c.id)
         ).all()
     (first_key, first_status), (second_key, second_status) = [(k, st) for _, k, st in intents]
-    assert (first_status, second_status) == ("answered_5xx", "applied")
+    assert (first_status, second_status) == ("answered_read", "applied")  # read back, then done
     assert second_key == f"{first_key}:retry-1"
     assert sync.sync_account("acme").calls == 0
+
+
+def test_a_write_answered_5xx_is_read_back_even_by_the_next_sync(
+    billsync: Billsync, sync: SyncService, running_emulator: RunningEmulator
+) -> None:
+    """Stored 500s twice in a row: the run gives up after its one read-back, with the second
+    attempt's outcome unknown (a 500 may come after a write). The next sync reads Stripe back
+    before it writes again, under ``…:retry-2``: nothing is added twice."""
+    create_account(billsync)
+    billsync.ingest.ingest([egress("10")])
+    running_emulator.control(
+        "POST",
+        "faults",
+        {"endpoint": "POST /v1/invoices/{id}/add_lines", "kind": "500_stored", "count": 2},
+    )
+    assert not sync.sync_account("acme").ok
+    with billsync.database.read() as connection:
+        assert [operation for _, operation, _ in sync_repository.pending_intents(
+            connection, "acme")] == ["add_lines"]  # fmt: skip
+    again = sync.sync_account("acme")
+    assert again.ok, again.error
+    assert again.recovered
+    remote = stripe_get(running_emulator, f"/v1/invoices/{_invoice(billsync)}/lines")["data"]
+    assert len(remote) == 1
+    with billsync.database.read() as connection:
+        keys = [
+            key
+            for (key,) in connection.execute(
+                select(sync_intents.c.idempotency_key)
+                .where(sync_intents.c.operation == "add_lines")
+                .order_by(sync_intents.c.id)
+            )
+        ]
+    assert [key.rsplit(":", 1)[-1] for key in keys][1:] == ["retry-1", "retry-2"]

@@ -295,6 +295,23 @@ class StripeGateway:
         )
         return EventPage(events, bool(page.has_more))
 
+    # --- the account's set-up (``billsync doctor``) ----------------------------------------
+
+    def ping(self) -> None:
+        """One cheap authenticated read: the key works."""
+        with _translated():
+            self._client.v1.customers.list({"limit": 1})
+
+    def list_portal_configurations(self) -> list[dict[str, Any]]:
+        with _translated():
+            page = self._client.v1.billing_portal.configurations.list({"limit": PAGE_LIMIT})
+        return [configuration.to_dict() for configuration in page.data]
+
+    def list_webhook_endpoints(self) -> list[dict[str, Any]]:
+        with _translated():
+            page = self._client.v1.webhook_endpoints.list({"limit": PAGE_LIMIT})
+        return [endpoint.to_dict() for endpoint in page.data]
+
     def _all_lines(self, invoice_id: str) -> Iterator[stripe.InvoiceLineItem]:
         """Every line of the invoice, in order, a page of up to ``PAGE_LIMIT`` at a time."""
         params: InvoiceLineItemListParams = {"limit": PAGE_LIMIT}

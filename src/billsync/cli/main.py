@@ -22,6 +22,7 @@ from rich.table import Table
 from billsync.catalog_file import load_catalog
 from billsync.cli import (
     consume_command,
+    doctor_command,
     reconcile_command,
     retention_command,
     simulate_command,
@@ -475,6 +476,7 @@ app.command("status")(sync_commands.status_command)
 app.command("capacity")(sync_commands.capacity_command)
 app.command("reconcile")(reconcile_command.reconcile_command)
 app.command("verify")(verify_command.verify_command)
+app.command("doctor")(doctor_command.doctor_command)
 app.command("retention")(retention_command.retention_command)
 app.command("consume")(consume_command.consume_command)
 periods_app = typer.Typer(help="Billing period lifecycle.", no_args_is_help=True)

@@ -17,7 +17,7 @@ def create_portal_configuration(
     first one is its default."""
     mine = [c for c in state.portal_configurations.values() if c["livemode"] == ctx.livemode]
     wanted = params.get("features", {})
-    features = {
+    features: dict[str, dict[str, Any]] = {
         "customer_update": {"allowed_updates": [], "enabled": False},
         "invoice_history": {"enabled": False},
         "payment_method_update": {"enabled": False, "payment_method_configuration": None},

@@ -538,6 +538,11 @@ def settle_intent(
     )
 
 
+# Intents whose outcome is unknown until Stripe is read back: a call that never answered (or
+# a crash before its record), and a write Stripe answered 5xx (it may have written).
+UNSETTLED = ("pending", "answered_5xx")
+
+
 def answered_attempts(connection: Connection, account_id: str, key: str) -> int:
     """How many attempts of the write keyed ``key`` (or ``key:retry-N``) Stripe answered with
     a 5xx — each stored under its key, so each next attempt needs a new one."""
@@ -546,7 +551,7 @@ def answered_attempts(connection: Connection, account_id: str, key: str) -> int:
         .select_from(sync_intents)
         .where(
             sync_intents.c.account_id == account_id,
-            sync_intents.c.status == "answered_5xx",
+            sync_intents.c.status.in_(["answered_5xx", "answered_read"]),
             or_(
                 sync_intents.c.idempotency_key == key,
                 sync_intents.c.idempotency_key.startswith(f"{key}:retry-", autoescape=True),
@@ -557,20 +562,25 @@ def answered_attempts(connection: Connection, account_id: str, key: str) -> int:
 
 
 def pending_intents(connection: Connection, account_id: str) -> list[tuple[int, str, date | None]]:
+    """The account's writes whose outcome is not known yet (``UNSETTLED``): read Stripe back
+    before writing again."""
     rows = connection.execute(
         select(sync_intents.c.id, sync_intents.c.operation, sync_intents.c.period_start)
-        .where(sync_intents.c.account_id == account_id, sync_intents.c.status == "pending")
+        .where(sync_intents.c.account_id == account_id, sync_intents.c.status.in_(UNSETTLED))
         .order_by(sync_intents.c.id)
     )
     return [(row.id, row.operation, row.period_start) for row in rows]
 
 
 def settle_pending(connection: Connection, account_id: str, status: str, now: datetime) -> None:
-    connection.execute(
-        update(sync_intents)
-        .where(sync_intents.c.account_id == account_id, sync_intents.c.status == "pending")
-        .values(status=status, updated_at=now)
-    )
+    """Stripe was read back: the unsettled intents are settled (``status``); those answered
+    5xx become ``answered_read`` — still counted as attempts whose key Stripe keeps."""
+    for was, becomes in (("pending", status), ("answered_5xx", "answered_read")):
+        connection.execute(
+            update(sync_intents)
+            .where(sync_intents.c.account_id == account_id, sync_intents.c.status == was)
+            .values(status=becomes, updated_at=now)
+        )
 
 
 def _ensure_sync_row(connection: Connection, account_id: str, now: datetime) -> None:
