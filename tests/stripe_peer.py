@@ -71,6 +71,7 @@ def running_emulator(emulator_server: RunningEmulator) -> RunningEmulator:
         "POST", "config", {"rate_limit_test": 0, "rate_limit_live": 0, "rate_limit_endpoint": 0}
     )
     save_portal_settings(emulator_server.url, EMULATOR_KEY)
+    emulator_server.control("DELETE", "stats")  # a test counts its own requests
     return emulator_server
 
 
