@@ -28,6 +28,16 @@ ORDER = (
 )  # fmt: skip
 
 
+# Each section's heading, to find it in BENCHMARKS.md (``--only``).
+HEADINGS = {
+    "ingest": "## Ingest", "jetstream_ingest": "## Streaming ingest from NATS JetStream",
+    "api_calls": "## Stripe API calls per policy", "sync_throughput": "## Sync throughput at",
+    "workers": "## Several workers, one Stripe budget", "scale": "## The scheduler at scale",
+    "freshness": "## Freshness and on-demand syncs", "webhooks": "## Webhooks",
+    "billing": "## The customer's bill", "emulator": "## The Stripe emulator",
+}  # fmt: skip
+
+
 def load() -> dict[str, dict[str, Any]]:
     found = {}
     for name in ORDER:
@@ -366,10 +376,12 @@ def refresh(name: str) -> Path:
     fresh = SECTIONS[name](results[name])
     heading = fresh.split("\n", 1)[0]
     start = text.find(heading)
-    if start < 0:
-        sys.exit(f"BENCHMARKS.md has no section {heading!r}: run bench/run")
-    end = text.find("\n## ", start + len(heading))
-    end = len(text) if end < 0 else end + 1
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading))
+        end = len(text) if end < 0 else end + 1
+    else:  # new: placed before the first section that comes after it in ORDER
+        later = [text.find(HEADINGS[n]) for n in ORDER[ORDER.index(name) + 1 :]]
+        start = end = min((at for at in later if at >= 0), default=len(text))
     measured = (RESULTS / f"{name}.json").stat().st_mtime
     when = datetime.fromtimestamp(measured, UTC).strftime("%Y-%m-%d")
     fresh = fresh.replace(
