@@ -161,12 +161,32 @@ def start_emulator(port: int, rate_limit: float | None = 0) -> subprocess.Popen[
             probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             probe.request("GET", "/_emulator/clock")
             probe.getresponse().read()
+            save_portal_settings(port)
             return process
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 raise RuntimeError("the emulator did not start") from None
             time.sleep(0.1)
+
+
+def save_portal_settings(port: int) -> None:
+    """The Customer Portal's settings saved in test mode (Stripe refuses portal sessions
+    without them): the emulator as a Stripe account set up for billsync."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request(
+        "POST",
+        "/v1/billing_portal/configurations",
+        body="features[invoice_history][enabled]=true",
+        headers={
+            "Authorization": "Bearer sk_test_benchPortalSettings01",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    response = connection.getresponse()
+    response.read()
+    if response.status != 200:
+        raise RuntimeError(f"the emulator refused the portal settings: {response.status}")
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

@@ -30,7 +30,7 @@ from billsync.emulator.state import EmulatorConfig
 from tests.conftest import T0, TEST_TOKEN
 from tests.factories import create_account, event
 from tests.ports import free_port
-from tests.stripe_peer import EMULATOR_KEY
+from tests.stripe_peer import EMULATOR_KEY, save_portal_settings
 
 # CI replays the same examples every run (a gate must not fail by chance); a run elsewhere
 # draws new ones, and keeps exploring.
@@ -81,6 +81,7 @@ def emulator() -> Iterator[None]:
     thread.start()
     while not server.started:
         time.sleep(0.01)
+    save_portal_settings(EMULATOR_URL, EMULATOR_KEY)  # a Stripe account set up for billsync
     yield
     server.should_exit = True
     thread.join(timeout=10)
