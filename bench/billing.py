@@ -19,8 +19,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +27,15 @@ from typing import Any
 
 import uvloop
 
-from bench.common import TOKEN, api, billsync_server, free_port, write_results
+from bench.common import (
+    TOKEN,
+    api,
+    billsync_server,
+    free_port,
+    set_endpoint_limit,
+    start_emulator,
+    write_results,
+)
 from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.repositories import webhooks
@@ -150,20 +156,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     emulator_port = free_port()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "billsync",
-            "emulator",
-            "--port",
-            str(emulator_port),
-            "--rate-limit",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    emulator = start_emulator(emulator_port, rate_limit=0)  # the portal's settings saved
+    set_endpoint_limit(emulator_port, 25.0)  # Stripe's per-endpoint limit, as before
     try:
         with tempfile.TemporaryDirectory() as directory:
             url = f"sqlite:///{directory}/bench.db"

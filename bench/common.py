@@ -170,6 +170,14 @@ def start_emulator(port: int, rate_limit: float | None = 0) -> subprocess.Popen[
             time.sleep(0.1)
 
 
+def set_endpoint_limit(port: int, rate: float) -> None:
+    """The emulator's per-endpoint limit (requests/s; 0: none)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = json.dumps({"rate_limit_endpoint": rate})
+    connection.request("POST", "/_emulator/config", body=body)
+    connection.getresponse().read()
+
+
 def save_portal_settings(port: int) -> None:
     """The Customer Portal's settings saved in test mode (Stripe refuses portal sessions
     without them): the emulator as a Stripe account set up for billsync."""
