@@ -44,7 +44,7 @@ from billsync.config import EXAMPLE_CATALOG, Settings
 from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.repositories import sync as repository
-from billsync.sync.scheduler import Scheduler
+from billsync.workers.scheduler import Scheduler
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 MONTH_END_TICK = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)  # grace (1 h) over

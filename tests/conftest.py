@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # imported at run time only as a plugin (so pytest can rewrit
     from tests.chaos.harness import TcpProxy
     from tests.stripe_peer import RunningEmulator
 
-pytest_plugins = ["tests.stripe_peer", "tests.webhook_receiver"]
+pytest_plugins = ["tests.stripe_peer", "tests.webhook_receiver", "tests.emulator_wire"]
 
 PG_URL_VARIABLE = "BILLSYNC_TEST_DATABASE_URL"
 TEST_TOKEN = "test-token-0123456789"
@@ -151,6 +151,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         db = Database(request.getfixturevalue("postgres_schema_url"))
         with db.engine.begin() as connection:
             connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            # The installation keeps its namespace; the Stripe mode it is tied to starts unset.
+            connection.execute(text("UPDATE installation SET stripe_mode = NULL"))
     yield db
     db.dispose()
 

@@ -42,7 +42,7 @@ TREES: dict[Path, ast.Module] = {path: _parse(path) for path in MODULES}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("__main__", "cli", "api", "demo")),
     ("composition", ("bootstrap", "observability.metrics")),
-    ("scheduler", ("sync.scheduler", "sync.guarded")),
+    ("workers", ("workers",)),
     ("services", ("services",)),
     (
         "adapters and sync primitives",
@@ -147,7 +147,7 @@ def test_the_layers_are_in_the_order_the_readme_draws() -> None:
     services, which use the sync primitives and the Stripe port below them."""
     assert layer_of("api.usage") < layer_of("services.ingest") < layer_of("repositories.ledger")
     assert layer_of("repositories.ledger") < layer_of("db.database") < layer_of("core.money")
-    assert layer_of("sync.scheduler") < layer_of("services.sync") < layer_of("sync.port")
+    assert layer_of("workers.scheduler") < layer_of("services.sync") < layer_of("sync.guard")
     assert layer_of("services.sync") < layer_of("stripe_gateway")
     assert layer_of("core.money") == len(LAYERS) - 1
     assert "repositories.ledger" in billsync_targets(SOURCE / "services" / "ingest.py")

@@ -23,9 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget, backoff_delay
+from billsync.sync.guard import StripeGuard
 from billsync.sync.leases import LeaseLost
 from billsync.sync.port import StripeUnavailable
-from billsync.sync.scheduler import StripeGuard
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.unit  # pure: no database, no network, no process

@@ -19,7 +19,7 @@ from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.sync import SyncService
 from billsync.stripe_gateway import StripeGateway
 from billsync.sync.budget import CircuitBreaker, RateBudget
-from billsync.sync.scheduler import StripeGuard
+from billsync.sync.guard import StripeGuard
 from tests.conftest import T0
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator

@@ -535,3 +535,93 @@ def test_month_end_is_the_workers_work_and_the_tick_only_changes_state(
     assert all(outcome.ok for outcome in scheduler.drain())
     assert {status for status, _ in periods().values()} == {"finalized"}
     assert scheduler.due_accounts() == []
+
+
+def writes(emulator: RunningEmulator) -> dict[str, int]:
+    """The writes Stripe received (the tick's periodic reads — the events sweep — aside)."""
+    calls: dict[str, int] = emulator.control("GET", "stats")["by_endpoint"]
+    return {endpoint: n for endpoint, n in calls.items() if endpoint.startswith("POST")}
+
+
+def test_a_month_end_sync_completes_the_closed_draft_and_leaves_the_new_one_to_its_interval(
+    synced: Billsync, clock: ManualClock, running_emulator: RunningEmulator
+) -> None:
+    """Closing N accounts is N ``update_lines`` then N ``finalize`` on the closing lane's
+    priority, and nothing more: the new period's first draft (a create and an ``add_lines``)
+    waits for the account's interval, which the closing sync leaves due (still behind)."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    create_account(synced, "acme")
+    synced.ingest.ingest([egress("acme", "1")])
+    scheduler.tick()
+    assert all(outcome.ok for outcome in scheduler.drain())
+    clock.set(datetime(2026, 12, 1, 0, 30, tzinfo=UTC))  # in the grace window
+    november, december = datetime(2026, 11, 30, 23, 0, tzinfo=UTC), clock.now()
+    synced.ingest.ingest([egress("acme", "5", at=november), egress("acme", "7", at=december)])
+    clock.set(datetime(2026, 12, 1, 1, 0, tzinfo=UTC))  # the end of grace
+    synced.sync.lifecycle.advance(sync=False)
+    running_emulator.control("DELETE", "stats")
+
+    scheduler.tick()
+    assert [(o.account_id, o.ok) for o in scheduler.drain()] == [("acme", True)]
+    calls = writes(running_emulator)
+    assert calls == {"POST /v1/invoices/{id}/update_lines": 1}  # November's draft, whole
+    with synced.database.read() as connection:
+        closed = sync_repository.get_period(connection, "acme", date(2026, 11, 1))
+        new = sync_repository.get_period(connection, "acme", date(2026, 12, 1))
+        behind = connection.execute(
+            select(account_sync.c.behind).where(account_sync.c.account_id == "acme")
+        ).scalar_one()
+    assert closed is not None
+    assert closed.review_ends_at is not None
+    assert new is not None
+    assert new.stripe_invoice_id is None
+    assert behind  # December's line is still to go
+
+    clock.advance(synced.sync.scheduler.policy.interval)  # the account's next interval
+    running_emulator.control("DELETE", "stats")
+    assert dict(scheduler.due_accounts()) == {"acme": Lane.INTERVAL}
+    scheduler.tick()
+    assert all(outcome.ok for outcome in scheduler.drain())
+    assert writes(running_emulator) == {
+        "POST /v1/invoices": 1, "POST /v1/invoices/{id}/add_lines": 1
+    }  # fmt: skip
+
+
+def test_an_account_whose_syncs_keep_failing_is_retried_less_and_less_often(
+    synced: Billsync, clock: ManualClock
+) -> None:
+    """A poison account (here a line above Stripe's 8 digits) must not take a worker and the
+    shared budget at every tick: after each failure it waits 5 s, then 10 s, … before the
+    background lanes try again; the others go on; a person's on-demand sync does not wait."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    create_account(synced, "poison")
+    create_account(synced, "fine")
+    synced.ingest.ingest([egress("poison", "10000000000"), egress("fine", "1")])
+    scheduler.tick()
+    outcomes = {o.account_id: o for o in scheduler.drain()}
+    assert outcomes["fine"].ok
+    assert "Stripe takes at most" in (outcomes["poison"].error or "")
+
+    def due() -> set[str]:
+        return {account for account, _ in scheduler.due_accounts()}
+
+    for wait in (5, 10, 20):
+        assert "poison" not in due()
+        clock.advance(timedelta(seconds=wait - 1))
+        assert "poison" not in due()
+        clock.advance(timedelta(seconds=1))
+        assert "poison" in due()
+        scheduler.tick()
+        assert [o.account_id for o in scheduler.drain()] == ["poison"]
+    with synced.database.read() as connection:
+        row = sync_repository.sync_row(connection, "poison")
+    assert row is not None
+    assert row["consecutive_failures"] == 4
+    assert row["retry_at"] == clock.now() + timedelta(seconds=40)
+    clock.advance(timedelta(seconds=10))  # past the on-demand spacing, inside the back-off
+    assert "poison" not in due()
+    asked = scheduler.request("poison", wait=5)  # a person asking: tried now
+    assert asked is not None
+    assert "Stripe takes at most" in (asked.error or "")

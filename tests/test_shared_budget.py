@@ -120,11 +120,14 @@ def test_postgresql_lends_its_clock_to_processes_on_other_hosts(database: Databa
         assert sum(1 for t in sent if start <= t < start + 0.25) <= 0.25 * rate + 1
 
 
-def test_a_process_that_wakes_late_takes_a_new_slot_instead_of_bunching(
+def test_a_late_sleeper_still_calls_and_one_that_overslept_takes_a_new_slot(
     database: Database,
 ) -> None:
+    """Waking 60 ms late (a busy process) the call still goes out: lateness only shifts calls
+    later. Waking more than a quarter second late (a pause), the slot is given up and a new
+    one taken, so that a window never sees more than rate × 1.25 calls."""
     fake = FakeTime()
-    oversleep = [0.06]  # the first sleep runs 60 ms long (a busy CPU): past a quarter interval
+    oversleep = [0.3, 0.06]  # popped from the end: first 60 ms late, then 300 ms
 
     def sleep(seconds: float) -> None:
         fake.sleep(seconds + (oversleep.pop() if oversleep else 0.0))
@@ -132,8 +135,11 @@ def test_a_process_that_wakes_late_takes_a_new_slot_instead_of_bunching(
     other = process(database, fake, rate=10)
     late = SharedBudget(database, 10, clock=fake.clock, sleep=sleep)
     other.acquire(Lane.INTERVAL)  # slot 0.0
-    late.acquire(Lane.INTERVAL)  # slot 0.1, woke at 0.16: gone; slot 0.2 taken instead
+    late.acquire(Lane.INTERVAL)  # slot 0.1, woke at 0.16: calls
+    assert late.late == 0
+    assert fake.now - 1000.0 == pytest.approx(0.16)
+    late.acquire(Lane.INTERVAL)  # slot 0.2, woke at 0.5: given up; a new one, now
     assert late.late == 1
-    assert fake.now - 1000.0 == pytest.approx(0.2)
-    other.acquire(Lane.INTERVAL)  # the next slot is 0.3: no two calls closer than an interval
-    assert fake.now - 1000.0 == pytest.approx(0.3)
+    assert fake.now - 1000.0 == pytest.approx(0.5)
+    other.acquire(Lane.INTERVAL)  # an interval after it
+    assert fake.now - 1000.0 == pytest.approx(0.6)

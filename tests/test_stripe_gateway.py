@@ -14,7 +14,7 @@ import stripe
 from billsync import stripe_gateway
 from billsync.stripe_gateway import STRIPE_API_VERSION, StripeGateway
 from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget
-from billsync.sync.guarded import guarded
+from billsync.sync.guard import StripeGuard, guarded
 from billsync.sync.port import (
     LineChange,
     NewLine,
@@ -25,7 +25,6 @@ from billsync.sync.port import (
     StripeRejected,
     StripeUnavailable,
 )
-from billsync.sync.scheduler import StripeGuard
 from tests.ports import free_port
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.waiting import wait_until

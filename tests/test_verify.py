@@ -166,6 +166,7 @@ def test_invoices_finalized_voided_or_unknown_to_the_ledger_are_violations(
     stray = world.stripe("POST", "/v1/invoices", {
         "customer": initech.stripe_customer_id, "auto_advance": "false",
         "metadata[billsync_account]": "initech",
+        "metadata[billsync_namespace]": world.sync.namespace,  # this installation's
     })  # fmt: skip
     world.stripe("POST", f"/v1/invoices/{stray['id']}/add_lines",
                  {"lines[0][amount]": "700", "lines[0][description]": "second charge"})  # fmt: skip
@@ -250,6 +251,52 @@ def test_late_usage_on_the_next_period_passes_and_on_the_wrong_line_fails(
     assert "labelled late from None instead of 2026-11-01" in broken.violations[0].detail
 
 
+def test_late_usage_arriving_on_two_invoices_gets_the_graduated_tiers_once(
+    world: World, database: Database, clock: ManualClock
+) -> None:
+    """Volumes: the first 2,190 GB-hours of a period are free. November's own line holds 2,000;
+    190 late GB-hours land on December's invoice (still free: 2,190 billed); 1,000 more arrive
+    once December is closed too, on January's — all 1,000 are past the free tier. Counting only
+    November's own line as billed before would grant 190 free GB-hours a second time (17¢
+    instead of 21¢); verify, which re-rates every line, catches an amount that does."""
+    create_account(world.billsync, "acme")
+
+    def volume(gb_hours: str) -> None:
+        at = datetime(2026, 11, 28, tzinfo=UTC)  # November's, within the usage horizon in January
+        report = world.billsync.ingest.ingest([event("acme", "volume.gb_hours", gb_hours, at=at)])
+        assert report.accepted == 1, report
+
+    def late_lines() -> list[Any]:
+        with database.read() as connection:
+            found = sync_repository.lines_of(
+                connection, "acme", [date(2026, 12, 1), date(2027, 1, 1)]
+            )
+        return sorted((line for line in found if line.late_from == NOVEMBER),
+                      key=lambda line: line.period_start)  # fmt: skip
+
+    clock.set(datetime(2026, 11, 28, 12, 0, tzinfo=UTC))
+    volume("2000")
+    clock.set(datetime(2026, 12, 1, 2, 0, tzinfo=UTC))  # November closed
+    world.lifecycle.advance()
+    volume("190")
+    clock.set(datetime(2027, 1, 1, 2, 0, tzinfo=UTC))  # December closed too
+    world.lifecycle.advance()
+    volume("1000")
+    first, second = late_lines()
+    assert (first.period_start, first.amount) == (date(2026, 12, 1), 0)
+    assert (second.period_start, second.amount) == (date(2027, 1, 1), 21)  # 1000 × 0.000205…
+
+    verifier = Verifier(database, None, catalog=world.billsync.catalog)
+    assert verifier.verify().ok, verifier.verify().to_json()
+    with database.transaction() as connection:  # what counting the own line only gave
+        connection.execute(update(lines).where(lines.c.id == second.id).values(amount=17))
+    broken = verifier.verify()
+    assert kinds(broken) == {"line_amount_differs": 1}
+    assert "amounts to 0.17; 1000 rates to 0.21 after 2190 already billed" in (
+        broken.violations[0].detail
+    )
+
+
 def test_lines_waiting_for_a_sync_are_pending_and_accepted_drift_is_not_a_violation(
     world: World, database: Database, clock: ManualClock
 ) -> None:
@@ -269,8 +316,52 @@ def test_lines_waiting_for_a_sync_are_pending_and_accepted_drift_is_not_a_violat
     (drift,) = reconciler.reconcile(repair=False).items
     reconciler.accept_stripe(drift.problem_id or 0)
     accepted = world.verify()
-    assert [v.kind for v in accepted.accepted] == ["extra_in_stripe"]
-    assert kinds(accepted) == {"total_differs": 1}  # the total still differs from the ledger
+    # The accepted line explains the whole difference of the total: nothing is left red.
+    assert sorted(v.kind for v in accepted.accepted) == ["extra_in_stripe", "total_differs"]
+    assert accepted.ok, accepted.to_json()
+
+
+def test_an_accepted_amount_is_what_the_customer_sees_stripe_charges_and_verify_explains(
+    world: World, database: Database, clock: ManualClock
+) -> None:
+    """Support accepts Stripe's amount for an edited line: the customer's bill shows that
+    amount (the invoice's, to the cent), verify counts the difference as explained, the line
+    is in step (no sync wasted on it, the account not behind) — until the ledger line changes,
+    when the ledger's amount is pushed again."""
+    invoice = world.synced("acme", ("iad", "cdg"))
+    first, second = world.stripe_lines(invoice)
+    world.stripe("POST", f"/v1/invoices/{invoice}/update_lines",
+                 {"lines[0][id]": first["id"], "lines[0][amount]": "7"})  # fmt: skip
+    reconciler = Reconciler(database, world.gateway, world.sync, clock)
+    (drift,) = reconciler.reconcile(repair=False).items
+    assert drift.kind == "amount_differs"
+    reconciler.accept_stripe(drift.problem_id or 0)
+
+    report = world.verify()
+    assert report.ok, report.to_json()
+    assert sorted(v.kind for v in report.accepted) == ["amount_differs", "total_differs"]
+    stripe_total = world.stripe("GET", f"/v1/invoices/{invoice}")["total"]
+    with database.read() as connection:
+        account = world.billsync.accounts.get(connection, "acme")
+        bill = world.billsync.billing.bill(connection, account)
+        behind = sync_repository.sync_row(connection, "acme")
+    assert bill.total == stripe_total
+    states = {item.line.key: (item.state.value, item.charged) for item in bill.lines}
+    assert sorted(states.values()) == sorted([("accepted", 7), ("in_stripe", second["amount"])])
+    assert behind is not None
+    assert not behind["behind"]
+    world.emulator.control("DELETE", "stats")
+    assert world.sync.sync_account("acme").ok
+    assert world.emulator.control("GET", "stats")["total"] == 0  # nothing to push
+
+    world.egress("acme", "iad", "1")
+    world.egress("acme", "cdg", "1")
+    assert world.sync.sync_account("acme").ok
+    with database.read() as connection:
+        bill = world.billsync.billing.bill(connection, account)
+    assert {item.state.value for item in bill.lines} == {"in_stripe"}
+    assert bill.total == world.stripe("GET", f"/v1/invoices/{invoice}")["total"]
+    assert world.verify().ok
 
 
 def test_the_cli_prints_a_readable_report_and_exits_1_on_a_violation(

@@ -11,6 +11,7 @@ from billsync.catalog_file import load_catalog
 from billsync.clock import Clock, FileClock, SystemClock
 from billsync.config import Settings
 from billsync.core.catalog import Catalog
+from billsync.core.installation import key_mode
 from billsync.core.policy import Policy, SyncPolicy
 from billsync.db.database import Database
 from billsync.services.accounts import AccountService
@@ -28,11 +29,11 @@ from billsync.services.sync import SyncService
 from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
 from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget
-from billsync.sync.guarded import guarded
+from billsync.sync.guard import StripeGuard, guarded
 from billsync.sync.leases import Leases
 from billsync.sync.port import StripePort
-from billsync.sync.scheduler import Scheduler, StripeGuard
 from billsync.sync.shared_budget import SharedBudget, SharedEndpoints
+from billsync.workers.scheduler import Scheduler
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Syncing:
     sweep: Sweep
     reconciler: Reconciler | None = None
 
-    def on_lane(self, lane: int) -> StripePort:
+    def on_lane(self, lane: Lane) -> StripePort:
         """The gateway, spending the process's budget on ``lane`` (for calls outside syncs)."""
         return guarded(self.gateway, self.guard, lane)
 
@@ -108,6 +109,7 @@ def build_syncing(
         database, gateway, catalog, clock, guard=guard,
         delete_zero_total=settings.zero_total_periods == "delete",
         changes=changes, leases=leases, lease_wait=settings.on_demand_wait_seconds,
+        namespace=settings.stripe_namespace, stripe_mode=key_mode(settings.stripe_api_key or ""),
     )  # fmt: skip
     lifecycle = LifecycleService(
         database,

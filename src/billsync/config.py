@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from billsync.core.installation import check_namespace
 from billsync.core.periods import validate_anchor_day
 
 # Set by `billsync serve` when its single process should also run the scheduler and workers.
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str | None = Field(
         default=None, description="Stripe's API address; the emulator's URL in tests and the demo."
+    )
+    stripe_namespace: str | None = Field(
+        default=None,
+        description="This installation's name in its Stripe keys and objects' metadata "
+        "(several installations on one Stripe account never touch each other's objects); "
+        "unset: the one generated when the database was created.",
     )
     stripe_timeout_seconds: float = Field(default=10.0, gt=0)
     stripe_max_retries: int = Field(default=2, ge=0, le=10)
@@ -152,6 +159,11 @@ class Settings(BaseSettings):
     @classmethod
     def _anchor(cls, value: int) -> int:
         return validate_anchor_day(value)
+
+    @field_validator("stripe_namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        return None if value is None else check_namespace(value)
 
     @field_validator("sqlite_synchronous")
     @classmethod

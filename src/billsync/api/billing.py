@@ -15,9 +15,10 @@ from billsync.api.responses import JSONBody
 from billsync.api.schemas import ErrorRead
 from billsync.bootstrap import Billsync
 from billsync.core import customer_tokens
-from billsync.core.money import decimal_text
+from billsync.core.line_state import LineState
+from billsync.core.money import decimal_text, format_minor
 from billsync.errors import BillsyncError, InvalidRequest
-from billsync.services.billing_view import Bill
+from billsync.services.billing_view import Bill, BillLine
 from billsync.sync.budget import Lane
 from billsync.sync.port import StripeRejected
 
@@ -71,13 +72,10 @@ def bill_body(bill: Bill) -> dict[str, Any]:
                 "amount": item.line.amount,
                 "late_from": item.line.late_from,
                 "sync": {
-                    "state": "in_stripe" if item.in_stripe else "pending",
-                    "label": (
-                        f"in Stripe as of {bill.synced_at:%Y-%m-%d %H:%M} UTC"
-                        if item.in_stripe and bill.synced_at
-                        else "pending, not yet on the invoice"
-                    ),
+                    "state": item.state.value,  # in_stripe, accepted or pending
+                    "label": _sync_label(item, bill, currency),
                     "pending_amount": item.pending_amount,
+                    "charged_amount": item.charged,
                 },
             }
             for item in bill.lines
@@ -103,6 +101,15 @@ def bill_body(bill: Bill) -> dict[str, Any]:
             for invoice in bill.invoices
         ],
     }
+
+
+def _sync_label(item: BillLine, bill: Bill, currency: str) -> str:
+    if not item.in_stripe:
+        return "pending, not yet on the invoice"
+    label = "in Stripe" + (f" as of {bill.synced_at:%Y-%m-%d %H:%M} UTC" if bill.synced_at else "")
+    if item.state is LineState.ACCEPTED:
+        label += f", at {format_minor(item.charged, currency)} as corrected by support"
+    return label
 
 
 def load_bill(billsync: Billsync, account_id: str, *, daily: bool = False) -> Bill:

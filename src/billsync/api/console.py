@@ -34,6 +34,7 @@ from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks as webhook_repository
 from billsync.services.console_auth import Signed, SignInRefused, Throttled
 from billsync.services.console_views import account_view, search
+from billsync.sync.budget import Lane
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 TEMPLATES = Environment(
@@ -494,7 +495,7 @@ def _perform(
     start = date.fromisoformat(period) if period and action != "sync" else None
     detail: dict[str, Any] = {}
     if action == "sync":
-        outcome = syncing.service.sync_account(account_id, lane=0)
+        outcome = syncing.service.sync_account(account_id, lane=Lane.ON_DEMAND)
         detail = {"calls": outcome.calls, "error": outcome.error}
     else:
         if start is None:

@@ -8,10 +8,27 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from billsync.cli.common import console, load_settings
+from billsync.config import Settings
+from billsync.db.database import Database
+from billsync.repositories import installation as installation_repository
+from billsync.repositories.installation import InstallationRow
 from billsync.services.doctor import diagnose
 from billsync.stripe_gateway import StripeGateway
+
+
+def _installation(settings: Settings) -> InstallationRow | None:
+    """The database's installation row, if the database is there and migrated."""
+    database = Database(settings.resolved_database_url())
+    try:
+        with database.read() as connection:
+            return installation_repository.get(connection)
+    except SQLAlchemyError:
+        return None  # no database yet: the Stripe checks still run
+    finally:
+        database.dispose()
 
 
 def doctor_command(
@@ -29,7 +46,7 @@ def doctor_command(
             timeout=settings.stripe_timeout_seconds,
             max_network_retries=settings.stripe_max_retries,
         )
-    checks = diagnose(settings, gateway)
+    checks = diagnose(settings, gateway, _installation(settings))
     if as_json:
         print(json.dumps([check.as_json() for check in checks], indent=2))
     else:

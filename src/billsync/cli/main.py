@@ -371,7 +371,12 @@ def emulator(
         config.rate_limit_endpoint = endpoint_rate_limit
     server = create_emulator(config, set(api_key) if api_key else None)
     console.print(f"[bold]Stripe emulator[/] on http://{host}:{port}  (API version {API_VERSION})")
-    uvicorn.run(server, host=host, port=port, log_level="warning", loop="uvloop", http="httptools")
+    # A stop waits for requests in flight (an injected latency included) at most 5 s: a peer
+    # that keeps connections open must not keep the emulator from stopping.
+    uvicorn.run(
+        server, host=host, port=port, log_level="warning", loop="uvloop", http="httptools",
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
 
 
 @app.command("demo")

@@ -87,6 +87,8 @@ def verify_command(
             billsync.database,
             None if syncing is None else syncing.gateway,
             None if syncing is None else syncing.service.guard,
+            namespace=None if syncing is None else syncing.service.namespace,
+            catalog=billsync.catalog,
         )
         report = verifier.verify(account)
     finally:

@@ -88,3 +88,17 @@ def due(policy: SyncPolicy, view: AccountSyncView, now: datetime) -> bool:
     if policy.policy is Policy.THRESHOLD:
         return view.unsynced_amount >= policy.threshold
     return False
+
+
+RETRY_FIRST = timedelta(seconds=5)
+RETRY_MOST = timedelta(minutes=15)
+
+
+def retry_delay(failures: int) -> timedelta:
+    """How long an account waits after its ``failures``-th failed sync in a row before a
+    background or closing sync tries it again: 5 s, doubling, at most 15 minutes. A person's
+    on-demand sync does not wait."""
+    if failures <= 0:
+        return timedelta(0)
+    delay: timedelta = RETRY_FIRST * 2 ** min(failures - 1, 20)
+    return min(RETRY_MOST, delay)

@@ -33,3 +33,17 @@ def exact_amount(quantity: Decimal, price: Price) -> Decimal:
 def line_amount(quantity: Decimal, price: Price, currency: str) -> int:
     """The line's amount in minor units: exact rating, then the one rounding."""
     return to_minor_units(exact_amount(quantity, price), currency)
+
+
+def late_line_amount(quantity: Decimal, billed_before: Decimal, price: Price, currency: str) -> int:
+    """A line's amount when ``billed_before`` units of its metric (same grouping) were already
+    billed for the same period — its own line, and the late lines of that period on earlier
+    invoices: exact(before + quantity) − exact(before), rounded once. Late usage is charged at
+    the marginal rates of its original period, so graduated tiers are never granted twice,
+    however many invoices the late usage is spread over. With nothing billed before, this is
+    :func:`line_amount`."""
+    if billed_before == 0:
+        return line_amount(quantity, price, currency)
+    with localcontext(EXACT):
+        exact = exact_amount(billed_before + quantity, price) - exact_amount(billed_before, price)
+    return to_minor_units(exact, currency)

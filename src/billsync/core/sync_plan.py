@@ -228,20 +228,30 @@ def apply(state: PeriodState, operations: Sequence[Operation]) -> PeriodState:
     )
 
 
-def idempotency_key(kind: str, scope: str, lines: Iterable[tuple[int, int]] = ()) -> str:
+def _prefix(namespace: str) -> str:
+    """``billsync:`` then the installation's namespace (core.installation), if it has one."""
+    return f"billsync:{namespace}:" if namespace else "billsync:"
+
+
+def idempotency_key(
+    kind: str, scope: str, lines: Iterable[tuple[int, int]] = (), *, namespace: str = ""
+) -> str:
     """Deterministic key from billsync's own ids: the same operation on the same line versions
     always carries the same key, so a retry (or a re-run after a crash) is replayed by Stripe
-    instead of applied twice. ``lines`` are (line id, version) pairs."""
+    instead of applied twice. ``lines`` are (line id, version) pairs. The installation's
+    ``namespace`` keeps two installations on one Stripe account from sharing keys."""
     pairs = sorted(lines)
     if not pairs:
-        return f"billsync:{kind}:{scope}"
+        return f"{_prefix(namespace)}{kind}:{scope}"
     digest = hashlib.sha256(",".join(f"{i}:{v}" for i, v in pairs).encode()).hexdigest()[:24]
-    return f"billsync:{kind}:{scope}:{digest}"
+    return f"{_prefix(namespace)}{kind}:{scope}:{digest}"
 
 
-def idempotency_key_for_ids(kind: str, scope: str, ids: Iterable[str]) -> str:
+def idempotency_key_for_ids(
+    kind: str, scope: str, ids: Iterable[str], *, namespace: str = ""
+) -> str:
     """The key of an operation on a set of Stripe objects (lines to remove): the ids hashed,
     so that it stays within Stripe's 255 characters however many there are, and two different
     sets never share a key (cutting a long list would make them collide)."""
     digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
-    return f"billsync:{kind}:{scope}:{digest}"
+    return f"{_prefix(namespace)}{kind}:{scope}:{digest}"

@@ -251,6 +251,10 @@ class AccountSync(Base):
     # cleared by a sync that leaves nothing behind. The scheduler's due queue is the partial
     # index below: the accounts behind, least recently synced first.
     behind: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # After a failed sync, not before this (core.policy.retry_delay): an account that keeps
+    # failing is retried less and less often instead of at every tick, so that a few poison
+    # accounts cannot spend the budget everyone shares. None: due as its policy says.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index(
@@ -273,6 +277,18 @@ class RateBudget(Base):
     full_at: Mapped[float] = mapped_column(Float)
     penalized_until: Mapped[float] = mapped_column(Float)
     granted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class Installation(Base):
+    """The one row that says which installation this database is (core.installation): the
+    namespace in its Stripe keys and metadata, and the Stripe mode its ledger was synced in."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(32))
+    stripe_mode: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class JobLease(Base):

@@ -13,6 +13,7 @@ from billsync.db.models import (
     BillingPeriod,
     ConsoleSession,
     Cursor,
+    Installation,
     InvoiceMirror,
     JobLease,
     Line,
@@ -41,3 +42,4 @@ console_sessions = cast(Table, ConsoleSession.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
 rate_budgets = cast(Table, RateBudget.__table__)
 job_leases = cast(Table, JobLease.__table__)
+installation = cast(Table, Installation.__table__)

@@ -65,12 +65,13 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 def create_customer(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     settings = params.get("invoice_settings", {})
+    # business_name and individual_name are absent until set: Stripe's description types them
+    # as strings, never null.
     customer = {
         "id": new_id("cus"),
         "object": "customer",
         "address": None,
         "balance": params.get("balance", 0),
-        "business_name": None,
         "created": state.clock.now(),
         "currency": None,
         "customer_account": None,
@@ -79,7 +80,6 @@ def create_customer(state: State, ctx: Context, params: dict[str, Any]) -> dict[
         "description": params.get("description"),
         "discount": None,
         "email": params.get("email"),
-        "individual_name": None,
         "invoice_prefix": params.get("invoice_prefix") or secrets.token_hex(4).upper(),
         "invoice_settings": {
             "custom_fields": None,

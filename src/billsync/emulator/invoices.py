@@ -90,7 +90,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
         "from_invoice": None,
         "hosted_invoice_url": None,
         "invoice_pdf": None,
-        "issuer": {"account": None, "type": "self"},
+        "issuer": {"type": "self"},  # issuer.account only when type is "account"
         "last_finalization_error": None,
         "latest_revision": None,
         "livemode": ctx.livemode,
@@ -121,8 +121,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
             "paid_at": None,
             "voided_at": None,
         },
-        "test_clock": None,
-        "threshold_reason": None,
+        "test_clock": None,  # threshold_reason: only on threshold invoices, never null
         "total_discount_amounts": [],
         "total_pretax_credit_amounts": [],
         "total_taxes": [],

@@ -179,7 +179,8 @@ def _endpoint(state: State, ctx: Context, endpoint_id: str) -> dict[str, Any]:
 
 
 def _without_secret(endpoint: dict[str, Any]) -> dict[str, Any]:
-    return {**public(endpoint), "secret": None}
+    """Stripe returns an endpoint's signing secret only when creating it."""
+    return {key: value for key, value in public(endpoint).items() if key != "secret"}
 
 
 def retrieve_webhook_endpoint(state: State, ctx: Context, endpoint_id: str) -> dict[str, Any]:

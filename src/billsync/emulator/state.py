@@ -204,12 +204,11 @@ class State:
             and ("*" in endpoint["enabled_events"] or event_type in endpoint["enabled_events"])
         ]
         event_id = new_id("evt")
+        # No "account" or "context": Stripe sets them (never to null) only on Connect events.
         event: dict[str, Any] = {
             "id": event_id,
             "object": "event",
-            "account": None,
             "api_version": API_VERSION,
-            "context": None,
             "created": self.clock.now(),
             "data": data,
             "livemode": livemode,

@@ -80,6 +80,13 @@ SYNC_CALLS = Counter(
     "sync (one update_lines when only amounts changed).",
     ["lane"],
 )
+SYNC_DURATION = Histogram(
+    "billsync_sync_seconds",
+    "How long one account's sync took in a worker, by lane: waits for the budget and for Stripe "
+    "included (with the rate and the number of workers, what bounds a backlog's pace).",
+    ["lane"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 
 # How many callers' batches the current ingest transaction stores: the group committer stores
 # the batches of several requests in one transaction, and each of them is still one batch.
@@ -117,9 +124,10 @@ def observe_tick(seconds: float) -> None:
     SCHEDULER_TICK.observe(seconds)
 
 
-def observe_sync(lane: str, result: str, calls: int) -> None:
+def observe_sync(lane: str, result: str, calls: int, seconds: float) -> None:
     """One sync run by a worker: ``result`` is synced, failed or skipped."""
     SYNCS.labels(lane, result).inc()
+    SYNC_DURATION.labels(lane).observe(seconds)
     if calls:
         SYNC_CALLS.labels(lane).inc(calls)
 

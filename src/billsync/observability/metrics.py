@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from billsync.clock import Clock
 from billsync.db.database import Database
 from billsync.repositories import observability as repository
+from billsync.sync.shared_budget import SharedEndpoints
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -193,6 +194,8 @@ class SchedulerCollector:
         if shared is None:
             return []
         snapshot = shared.snapshot()  # one read of the shared row
+        endpoints = syncing.guard.shared_endpoint
+        endpoints_late = endpoints.late() if isinstance(endpoints, SharedEndpoints) else 0
         return [
             _gauge("billsync_stripe_shared_budget_ahead_seconds", "How far ahead of now the "
                    "shared budget's reservations run (every process together).",
@@ -203,6 +206,10 @@ class SchedulerCollector:
             CounterMetricFamily("billsync_stripe_shared_budget_deferred", "Times this process "
                                 "waited before reserving (background lanes keep the queue "
                                 "short).", value=snapshot["deferred_here"]),
+            CounterMetricFamily("billsync_stripe_shared_budget_late", "Call slots this process "
+                                "gave up because its thread woke too late for them (a pause), "
+                                "the global budget's and the endpoints'.",
+                                value=snapshot["late_here"] + endpoints_late),
         ]  # fmt: skip
 
     @staticmethod

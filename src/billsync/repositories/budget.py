@@ -21,6 +21,15 @@ def _now(connection: Connection, now: float | None) -> ColumnElement[float]:
     return func.extract("epoch", func.statement_timestamp()).cast(Float)
 
 
+def _without_waiting_for_the_disk(connection: Connection) -> None:
+    """On PostgreSQL, this transaction's commit does not wait for its WAL to reach the disk
+    (https://www.postgresql.org/docs/current/wal-async-commit.html): a reservation lost in a
+    crash only leaves a call slot unused, and a budget shared at 100 calls/s would otherwise
+    wait for a disk flush per call, holding its one row locked meanwhile."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
 def ensure(connection: Connection, name: str) -> None:
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     connection.execute(
@@ -42,6 +51,7 @@ def reserve(
 
     Returns (True, seconds until the slot) when reserved — the caller waits that long, then
     calls — or (False, seconds until a slot would be within the horizon)."""
+    _without_waiting_for_the_disk(connection)
     current = _now(connection, now)
     full_at = rate_budgets.c.full_at
     row = connection.execute(
@@ -66,6 +76,7 @@ def penalize(
     connection: Connection, name: str, seconds: float, tolerance: float, now: float | None
 ) -> None:
     """No slot for anyone during ``seconds`` from now (Stripe answered 429)."""
+    _without_waiting_for_the_disk(connection)
     current = _now(connection, now)
     until = current + seconds
     connection.execute(

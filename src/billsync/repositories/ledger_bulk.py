@@ -25,12 +25,13 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from billsync.core.folding import LineRef
 from billsync.core.periods import PeriodStatus
 from billsync.core.usage import ValidEvent
+from billsync.db.tables import lines
 from billsync.repositories.ledger import EventRow, LineChange, LineState, NewLine
 
 # SQLite allows 32,766 bound variables per statement; stay well below.
@@ -410,3 +411,28 @@ def insert_events(connection: Connection, rows: Sequence[EventRow], received_at:
             values,
         )
     cursor.close()
+
+
+def quantity_elsewhere(connection: Connection, refs: Sequence[LineRef]) -> dict[LineRef, Decimal]:
+    """For each late line, the quantity its key (metric, grouping, original period) holds on
+    the account's *other* periods: the same period's late usage already billed on earlier
+    invoices. Few lines are late, so this is one small query, off the common path."""
+    if not refs:
+        return {}
+    pairs = sorted({(ref.account, ref.key) for ref in refs})
+    found: dict[tuple[str, str], list[tuple[date, Decimal]]] = {}
+    for chunk in _chunks(pairs, SQLITE_MAX_VARIABLES // 2):
+        rows = connection.execute(
+            select(
+                lines.c.account_id, lines.c.line_key, lines.c.period_start, lines.c.quantity
+            ).where(tuple_(lines.c.account_id, lines.c.line_key).in_(chunk))
+        )
+        for account, key, start, quantity in rows:
+            found.setdefault((account, key), []).append((start, Decimal(quantity)))
+    return {
+        ref: sum(
+            (q for start, q in found.get((ref.account, ref.key), []) if start != ref.period_start),
+            Decimal(0),
+        )
+        for ref in refs
+    }

@@ -127,6 +127,7 @@ def find(connection: Connection, fingerprint: str) -> ProblemRecord | None:
 # How a person's decision is written on a problem (shared by the engine and the reconciler).
 ACCEPTED = "accepted Stripe's version"
 REMOVED_IN_STRIPE = "removed_in_stripe"
+AMOUNT_DIFFERS = "amount_differs"
 
 
 def removed_line_fingerprint(account_id: str, start: date, line_id: int) -> str:
@@ -148,3 +149,22 @@ def lines_left_out(connection: Connection, account_id: str) -> set[int]:
         for row in rows
         if row.resolved_at is None or (row.resolution or "").startswith(ACCEPTED)
     }
+
+
+def accepted_amounts(connection: Connection, account_id: str) -> dict[int, tuple[int, int]]:
+    """Per line, the last amount difference a person accepted: (the ledger's amount then,
+    Stripe's amount). While the line still has that amount, Stripe charges its own
+    (``core.line_state``, ACCEPTED)."""
+    rows = connection.execute(
+        select(problems.c.line_id, problems.c.ledger_amount, problems.c.stripe_amount)
+        .where(
+            problems.c.account_id == account_id,
+            problems.c.kind == AMOUNT_DIFFERS,
+            problems.c.line_id.is_not(None),
+            problems.c.resolution.startswith(ACCEPTED),
+            problems.c.ledger_amount.is_not(None),
+            problems.c.stripe_amount.is_not(None),
+        )
+        .order_by(problems.c.resolved_at)
+    )
+    return {int(row.line_id): (int(row.ledger_amount), int(row.stripe_amount)) for row in rows}

@@ -9,9 +9,21 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from billsync.core.periods import PeriodStatus
+from billsync.core.policy import retry_delay
 from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
 from billsync.repositories.ledger import lock_accounts
 
@@ -254,7 +266,7 @@ def start_windows_in_step(
         .where(
             lines.c.account_id == billing_periods.c.account_id,
             lines.c.period_start == billing_periods.c.start,
-            lines.c.synced_version != lines.c.version,
+            pending_line(),
         )
         .exists()
     )
@@ -607,6 +619,8 @@ def record_attempt(
     calls: int,
     error: str | None,
 ) -> None:
+    """A sync ran: a success clears the failures; a failure counts one more and sets when the
+    account may be tried again (``retry_at``)."""
     _ensure_sync_row(connection, account_id, now)
     values: dict[str, Any] = {
         "last_attempt_at": now,
@@ -616,11 +630,22 @@ def record_attempt(
     if error is None:
         values.update(last_synced_at=now, consecutive_failures=0, last_error=None)
     else:
+        failures = (
+            1
+            + connection.execute(
+                select(account_sync.c.consecutive_failures).where(
+                    account_sync.c.account_id == account_id
+                )
+            ).scalar_one()
+        )
         values.update(
             last_error=error[:2000],
             last_error_at=now,
-            consecutive_failures=account_sync.c.consecutive_failures + 1,
+            consecutive_failures=failures,
+            retry_at=now + retry_delay(failures),
         )
+    if error is None:
+        values["retry_at"] = None
     connection.execute(
         update(account_sync).where(account_sync.c.account_id == account_id).values(**values)
     )
@@ -635,6 +660,16 @@ def sync_row(connection: Connection, account_id: str) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
+def pending_line() -> ColumnElement[bool]:
+    """A line Stripe does not hold as the ledger says: ``core.line_state.is_pending`` in SQL
+    (its version is not the one confirmed, or Stripe was seen holding another amount)."""
+    return or_(
+        lines.c.version != lines.c.synced_version,
+        lines.c.synced_amount.is_(None),
+        lines.c.amount != lines.c.synced_amount,
+    )
+
+
 def out_of_step(*columns: Any) -> Select[Any]:
     """``columns`` of the lines not in step with Stripe: their version or amount differs from
     what Stripe was last seen to hold, in a period billsync still keeps in step."""
@@ -644,7 +679,7 @@ def out_of_step(*columns: Any) -> Select[Any]:
         .join(billing_periods, LINE_PERIOD)
         .where(
             billing_periods.c.status.in_(SYNCED_STATUSES),
-            or_(lines.c.version != lines.c.synced_version, lines.c.amount != lines.c.synced_amount),
+            pending_line(),
         )
     )
 
@@ -689,8 +724,15 @@ def settle_behind(connection: Connection, account_id: str) -> bool:
     return still
 
 
+def not_waiting_to_retry(now: datetime | None) -> ColumnElement[bool]:
+    """Accounts not in their back-off after failed syncs (``account_sync.retry_at``)."""
+    if now is None:
+        return true()
+    return or_(account_sync.c.retry_at.is_(None), account_sync.c.retry_at <= now)
+
+
 def due_by_interval(
-    connection: Connection, window_start: datetime, limit: int
+    connection: Connection, window_start: datetime, limit: int, *, now: datetime | None = None
 ) -> list[tuple[str, datetime | None]]:
     """Accounts behind, on the platform's policy (no override of their own), not synced in
     this window: never synced first, then least recently synced, at most ``limit``. Two range
@@ -701,7 +743,12 @@ def due_by_interval(
         query = (
             select(account_sync.c.account_id, account_sync.c.last_synced_at)
             .join(accounts, accounts.c.id == account_sync.c.account_id)
-            .where(account_sync.c.behind.is_(True), accounts.c.sync_policy.is_(None), condition)
+            .where(
+                account_sync.c.behind.is_(True),
+                accounts.c.sync_policy.is_(None),
+                condition,
+                not_waiting_to_retry(now),
+            )
             .order_by(*order)
             .limit(room)
         )
@@ -716,10 +763,23 @@ def due_by_interval(
     )
 
 
-def due_for_closing(connection: Connection, limit: int) -> list[str]:
+def due_for_closing(
+    connection: Connection, limit: int, *, now: datetime | None = None
+) -> list[str]:
     """Accounts with a period to complete (in review, its draft not complete yet) or to
     finalize (requested): the closing lane's work, oldest period first, at most ``limit`` —
-    one range of ``ix_billing_periods_closing_work``, however many periods are in review."""
+    one range of ``ix_billing_periods_closing_work``, however many periods are in review. An
+    account waiting to retry after failed syncs is left out until ``retry_at``."""
+    waiting = (
+        true()
+        if now is None
+        else ~select(account_sync.c.account_id)
+        .where(
+            account_sync.c.account_id == billing_periods.c.account_id,
+            account_sync.c.retry_at > now,
+        )
+        .exists()
+    )
     query = (
         select(billing_periods.c.account_id)
         .where(
@@ -728,6 +788,7 @@ def due_for_closing(connection: Connection, limit: int) -> list[str]:
                 billing_periods.c.review_ends_at.is_(None),
                 billing_periods.c.finalize_requested_at.is_not(None),
             ),
+            waiting,
         )
         .order_by(billing_periods.c.end, billing_periods.c.account_id)
         .limit(limit)
@@ -737,7 +798,11 @@ def due_for_closing(connection: Connection, limit: int) -> list[str]:
 
 
 def behind_accounts(
-    connection: Connection, *, with_override: bool, limit: int | None = None
+    connection: Connection,
+    *,
+    with_override: bool,
+    limit: int | None = None,
+    now: datetime | None = None,
 ) -> list[tuple[str, dict[str, Any] | None, datetime | None]]:
     """Accounts behind, with their policy override and when they were last synced: those with
     an override of their own (few), or those on the platform's policy."""
@@ -749,6 +814,7 @@ def behind_accounts(
             accounts.c.sync_policy.is_not(None)
             if with_override
             else accounts.c.sync_policy.is_(None),
+            not_waiting_to_retry(now),
         )
         .order_by(account_sync.c.last_synced_at.asc().nulls_first(), accounts.c.id)
     )
@@ -790,14 +856,26 @@ def accounts_needing_sync(connection: Connection) -> list[str]:
 
 
 def unsynced_amount(connection: Connection, account_id: str) -> int:
-    """Σ |amount − synced amount| over the account's lines: how far Stripe is behind."""
+    """Σ |amount − synced amount| over the account's pending lines: how far Stripe is behind
+    (``core.line_state.behind``)."""
     behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
     total = connection.execute(
         select(func.coalesce(func.sum(behind), 0))
         .join(billing_periods, LINE_PERIOD)
-        .where(lines.c.account_id == account_id, billing_periods.c.status.in_(SYNCED_STATUSES))
+        .where(
+            lines.c.account_id == account_id,
+            billing_periods.c.status.in_(SYNCED_STATUSES),
+            pending_line(),
+        )
     ).scalar_one()
     return int(total)
+
+
+def account_of_customer(connection: Connection, customer_id: str) -> str | None:
+    """The account whose Stripe customer this is (``stripe_customer_id`` is unique: indexed)."""
+    return connection.execute(
+        select(accounts.c.id).where(accounts.c.stripe_customer_id == customer_id)
+    ).scalar_one_or_none()
 
 
 def all_account_ids(connection: Connection) -> list[str]:
@@ -858,9 +936,7 @@ def health(connection: Connection, now: datetime) -> dict[str, Any]:
     behind = connection.execute(
         select(func.min(lines.c.updated_at), func.count())
         .join(billing_periods, LINE_PERIOD)
-        .where(
-            billing_periods.c.status.in_(SYNCED_STATUSES), lines.c.version != lines.c.synced_version
-        )
+        .where(billing_periods.c.status.in_(SYNCED_STATUSES), pending_line())
     ).first()
     failing = (
         connection.execute(

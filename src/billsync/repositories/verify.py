@@ -32,6 +32,7 @@ class LedgerLine:
     period_start: date
     key: str
     metric: str
+    grouping: dict[str, str]
     late_from: date | None
     currency: str
     quantity: Decimal
@@ -87,6 +88,7 @@ def ledger_lines(connection: Connection, account_id: str | None) -> dict[int, Le
         lines.c.period_start,
         lines.c.line_key.label("key"),
         lines.c.metric,
+        lines.c.grouping,
         lines.c.late_from,
         lines.c.currency,
         lines.c.quantity,

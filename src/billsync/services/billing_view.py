@@ -14,8 +14,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
+from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
 from billsync.core.periods import Period
 from billsync.repositories import ledger, webhooks
+from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord
 from billsync.services.lines import LineService, LineView
@@ -24,8 +26,14 @@ from billsync.services.lines import LineService, LineView
 @dataclass(frozen=True, slots=True)
 class BillLine:
     line: LineView
-    in_stripe: bool  # the invoice shows this line at this amount
+    state: LineState  # core.line_state: in Stripe, pending, or Stripe's amount accepted
+    charged: int  # what Stripe charges for the line (its own amount, when support accepted it)
     pending_amount: int  # what the invoice does not show yet
+
+    @property
+    def in_stripe(self) -> bool:
+        """The invoice shows this line, at :attr:`charged`."""
+        return self.state in (LineState.IN_STRIPE, LineState.ACCEPTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +81,20 @@ class BillingView:
             line.key: line
             for line in sync_repository.lines_of(connection, account.id, [view.period.start])
         }
+        accepted = problem_repository.accepted_amounts(connection, account.id)
         bill_lines = []
         for line in view.lines:
-            state = synced.get(line.key)
-            confirmed = state is not None and state.synced_version == line.version
-            synced_amount = (state.synced_amount or 0) if state is not None else 0
-            bill_lines.append(
-                BillLine(line, confirmed, 0 if confirmed else line.amount - synced_amount)
-            )
-        total = view.total
+            row = synced.get(line.key)
+            sync = line_sync(
+                line.amount, line.version,
+                0 if row is None else row.synced_version,
+                None if row is None else row.synced_amount,
+                accepted=None if row is None else accepted.get(row.id),
+            )  # fmt: skip
+            bill_lines.append(BillLine(line, line_state(sync), charged(sync), behind(sync)))
+        # What Stripe charges: the ledger's amounts, with the ones support accepted as Stripe
+        # has them — the bill and the invoice agree to the cent.
+        total = sum(item.charged for item in bill_lines)
         invoices = [
             PastInvoice(
                 invoice_id=row["stripe_invoice_id"], number=row["number"],

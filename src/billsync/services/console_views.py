@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from billsync.core.event_storage import events_retained
+from billsync.core.line_state import LineState, charged, line_state, line_sync
 from billsync.core.periods import PeriodStatus
 from billsync.repositories import console, problems, webhooks
 from billsync.repositories import sync as sync_repository
@@ -57,6 +58,14 @@ class AccountView:
     events: list[dict[str, Any]]
 
 
+STATE_LABELS = {
+    LineState.IN_STRIPE: "in step",
+    LineState.PENDING: "pending",
+    LineState.ACCEPTED: "accepted",  # Stripe's amount, as support accepted it
+    LineState.DRIFT: "drift",
+}
+
+
 def account_view(connection: Connection, account_id: str) -> AccountView | None:
     account = get_account(connection, account_id)
     if account is None:
@@ -70,19 +79,20 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
     mirrors = webhooks.mirrors_of(connection, account_id)
     retained_before = retention_mark(connection).retained_before
     views = []
+    accepted = problems.accepted_amounts(connection, account_id)
     for period in recent:
         lines = sync_repository.lines_of(connection, account_id, [period.start])
         rows = []
+        in_stripe = 0  # what Stripe's draft holds, as far as billsync knows
         for line in lines:
             problem = by_line.get(line.id)
-            state = (
-                "drift"
-                if problem is not None
-                else "in step"
-                if line.synced_version == line.version
-                else "pending"
-            )
-            rows.append(LineRow(line, state, problem))
+            sync = line_sync(
+                line.amount, line.version, line.synced_version, line.synced_amount,
+                accepted=accepted.get(line.id), drift=problem is not None,
+            )  # fmt: skip
+            state = line_state(sync)
+            rows.append(LineRow(line, STATE_LABELS[state], problem))
+            in_stripe += charged(sync) if state is LineState.ACCEPTED else line.synced_amount or 0
         mirror = next(
             (m for m in mirrors if m["stripe_invoice_id"] == period.stripe_invoice_id), None
         )
@@ -91,7 +101,7 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
                 period,
                 rows,
                 sum(line.amount for line in lines),
-                sum(line.synced_amount or 0 for line in lines),
+                in_stripe,
                 mirror,
                 events_retained(period.status, period.finalized_at, retained_before),
             )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from billsync.config import Settings
+from billsync.core.installation import Mode, key_mode, mode_conflict
+from billsync.repositories.installation import InstallationRow
 from billsync.stripe_gateway import STRIPE_API_VERSION
 from billsync.sync.port import StripeFailure
 
@@ -50,15 +52,11 @@ class Check:
         return {"check": self.name, "ok": self.ok, "found": self.found, "fix": self.fix}
 
 
-def mode_of(key: str) -> str | None:
-    for prefix, mode in (("sk_live_", "live"), ("rk_live_", "live"), ("sk_test_", "test"),
-                         ("rk_test_", "test")):  # fmt: skip
-        if key.startswith(prefix):
-            return mode
-    return None
-
-
-def diagnose(settings: Settings, stripe: StripeSetup | None) -> list[Check]:
+def diagnose(
+    settings: Settings, stripe: StripeSetup | None, installation: InstallationRow | None = None
+) -> list[Check]:
+    """The checks, in order; ``installation``: the database's row, when it could be read (the
+    namespace this installation writes under, and the mode its ledger is tied to)."""
     key = settings.stripe_api_key
     if not key or stripe is None:
         return [
@@ -67,7 +65,7 @@ def diagnose(settings: Settings, stripe: StripeSetup | None) -> list[Check]:
                 "set BILLSYNC_STRIPE_API_KEY to a secret (sk_…) or restricted (rk_…) key",
             )
         ]  # fmt: skip
-    mode = mode_of(key)
+    mode = key_mode(key)
     where = f" at {settings.stripe_api_base}" if settings.stripe_api_base else ""
     checks = [
         Check(
@@ -75,6 +73,8 @@ def diagnose(settings: Settings, stripe: StripeSetup | None) -> list[Check]:
             None if mode else "use a key starting sk_live_, sk_test_, rk_live_ or rk_test_",
         )
     ]  # fmt: skip
+    if installation is not None:
+        checks.append(_installation(settings, installation, mode))
     try:
         stripe.ping()
     except StripeFailure as failure:
@@ -96,6 +96,19 @@ def diagnose(settings: Settings, stripe: StripeSetup | None) -> list[Check]:
     )  # fmt: skip
     checks.append(_limits(settings, mode or "test"))
     return checks
+
+
+def _installation(settings: Settings, installation: InstallationRow, mode: Mode | None) -> Check:
+    namespace = settings.stripe_namespace or installation.namespace
+    named = (
+        f"namespace {namespace!r}" if namespace else "no namespace (a database from before them)"
+    )
+    conflict = mode_conflict(installation.stripe_mode, mode)
+    tied = f"; ledger synced in {installation.stripe_mode} mode" if installation.stripe_mode else ""
+    return Check(
+        "installation", conflict is None, conflict or f"{named}{tied}",
+        None if conflict is None else "billsync refuses to sync until the key's mode matches",
+    )  # fmt: skip
 
 
 def _portal(stripe: StripeSetup, mode: str) -> Check:

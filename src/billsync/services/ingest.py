@@ -20,11 +20,11 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from billsync.clock import Clock
-from billsync.core.catalog import Catalog, Price
+from billsync.core.catalog import Catalog
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
-from billsync.core.money import EXACT, to_minor_units
+from billsync.core.money import EXACT
 from billsync.core.periods import Period, late_usage_target, period_for_date
-from billsync.core.rating import exact_amount
+from billsync.core.rating import late_line_amount
 from billsync.core.usage import (
     Rejection,
     RejectionCode,
@@ -327,6 +327,8 @@ class IngestService:
             if delta.late_from is not None
         }
         states = ledger_bulk.line_states(connection, [*deltas, *base_refs.values()])
+        # Late usage of the same period already on other invoices counts as billed before.
+        earlier_late = ledger_bulk.quantity_elsewhere(connection, list(base_refs))
         new_lines: list[ledger.NewLine] = []
         changes: list[ledger.LineChange] = []
         line_ids: dict[LineRef, int] = {}
@@ -339,7 +341,8 @@ class IngestService:
                 base_ref = base_refs.get(ref)
                 base_state = None if base_ref is None else states.get(base_ref)
                 base = Decimal(0) if base_state is None else base_state.quantity
-                amount = _rate(quantity, base, price, currency)
+                base += earlier_late.get(ref, Decimal(0))
+                amount = late_line_amount(quantity, base, price, currency)
                 if state is None:
                     new_lines.append(
                         ledger.NewLine(
@@ -367,14 +370,3 @@ class IngestService:
         line_ids.update(ledger_bulk.insert_lines(connection, new_lines, now))
         ledger_bulk.update_lines(connection, changes, now)
         return line_ids
-
-
-def _rate(quantity: Decimal, base: Decimal, price: Price, currency: str) -> int:
-    """A line's amount. Late usage is charged at the marginal rates of its original period:
-    exact(base + late) − exact(base), where base is what that period already billed — so tiers
-    are not granted twice. Either way, rounded once."""
-    if base == 0:
-        return to_minor_units(exact_amount(quantity, price), currency)
-    return to_minor_units(
-        exact_amount(base + quantity, price) - exact_amount(base, price), currency
-    )

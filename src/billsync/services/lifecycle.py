@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from billsync.clock import Clock
+from billsync.core.line_state import is_pending
 from billsync.core.periods import PeriodStatus
 from billsync.db.database import Database
 from billsync.errors import Conflict, NotFound
@@ -148,8 +149,9 @@ class LifecycleService:
             return False
         if not lines:
             return True
-        return period.stripe_invoice_id is not None and all(
-            line.synced_version == line.version for line in lines
+        return period.stripe_invoice_id is not None and not any(
+            is_pending(line.version, line.synced_version, line.amount, line.synced_amount)
+            for line in lines
         )
 
     def _stop_usage(

@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
+from billsync.core.installation import NAMESPACE_KEY, is_ours
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
 from billsync.core.sync_plan import idempotency_key_for_ids
@@ -357,7 +358,10 @@ def _gone(failure: StripeFailure) -> bool:
     return isinstance(failure, StripeRejected) and (failure.missing)
 
 
-def _billsync_line_id(line: RemoteLine) -> int | None:
+def _billsync_line_id(line: RemoteLine, namespace: str) -> int | None:
+    """The ledger line a Stripe line is, if this installation put it there."""
+    if not is_ours(line.metadata, namespace):
+        return None
     value = line.metadata.get("billsync_line_id", "")
     return int(value) if value.isdigit() else None
 
@@ -371,7 +375,7 @@ class Reconciler:
         clock: Clock,
         *,
         finalized_lookback: timedelta = timedelta(days=62),
-        lane: int = Lane.INTERVAL,
+        lane: Lane = Lane.INTERVAL,
     ) -> None:
         self.database = database
         self.gateway = gateway
@@ -383,7 +387,7 @@ class Reconciler:
     # --- reconciling --------------------------------------------------------------------
 
     def reconcile(
-        self, account_id: str | None = None, *, repair: bool, lane: int | None = None
+        self, account_id: str | None = None, *, repair: bool, lane: Lane | None = None
     ) -> ReconcileReport:
         """Compare one account (or every account with invoices or open drift problems) with
         Stripe, record what differs, and with ``repair`` fix what is billsync's own."""
@@ -420,7 +424,7 @@ class Reconciler:
         return sorted(targets)
 
     def _reconcile_account(
-        self, account_id: str, *, repair: bool, lane: int, report: ReconcileReport
+        self, account_id: str, *, repair: bool, lane: Lane, report: ReconcileReport
     ) -> None:
         check = self._check(account_id, lane)
         items, accepted, closed = self._record(account_id, check)
@@ -455,12 +459,12 @@ class Reconciler:
 
     # --- comparing --------------------------------------------------------------------
 
-    def _call(self, lane: int, call: Callable[[], T]) -> T:
+    def _call(self, lane: Lane, call: Callable[[], T]) -> T:
         """A Stripe call through the process's rate budget and circuit breaker."""
         with self.sync.guard.call(lane, endpoint_of(call)):
             return call()
 
-    def _read(self, invoice_id: str, lane: int, *, with_lines: bool) -> RemoteInvoice | None:
+    def _read(self, invoice_id: str, lane: Lane, *, with_lines: bool) -> RemoteInvoice | None:
         """The invoice, or None when Stripe says it does not exist."""
         try:
             return self._call(
@@ -479,7 +483,7 @@ class Reconciler:
             return True
         return period.finalized_at >= self.clock.now() - self.finalized_lookback
 
-    def _check(self, account_id: str, lane: int) -> _Check:
+    def _check(self, account_id: str, lane: Lane) -> _Check:
         with self.database.read() as connection:
             account = repository.get_account(connection, account_id)
             periods = [
@@ -544,7 +548,7 @@ class Reconciler:
         return "-" if amount is None else format_minor(amount, check.currency)
 
     def _check_finalized(
-        self, period: PeriodRow, mine: list[SyncLine], lane: int, check: _Check
+        self, period: PeriodRow, mine: list[SyncLine], lane: Lane, check: _Check
     ) -> None:
         invoice_id = period.stripe_invoice_id
         assert invoice_id is not None
@@ -575,7 +579,7 @@ class Reconciler:
             )  # fmt: skip
 
     def _check_draft(
-        self, period: PeriodRow, mine: list[SyncLine], lane: int, check: _Check
+        self, period: PeriodRow, mine: list[SyncLine], lane: Lane, check: _Check
     ) -> None:
         invoice_id = period.stripe_invoice_id
         assert invoice_id is not None
@@ -618,11 +622,17 @@ class Reconciler:
         ledger_ids = {line.id for line in mine}
         copies: dict[int, list[RemoteLine]] = {}
         for remote_line in remote.lines:
-            line_id = _billsync_line_id(remote_line)
+            line_id = _billsync_line_id(remote_line, self.sync.namespace)
             if line_id is not None and line_id in ledger_ids:
                 copies.setdefault(line_id, []).append(remote_line)
                 continue
-            what = "no billsync metadata" if line_id is None else f"billsync line {line_id}"
+            namespace = remote_line.metadata.get(NAMESPACE_KEY, "")
+            what = (
+                f"billsync line {line_id}" if line_id is not None
+                else f"written by the billsync installation {namespace!r}"
+                if namespace != self.sync.namespace
+                else "no billsync metadata"
+            )  # fmt: skip
             self._item(
                 check, period, EXTRA,
                 f"{remote_line.line_item_id} ({remote_line.description or 'no description'}, "
@@ -752,7 +762,7 @@ class Reconciler:
 
     # --- repairing ----------------------------------------------------------------------
 
-    def _repush(self, account_id: str, lane: int) -> SyncOutcome:
+    def _repush(self, account_id: str, lane: Lane) -> SyncOutcome:
         """Sync the account with idempotency keys of its own (see :class:`_RepairKeys`)."""
         sync = self.sync
         service = SyncService(
@@ -762,9 +772,11 @@ class Reconciler:
         )  # fmt: skip
         return service.sync_account(account_id, lane=lane)
 
-    def _remove(self, invoice_id: str, line_item_ids: Sequence[str], lane: int) -> None:
+    def _remove(self, invoice_id: str, line_item_ids: Sequence[str], lane: Lane) -> None:
         """Take lines off a draft (billsync's extra copies, or a line a person wants gone)."""
-        key = idempotency_key_for_ids("reconcile-remove", invoice_id, line_item_ids)
+        key = idempotency_key_for_ids(
+            "reconcile-remove", invoice_id, line_item_ids, namespace=self.sync.namespace
+        )
         try:
             self._call(
                 lane,
@@ -774,7 +786,7 @@ class Reconciler:
             if not _gone(failure):
                 raise
 
-    def _repair(self, account_id: str, items: Sequence[DriftItem], lane: int) -> str | None:
+    def _repair(self, account_id: str, items: Sequence[DriftItem], lane: Lane) -> str | None:
         """Make Stripe show the ledger for billsync's own lines, under the account's lease (no
         worker syncs it meanwhile). Returns an error, if any."""
         leases = self.sync.leases
@@ -786,7 +798,7 @@ class Reconciler:
         except AccountBusy as busy:
             return f"not repaired now: {busy}; try again once that sync is done"
 
-    def _repair_held(self, account_id: str, items: Sequence[DriftItem], lane: int) -> str | None:
+    def _repair_held(self, account_id: str, items: Sequence[DriftItem], lane: Lane) -> str | None:
         try:
             copies: dict[str, list[str]] = {}
             for item in items:

@@ -12,18 +12,18 @@ again from what is really there: nothing is ever created twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import partial
 from time import time as unix_now
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog
+from billsync.core.installation import NAMESPACE_KEY, Mode, is_ours, mode_conflict
 from billsync.core.money import decimal_text
 from billsync.core.periods import PeriodStatus
 from billsync.core.sync_plan import (
@@ -46,11 +46,14 @@ from billsync.core.sync_plan import (
 )
 from billsync.db.database import Database
 from billsync.observability.context import sync_run
+from billsync.repositories import installation as installation_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
 from billsync.repositories.problems import NewProblem
 from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
 from billsync.services.changes import Changes
+from billsync.sync.budget import Lane
+from billsync.sync.guard import CallGuard, NoGuard
 from billsync.sync.leases import AccountBusy, LeaseLost, Leases
 from billsync.sync.port import (
     LineChange,
@@ -65,26 +68,7 @@ from billsync.sync.port import (
 
 log = logging.getLogger("billsync.sync")
 
-CLOSING_LANE = 1  # sync.budget.Lane.CLOSING: this lane and the more urgent ones wait for a lease
-
 T = TypeVar("T")
-
-
-class CallGuard(Protocol):
-    """Around every Stripe call: the shared rate budget and the circuit breaker.
-
-    ``with guard.call(lane):`` waits for the budget (or refuses while the breaker is open),
-    and when the block ends answers the breaker exactly once: Stripe's answer if the block
-    reached it (a ``StripeFailure`` or none), or, for any other way out (a lost lease, a
-    database error before the call went out), that the call never happened."""
-
-    def call(self, lane: int, endpoint: str | None = None) -> AbstractContextManager[None]: ...
-
-
-class NoGuard:
-    @contextmanager
-    def call(self, lane: int, endpoint: str | None = None) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -126,19 +110,28 @@ def _scope(account_id: str, start: date) -> str:
     return f"{account_id}:{start.isoformat()}"
 
 
-def _metadata(account_id: str, start: date, line_id: int, version: int) -> dict[str, str]:
-    """How a Stripe line says which ledger line (and version) it is: the key of recovery."""
-    return {
+def _metadata(
+    account_id: str, start: date, line_id: int, version: int, namespace: str
+) -> dict[str, str]:
+    """How a Stripe line says which ledger line (and version) it is, of which installation:
+    the key of recovery."""
+    found = {
         "billsync_line_id": str(line_id),
         "billsync_version": str(version),
         "billsync_account": account_id,
         "billsync_period": _scope(account_id, start),
     }
+    if namespace:
+        found[NAMESPACE_KEY] = namespace
+    return found
 
 
-def _confirmations(invoice: RemoteInvoice) -> list[Confirmation]:
+def _confirmations(invoice: RemoteInvoice, namespace: str) -> list[Confirmation]:
+    """The invoice's lines this installation wrote; another namespace's are not ours."""
     found: list[Confirmation] = []
     for line in invoice.lines:
+        if not is_ours(line.metadata, namespace):
+            continue
         line_id = line.metadata.get("billsync_line_id", "")
         version = line.metadata.get("billsync_version", "")
         if line_id.isdigit() and version.isdigit():
@@ -148,6 +141,10 @@ def _confirmations(invoice: RemoteInvoice) -> list[Confirmation]:
                 )
             )
     return found
+
+
+class ModeMismatch(PlanError):
+    """The ledger was synced in the other Stripe mode than the configured key's."""
 
 
 # An intent whose call Stripe answered with a 5xx: that attempt is over (its answer is stored
@@ -168,7 +165,7 @@ class _Step:
     account: SyncAccount
     periods: dict[date, PeriodRow]
     lines: dict[int, SyncLine]
-    lane: int
+    lane: Lane
     outcome: SyncOutcome
     now: datetime
 
@@ -186,8 +183,15 @@ class SyncService:
         changes: Changes | None = None,
         leases: Leases | None = None,
         lease_wait: float = 10.0,
+        namespace: str | None = None,
+        stripe_mode: Mode | None = None,
     ) -> None:
         self.changes = changes
+        # The installation's namespace (core.installation): configured, or the database's own
+        # (read at first use: the database may be migrated after this is built).
+        self._namespace = namespace
+        self.stripe_mode = stripe_mode
+        self._mode_checked = False
         self.leases = leases
         # How long a sync someone waits on (on demand, a closing cycle) waits for the account's
         # lease held by another worker; background syncs skip a busy account at once.
@@ -198,6 +202,33 @@ class SyncService:
         self.clock = clock
         self.guard = guard or NoGuard()
         self.delete_zero_total = delete_zero_total
+
+    @property
+    def namespace(self) -> str:
+        if self._namespace is None:
+            with self.database.read() as connection:
+                self._namespace = installation_repository.get(connection).namespace
+        return self._namespace
+
+    def check_mode(self) -> None:
+        """Refuse to sync a ledger tied to the other Stripe mode than the key's (its objects do
+        not exist there); tie a ledger to the key's mode at its first sync."""
+        if self._mode_checked or self.stripe_mode is None:
+            return
+        with self.database.transaction() as connection:
+            tied = installation_repository.record_mode(connection, self.stripe_mode)
+        problem = mode_conflict(tied, self.stripe_mode)
+        if problem is not None:
+            raise ModeMismatch(problem)
+        self._mode_checked = True
+
+    def key(self, kind: str, scope: str, lines: list[tuple[int, int]] | None = None) -> str:
+        """An idempotency key of this installation (core.sync_plan.idempotency_key)."""
+        return idempotency_key(kind, scope, lines or (), namespace=self.namespace)
+
+    def metadata(self, **values: str) -> dict[str, str]:
+        """Metadata of an object billsync creates: what it is, and whose (the namespace)."""
+        return {**values, NAMESPACE_KEY: self.namespace} if self.namespace else values
 
     # --- reading state ------------------------------------------------------------------
 
@@ -215,9 +246,18 @@ class SyncService:
         return text[:500]
 
     def _states(
-        self, connection: Connection, account: SyncAccount
+        self, connection: Connection, account: SyncAccount, *, closing_only: bool = False
     ) -> tuple[list[PeriodState], dict[date, PeriodRow], dict[int, SyncLine]]:
-        periods = {p.start: p for p in repository.periods_to_sync(connection, account.id)}
+        """The account's periods to sync, as the plan sees them. ``closing_only`` (the closing
+        lane): the periods past their end only — a month-end sync completes or finalizes them
+        and leaves the new period's draft to its interval, so that closing N accounts costs N
+        calls per endpoint (``update_lines``, then ``finalize``) and not also the new
+        drafts' creations on the closing lane's priority."""
+        periods = {
+            p.start: p
+            for p in repository.periods_to_sync(connection, account.id)
+            if not closing_only or p.status is not PeriodStatus.OPEN
+        }
         left_out = problem_repository.lines_left_out(connection, account.id)
         all_lines = [
             line
@@ -273,7 +313,7 @@ class SyncService:
     # --- syncing ------------------------------------------------------------------------
 
     @sync_run  # every log line and Stripe request of the run carries one sync_id
-    def sync_account(self, account_id: str, *, lane: int = 3) -> SyncOutcome:
+    def sync_account(self, account_id: str, *, lane: Lane = Lane.INTERVAL) -> SyncOutcome:
         outcome = SyncOutcome(account_id)
         settled: list[PeriodState] | None = None
         try:
@@ -311,7 +351,7 @@ class SyncService:
         )
         return outcome
 
-    def ensure_customer(self, account_id: str, *, lane: int = 0) -> str:
+    def ensure_customer(self, account_id: str, *, lane: Lane = Lane.ON_DEMAND) -> str:
         """The account's Stripe customer, created now when no sync has needed one yet (an
         account with no usage whose owner opens the Customer Portal). The key is the one the
         sync plan uses, so a sync creating it at the same moment gets the same customer."""
@@ -319,6 +359,8 @@ class SyncService:
             account = repository.get_account(connection, account_id)
         if account is None:
             raise PlanError(f"account {account_id} does not exist")
+        if account.stripe_customer_id is None:
+            self.check_mode()
         if account.stripe_customer_id is not None:
             return account.stripe_customer_id
         step = _Step(account, {}, {}, lane, SyncOutcome(account_id), self.clock.now())
@@ -331,7 +373,7 @@ class SyncService:
 
     def _call(
         self,
-        step: _Step | tuple[SyncOutcome, int],
+        step: _Step | tuple[SyncOutcome, Lane],
         call: Callable[[], T],
         intent: _Intent | None = None,
     ) -> T:
@@ -352,14 +394,14 @@ class SyncService:
                     )
             raise
 
-    def _sync(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
+    def _sync(self, account_id: str, lane: Lane, outcome: SyncOutcome) -> list[PeriodState]:
         """Under the account's lease (sync.leases): one process syncs an account at a time."""
         if self.leases is None:
             return self._sync_held(account_id, lane, outcome)
         with self.database.read() as connection:
             if repository.get_account(connection, account_id) is None:
                 raise PlanError(f"account {account_id} does not exist")
-        wait = self.lease_wait if lane <= CLOSING_LANE else 0.0
+        wait = self.lease_wait if lane <= Lane.CLOSING else 0.0
         with self.leases.hold(account_id, wait=wait) as generation:
             started = unix_now()
             try:
@@ -376,12 +418,13 @@ class SyncService:
                     },
                 )  # fmt: skip
 
-    def _sync_held(self, account_id: str, lane: int, outcome: SyncOutcome) -> list[PeriodState]:
+    def _sync_held(self, account_id: str, lane: Lane, outcome: SyncOutcome) -> list[PeriodState]:
         """Push one snapshot of the account: read its lines once, apply the plan, done. Usage
         that arrives meanwhile is the next sync's work — an account whose usage never stops is
         synced once per window like any other, never chased. A call of unknown outcome (or a
         line Stripe no longer has) is read back and the snapshot planned once more. Returns the
         account's states read after the run (what is still behind)."""
+        self.check_mode()
         with self.database.read() as connection:
             pending = repository.pending_intents(connection, account_id)
         if pending:
@@ -392,7 +435,9 @@ class SyncService:
                 account = repository.get_account(connection, account_id)
                 if account is None:
                     raise PlanError(f"account {account_id} does not exist")
-                states, periods, lines = self._states(connection, account)
+                states, periods, lines = self._states(
+                    connection, account, closing_only=lane is Lane.CLOSING
+                )
             operations = plan(states, has_customer=account.stripe_customer_id is not None)
             try:
                 snapshot = _Step(account, periods, lines, lane, outcome, self.clock.now())
@@ -477,7 +522,7 @@ class SyncService:
 
     def _create_customer(self, step: _Step, _operation: CreateCustomer) -> None:
         account = step.account
-        key = idempotency_key("customer", account.id)
+        key = self.key("customer", account.id)
         intent = self._intent(step, None, "create_customer", key, {}, renewable=False)
         customer_id = self._call(
             step,
@@ -485,7 +530,7 @@ class SyncService:
                 self.gateway.create_customer,
                 name=account.name,
                 email=account.email,
-                metadata={"billsync_account": account.id},
+                metadata=self.metadata(billsync_account=account.id),
                 idempotency_key=intent.key,
             ),
             intent,
@@ -499,7 +544,7 @@ class SyncService:
         period = step.periods[start]
         assert account.stripe_customer_id is not None
         scope = _scope(account.id, start)
-        key = idempotency_key("invoice", scope)
+        key = self.key("invoice", scope)
         intent = self._intent(step, start, "create_invoice", key, {})
         invoice = self._call(
             step,
@@ -509,7 +554,7 @@ class SyncService:
                 currency=account.currency,
                 # The period's days, both included (its end is the next period's first day).
                 description=f"Usage {start.isoformat()} – {_last_day(period.end).isoformat()}",
-                metadata={"billsync_account": account.id, "billsync_period": scope},
+                metadata=self.metadata(billsync_account=account.id, billsync_period=scope),
                 idempotency_key=intent.key,
             ),
             intent,
@@ -527,7 +572,7 @@ class SyncService:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
         versions = [(line.line_id, line.version) for line in operation.lines]
-        key = idempotency_key("add", invoice_id, versions)
+        key = self.key("add", invoice_id, versions)
         new = [
             NewLine(
                 line.line_id,
@@ -535,7 +580,7 @@ class SyncService:
                 line.description,
                 line.period_start,
                 line.period_end,
-                _metadata(step.account.id, start, line.line_id, line.version),
+                _metadata(step.account.id, start, line.line_id, line.version, self.namespace),
             )
             for line in operation.lines
         ]
@@ -553,7 +598,9 @@ class SyncService:
             )
         with self.database.transaction() as connection:
             repository.confirm_lines(
-                connection, [c for c in _confirmations(result) if c.line_id in wanted], step.now
+                connection,
+                [c for c in _confirmations(result, self.namespace) if c.line_id in wanted],
+                step.now,
             )
             repository.settle_intent(connection, intent.id, "applied", step.now)
 
@@ -561,13 +608,13 @@ class SyncService:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
         versions = [(line.line_id, line.version) for line, _ in operation.changes]
-        key = idempotency_key("update", invoice_id, versions)
+        key = self.key("update", invoice_id, versions)
         changes = [
             LineChange(
                 item,
                 line.amount,
                 line.description,
-                _metadata(step.account.id, start, line.line_id, line.version),
+                _metadata(step.account.id, start, line.line_id, line.version, self.namespace),
             )
             for line, item in operation.changes
         ]
@@ -589,7 +636,7 @@ class SyncService:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
         items = list(operation.line_item_ids)
-        key = idempotency_key_for_ids("remove", invoice_id, items)
+        key = idempotency_key_for_ids("remove", invoice_id, items, namespace=self.namespace)
         intent = self._intent(step, start, "remove_lines", key, {"line_items": items})
         self._call(
             step,
@@ -604,7 +651,7 @@ class SyncService:
     def _finalize(self, step: _Step, operation: FinalizeInvoice) -> None:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
-        key = idempotency_key("finalize", invoice_id)
+        key = self.key("finalize", invoice_id)
         intent = self._intent(step, start, "finalize", key, {})
         self._call(
             step,
@@ -622,7 +669,7 @@ class SyncService:
         """A zero-total period under the "delete" rule: no invoice at all."""
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
-        key = idempotency_key("delete", invoice_id)
+        key = self.key("delete", invoice_id)
         intent = self._intent(step, start, "delete_invoice", key, {})
         self._call(
             step, partial(self.gateway.delete_draft, invoice_id, idempotency_key=intent.key), intent
@@ -645,7 +692,7 @@ class SyncService:
 
     def _read_back(
         self,
-        step: tuple[SyncOutcome, int],
+        step: tuple[SyncOutcome, Lane],
         invoice_id: str,
         start: date,
         *,
@@ -667,7 +714,7 @@ class SyncService:
         outcome.finalized.append(start)
         return None
 
-    def _recover(self, account_id: str, lane: int, outcome: SyncOutcome) -> None:
+    def _recover(self, account_id: str, lane: Lane, outcome: SyncOutcome) -> None:
         """Make observed state what Stripe really holds: adopt drafts created before a crash,
         confirm lines found by their metadata, forget lines Stripe does not have, and remove
         duplicates (a line found twice)."""
@@ -696,6 +743,8 @@ class SyncService:
                         value=scope,
                     ),
                 )
+                # Only a draft of this installation's: another's is never adopted.
+                drafts = [draft for draft in drafts if is_ours(draft.metadata, self.namespace)]
                 if drafts:
                     invoice_id = drafts[0].id
                     with self.database.transaction() as connection:
@@ -710,7 +759,7 @@ class SyncService:
             )  # fmt: skip
             if remote is None:
                 continue
-            confirmations = _confirmations(remote)
+            confirmations = _confirmations(remote, self.namespace)
             seen: dict[int, Confirmation] = {}
             duplicates: list[str] = []
             for confirmation in confirmations:
@@ -750,7 +799,9 @@ class SyncService:
                     now,
                 )
             if duplicates and remote.status == "draft":
-                key = idempotency_key_for_ids("dedupe", invoice_id, duplicates)
+                key = idempotency_key_for_ids(
+                    "dedupe", invoice_id, duplicates, namespace=self.namespace
+                )
                 remove = partial(
                     self.gateway.remove_lines, invoice_id, duplicates, idempotency_key=key
                 )

@@ -7,7 +7,9 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection
 
+from billsync.core.line_state import is_pending
 from billsync.repositories import sync as repository
+from billsync.repositories.sync import SyncLine
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,13 @@ def sync_status(connection: Connection, account_id: str) -> SyncStatus | None:
                 period.stripe_invoice_id,
                 period.review_ends_at,
                 len(mine),
-                sum(1 for line in mine if line.synced_version != line.version),
+                sum(
+                    1
+                    for line in mine
+                    if is_pending(
+                        line.version, line.synced_version, line.amount, line.synced_amount
+                    )
+                ),
             )
         )
     return SyncStatus(
@@ -70,3 +78,7 @@ def sync_status(connection: Connection, account_id: str) -> SyncStatus | None:
         pending_lines=sum(view.pending_lines for view in views),
         periods=views,
     )
+
+
+def _pending(line: SyncLine) -> bool:
+    return is_pending(line.version, line.synced_version, line.amount, line.synced_amount)

@@ -13,7 +13,11 @@ In the ledger (no Stripe call):
   own period while that period accepts usage, otherwise on the next period that does, as a line
   labelled ``late_from`` its original period. Statuses only move forward, so an event found on a
   later period whose original (or any period between) still accepts usage was misplaced, and so
-  is an event on its own period's line labelled late.
+  is an event on its own period's line labelled late;
+- **every usage line's amount is its quantity rated once** (with the catalog billsync runs
+  with, when given): a late line at the marginal rates of its original period, after what that
+  period already billed — its own line and its late usage on earlier invoices — so graduated
+  tiers are never granted twice (``line_amount_differs``).
 
 Against Stripe, for every account with a Stripe customer:
 
@@ -29,8 +33,9 @@ Against Stripe, for every account with a Stripe customer:
   draft in Stripe.
 
 Not violations: lines whose latest amount has not been pushed yet in a period still being
-synced (``pending_lines``: the next sync brings them in step), and differences a person
-accepted in the console ("accepted Stripe's version"), which are listed as ``accepted``.
+synced (``pending_lines``, ``core.line_state``: the next sync brings them in step), and
+differences a person accepted in the console ("accepted Stripe's version"), which are listed as
+``accepted`` — with the invoice's total when those differences add up to it exactly.
 """
 
 from __future__ import annotations
@@ -45,16 +50,22 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
+from billsync.core.catalog import Catalog
 from billsync.core.event_storage import events_retained
+from billsync.core.folding import line_key
+from billsync.core.installation import is_ours
+from billsync.core.line_state import is_pending
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
+from billsync.core.rating import late_line_amount
 from billsync.db.database import Database
+from billsync.repositories import installation as installation_repository
 from billsync.repositories import verify as repository
 from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.sync import PeriodRow
 from billsync.repositories.verify import EventRow, LedgerLine
-from billsync.services.sync import CallGuard
 from billsync.sync.budget import Lane
+from billsync.sync.guard import CallGuard
 from billsync.sync.port import RemoteInvoice, StripeFailure, StripePort, endpoint_of
 
 log = logging.getLogger(__name__)
@@ -67,6 +78,7 @@ EVENT_WITHOUT_LINE = "event_without_line"
 EVENT_ON_WRONG_LINE = "event_on_wrong_line"
 LINE_QUANTITY_DIFFERS = "line_quantity_differs"
 LINE_EVENT_COUNT_DIFFERS = "line_event_count_differs"
+LINE_AMOUNT_DIFFERS = "line_amount_differs"
 LATE_USAGE_MISPLACED = "late_usage_misplaced"
 # Stripe
 MISSING_IN_STRIPE = "missing_in_stripe"
@@ -171,12 +183,18 @@ class Verifier:
         gateway: StripePort | None,
         guard: CallGuard | None = None,
         *,
-        lane: int = Lane.INTERVAL,
+        lane: Lane = Lane.INTERVAL,
+        namespace: str | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.database = database
         self.gateway = gateway
         self.guard = guard
         self.lane = lane
+        # Whose objects are ours (core.installation): given, or the database's own.
+        self.namespace = namespace
+        # The prices lines are re-rated with (their amounts checked when given).
+        self.catalog = catalog
 
     def verify(self, account_id: str | None = None) -> VerifyReport:
         report = VerifyReport()
@@ -185,6 +203,8 @@ class Verifier:
             periods = repository.periods(connection, account_id)
             lines = repository.ledger_lines(connection, account_id)
             accepted = repository.accepted_differences(connection, account_id)
+            if self.namespace is None:
+                self.namespace = installation_repository.get(connection).namespace
         report.accounts = len(accounts)
         report.periods = sum(len(p) for p in periods.values())
         report.lines = len(lines)
@@ -198,6 +218,8 @@ class Verifier:
                 lambda: retention_mark(connection).retained_before,
                 report,
             )
+        if self.catalog is not None:
+            self._check_amounts(self.catalog, lines, report)
         if self.gateway is not None:
             by_account: dict[str, list[LedgerLine]] = defaultdict(list)
             for line in lines.values():
@@ -230,6 +252,48 @@ class Verifier:
         return report
 
     # --- the ledger ---------------------------------------------------------------------
+
+    def _check_amounts(
+        self, catalog: Catalog, lines: dict[int, LedgerLine], report: VerifyReport
+    ) -> None:
+        """Every usage line's amount is its quantity rated with the catalog, once rounded; a
+        late line at the marginal rates of its original period, after what that period billed
+        before it (its own line, and its late usage on earlier invoices)."""
+        by_key: dict[tuple[str, str], list[LedgerLine]] = defaultdict(list)
+        for line in lines.values():
+            by_key[line.account_id, line.key].append(line)
+        own = {(line.account_id, line.period_start, line.key): line for line in lines.values()}
+        for line in lines.values():
+            metric = catalog.metrics.get(line.metric)
+            price = None if metric is None else metric.prices.get(line.currency)
+            if price is None:
+                continue  # an adjustment, or a metric the catalog no longer has
+            before = Decimal(0)
+            if line.late_from is not None:
+                base = own.get(
+                    (line.account_id, line.late_from, line_key(line.metric, line.grouping))
+                )
+                before = Decimal(0) if base is None else base.quantity
+                before += sum(
+                    (other.quantity for other in by_key[line.account_id, line.key]
+                     if other.period_start < line.period_start),
+                    Decimal(0),
+                )  # fmt: skip
+            expected = late_line_amount(line.quantity, before, price, line.currency)
+            if expected != line.amount:
+                report.violations.append(
+                    Violation(
+                        LINE_AMOUNT_DIFFERS,
+                        line.account_id,
+                        f"line {line.id} ({line.key}) amounts to "
+                        f"{format_minor(line.amount, line.currency)}; {line.quantity} rates to "
+                        f"{format_minor(expected, line.currency)}"
+                        + (f" after {before} already billed for its period" if before else ""),
+                        line.period_start,
+                        line_id=line.id,
+                        ledger_amount=line.amount,
+                    )
+                )
 
     def _check_events(
         self,
@@ -340,7 +404,9 @@ class Verifier:
         )
         known = {p.stripe_invoice_id for p in periods.values() if p.stripe_invoice_id}
         for invoice in listed:
-            ours = invoice.metadata.get("billsync_account") == account.id
+            ours = invoice.metadata.get("billsync_account") == account.id and is_ours(
+                invoice.metadata, self.namespace or ""
+            )
             if invoice.id in known or not ours or invoice.status == "void":
                 continue
             if invoice.status == "draft" and invoice.total == 0:
@@ -389,8 +455,9 @@ class Verifier:
                 )
                 continue
             found += self._compare(
-                account.id, period, current, mine, seen_lines=seen_lines, report=report
-            )
+                account.id, period, current, mine, seen_lines=seen_lines, report=report,
+                accepted=accepted,
+            )  # fmt: skip
         for violation in found:
             (report.accepted if accepted.covers(violation) else report.violations).append(violation)
 
@@ -412,6 +479,7 @@ class Verifier:
         *,
         seen_lines: dict[int, str],
         report: VerifyReport,
+        accepted: _Accepted,
     ) -> list[Violation]:
         start = period.start
         final = period.status is PeriodStatus.FINALIZED
@@ -437,6 +505,8 @@ class Verifier:
         on_invoice: dict[int, list[tuple[str, int]]] = defaultdict(list)
         for remote in invoice.lines:
             raw = remote.metadata.get("billsync_line_id")
+            if not is_ours(remote.metadata, self.namespace or ""):
+                raw = None  # another installation's line: never counted as one of ours
             if raw is None or not raw.isdigit():
                 violation(
                     EXTRA_IN_STRIPE,
@@ -478,7 +548,9 @@ class Verifier:
                     ledger_amount=line.amount,
                     stripe_amount=sum(amount for _, amount in copies),
                 )
-            in_step = line.synced_version == line.version and line.synced_amount == line.amount
+            in_step = not is_pending(
+                line.version, line.synced_version, line.amount, line.synced_amount
+            )
             if not in_step and not final:
                 pending += 1
                 continue
@@ -504,13 +576,24 @@ class Verifier:
         report.pending_lines += pending
         ledger_total = sum(line.amount for line in mine)
         if pending == 0 and invoice.total != ledger_total:
+            # The differences a person accepted (Stripe's amount for a line, a line added or
+            # removed in Stripe) explain the total when they add up to it exactly.
+            explained = ledger_total + sum(
+                (v.stripe_amount or 0) - (v.ledger_amount or 0)
+                for v in found
+                if v.kind in (AMOUNT_DIFFERS, EXTRA_IN_STRIPE, MISSING_IN_STRIPE)
+                and accepted.covers(v)
+            )
             violation(
                 TOTAL_DIFFERS,
                 f"invoice {invoice.id} totals {format_minor(invoice.total, invoice.currency)}, "
-                f"the ledger {format_minor(ledger_total, invoice.currency)}",
+                f"the ledger {format_minor(ledger_total, invoice.currency)}"
+                + (", the difference accepted in Stripe" if invoice.total == explained else ""),
                 ledger_amount=ledger_total,
                 stripe_amount=invoice.total,
             )
+            if invoice.total == explained:
+                report.accepted.append(found.pop())
         return found
 
 

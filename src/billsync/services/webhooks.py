@@ -314,23 +314,21 @@ class WebhookProcessor:
 
     def _customer_deleted(self, connection: Connection, event: webhooks.InboxEvent) -> str:
         customer_id = str(event.payload["data"]["object"].get("id", ""))
-        for account_id in sync_repository.all_account_ids(connection):
-            account = sync_repository.get_account(connection, account_id)
-            if account is not None and account.stripe_customer_id == customer_id:
-                problems.report(
-                    connection,
-                    NewProblem(
-                        kind="customer_deleted",
-                        fingerprint=f"customer_deleted:{customer_id}",
-                        account_id=account_id,
-                        stripe_object_id=customer_id,
-                        detail=f"the Stripe customer {customer_id} of account {account_id} "
-                        "was deleted",
-                    ),
-                    self.clock.now(),
-                )
-                return "drift: customer deleted"
-        return "ignored: not a billsync customer"
+        account_id = sync_repository.account_of_customer(connection, customer_id)
+        if account_id is None:  # one indexed read, however many accounts there are
+            return "ignored: not a billsync customer"
+        problems.report(
+            connection,
+            NewProblem(
+                kind="customer_deleted",
+                fingerprint=f"customer_deleted:{customer_id}",
+                account_id=account_id,
+                stripe_object_id=customer_id,
+                detail=f"the Stripe customer {customer_id} of account {account_id} was deleted",
+            ),
+            self.clock.now(),
+        )
+        return "drift: customer deleted"
 
     def _invoice_item_deleted(self, connection: Connection, event: webhooks.InboxEvent) -> str:
         item_id = str(event.payload["data"]["object"].get("id", ""))

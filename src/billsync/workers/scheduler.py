@@ -4,7 +4,7 @@ One process: a tick finds due work (the lifecycle's transitions, then accounts w
 their changes should go now), a priority queue orders it by lane (on-demand > closing >
 threshold > interval), and worker threads sync one account each — never the same account in two
 threads at once. Every Stripe call passes the shared :class:`~billsync.sync.budget.RateBudget`
-and :class:`~billsync.sync.budget.CircuitBreaker` (:class:`StripeGuard`).
+and :class:`~billsync.sync.budget.CircuitBreaker` (:class:`~billsync.sync.guard.StripeGuard`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import heapq
 import itertools
 import logging
 import math
-import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -37,99 +35,14 @@ from billsync.observability.instruments import observe_sync, observe_tick
 from billsync.repositories import sync as repository
 from billsync.services.lifecycle import AdvanceReport, LifecycleService
 from billsync.services.sync import SyncOutcome, SyncService
-from billsync.sync.budget import CircuitBreaker, EndpointPacer, Lane, RateBudget, backoff_delay
+from billsync.sync.budget import Lane
 from billsync.sync.leases import SCHEDULER_JOB, Leases
-from billsync.sync.port import (
-    StripeAmbiguous,
-    StripeFailure,
-    StripeRateLimited,
-    StripeUnavailable,
-)
-from billsync.sync.shared_budget import SharedBudget
 
 log = logging.getLogger("billsync.scheduler")
 
 # How often the leader looks for accounts out of step that no writer marked behind: a full
 # read of the lines out of step, so seldom.
 BACKSTOP_INTERVAL = timedelta(minutes=5)
-
-
-class StripeGuard:
-    """Budget and breaker around every Stripe call (the sync service's ``CallGuard``)."""
-
-    def __init__(
-        self,
-        budget: RateBudget,
-        breaker: CircuitBreaker,
-        shared: SharedBudget | None = None,
-        *,
-        endpoints: EndpointPacer | None = None,
-        shared_endpoint: Callable[[str], SharedBudget] | None = None,
-    ) -> None:
-        self.budget = budget
-        self.breaker = breaker
-        self.shared = shared  # the budget of every process, when several share one Stripe key
-        # Stripe's limit per endpoint: this process's pacing, or (several processes) one
-        # shared budget per endpoint.
-        self.endpoints = endpoints
-        self.shared_endpoint = shared_endpoint
-        self._rate_limited_in_a_row = 0
-        self._random = random.Random()
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def call(self, lane: int, endpoint: str | None = None) -> Iterator[None]:
-        """See ``CallGuard``: the breaker hears back exactly once, however the block ends."""
-        self._before(lane, endpoint)
-        try:
-            yield
-        except StripeFailure as failure:
-            self._after(failure)
-            raise
-        except BaseException:
-            self.breaker.abandon()  # it never reached Stripe (or we cannot tell it did)
-            raise
-        self._after(None)
-
-    def _before(self, lane: int, endpoint: str | None) -> None:
-        if not self.breaker.allow():
-            raise StripeUnavailable(
-                f"Stripe keeps failing: calls paused for {self.breaker.retry_in():.0f} s "
-                "(circuit open)",
-                code="circuit_open",
-            )
-        try:
-            if endpoint is not None:  # the endpoint's own limit first: no global slot held
-                if self.shared_endpoint is not None:
-                    self.shared_endpoint(endpoint).acquire(Lane(lane))
-                elif self.endpoints is not None:
-                    self.endpoints.acquire(endpoint)
-            self.budget.acquire(Lane(lane))
-            if self.shared is not None:
-                self.shared.acquire(Lane(lane))
-        except BaseException:
-            self.breaker.abandon()  # let through by the breaker, stopped before Stripe
-            raise
-
-    def _after(self, failure: StripeFailure | None) -> None:
-        # Every call let through is answered to the breaker: Stripe answering at all (even a
-        # 4xx or a 429) means it is up; only 5xx and lost connections count as failures.
-        if isinstance(failure, StripeUnavailable | StripeAmbiguous):
-            self.breaker.record_failure()
-            return
-        self.breaker.record_success()
-        if isinstance(failure, StripeRateLimited):
-            # Everyone backs off together: no 429 storm of our own making.
-            with self._lock:
-                self._rate_limited_in_a_row += 1
-                attempt = self._rate_limited_in_a_row
-            penalty = max(0.05, backoff_delay(attempt, rng=self._random))
-            self.budget.penalize(penalty)
-            if self.shared is not None:
-                self.shared.penalize(penalty)
-        elif failure is None:
-            with self._lock:
-                self._rate_limited_in_a_row = 0
 
 
 @dataclass(order=True)
@@ -227,10 +140,10 @@ class Scheduler:
             # their state; the syncs are the workers', spread like any other).
             found += [
                 (account_id, Lane.CLOSING)
-                for account_id in repository.due_for_closing(connection, limit)
+                for account_id in repository.due_for_closing(connection, limit, now=now)
             ]
             for account_id, overrides, last_synced_at in repository.behind_accounts(
-                connection, with_override=True
+                connection, with_override=True, now=now
             ):
                 policy = self.policy_of(overrides)
                 lane = self._lane_if_due(connection, account_id, policy, last_synced_at, now)
@@ -241,11 +154,13 @@ class Scheduler:
                 start = window_start(now, default.interval)
                 found += [
                     (account_id, Lane.INTERVAL)
-                    for account_id, _ in repository.due_by_interval(connection, start, limit)
+                    for account_id, _ in repository.due_by_interval(
+                        connection, start, limit, now=now
+                    )
                 ]
             elif default.policy is Policy.THRESHOLD:
                 for account_id, _, last_synced_at in repository.behind_accounts(
-                    connection, with_override=False
+                    connection, with_override=False, now=now
                 ):
                     lane = self._lane_if_due(connection, account_id, default, last_synced_at, now)
                     if lane is not None:
@@ -421,6 +336,7 @@ class Scheduler:
         if job is None:
             return None
         account_id, lane = job
+        began = time.perf_counter()
         try:
             outcome = self.sync.sync_account(account_id, lane=lane)
             if lane == Lane.CLOSING and outcome.ok:
@@ -431,7 +347,7 @@ class Scheduler:
             outcome = SyncOutcome(account_id, error=f"{type(error).__name__}: {error}")
         skipped = outcome.busy is not None or outcome.spaced
         result = "failed" if not outcome.ok else "skipped" if skipped else "synced"
-        observe_sync(lane.name.lower(), result, outcome.calls)
+        observe_sync(lane.name.lower(), result, outcome.calls, time.perf_counter() - began)
         self._finish(account_id, outcome)
         return outcome
 
