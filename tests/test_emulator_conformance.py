@@ -629,6 +629,126 @@ def _list_webhook_endpoints(w: Wire) -> list[Json]:
     return [w.get("/v1/webhook_endpoints")]
 
 
+# --- what changes a total besides its lines: coupons, discounts, the customer's balance ---------
+
+# The last API version whose customer endpoints take `coupon` (2025-03-31.basil removed it).
+LEGACY_VERSION = "2025-02-24.acacia"
+
+
+def _new_coupon(w: Wire, **extra: str) -> Json:
+    return w.post(
+        "/v1/coupons",
+        {"percent_off": "15", "duration": "forever", "metadata[owner]": "billsync", **extra},
+    )
+
+
+def _amount_coupon(w: Wire) -> Json:
+    return w.post(
+        "/v1/coupons",
+        {
+            "amount_off": "250",
+            "currency": "usd",
+            "duration": "repeating",
+            "duration_in_months": "2",
+            "name": "2.50 off",
+            "currency_options[eur][amount_off]": "230",
+            "applies_to[products][0]": "prod_conformance",
+        },
+    )
+
+
+def _coupons(w: Wire) -> list[Json]:
+    percent, amount = _new_coupon(w), _amount_coupon(w)
+    return [percent, amount, w.get(f"/v1/coupons/{percent['id']}")]
+
+
+def _deleted_coupon(w: Wire) -> list[Json]:
+    return [w.delete(f"/v1/coupons/{_new_coupon(w)['id']}")]
+
+
+def _discounted_customer(w: Wire) -> str:
+    customer: str = w.customer()["id"]
+    response = w.http.post(
+        f"/v1/customers/{customer}",
+        data={"coupon": _new_coupon(w)["id"]},
+        headers={"Stripe-Version": LEGACY_VERSION},
+    )
+    assert response.status_code == 200, response.text
+    return customer
+
+
+def _customer_with_discount(w: Wire) -> list[Json]:
+    customer = w.get(f"/v1/customers/{_discounted_customer(w)}")
+    assert customer["discount"] is not None
+    return [customer]
+
+
+def _deleted_discount(w: Wire) -> list[Json]:
+    return [w.delete(f"/v1/customers/{_discounted_customer(w)}/discount")]
+
+
+def _discounted_draft(w: Wire) -> Json:
+    """The customer's discount and one of the invoice's own, the customer in credit."""
+    customer = _discounted_customer(w)
+    w.post(f"/v1/customers/{customer}/balance_transactions", {"amount": "-900", "currency": "usd"})
+    invoice = w.draft(customer, **{"discounts[0][discount]": w.get(
+        f"/v1/customers/{customer}")["discount"]["id"], "discounts[1][coupon]": _amount_coupon(
+        w)["id"]})  # fmt: skip
+    return w.post(
+        f"/v1/invoices/{invoice['id']}/add_lines",
+        {
+            "lines[0][amount]": "1000",
+            "lines[1][price_data][currency]": "usd",
+            "lines[1][price_data][product]": "prod_conformance",
+            "lines[1][price_data][unit_amount_decimal]": "1.5",
+            "lines[1][quantity_decimal]": "1000",
+            "lines[2][amount]": "-100",
+        },
+    )
+
+
+def _invoice_discounted(w: Wire) -> list[Json]:
+    invoice = _discounted_draft(w)
+    assert invoice["total_discount_amounts"]
+    assert invoice["starting_balance"] == -900
+    return [invoice, w.get(f"/v1/invoices/{invoice['id']}")]
+
+
+def _invoice_settled(w: Wire) -> list[Json]:
+    """Finalized against a credit balance; and one under the minimum charge, paid at once."""
+    finalized = w.post(f"/v1/invoices/{_discounted_draft(w)['id']}/finalize")
+    small = w.draft(w.customer()["id"])
+    w.post(f"/v1/invoices/{small['id']}/add_lines", {"lines[0][amount]": "25"})
+    too_small = w.post(f"/v1/invoices/{small['id']}/finalize")
+    assert too_small["status"] == "paid"
+    return [finalized, too_small, w.post(f"/v1/invoices/{finalized['id']}/void")]
+
+
+def _line_items_discounted(w: Wire) -> list[Json]:
+    lines: list[Json] = _discounted_draft(w)["lines"]["data"]
+    assert any(line["discount_amounts"] for line in lines)
+    return lines
+
+
+def _balance_transaction(w: Wire) -> list[Json]:
+    customer = w.customer()["id"]
+    return [
+        w.post(
+            f"/v1/customers/{customer}/balance_transactions",
+            {"amount": "-500", "currency": "usd", "description": "credit", "metadata[n]": "1"},
+        ),
+        w.post(
+            f"/v1/customers/{customer}/balance_transactions", {"amount": "75", "currency": "eur"}
+        ),
+    ]
+
+
+def _list_balance_transactions(w: Wire) -> list[Json]:
+    invoice = w.post(f"/v1/invoices/{_discounted_draft(w)['id']}/finalize")
+    url = f"/v1/customers/{invoice['customer']}/balance_transactions"
+    return [w.get(url), w.get(url, {"expand[]": ["data.invoice"]})]
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of object the emulator serves: how to get samples of it over the wire, the
@@ -689,6 +809,19 @@ KINDS = [
         stripe.billing_portal.Configuration,
         "billing_portal.configuration",
     ),
+    Kind("coupon", _coupons, stripe.Coupon, "coupon"),
+    Kind("deleted_coupon", _deleted_coupon, stripe.Coupon, "deleted_coupon", True),
+    Kind("customer.with_discount", _customer_with_discount, stripe.Customer, "customer"),
+    Kind("deleted_discount", _deleted_discount, stripe.Discount, "deleted_discount", True),
+    Kind("invoice.discounted", _invoice_discounted, stripe.Invoice, "invoice"),
+    Kind("invoice.settled", _invoice_settled, stripe.Invoice, "invoice"),
+    Kind("line_item.discounted", _line_items_discounted, stripe.InvoiceLineItem, "line_item"),
+    Kind(
+        "customer_balance_transaction",
+        _balance_transaction,
+        stripe.CustomerBalanceTransaction,
+        "customer_balance_transaction",
+    ),
     Kind("list.customer", _list_customers, stripe.Customer, None, listed=True),
     Kind("list.invoiceitem", _list_invoiceitems, stripe.InvoiceItem, None, listed=True),
     Kind("list.invoice", _list_invoices, stripe.Invoice, None, listed=True),
@@ -697,13 +830,22 @@ KINDS = [
     Kind(
         "list.webhook_endpoint", _list_webhook_endpoints, stripe.WebhookEndpoint, None, listed=True
     ),
+    Kind(
+        "list.customer_balance_transaction",
+        _list_balance_transactions,
+        stripe.CustomerBalanceTransaction,
+        None,
+        listed=True,
+    ),
 ]
 
 KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 
 # What an event's ``data.object`` is, by its ``object`` field (the SDK types it as untyped).
 EVENT_OBJECTS: dict[str, type[stripe.StripeObject]] = {
+    "coupon": stripe.Coupon,
     "customer": stripe.Customer,
+    "discount": stripe.Discount,
     "invoice": stripe.Invoice,
     "invoiceitem": stripe.InvoiceItem,
 }

@@ -38,7 +38,7 @@ Json = dict[str, Any]
 REF = "#/components/schemas/"
 
 SUBSET = Path(__file__).resolve().parent / "fixtures" / "stripe" / "openapi-subset.json"
-SUBSET_SHA256 = "9167e35b031c4dc07415366984973998f34603f4d7a0b7fce9ae4cfc5c51e7c0"
+SUBSET_SHA256 = "9c8afa9a9d711fe2262bb953cc06f8d6a7592da9bcaa5a7d536b2c53e5a98a04"
 DESCRIBED_VERSION = "2026-07-29.dahlia"
 
 # Fields the emulator sends that the vendored description does not declare, by where they
@@ -56,7 +56,13 @@ EXTRA_FIELDS: Mapping[str, frozenset[str]] = {
 
 # An event's data.object is typed as a free-form object; it is the resource named by its
 # ``object`` field, and must match that resource's schema too.
-EVENT_OBJECTS = {"customer": "customer", "invoice": "invoice", "invoiceitem": "invoiceitem"}
+EVENT_OBJECTS = {
+    "coupon": "coupon",
+    "customer": "customer",
+    "discount": "discount",
+    "invoice": "invoice",
+    "invoiceitem": "invoiceitem",
+}
 
 
 # --- the validator ------------------------------------------------------------------------------
@@ -468,6 +474,79 @@ def _remove_lines(w: Wire) -> list[Answer]:
     }))  # fmt: skip
 
 
+def _coupon(w: Wire, **extra: str) -> Json:
+    return w.post("/v1/coupons", {
+        "percent_off": "12.5", "duration": "forever", "name": "openapi",
+        "metadata[owner]": "billsync", **extra,
+    })  # fmt: skip
+
+
+def _amount_coupon(w: Wire) -> Json:
+    return w.post("/v1/coupons", {
+        "amount_off": "300", "currency": "usd", "duration": "repeating",
+        "duration_in_months": "3", "currency_options[eur][amount_off]": "280",
+        "applies_to[products][0]": "prod_openapi", "max_redemptions": "10",
+        "redeem_by": "1900000000",
+    })  # fmt: skip
+
+
+# The last API version whose customer endpoints take `coupon` (2025-03-31.basil removed it).
+LEGACY_VERSION = "2025-02-24.acacia"
+
+
+def _discounted_customer(w: Wire) -> str:
+    """A customer with a discount, given as a request of an older API version gives it."""
+    customer: str = w.customer()["id"]
+    response = w.http.post(
+        f"/v1/customers/{customer}",
+        data={"coupon": _coupon(w)["id"]},
+        headers={"Stripe-Version": LEGACY_VERSION},
+    )
+    assert response.status_code == 200, response.text
+    return customer
+
+
+def _discounted_invoice(w: Wire) -> Json:
+    """A draft with the customer's discount and one of its own, its customer in credit."""
+    customer = _discounted_customer(w)
+    w.post(f"/v1/customers/{customer}/balance_transactions", {"amount": "-700", "currency": "usd"})
+    invoice = w.post("/v1/invoices", {
+        "customer": customer, "currency": "usd", "auto_advance": "false",
+        "discounts[0][discount]": w.get(f"/v1/customers/{customer}")["discount"]["id"],
+        "discounts[1][coupon]": _amount_coupon(w)["id"],
+    })  # fmt: skip
+    return w.post(f"/v1/invoices/{invoice['id']}/add_lines", {
+        "lines[0][amount]": "1000",
+        "lines[1][price_data][currency]": "usd",
+        "lines[1][price_data][product]": "prod_openapi",
+        "lines[1][price_data][unit_amount_decimal]": "2.5",
+        "lines[1][quantity_decimal]": "1000",
+        "lines[2][amount]": "-100",
+    })  # fmt: skip
+
+
+def _settled(w: Wire) -> list[Answer]:
+    """Finalized against a credit balance, and under the minimum charge."""
+    small = w.draft(w.customer()["id"])
+    w.post(f"/v1/invoices/{small['id']}/add_lines", {"lines[0][amount]": "20"})
+    return _answers(
+        "invoice",
+        w.post(f"/v1/invoices/{_discounted_invoice(w)['id']}/finalize"),
+        w.post(f"/v1/invoices/{small['id']}/finalize"),
+    )
+
+
+def _balance_transactions(w: Wire) -> list[Answer]:
+    invoice = w.post(f"/v1/invoices/{_discounted_invoice(w)['id']}/finalize")
+    customer = invoice["customer"]
+    w.post(f"/v1/invoices/{invoice['id']}/void")
+    url = f"/v1/customers/{customer}/balance_transactions"
+    return _answers("transactions", w.get(url), w.get(url, {"limit": "1"})) + _answers(
+        "transactions.expanded", w.get(url, {"expand[]": ["data.invoice", "data.customer"]}),
+        expanded=frozenset({"data.invoice", "data.customer"}),
+    )  # fmt: skip
+
+
 CUSTOMER_EXPANDED = frozenset({"customer"})
 
 # Per route: requests that succeed, and the answers to check.
@@ -478,11 +557,28 @@ CALLS: dict[str, Calls] = {
         "customers", w.get("/v1/customers", {"limit": "1"}), w.get("/v1/customers")),
     "GET /v1/customers/{id}": lambda w: _answers(
         "customer", w.get(f"/v1/customers/{w.customer()['id']}"),
-        w.get(f"/v1/customers/{_deleted_customer(w)}")),
+        w.get(f"/v1/customers/{_deleted_customer(w)}"),
+        w.get(f"/v1/customers/{_discounted_customer(w)}")),
     "POST /v1/customers/{id}": lambda w: _answers("customer", w.post(
         f"/v1/customers/{w.customer()['id']}", {"name": "Acme", "metadata[tier]": ""})),
     "DELETE /v1/customers/{id}": lambda w: _answers(
         "deleted", w.delete(f"/v1/customers/{w.customer()['id']}")),
+    "DELETE /v1/customers/{id}/discount": lambda w: _answers(
+        "deleted", w.delete(f"/v1/customers/{_discounted_customer(w)}/discount")),
+    "POST /v1/customers/{id}/balance_transactions": lambda w: _answers("transaction", w.post(
+        f"/v1/customers/{w.customer()['id']}/balance_transactions", {
+            "amount": "-500", "currency": "usd", "description": "credit",
+            "metadata[reason]": "goodwill"}), w.post(
+        f"/v1/customers/{w.customer()['id']}/balance_transactions", {
+            "amount": "250", "currency": "eur"})),
+    "GET /v1/customers/{id}/balance_transactions": _balance_transactions,
+    "POST /v1/coupons": lambda w: _answers("coupon", _coupon(w), _amount_coupon(w), _coupon(
+        w, id=f"OPENAPI{w.customer()['id'][-6:]}")),
+    "GET /v1/coupons/{id}": lambda w: _answers(
+        "coupon", w.get(f"/v1/coupons/{_coupon(w)['id']}"),
+        w.get(f"/v1/coupons/{_amount_coupon(w)['id']}")),
+    "DELETE /v1/coupons/{id}": lambda w: _answers(
+        "deleted", w.delete(f"/v1/coupons/{_coupon(w)['id']}")),
     "POST /v1/invoiceitems": lambda w: _answers(
         "item", w.pending_item(w.customer()["id"]), _priced_item(w)),
     "GET /v1/invoiceitems": lambda w: (_draft_with_lines(w), _answers(
@@ -507,15 +603,18 @@ CALLS: dict[str, Calls] = {
             "customer": w.pending_item(w.customer()["id"])["customer"],
             "invoice_items[0][amount]": "500", "currency": "usd"})),
     "GET /v1/invoices/{id}": lambda w: _answers(
-        "invoice", w.get(f"/v1/invoices/{_draft_with_lines(w)['id']}")) + _answers(
+        "invoice", w.get(f"/v1/invoices/{_draft_with_lines(w)['id']}"),
+        w.get(f"/v1/invoices/{_discounted_invoice(w)['id']}")) + _answers(
         "invoice.expanded", w.get(f"/v1/invoices/{_draft_with_lines(w)['id']}", {
-            "expand[]": ["customer"]}), expanded=CUSTOMER_EXPANDED),
+            "expand[]": ["customer"]}), expanded=CUSTOMER_EXPANDED) + _answers(
+        "invoice.discounts", w.get(f"/v1/invoices/{_discounted_invoice(w)['id']}", {
+            "expand[]": ["discounts"]}), expanded=frozenset({"discounts"})),
     "POST /v1/invoices/{id}": lambda w: _answers("invoice", w.post(
         f"/v1/invoices/{_draft_with_lines(w)['id']}", {"footer": "Net 30"})),
     "DELETE /v1/invoices/{id}": lambda w: _answers(
         "deleted", w.delete(f"/v1/invoices/{_draft_with_lines(w)['id']}")),
     "POST /v1/invoices/{id}/finalize": lambda w: _answers(
-        "invoice", w.finalized(w.customer()["id"])),
+        "invoice", w.finalized(w.customer()["id"])) + _settled(w),
     "POST /v1/invoices/{id}/pay": lambda w: _answers("invoice", _invoice(w, "pay")),
     "POST /v1/invoices/{id}/void": lambda w: _answers("invoice", _invoice(w, "void")),
     "POST /v1/invoices/{id}/mark_uncollectible": lambda w: _answers(

@@ -66,7 +66,8 @@ def test_a_hold_stops_the_review_clock_and_release_restarts_it(
 ) -> None:
     _, lifecycle = make(billsync, running_emulator, clock)
     create_account(billsync)
-    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "100", at=T0)])
+    # 1,000 IP-hours: above Stripe's minimum charge, so the invoice waits for a payment.
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
     clock.set(AFTER_GRACE)
     lifecycle.advance()
     assert status(billsync) is PeriodStatus.REVIEW
@@ -93,7 +94,8 @@ def test_approve_now_finalizes_during_review(
 ) -> None:
     _, lifecycle = make(billsync, running_emulator, clock)
     create_account(billsync)
-    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "100", at=T0)])
+    # 1,000 IP-hours: above Stripe's minimum charge, so the invoice waits for a payment.
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
     clock.set(AFTER_GRACE)
     lifecycle.advance()
     with pytest.raises(Conflict):

@@ -110,6 +110,7 @@ def build_syncing(
         delete_zero_total=settings.zero_total_periods == "delete",
         changes=changes, leases=leases, lease_wait=settings.on_demand_wait_seconds,
         namespace=settings.stripe_namespace, stripe_mode=key_mode(settings.stripe_api_key or ""),
+        inherit_discounts=settings.stripe_discounts == "inherit",
     )  # fmt: skip
     lifecycle = LifecycleService(
         database,

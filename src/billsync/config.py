@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         "(several installations on one Stripe account never touch each other's objects); "
         "unset: the one generated when the database was created.",
     )
+    stripe_discounts: str = Field(
+        default="inherit",
+        description="inherit: a customer's coupon in Stripe applies to its usage invoices "
+        "(Stripe's default; the bill shows the discount); none: usage invoices never take one.",
+    )
     stripe_timeout_seconds: float = Field(default=10.0, gt=0)
     stripe_max_retries: int = Field(default=2, ge=0, le=10)
     stripe_rate: float | None = Field(
@@ -164,6 +169,13 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace(cls, value: str | None) -> str | None:
         return None if value is None else check_namespace(value)
+
+    @field_validator("stripe_discounts")
+    @classmethod
+    def _discounts(cls, value: str) -> str:
+        if value not in {"inherit", "none"}:
+            raise ValueError("must be inherit or none")
+        return value
 
     @field_validator("sqlite_synchronous")
     @classmethod

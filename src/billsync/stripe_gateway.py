@@ -168,6 +168,7 @@ class StripeGateway:
         description: str,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        inherit_discounts: bool = True,
     ) -> RemoteInvoice:
         params: InvoiceCreateParams = {
             "customer": customer,
@@ -178,6 +179,11 @@ class StripeGateway:
             "collection_method": "charge_automatically",
             "pending_invoice_items_behavior": "exclude",
         }
+        if not inherit_discounts:
+            # "If not specified, inherits the discount from the invoice's customer. Pass an
+            # empty string to avoid inheriting any discounts." (docs.stripe.com/api/invoices/
+            # create, discounts)
+            params["discounts"] = ""
         with _translated(write=True):
             invoice = self._client.v1.invoices.create(params, _write(idempotency_key))
         return _remote_invoice(invoice)
@@ -389,6 +395,9 @@ def _remote_invoice(
         metadata=_metadata(invoice.metadata),
         lines=lines,
         lines_complete=complete,
+        subtotal=invoice.subtotal,
+        discount=sum(d.amount for d in invoice.total_discount_amounts or ()),
+        starting_balance=invoice.starting_balance or 0,
     )
 
 

@@ -80,6 +80,8 @@ def bill_body(bill: Bill) -> dict[str, Any]:
             }
             for item in bill.lines
         ],
+        "subtotal": bill.subtotal,
+        "discount": bill.discount,  # the coupon Stripe applies to the draft
         "total": bill.total,
         "pending_total": bill.pending_total,
         "projected_total": bill.projected_total,
@@ -93,6 +95,10 @@ def bill_body(bill: Bill) -> dict[str, Any]:
                 "period_start": invoice.period_start,
                 "status": invoice.status,
                 "total": invoice.total,
+                "discount": invoice.discount,
+                "balance_applied": invoice.balance_applied,
+                "carried": invoice.carried,
+                "amount_due": invoice.amount_due,
                 "amount_remaining": invoice.amount_remaining,
                 "paid_at": invoice.paid_at,
                 "hosted_invoice_url": invoice.hosted_invoice_url,

@@ -21,6 +21,7 @@ def print_report(report: VerifyReport, currency: str = "usd") -> None:
     for title, rows, style in (
         ("violations", report.violations, "red"),
         ("accepted by a person (not violations)", report.accepted, "yellow"),
+        ("explained by Stripe's rules: a coupon (not violations)", report.explained, "cyan"),
     ):
         if not rows:
             continue

@@ -340,6 +340,12 @@ class InvoiceMirror(Base):
     amount_due: Mapped[int] = mapped_column(BigInteger)
     amount_paid: Mapped[int] = mapped_column(BigInteger)
     amount_remaining: Mapped[int] = mapped_column(BigInteger)
+    # What Stripe adds besides the lines: the lines' sum, the coupons' discount (total =
+    # subtotal − discount) and the customer balance applied at finalization (negative: a
+    # credit; amount_due = total + starting_balance, never below 0).
+    subtotal: Mapped[int | None] = mapped_column(BigInteger)
+    discount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    starting_balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     hosted_invoice_url: Mapped[str | None] = mapped_column(String(2000))
     invoice_pdf: Mapped[str | None] = mapped_column(String(2000))
     attempt_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

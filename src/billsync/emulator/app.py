@@ -24,7 +24,7 @@ from billsync.emulator.errors import StripeError
 from billsync.emulator.faults import FaultRule, Faults
 from billsync.emulator.forms import decode
 from billsync.emulator.params import convert_params, params_class
-from billsync.emulator.routes import match, path_exists
+from billsync.emulator.routes import Route, match, path_exists
 from billsync.emulator.state import API_VERSION, EmulatorConfig, IdempotentResult, State, new_id
 from billsync.emulator.webhooks import WebhookDispatcher
 
@@ -189,7 +189,7 @@ class Emulator:
             else None
         )
         try:
-            params = convert_params(decode(raw), params_class(route.params))
+            params = self._params(route, decode(raw), request.headers.get("stripe-version"))
         except StripeError:
             if slot is not None:
                 state.idempotency.pop(slot, None)  # validation failures are not remembered
@@ -232,6 +232,27 @@ class Emulator:
         if "drop_after_commit" in kinds:
             return _DroppedResponse()
         return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+    @staticmethod
+    def _params(route: Route, values: dict[str, Any], version: str | None) -> dict[str, Any]:
+        """The request's parameters checked against the SDK's types for the pinned version,
+        plus those a later version removed when the request asks for an earlier one
+        (``Route.removed``)."""
+        asked = version or API_VERSION
+        removed = {
+            name: values.pop(name) for name in list(values) if route.accepts_removed(name, asked)
+        }
+        params = convert_params(values, params_class(route.params))
+        for name, value in removed.items():
+            if not isinstance(value, str):
+                raise StripeError(
+                    400,
+                    f"Invalid string: {name} must be a string",
+                    code="parameter_invalid_string",
+                    param=name,
+                )
+            params[name] = value
+        return params
 
     def _slot(self, key: str, livemode: bool) -> tuple[str, str]:
         return ("live" if livemode else "test", key)
@@ -314,11 +335,19 @@ class Emulator:
             await asyncio.sleep(kinds["hang"].seconds or self.state.config.hang_seconds)
 
     def _expand(self, body: dict[str, Any], expand: list[str], livemode: bool) -> dict[str, Any]:
-        """``expand[]`` for the references billsync follows: customer, invoice, and
-        ``data.customer`` / ``data.invoice`` on lists."""
+        """``expand[]`` for the references billsync follows: customer, invoice, an invoice's
+        discounts, and ``data.customer`` / ``data.invoice`` / ``data.discounts`` on lists."""
 
         def expand_one(obj: dict[str, Any], field: str) -> None:
             value = obj.get(field)
+            if field == "discounts" and isinstance(value, list):
+                obj[field] = [
+                    render.discount(self.state.discounts[item])
+                    if isinstance(item, str) and item in self.state.discounts
+                    else item
+                    for item in value
+                ]
+                return
             if not isinstance(value, str):
                 return
             if field == "customer" and value in self.state.customers:

@@ -8,8 +8,9 @@ import secrets
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from billsync.emulator import render
+from billsync.emulator import discounts, render
 from billsync.emulator.errors import StripeError, invalid, not_found
+from billsync.emulator.metadata import merge_metadata
 from billsync.emulator.state import State, created_filter, new_id, paginate
 
 MAX_INVOICE_ITEMS = 250
@@ -29,28 +30,6 @@ class Context:
         self.request = {"id": request_id, "idempotency_key": idempotency_key}
 
 
-def _merge_metadata(current: dict[str, str] | None, update: Any) -> dict[str, str]:
-    """Stripe's metadata update: keys merge, an empty value unsets a key, "" unsets all."""
-    if update == "":
-        return {}
-    merged = dict(current or {})
-    for key, value in update.items():
-        if value == "":
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    if len(merged) > 50:
-        raise invalid("Metadata can have at most 50 keys", param="metadata")
-    for key, value in merged.items():
-        if len(key) > 40:
-            raise invalid(f"Metadata key {key!r} is longer than 40 characters", param="metadata")
-        if len(value) > 500:
-            raise invalid(
-                f"Metadata value of {key!r} is longer than 500 characters", param="metadata"
-            )
-    return merged
-
-
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """``previous_attributes``: the old values of top-level fields that changed."""
     return {
@@ -63,7 +42,17 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 # --- customers -------------------------------------------------------------------------
 
 
+def _legacy_coupon(state: State, ctx: Context, params: dict[str, Any]) -> str | None:
+    """The ``coupon`` a request with an older ``Stripe-Version`` may give (see
+    ``discounts``), checked before anything changes."""
+    coupon = params.get("coupon")
+    if coupon is not None:
+        discounts.redeemable(state, ctx, coupon, "coupon")
+    return coupon
+
+
 def create_customer(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    coupon = _legacy_coupon(state, ctx, params)
     settings = params.get("invoice_settings", {})
     # business_name and individual_name are absent until set: Stripe's description types them
     # as strings, never null.
@@ -88,7 +77,7 @@ def create_customer(state: State, ctx: Context, params: dict[str, Any]) -> dict[
             "rendering_options": None,
         },
         "livemode": ctx.livemode,
-        "metadata": _merge_metadata({}, params.get("metadata", {})),
+        "metadata": merge_metadata({}, params.get("metadata", {})),
         "name": params.get("name"),
         "next_invoice_sequence": params.get("next_invoice_sequence", 1),
         "phone": params.get("phone"),
@@ -99,9 +88,13 @@ def create_customer(state: State, ctx: Context, params: dict[str, Any]) -> dict[
         "_sequence": state.sequence(),
     }
     state.customers[customer["id"]] = customer
+    # Created with its discount: the customer's event, then the discount's.
+    discounted = None if coupon is None else discounts.give_customer(state, ctx, customer, coupon)
     state.emit(
         "customer.created", render.customer(customer), livemode=ctx.livemode, request=ctx.request
     )
+    if discounted is not None:
+        state.emit(*discounted, livemode=ctx.livemode, request=ctx.request)
     return render.customer(customer)
 
 
@@ -116,6 +109,7 @@ def update_customer(
     state: State, ctx: Context, customer_id: str, params: dict[str, Any]
 ) -> dict[str, Any]:
     customer = state.customer(customer_id, ctx.livemode, "id")
+    coupon = _legacy_coupon(state, ctx, params)
     before = render.customer(customer)
     for key in (
         "name",
@@ -131,12 +125,15 @@ def update_customer(
         if key in params:
             customer[key] = params[key] if params[key] != "" else None
     if "metadata" in params:
-        customer["metadata"] = _merge_metadata(customer["metadata"], params["metadata"])
+        customer["metadata"] = merge_metadata(customer["metadata"], params["metadata"])
     if "invoice_settings" in params:
         settings = params["invoice_settings"]
         for key in ("default_payment_method", "footer"):
             if key in settings:
                 customer["invoice_settings"][key] = settings[key] or None
+    if coupon is not None:
+        event, discount = discounts.give_customer(state, ctx, customer, coupon)
+        state.emit(event, discount, livemode=ctx.livemode, request=ctx.request)
     after = render.customer(customer)
     changed = _changes(before, after)
     if changed:
@@ -234,7 +231,7 @@ def _new_item(  # noqa: PLR0917 - internal helper shared by three endpoints
         "discounts": [],
         "invoice": None,
         "livemode": ctx.livemode,
-        "metadata": _merge_metadata({}, params.get("metadata", {})),
+        "metadata": merge_metadata({}, params.get("metadata", {})),
         "net_amount": amount,
         "parent": None,
         "period": {"start": period["start"], "end": period["end"]},
@@ -379,7 +376,7 @@ def _apply_item_update(
     if "period" in params:
         item["period"] = {"start": params["period"]["start"], "end": params["period"]["end"]}
     if "metadata" in params:
-        item["metadata"] = _merge_metadata(item["metadata"], params["metadata"])
+        item["metadata"] = merge_metadata(item["metadata"], params["metadata"])
 
 
 def update_invoice_item(

@@ -174,14 +174,36 @@ def routes(emulator: Emulator) -> list[Route]:
             f"<td class='num'>{_money(line['amount'], line['currency'])}</td></tr>"
             for line in rendered["lines"]["data"]
         )
-        total = _money(rendered["total"], rendered["currency"])
-        due = _money(rendered["amount_remaining"], rendered["currency"])
+        currency = rendered["currency"]
+        # What the customer is shown besides the lines, as on Stripe's page: the subtotal and
+        # each discount when there are discounts, and the balance applied when there is one.
+        summary = ""
+        if rendered["total_discount_amounts"]:
+            summary += (
+                f"<tr><td>Subtotal</td><td class='num' id='subtotal'>"
+                f"{_money(rendered['subtotal'], currency)}</td></tr>"
+            )
+            for part in rendered["total_discount_amounts"]:
+                coupon = state.discounts[part["discount"]]["_coupon"]
+                summary += (
+                    f"<tr><td>{html.escape(coupon['name'] or coupon['id'])}</td>"
+                    f"<td class='num discount'>-{_money(part['amount'], currency)}</td></tr>"
+                )
+        total = _money(rendered["total"], currency)
+        applied = rendered["amount_due"] - rendered["total"]
+        balance = (
+            f"<tr><td>Applied balance</td><td class='num' id='applied-balance'>"
+            f"{_money(applied, currency)}</td></tr>"
+            if applied
+            else ""
+        )
+        due = _money(rendered["amount_remaining"], currency)
         return _page(
             f"Invoice {rendered['number']}",
             f"<h1>Invoice {html.escape(rendered['number'] or rendered['id'])}</h1>"
-            f"<p>Status: <b id='status'>{rendered['status']}</b></p><table>{lines}"
-            f"<tr><th>Total</th><th class='num' id='total'>{total}</th></tr>"
-            f"</table><p>Amount due: {due}</p>",
+            f"<p>Status: <b id='status'>{rendered['status']}</b></p><table>{lines}{summary}"
+            f"<tr><th>Total</th><th class='num' id='total'>{total}</th></tr>{balance}"
+            f"</table><p>Amount due: <span id='amount-due'>{due}</span></p>",
         )
 
     async def peek_invoice(request: Request) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billsync.emulator import render
+from billsync.emulator import balances, discounts, render
 from billsync.emulator.billing import (
     DECLINING_METHODS,
     MAX_INVOICE_ITEMS,
@@ -16,12 +16,12 @@ from billsync.emulator.billing import (
     _delete_item,
     _detach,
     _invoice_updated,
-    _merge_metadata,
     _new_item,
     _require_draft,
     invoice_state,
 )
 from billsync.emulator.errors import StripeError, invalid, not_found
+from billsync.emulator.metadata import merge_metadata
 from billsync.emulator.state import State, created_filter, new_id, paginate
 
 UPDATABLE_WHEN_FINAL = {"metadata", "description", "footer", "auto_advance", "expand"}
@@ -94,7 +94,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
         "last_finalization_error": None,
         "latest_revision": None,
         "livemode": ctx.livemode,
-        "metadata": _merge_metadata({}, params.get("metadata", {})),
+        "metadata": merge_metadata({}, params.get("metadata", {})),
         "next_payment_attempt": None,
         "number": None,
         "on_behalf_of": None,
@@ -131,6 +131,12 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
     }
     if invoice["auto_advance"]:
         invoice["automatically_finalizes_at"] = now + state.config.auto_advance_delay
+    # Not given: the customer's discount; "": none. stripe-python sends nothing at all for
+    # `discounts=[]`, so an empty list inherits the customer's discount, on Stripe as here.
+    if "discounts" in params:
+        invoice["discounts"] = discounts.resolve(state, ctx, invoice, params["discounts"])
+    else:
+        invoice["discounts"] = discounts.inherited(customer, currency, state)
     state.invoices[invoice["id"]] = invoice
     state.invoice_lines[invoice["id"]] = []
     if params.get("pending_invoice_items_behavior", "exclude") == "include":
@@ -165,6 +171,8 @@ def update_invoice(
                 param=refused[0],
             )
     before = render.invoice(state, invoice)
+    if "discounts" in params:  # "" removes them all
+        invoice["discounts"] = discounts.resolve(state, ctx, invoice, params["discounts"])
     for key in (
         "description",
         "footer",
@@ -178,7 +186,7 @@ def update_invoice(
     if "days_until_due" in params:
         invoice["due_date"] = invoice["created"] + 86400 * params["days_until_due"]
     if "metadata" in params:
-        invoice["metadata"] = _merge_metadata(invoice["metadata"], params["metadata"])
+        invoice["metadata"] = merge_metadata(invoice["metadata"], params["metadata"])
     if "auto_advance" in params and invoice["status"] == "draft":
         invoice["automatically_finalizes_at"] = (
             state.clock.now() + state.config.auto_advance_delay if params["auto_advance"] else None
@@ -229,8 +237,9 @@ def list_lines(
     state: State, ctx: Context, invoice_id: str, params: dict[str, Any]
 ) -> dict[str, Any]:
     invoice = state.invoice(invoice_id, ctx.livemode, "invoice")
+    discounted = render.breakdown(state, invoice)
     rendered = [
-        {**render.line_item(state, line_id), "created": 0, "_sequence": -index}
+        {**render.line_item(state, line_id, discounted), "created": 0, "_sequence": -index}
         for index, line_id in enumerate(state.invoice_lines.get(invoice["id"], []))
     ]  # lines list in invoice order: the sort key keeps it
     return paginate(rendered, params, f"/v1/invoices/{invoice_id}/lines", _strip)
@@ -274,7 +283,7 @@ def add_lines(
         else:
             _new_item(state, ctx, customer, invoice["currency"], line, invoice, prefix)
     if "invoice_metadata" in params:
-        invoice["metadata"] = _merge_metadata(invoice["metadata"], params["invoice_metadata"])
+        invoice["metadata"] = merge_metadata(invoice["metadata"], params["invoice_metadata"])
     return _invoice_updated(state, ctx, invoice, before)
 
 
@@ -300,7 +309,7 @@ def update_lines(
     for index, (item, line) in enumerate(zip(items, params["lines"], strict=True)):
         _apply_item_update(item, {k: v for k, v in line.items() if k != "id"}, f"lines[{index}][")
     if "invoice_metadata" in params:
-        invoice["metadata"] = _merge_metadata(invoice["metadata"], params["invoice_metadata"])
+        invoice["metadata"] = merge_metadata(invoice["metadata"], params["invoice_metadata"])
     return _invoice_updated(state, ctx, invoice, before)
 
 
@@ -317,7 +326,7 @@ def remove_lines(
         else:
             _detach(state, item)
     if "invoice_metadata" in params:
-        invoice["metadata"] = _merge_metadata(invoice["metadata"], params["invoice_metadata"])
+        invoice["metadata"] = merge_metadata(invoice["metadata"], params["invoice_metadata"])
     return _invoice_updated(state, ctx, invoice, before)
 
 
@@ -329,13 +338,13 @@ def _finalize(state: State, ctx: Context, invoice: dict[str, Any]) -> None:
     customer = state.customers[invoice["customer"]]
     invoice["number"] = f"{customer['invoice_prefix']}-{customer['next_invoice_sequence']:04d}"
     customer["next_invoice_sequence"] += 1
+    balances.settle_at_finalization(state, ctx, invoice)
     base = state.config.public_url.rstrip("/")
     invoice["status"] = "open"
     invoice["hosted_invoice_url"] = f"{base}/_emulator/invoices/{invoice['id']}"
     invoice["invoice_pdf"] = f"{base}/_emulator/invoices/{invoice['id']}/pdf"
     invoice["status_transitions"]["finalized_at"] = now
     invoice["effective_at"] = now
-    invoice["ending_balance"] = 0
     invoice["automatically_finalizes_at"] = None
     if invoice["collection_method"] == "charge_automatically" and invoice["auto_advance"]:
         # Collection is Stripe's, afterwards and asynchronously: finalize answers "open".
@@ -346,6 +355,8 @@ def _finalize(state: State, ctx: Context, invoice: dict[str, Any]) -> None:
         livemode=ctx.livemode,
         request=ctx.request,
     )
+    # Nothing to charge (a zero total, a balance that covers it, or an amount under the
+    # minimum charge carried to the balance): paid at once.
     if render.totals(state, invoice)["amount_due"] == 0:
         _mark_paid(state, ctx, invoice)
 
@@ -446,6 +457,8 @@ def _close(
     invoice["status"] = status
     invoice["next_payment_attempt"] = None
     invoice["status_transitions"][transition] = state.clock.now()
+    if status == "void":
+        balances.give_back(state, ctx, invoice)
     rendered = render.invoice(state, invoice)
     state.emit(event, rendered, livemode=ctx.livemode, request=ctx.request)
     return rendered
@@ -502,8 +515,13 @@ def create_preview(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
     saved_line_items = dict(state.line_items)
     outbox, events, order = list(state.outbox), dict(state.events), list(state.event_order)
     items = {k: dict(v) for k, v in state.invoice_items.items()}
+    coupons = {k: dict(v) for k, v in state.coupons.items()}
+    saved_discounts = dict(state.discounts)
+    wanted: dict[str, Any] = {"customer": customer["id"], "currency": currency}
+    if "discounts" in params:
+        wanted["discounts"] = params["discounts"]
     try:
-        draft = create_invoice(state, ctx, {"customer": customer["id"], "currency": currency})
+        draft = create_invoice(state, ctx, wanted)
         invoice = state.invoices[draft["id"]]
         for item in sorted(pending, key=lambda i: i["_sequence"]):
             if item["currency"] == currency:
@@ -515,6 +533,7 @@ def create_preview(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
         state.invoices, state.invoice_lines = saved_invoices, saved_lines
         state.line_items = saved_line_items
         state.invoice_items = items
+        state.coupons, state.discounts = coupons, saved_discounts
         state.outbox, state.events, state.event_order = outbox, events, order
     preview["id"] = f"upcoming_{preview['id']}"
     preview["lines"]["url"] = "/v1/invoices/create_preview/lines"
@@ -528,9 +547,11 @@ MAX_ATTEMPTS = 4
 
 
 def advance_due_drafts(state: State) -> None:
-    """What Stripe does on its own once the time comes on the emulator clock: drafts with
-    ``auto_advance`` finalize (or fail to: ``invoice.finalization_failed``), and open invoices
-    collected automatically get their payment attempts."""
+    """What Stripe does on its own once the time comes on the emulator clock: customers'
+    discounts reach their end, drafts with ``auto_advance`` finalize (or fail to:
+    ``invoice.finalization_failed``), and open invoices collected automatically get their
+    payment attempts."""
+    discounts.expire_due(state)
     now = state.clock.now()
     for invoice in list(state.invoices.values()):
         due = invoice.get("automatically_finalizes_at")

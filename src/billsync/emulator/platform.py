@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from billsync.emulator.billing import Context, _merge_metadata
+from billsync.emulator.billing import Context
 from billsync.emulator.errors import StripeError, invalid, not_found
+from billsync.emulator.metadata import merge_metadata
 from billsync.emulator.state import API_VERSION, State, created_filter, new_id, paginate, public
 
 
@@ -161,7 +162,7 @@ def create_webhook_endpoint(state: State, ctx: Context, params: dict[str, Any]) 
         "description": params.get("description") or None,
         "enabled_events": list(params["enabled_events"]),
         "livemode": ctx.livemode,
-        "metadata": _merge_metadata({}, params.get("metadata", {})),
+        "metadata": merge_metadata({}, params.get("metadata", {})),
         "secret": "whsec_" + secrets.token_urlsafe(24),
         "status": "enabled",
         "url": url,
@@ -199,7 +200,7 @@ def update_webhook_endpoint(
     if "disabled" in params:
         endpoint["status"] = "disabled" if params["disabled"] else "enabled"
     if "metadata" in params:
-        endpoint["metadata"] = _merge_metadata(endpoint["metadata"], params["metadata"])
+        endpoint["metadata"] = merge_metadata(endpoint["metadata"], params["metadata"])
     return _without_secret(endpoint)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from billsync.emulator import billing, invoices, platform
+from billsync.emulator import balances, billing, discounts, invoices, platform
 from billsync.emulator.billing import Context
 from billsync.emulator.state import State
 
@@ -21,6 +21,18 @@ class Route:
     params: str  # module.Class under stripe.params
     operation: Operation
     locks_invoice: bool = False  # a write to one invoice: concurrent ones get lock_timeout
+    # Parameters a later API version removed, with the version that removed them: a request
+    # that names an earlier version in its Stripe-Version header may still give them, as
+    # Stripe honours the version a request asks for (docs.stripe.com/api/versioning). They
+    # reach the operation as strings, beside the parameters the SDK types.
+    removed: tuple[tuple[str, str], ...] = ()
+
+    def accepts_removed(self, name: str, version: str) -> bool:
+        """Whether a request made with API ``version`` may give the removed ``name``."""
+        return any(
+            name == removed and version.partition(".")[0] < until.partition(".")[0]
+            for removed, until in self.removed
+        )
 
     @property
     def endpoint(self) -> str:
@@ -35,6 +47,11 @@ def _no_params(call: Callable[[State, Context, str], dict[str, Any]]) -> Operati
     return lambda state, ctx, path, _params: call(state, ctx, path["id"])
 
 
+# A customer's coupon, removed from the customer endpoints in 2025-03-31.basil
+# (docs.stripe.com/changelog/basil/2025-03-31/deprecate-singular-coupon-promotion-code).
+CUSTOMER_COUPON = (("coupon", "2025-03-31.basil"),)
+
+
 ROUTES: list[Route] = [
     # customers
     Route(
@@ -42,6 +59,7 @@ ROUTES: list[Route] = [
         "/v1/customers",
         "_customer_create_params.CustomerCreateParams",
         lambda s, c, p, q: billing.create_customer(s, c, q),
+        removed=CUSTOMER_COUPON,
     ),
     Route(
         "GET",
@@ -60,12 +78,50 @@ ROUTES: list[Route] = [
         "/v1/customers/{id}",
         "_customer_update_params.CustomerUpdateParams",
         lambda s, c, p, q: billing.update_customer(s, c, p["id"], q),
+        removed=CUSTOMER_COUPON,
     ),
     Route(
         "DELETE",
         "/v1/customers/{id}",
         "_customer_delete_params.CustomerDeleteParams",
         _no_params(billing.delete_customer),
+    ),
+    Route(
+        "DELETE",
+        "/v1/customers/{id}/discount",
+        "_customer_delete_discount_params.CustomerDeleteDiscountParams",
+        _no_params(discounts.delete_customer_discount),
+    ),
+    Route(
+        "POST",
+        "/v1/customers/{id}/balance_transactions",
+        "_customer_balance_transaction_create_params.CustomerBalanceTransactionCreateParams",
+        lambda s, c, p, q: balances.create_transaction(s, c, p["id"], q),
+    ),
+    Route(
+        "GET",
+        "/v1/customers/{id}/balance_transactions",
+        "_customer_balance_transaction_list_params.CustomerBalanceTransactionListParams",
+        lambda s, c, p, q: balances.list_transactions(s, c, p["id"], q),
+    ),
+    # coupons
+    Route(
+        "POST",
+        "/v1/coupons",
+        "_coupon_create_params.CouponCreateParams",
+        lambda s, c, p, q: discounts.create_coupon(s, c, q),
+    ),
+    Route(
+        "GET",
+        "/v1/coupons/{id}",
+        "_coupon_retrieve_params.CouponRetrieveParams",
+        _no_params(discounts.retrieve_coupon),
+    ),
+    Route(
+        "DELETE",
+        "/v1/coupons/{id}",
+        "_coupon_delete_params.CouponDeleteParams",
+        _no_params(discounts.delete_coupon),
     ),
     # invoice items
     Route(

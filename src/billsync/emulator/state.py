@@ -164,6 +164,11 @@ class State:
         # invoice id → its line items in order; line item id → (invoice id, invoice item id)
         self.invoice_lines: dict[str, list[str]] = {}
         self.line_items: dict[str, tuple[str, str]] = {}
+        # Coupons by id (deleted ones kept: discounts made from them still apply), discounts by
+        # id, customer balance transactions by id.
+        self.coupons: dict[str, dict[str, Any]] = {}
+        self.discounts: dict[str, dict[str, Any]] = {}
+        self.balance_transactions: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.event_order: list[str] = []
         self.webhook_endpoints: dict[str, dict[str, Any]] = {}
@@ -256,6 +261,15 @@ class State:
         if item is None or item["livemode"] != livemode or item.get("deleted"):
             raise not_found("invoiceitem", item_id, param, in_body=in_body)
         return item
+
+    def coupon(
+        self, coupon_id: str, livemode: bool, param: str = "id", *, in_body: bool = False
+    ) -> dict[str, Any]:
+        """A coupon that is not deleted (a deleted one can no longer be redeemed)."""
+        coupon = self.coupons.get(coupon_id)
+        if coupon is None or coupon["livemode"] != livemode or coupon.get("deleted"):
+            raise not_found("coupon", coupon_id, param, in_body=in_body)
+        return coupon
 
 
 def paginate(

@@ -41,6 +41,7 @@ class LedgerLine:
     event_count: int
     synced_version: int
     synced_amount: int | None
+    stripe_line_item_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ def ledger_lines(connection: Connection, account_id: str | None) -> dict[int, Le
         lines.c.event_count,
         lines.c.synced_version,
         lines.c.synced_amount,
+        lines.c.stripe_line_item_id,
     )
     if account_id is not None:
         query = query.where(lines.c.account_id == account_id)

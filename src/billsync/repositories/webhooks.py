@@ -125,14 +125,20 @@ def get_mirror(connection: Connection, invoice_id: str) -> dict[str, Any] | None
 
 
 def put_mirror(connection: Connection, invoice_id: str, values: dict[str, Any]) -> None:
-    if get_mirror(connection, invoice_id) is None:
-        connection.execute(insert(invoice_mirror), {"stripe_invoice_id": invoice_id, **values})
-    else:
-        connection.execute(
-            update(invoice_mirror)
-            .where(invoice_mirror.c.stripe_invoice_id == invoice_id)
-            .values(**values)
-        )
+    """Insert or update in one statement: the webhook processor and a sync can mirror the same
+    invoice at the same moment."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(invoice_mirror).values(stripe_invoice_id=invoice_id, **values)
+    connection.execute(
+        statement.on_conflict_do_update(index_elements=["stripe_invoice_id"], set_=values)
+    )
+
+
+def record_totals(connection: Connection, invoice_id: str, values: dict[str, Any]) -> None:
+    """A write's answer says what the invoice totals now (subtotal, discount, total, …): the
+    mirror keeps it without waiting for the webhook. Which event was applied last stays the
+    webhooks' own bookkeeping."""
+    put_mirror(connection, invoice_id, values)
 
 
 def mirrors_of(connection: Connection, account_id: str) -> list[dict[str, Any]]:

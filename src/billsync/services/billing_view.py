@@ -48,6 +48,10 @@ class PastInvoice:
     hosted_invoice_url: str | None
     invoice_pdf: str | None
     last_payment_error: str | None
+    discount: int = 0  # the coupons Stripe applied
+    balance_applied: int = 0  # the customer's credit (negative) or debit Stripe applied
+    carried: int = 0  # under Stripe's minimum charge: not charged, carried to the next invoice
+    amount_due: int = 0  # what Stripe charged: total + balance applied, never below 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,10 @@ class Bill:
     failed_payment: str | None
     daily: list[tuple[str, str, Decimal]]
     synced_at: datetime | None  # when the invoice was last brought in step
+    # The coupon Stripe applies to the period's draft, as of its last sync: the bill's total
+    # is what Stripe charges (lines − discount).
+    discount: int = 0
+    subtotal: int = 0
 
     @property
     def pending_lines(self) -> int:
@@ -93,8 +101,13 @@ class BillingView:
             )  # fmt: skip
             bill_lines.append(BillLine(line, line_state(sync), charged(sync), behind(sync)))
         # What Stripe charges: the ledger's amounts, with the ones support accepted as Stripe
-        # has them — the bill and the invoice agree to the cent.
-        total = sum(item.charged for item in bill_lines)
+        # has them, less the coupon Stripe applies to the draft — the bill and the invoice
+        # agree to the cent (once the draft holds every line).
+        subtotal = sum(item.charged for item in bill_lines)
+        mirrors = webhooks.mirrors_of(connection, account.id)
+        draft = next((m for m in mirrors if m["period_start"] == view.period.start), None)
+        discount = 0 if draft is None else min(int(draft["discount"] or 0), max(subtotal, 0))
+        total = subtotal - discount
         invoices = [
             PastInvoice(
                 invoice_id=row["stripe_invoice_id"], number=row["number"],
@@ -102,8 +115,10 @@ class BillingView:
                 amount_remaining=row["amount_remaining"], paid_at=row["paid_at"],
                 hosted_invoice_url=row["hosted_invoice_url"], invoice_pdf=row["invoice_pdf"],
                 last_payment_error=row["last_payment_error"],
+                discount=int(row["discount"] or 0),
+                **_balance(row),
             )
-            for row in webhooks.mirrors_of(connection, account.id)
+            for row in mirrors
             if row["status"] != "draft" and row["period_start"] != view.period.start
         ]  # fmt: skip
         due = [i for i in invoices if i.status in ("open", "uncollectible")]
@@ -127,6 +142,8 @@ class BillingView:
             synced_at=(sync_repository.sync_row(connection, account.id) or {}).get(
                 "last_synced_at"
             ),
+            discount=discount,
+            subtotal=subtotal,
         )
 
     def _projection(self, period: Period, total: int) -> int:
@@ -139,6 +156,23 @@ class BillingView:
             return total
         projected = Decimal(total) * Decimal(length) / Decimal(elapsed)
         return max(total, int(projected.to_integral_value(rounding=ROUND_HALF_UP)))
+
+
+def _balance(row: dict[str, object]) -> dict[str, int]:
+    """What the customer's balance did to a finalized invoice (docs.stripe.com/billing/
+    customer/balance): a credit lowers the amount due down to 0 (the rest stays on the
+    balance), a debit is added in full; an amount due under Stripe's minimum charge is not
+    charged but carried to the next invoice (docs.stripe.com/api/invoices/object)."""
+    total = int(str(row["total"] or 0))
+    starting = int(str(row["starting_balance"] or 0))
+    applied = max(starting, -total) if starting < 0 else starting
+    due = int(str(row["amount_due"] or 0))
+    owed = max(total + applied, 0)
+    return {
+        "balance_applied": applied,
+        "amount_due": due,
+        "carried": owed - due if owed > due else 0,
+    }
 
 
 class BillCache:

@@ -60,7 +60,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
-from billsync.core.installation import NAMESPACE_KEY, is_ours
+from billsync.core import drift
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
 from billsync.core.sync_plan import idempotency_key_for_ids
@@ -78,7 +78,6 @@ from billsync.sync.port import (
     LineChange,
     NewLine,
     RemoteInvoice,
-    RemoteLine,
     StripeFailure,
     StripePort,
     StripeRejected,
@@ -89,26 +88,29 @@ log = logging.getLogger("billsync.reconcile")
 
 T = TypeVar("T")
 
-MISSING = "missing_in_stripe"
-AMOUNT = "amount_differs"
-DUPLICATE = "duplicate_in_stripe"
-EXTRA = "extra_in_stripe"
-REMOVED = "removed_in_stripe"
+MISSING = drift.MISSING_IN_STRIPE
+AMOUNT = drift.AMOUNT_DIFFERS
+DUPLICATE = drift.DUPLICATE_IN_STRIPE
+EXTRA = drift.EXTRA_IN_STRIPE
+REMOVED = drift.REMOVED_IN_STRIPE
+FOREIGN = drift.LINE_OF_ANOTHER_PERIOD
 VOIDED = "invoice_voided"
 DELETED = "invoice_deleted"
 FINALIZED_ELSEWHERE = "invoice_finalized_in_stripe"
 TOTAL = "total_differs"
 DRIFT_KINDS = (
-    MISSING, AMOUNT, DUPLICATE, EXTRA, REMOVED, VOIDED, DELETED, FINALIZED_ELSEWHERE, TOTAL,
+    MISSING, AMOUNT, DUPLICATE, EXTRA, FOREIGN, REMOVED, VOIDED, DELETED, FINALIZED_ELSEWHERE,
+    TOTAL,
 )  # fmt: skip
 REPAIRABLE = frozenset({MISSING, AMOUNT, DUPLICATE})
 # Kinds whose subject is a ledger line, a Stripe line, or the invoice (for the fingerprint).
 LINE_KINDS = frozenset({MISSING, AMOUNT, REMOVED})
-STRIPE_LINE_KINDS = frozenset({EXTRA, DUPLICATE})
+STRIPE_LINE_KINDS = frozenset({EXTRA, FOREIGN, DUPLICATE})
 
 ACCEPTED = problem_repository.ACCEPTED
 ACCEPT_NOTES = {
     EXTRA: ": the line stays on the invoice; billsync never touches lines it did not add",
+    FOREIGN: ": the line stays on the invoice; billsync never touches lines it did not add",
     AMOUNT: (
         ": Stripe's amount stays until the ledger line changes; the next push of a change "
         "sets the ledger's amount again"
@@ -297,10 +299,11 @@ class _RepairKeys:
         description: str,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        inherit_discounts: bool = True,
     ) -> RemoteInvoice:
         return self._gateway.create_draft_invoice(
             customer=customer, currency=currency, description=description, metadata=metadata,
-            idempotency_key=self._key(idempotency_key),
+            idempotency_key=self._key(idempotency_key), inherit_discounts=inherit_discounts,
         )  # fmt: skip
 
     def find_draft_invoices(
@@ -356,14 +359,6 @@ class _RepairKeys:
 
 def _gone(failure: StripeFailure) -> bool:
     return isinstance(failure, StripeRejected) and (failure.missing)
-
-
-def _billsync_line_id(line: RemoteLine, namespace: str) -> int | None:
-    """The ledger line a Stripe line is, if this installation put it there."""
-    if not is_ours(line.metadata, namespace):
-        return None
-    value = line.metadata.get("billsync_line_id", "")
-    return int(value) if value.isdigit() else None
 
 
 class Reconciler:
@@ -569,7 +564,7 @@ class Reconciler:
                 f"ledger's lines total {self._money(check, ledger_total)}",
                 ledger_amount=ledger_total, stripe_amount=remote.total,
             )  # fmt: skip
-        elif remote.total != ledger_total:
+        elif remote.total + remote.discount != ledger_total:  # a coupon is Stripe's, not drift
             self._item(
                 check, period, TOTAL,
                 f"the finalized invoice ({remote.status}) totals "
@@ -619,92 +614,89 @@ class Reconciler:
     def _compare_lines(
         self, period: PeriodRow, mine: list[SyncLine], remote: RemoteInvoice, check: _Check
     ) -> None:
-        ledger_ids = {line.id for line in mine}
-        copies: dict[int, list[RemoteLine]] = {}
-        for remote_line in remote.lines:
-            line_id = _billsync_line_id(remote_line, self.sync.namespace)
-            if line_id is not None and line_id in ledger_ids:
-                copies.setdefault(line_id, []).append(remote_line)
-                continue
-            namespace = remote_line.metadata.get(NAMESPACE_KEY, "")
+        """The draft against the ledger (core.drift, the comparison verify makes too)."""
+        namespace = self.sync.namespace
+        compared = drift.compare_lines(
+            [
+                drift.OurLine(line.id, line.amount, line.version, line.synced_version,
+                              line.synced_amount, line.stripe_line_item_id)
+                for line in mine
+            ],
+            [
+                drift.their_line(r.line_item_id, r.amount, r.metadata, r.description or "",
+                                 namespace)
+                for r in remote.lines
+            ],
+            complete=period.status in COMPLETE_STATUSES, final=False,
+        )  # fmt: skip
+        check.pending += compared.pending
+        check.in_step |= compared.in_step
+        ledger = {line.id: line for line in mine}
+        for difference in compared.differences:
+            self._report(period, difference, ledger, check)
+
+    def _report(
+        self,
+        period: PeriodRow,
+        difference: drift.LineDifference,
+        ledger: dict[int, SyncLine],
+        check: _Check,
+    ) -> None:
+        money = partial(self._money, check)
+        line = None if difference.line is None else ledger[difference.line.id]
+        stripe = difference.stripe
+        kind = difference.kind
+        if kind in (EXTRA, FOREIGN):
+            assert stripe is not None
             what = (
-                f"billsync line {line_id}" if line_id is not None
-                else f"written by the billsync installation {namespace!r}"
-                if namespace != self.sync.namespace
+                f"billsync line {stripe.line_id}" if kind == FOREIGN
+                else f"written by the billsync installation {stripe.namespace!r}"
+                if stripe.namespace != self.sync.namespace
                 else "no billsync metadata"
             )  # fmt: skip
             self._item(
-                check, period, EXTRA,
-                f"{remote_line.line_item_id} ({remote_line.description or 'no description'}, "
-                f"{self._money(check, remote_line.amount)}) is not a line of this period's "
-                f"ledger ({what}): added in Stripe",
-                stripe_line=remote_line.line_item_id, stripe_amount=remote_line.amount,
+                check, period, kind,
+                f"{stripe.line_item_id} ({stripe.description or 'no description'}, "
+                f"{money(stripe.amount)}) is not a line of this period's ledger ({what}): "
+                "added in Stripe",
+                stripe_line=stripe.line_item_id, stripe_amount=stripe.amount,
             )  # fmt: skip
-        for line in mine:
-            found = copies.get(line.id, [])
-            if len(found) > 1:
-                kept = next(
-                    (c for c in found if c.line_item_id == line.stripe_line_item_id), found[0]
-                )
-                for copy in found:
-                    if copy is not kept:
-                        self._item(
-                            check, period, DUPLICATE,
-                            f"{line.key} is on the draft {len(found)} times: {copy.line_item_id} "
-                            f"({self._money(check, copy.amount)}) is an extra copy of "
-                            f"{kept.line_item_id}",
-                            line=line, stripe_line=copy.line_item_id,
-                            ledger_amount=line.amount, stripe_amount=copy.amount,
-                        )  # fmt: skip
-                found = [kept]
-            if not found:
-                self._compare_absent(period, line, check)
-            else:
-                self._compare_present(period, line, found[0], check)
-
-    def _compare_absent(self, period: PeriodRow, line: SyncLine, check: _Check) -> None:
-        if line.stripe_line_item_id is not None:
+            return
+        assert line is not None
+        if kind == DUPLICATE:
+            assert stripe is not None
+            self._item(
+                check, period, DUPLICATE,
+                f"{line.key} is on the draft {difference.copies} times: {stripe.line_item_id} "
+                f"({money(stripe.amount)}) is an extra copy",
+                line=line, stripe_line=stripe.line_item_id,
+                ledger_amount=line.amount, stripe_amount=stripe.amount,
+            )  # fmt: skip
+        elif kind == REMOVED:
             self._item(
                 check, period, REMOVED,
-                f"{line.key} ({self._money(check, line.synced_amount)}) was on the draft as "
+                f"{line.key} ({money(line.synced_amount)}) was on the draft as "
                 f"{line.stripe_line_item_id} and is gone: removed in Stripe; the ledger has "
-                f"{self._money(check, line.amount)}",
+                f"{money(line.amount)}",
                 line=line, stripe_line=line.stripe_line_item_id, ledger_amount=line.amount,
             )  # fmt: skip
-        elif period.status in COMPLETE_STATUSES:
+        elif kind == MISSING:
             self._item(
                 check, period, MISSING,
-                f"{line.key} ({self._money(check, line.amount)}) is not on the draft, although "
-                f"the period is in {period.status.value}",
+                f"{line.key} ({money(line.amount)}) is not on the draft, although the period "
+                f"is in {period.status.value}",
                 line=line, ledger_amount=line.amount,
             )  # fmt: skip
         else:
-            check.pending += 1  # not pushed yet: the sync engine adds it per the policy
-
-    def _compare_present(
-        self, period: PeriodRow, line: SyncLine, remote_line: RemoteLine, check: _Check
-    ) -> None:
-        version = remote_line.metadata.get("billsync_version", "")
-        confirmed = line.stripe_line_item_id is not None and line.synced_version > 0
-        if not confirmed or version != str(line.synced_version):
-            # A push whose outcome billsync has not recorded yet: the engine's recovery does.
-            check.pending += 1
-            if remote_line.amount == line.amount:
-                check.in_step.add(line.id)
-            return
-        if remote_line.amount != line.synced_amount:
+            assert stripe is not None
             self._item(
                 check, period, AMOUNT,
-                f"{line.key}: Stripe shows {self._money(check, remote_line.amount)}, billsync "
-                f"pushed {self._money(check, line.synced_amount)} (version {line.synced_version})"
-                f" and the ledger has {self._money(check, line.amount)}: edited in Stripe",
-                line=line, stripe_line=remote_line.line_item_id,
-                ledger_amount=line.amount, stripe_amount=remote_line.amount,
+                f"{line.key}: Stripe shows {money(stripe.amount)}, billsync pushed "
+                f"{money(line.synced_amount)} (version {line.synced_version}) and the ledger "
+                f"has {money(line.amount)}: edited in Stripe",
+                line=line, stripe_line=stripe.line_item_id,
+                ledger_amount=line.amount, stripe_amount=stripe.amount,
             )  # fmt: skip
-        elif line.synced_version != line.version or line.synced_amount != line.amount:
-            check.pending += 1  # the ledger moved on since the last push
-        else:
-            check.in_step.add(line.id)
 
     # --- recording ----------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from billsync.observability.context import sync_run
 from billsync.repositories import installation as installation_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
+from billsync.repositories import webhooks as webhook_repository
 from billsync.repositories.problems import NewProblem
 from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
 from billsync.services.changes import Changes
@@ -126,6 +127,23 @@ def _metadata(
     return found
 
 
+def _record_totals(
+    connection: Connection, account_id: str, start: date, invoice: RemoteInvoice, now: datetime
+) -> None:
+    """What the invoice totals after a write (a coupon's discount included), kept in the
+    invoice mirror for the customer's page."""
+    webhook_repository.record_totals(
+        connection, invoice.id,
+        {
+            "account_id": account_id, "period_start": start, "status": invoice.status,
+            "currency": invoice.currency, "total": invoice.total, "subtotal": invoice.subtotal,
+            "discount": invoice.discount, "starting_balance": invoice.starting_balance,
+            "amount_due": invoice.amount_due, "amount_paid": invoice.amount_paid,
+            "amount_remaining": invoice.amount_remaining, "updated_at": now,
+        },
+    )  # fmt: skip
+
+
 def _confirmations(invoice: RemoteInvoice, namespace: str) -> list[Confirmation]:
     """The invoice's lines this installation wrote; another namespace's are not ours."""
     found: list[Confirmation] = []
@@ -185,6 +203,7 @@ class SyncService:
         lease_wait: float = 10.0,
         namespace: str | None = None,
         stripe_mode: Mode | None = None,
+        inherit_discounts: bool = True,
     ) -> None:
         self.changes = changes
         # The installation's namespace (core.installation): configured, or the database's own
@@ -192,6 +211,8 @@ class SyncService:
         self._namespace = namespace
         self.stripe_mode = stripe_mode
         self._mode_checked = False
+        # BILLSYNC_STRIPE_DISCOUNTS: whether a customer's coupon applies to its usage invoices.
+        self.inherit_discounts = inherit_discounts
         self.leases = leases
         # How long a sync someone waits on (on demand, a closing cycle) waits for the account's
         # lease held by another worker; background syncs skip a busy account at once.
@@ -556,12 +577,14 @@ class SyncService:
                 description=f"Usage {start.isoformat()} – {_last_day(period.end).isoformat()}",
                 metadata=self.metadata(billsync_account=account.id, billsync_period=scope),
                 idempotency_key=intent.key,
+                inherit_discounts=self.inherit_discounts,
             ),
             intent,
         )
         with self.database.transaction() as connection:
             repository.set_invoice(connection, account.id, start, invoice.id, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
+            _record_totals(connection, account.id, start, invoice, step.now)
 
     def _invoice_of(self, step: _Step, start: date) -> str:
         invoice_id = step.periods[start].stripe_invoice_id
@@ -603,6 +626,7 @@ class SyncService:
                 step.now,
             )
             repository.settle_intent(connection, intent.id, "applied", step.now)
+            _record_totals(connection, step.account.id, start, result, step.now)
 
     def _update_lines(self, step: _Step, operation: UpdateLines) -> None:
         start = operation.period_start
@@ -619,7 +643,7 @@ class SyncService:
             for line, item in operation.changes
         ]
         intent = self._intent(step, start, "update_lines", key, {"lines": [i for i, _ in versions]})
-        self._call(
+        result = self._call(
             step,
             partial(self.gateway.update_lines, invoice_id, changes, idempotency_key=intent.key),
             intent,
@@ -631,6 +655,7 @@ class SyncService:
         with self.database.transaction() as connection:
             repository.confirm_lines(connection, confirmed, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
+            _record_totals(connection, step.account.id, start, result, step.now)
 
     def _remove_lines(self, step: _Step, operation: RemoveLines) -> None:
         start = operation.period_start
@@ -653,7 +678,7 @@ class SyncService:
         invoice_id = self._invoice_of(step, start)
         key = self.key("finalize", invoice_id)
         intent = self._intent(step, start, "finalize", key, {})
-        self._call(
+        finalized = self._call(
             step,
             partial(
                 self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=intent.key
@@ -663,6 +688,8 @@ class SyncService:
         with self.database.transaction() as connection:
             repository.mark_finalized(connection, step.account.id, start, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
+            # The balance Stripe applied, or an amount under its minimum charge carried.
+            _record_totals(connection, step.account.id, start, finalized, step.now)
         step.outcome.finalized.append(start)
 
     def _delete(self, step: _Step, operation: DeleteInvoice) -> None:

@@ -50,11 +50,11 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
+from billsync.core import drift
 from billsync.core.catalog import Catalog
 from billsync.core.event_storage import events_retained
 from billsync.core.folding import line_key
 from billsync.core.installation import is_ours
-from billsync.core.line_state import is_pending
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
 from billsync.core.rating import late_line_amount
@@ -81,11 +81,13 @@ LINE_EVENT_COUNT_DIFFERS = "line_event_count_differs"
 LINE_AMOUNT_DIFFERS = "line_amount_differs"
 LATE_USAGE_MISPLACED = "late_usage_misplaced"
 # Stripe
-MISSING_IN_STRIPE = "missing_in_stripe"
-AMOUNT_DIFFERS = "amount_differs"
-LINE_TWICE_IN_STRIPE = "line_twice_in_stripe"
-FOREIGN_LINE = "line_of_another_period"
-EXTRA_IN_STRIPE = "extra_in_stripe"
+MISSING_IN_STRIPE = drift.MISSING_IN_STRIPE
+REMOVED_IN_STRIPE = drift.REMOVED_IN_STRIPE
+AMOUNT_DIFFERS = drift.AMOUNT_DIFFERS
+DUPLICATE_IN_STRIPE = drift.DUPLICATE_IN_STRIPE
+LINE_TWICE_IN_STRIPE = "line_twice_in_stripe"  # one line on two of the customer's invoices
+FOREIGN_LINE = drift.LINE_OF_ANOTHER_PERIOD
+EXTRA_IN_STRIPE = drift.EXTRA_IN_STRIPE
 TOTAL_DIFFERS = "total_differs"
 INVOICE_MISSING = "invoice_missing"
 UNKNOWN_INVOICE = "unknown_invoice"
@@ -127,6 +129,8 @@ class VerifyReport:
     retained_lines: int = 0  # raw events removed by retention: totals not checked against them
     violations: list[Violation] = field(default_factory=list)
     accepted: list[Violation] = field(default_factory=list)
+    # Differences Stripe's own rules account for (a customer's coupon): not violations.
+    explained: list[Violation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -151,6 +155,7 @@ class VerifyReport:
             "violations": [v.to_dict() for v in self.violations],
             "violations_by_kind": self.by_kind(),
             "accepted": [v.to_dict() for v in self.accepted],
+            "explained": [v.to_dict() for v in self.explained],
             "errors": self.errors,
         }
 
@@ -501,87 +506,65 @@ class Verifier:
                 f"invoice {invoice.id} is {invoice.status} in Stripe while the period is "
                 f"{period.status.value}",
             )
-        ledger = {line.id: line for line in mine}
-        on_invoice: dict[int, list[tuple[str, int]]] = defaultdict(list)
-        for remote in invoice.lines:
-            raw = remote.metadata.get("billsync_line_id")
-            if not is_ours(remote.metadata, self.namespace or ""):
-                raw = None  # another installation's line: never counted as one of ours
-            if raw is None or not raw.isdigit():
-                violation(
-                    EXTRA_IN_STRIPE,
-                    f"{remote.line_item_id} ({format_minor(remote.amount, remote.currency)}, "
-                    f"{remote.description!r}) was not put there by billsync",
-                    stripe_line_item_id=remote.line_item_id,
-                    stripe_amount=remote.amount,
-                )
+        namespace = self.namespace or ""
+        theirs = [
+            drift.their_line(r.line_item_id, r.amount, r.metadata, r.description or "", namespace)
+            for r in invoice.lines
+        ]
+        for remote in theirs:  # across the customer's invoices: one line, one invoice
+            if remote.line_id is None:
                 continue
-            line_id = int(raw)
-            on_invoice[line_id].append((remote.line_item_id, remote.amount))
-            elsewhere = seen_lines.get(line_id)
+            elsewhere = seen_lines.get(remote.line_id)
             if elsewhere is not None and elsewhere != invoice.id:
                 violation(
                     LINE_TWICE_IN_STRIPE,
-                    f"line {line_id} is on invoice {elsewhere} and on {invoice.id}",
-                    line_id=line_id,
+                    f"line {remote.line_id} is on invoice {elsewhere} and on {invoice.id}",
+                    line_id=remote.line_id,
                     stripe_line_item_id=remote.line_item_id,
                 )
-            seen_lines[line_id] = invoice.id
-            if line_id not in ledger:
-                violation(
-                    FOREIGN_LINE,
-                    f"{remote.line_item_id} says it is line {line_id}, which is not a line of "
-                    "this period",
-                    line_id=line_id,
-                    stripe_line_item_id=remote.line_item_id,
-                    stripe_amount=remote.amount,
-                )
-        pending = 0
-        for line in mine:
-            copies = on_invoice.get(line.id, [])
-            if len(copies) > 1:
-                violation(
-                    LINE_TWICE_IN_STRIPE,
-                    f"line {line.id} is on the invoice {len(copies)} times",
-                    line_id=line.id,
-                    stripe_line_item_id=copies[1][0],
-                    ledger_amount=line.amount,
-                    stripe_amount=sum(amount for _, amount in copies),
-                )
-            in_step = not is_pending(
-                line.version, line.synced_version, line.amount, line.synced_amount
-            )
-            if not in_step and not final:
-                pending += 1
-                continue
-            if not copies:
-                violation(
-                    MISSING_IN_STRIPE,
-                    f"line {line.id} ({line.key}, {format_minor(line.amount, line.currency)}) "
-                    "is not on the invoice",
-                    line_id=line.id,
-                    ledger_amount=line.amount,
-                )
-            elif copies[0][1] != line.amount:
-                violation(
-                    AMOUNT_DIFFERS,
-                    f"line {line.id} ({line.key}): the ledger says "
-                    f"{format_minor(line.amount, line.currency)}, Stripe "
-                    f"{format_minor(copies[0][1], line.currency)}",
-                    line_id=line.id,
-                    stripe_line_item_id=copies[0][0],
-                    ledger_amount=line.amount,
-                    stripe_amount=copies[0][1],
-                )
+            seen_lines[remote.line_id] = invoice.id
+        compared = drift.compare_lines(
+            [
+                drift.OurLine(line.id, line.amount, line.version, line.synced_version,
+                              line.synced_amount, line.stripe_line_item_id)
+                for line in mine
+            ],
+            theirs,
+            complete=period.status in (PeriodStatus.REVIEW, PeriodStatus.HELD), final=final,
+        )  # fmt: skip
+        pending = compared.pending
+        ledger = {line.id: line for line in mine}
+        for difference in compared.differences:
+            violation(*_described(difference, ledger, invoice.currency), **_subjects(difference))
         report.pending_lines += pending
         ledger_total = sum(line.amount for line in mine)
-        if pending == 0 and invoice.total != ledger_total:
+        if pending == 0 and invoice.discount and invoice.total + invoice.discount == ledger_total:
+            # Stripe's coupon, not a difference: the lines add up, the discount is Stripe's.
+            report.explained.append(
+                Violation(
+                    TOTAL_DIFFERS, account_id,
+                    f"invoice {invoice.id} totals {format_minor(invoice.total, invoice.currency)}:"
+                    f" the ledger's {format_minor(ledger_total, invoice.currency)} less a "
+                    f"discount of {format_minor(invoice.discount, invoice.currency)} (the "
+                    "customer's coupon)",
+                    start, stripe_invoice_id=invoice.id, ledger_amount=ledger_total,
+                    stripe_amount=invoice.total,
+                )
+            )  # fmt: skip
+        elif pending == 0 and invoice.total != ledger_total:
             # The differences a person accepted (Stripe's amount for a line, a line added or
             # removed in Stripe) explain the total when they add up to it exactly.
             explained = ledger_total + sum(
                 (v.stripe_amount or 0) - (v.ledger_amount or 0)
                 for v in found
-                if v.kind in (AMOUNT_DIFFERS, EXTRA_IN_STRIPE, MISSING_IN_STRIPE)
+                if v.kind
+                in (
+                    AMOUNT_DIFFERS,
+                    EXTRA_IN_STRIPE,
+                    FOREIGN_LINE,
+                    MISSING_IN_STRIPE,
+                    REMOVED_IN_STRIPE,
+                )
                 and accepted.covers(v)
             )
             violation(
@@ -617,3 +600,53 @@ def _misplaced(event: EventRow, line: LedgerLine, periods: dict[date, PeriodRow]
                 "accepts usage"
             )
     return ""
+
+
+def _subjects(difference: drift.LineDifference) -> dict[str, Any]:
+    line, stripe = difference.line, difference.stripe
+    subjects: dict[str, Any] = {}
+    if line is not None:
+        subjects.update(line_id=line.id, ledger_amount=line.amount)
+    elif stripe is not None and stripe.line_id is not None:
+        subjects["line_id"] = stripe.line_id
+    if stripe is not None:
+        subjects.update(stripe_line_item_id=stripe.line_item_id, stripe_amount=stripe.amount)
+    return subjects
+
+
+def _described(
+    difference: drift.LineDifference, ledger: dict[int, LedgerLine], currency: str
+) -> tuple[str, str]:
+    """The kind and a sentence for a person, for one line-level difference."""
+    kind, stripe = difference.kind, difference.stripe
+    line = None if difference.line is None else ledger[difference.line.id]
+    if kind == drift.EXTRA_IN_STRIPE:
+        assert stripe is not None
+        whose = (
+            f"written by the billsync installation {stripe.namespace!r}"
+            if stripe.namespace
+            else "not put there by billsync"
+        )
+        return kind, (
+            f"{stripe.line_item_id} ({format_minor(stripe.amount, currency)}, "
+            f"{stripe.description!r}) was {whose}"
+        )
+    if kind == drift.LINE_OF_ANOTHER_PERIOD:
+        assert stripe is not None
+        return kind, (
+            f"{stripe.line_item_id} says it is line {stripe.line_id}, which is not a line of "
+            "this period"
+        )
+    assert line is not None
+    amount = format_minor(line.amount, line.currency)
+    if kind == drift.DUPLICATE_IN_STRIPE:
+        return kind, f"line {line.id} ({line.key}) is on the invoice {difference.copies} times"
+    if kind == drift.REMOVED_IN_STRIPE:
+        return kind, f"line {line.id} ({line.key}, {amount}) was on the invoice and is gone"
+    if kind == drift.MISSING_IN_STRIPE:
+        return kind, f"line {line.id} ({line.key}, {amount}) is not on the invoice"
+    assert stripe is not None
+    return kind, (
+        f"line {line.id} ({line.key}): the ledger says {amount}, Stripe "
+        f"{format_minor(stripe.amount, line.currency)}"
+    )

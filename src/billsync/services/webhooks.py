@@ -196,6 +196,11 @@ class WebhookProcessor:
             "status": status,
             "currency": invoice.get("currency", ""),
             "total": int(invoice.get("total") or 0),
+            "subtotal": None if invoice.get("subtotal") is None else int(invoice["subtotal"]),
+            "discount": sum(
+                int(d.get("amount") or 0) for d in invoice.get("total_discount_amounts") or ()
+            ),
+            "starting_balance": int(invoice.get("starting_balance") or 0),
             "amount_due": int(invoice.get("amount_due") or 0),
             "amount_paid": int(invoice.get("amount_paid") or 0),
             "amount_remaining": int(invoice.get("amount_remaining") or 0),
@@ -234,6 +239,9 @@ class WebhookProcessor:
             "status": remote.status,
             "currency": remote.currency,
             "total": remote.total,
+            "subtotal": remote.subtotal,
+            "total_discount_amounts": [{"amount": remote.discount}],
+            "starting_balance": remote.starting_balance,
             "amount_due": remote.amount_due,
             "amount_paid": remote.amount_paid,
             "amount_remaining": remote.amount_remaining,

@@ -105,6 +105,13 @@ class RemoteInvoice:
     # Whether ``lines`` is every line of the invoice (a write's response embeds only the first
     # page; ``get_invoice(with_lines=True)`` always reads them all).
     lines_complete: bool = False
+    # What Stripe adds besides the lines (docs.stripe.com/api/invoices/object): ``subtotal`` is
+    # the lines' sum, ``total`` = subtotal − ``discount`` (the coupons applied, Σ
+    # total_discount_amounts); at finalization the customer's balance is applied
+    # (``starting_balance``: negative is a credit) to give ``amount_due``.
+    subtotal: int | None = None
+    discount: int = 0
+    starting_balance: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +150,11 @@ class StripePort(Protocol):
         description: str,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        inherit_discounts: bool = True,
     ) -> RemoteInvoice:
         """A draft with ``auto_advance=false``, ``collection_method=charge_automatically``,
-        ``pending_invoice_items_behavior=exclude``."""
+        ``pending_invoice_items_behavior=exclude``; the customer's discount applies to it
+        unless ``inherit_discounts`` is false."""
         ...
 
     def find_draft_invoices(
