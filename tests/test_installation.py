@@ -4,6 +4,7 @@ ledger tied to one Stripe mode refuses to sync with a key of the other (both sto
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,18 +28,28 @@ from billsync.repositories import sync as sync_repository
 from billsync.services.doctor import diagnose
 from billsync.services.verify import EXTRA_IN_STRIPE, Verifier
 from billsync.stripe_gateway import StripeGateway
-from tests.conftest import T0, emulator_settings
+from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account, event
-from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.stripe_peer import REAL_KEY_VARIABLE, StripePeer
 
-HEADERS = {"Authorization": f"Bearer {EMULATOR_KEY}"}
 EGRESS = "bandwidth.egress.na-eu.gb"
 
 
-def _stripe(emulator: RunningEmulator, method: str, path: str, data: Any = None) -> Any:
+def _settings(data_dir: Path, peer: StripePeer) -> Settings:
+    """billsync's settings against the Stripe peer: the emulator, or real Stripe test mode
+    when BILLSYNC_TEST_STRIPE_KEY is set (two installations sharing one test account)."""
+    if peer.emulator is not None:
+        return emulator_settings(data_dir, peer.emulator)
+    return Settings(data_dir=data_dir, api_token=TEST_TOKEN,
+                    stripe_api_key=os.environ[REAL_KEY_VARIABLE])  # fmt: skip
+
+
+def _stripe(billsync: Billsync, method: str, path: str, data: Any = None) -> Any:
+    settings = billsync.settings
     response = httpx.request(
-        method, f"{emulator.url}{path}", data=data, headers=HEADERS, timeout=10
-    )
+        method, f"{settings.stripe_api_base or 'https://api.stripe.com'}{path}", data=data,
+        headers={"Authorization": f"Bearer {settings.stripe_api_key}"}, timeout=30,
+    )  # fmt: skip
     response.raise_for_status()
     return response.json()
 
@@ -49,10 +60,10 @@ def laptop(
     database: Database,
     clock: ManualClock,
     example_catalog: Catalog,
-    running_emulator: RunningEmulator,
+    stripe_peer: StripePeer,
 ) -> Iterator[Billsync]:
     billsync = build(
-        emulator_settings(tmp_path / "laptop", running_emulator),
+        _settings(tmp_path / "laptop", stripe_peer),
         clock=clock, database=database, catalog=example_catalog,
     )  # fmt: skip
     yield billsync
@@ -61,13 +72,13 @@ def laptop(
 
 @pytest.fixture
 def staging(
-    tmp_path: Path, clock: ManualClock, example_catalog: Catalog, running_emulator: RunningEmulator
+    tmp_path: Path, clock: ManualClock, example_catalog: Catalog, stripe_peer: StripePeer
 ) -> Iterator[Billsync]:
     """A second installation with a database of its own, on the same Stripe account."""
     database = Database(f"sqlite:///{tmp_path / 'staging.db'}")
     migrate.upgrade(database)
     billsync = build(
-        emulator_settings(tmp_path / "staging", running_emulator),
+        _settings(tmp_path / "staging", stripe_peer),
         clock=clock, database=database, catalog=example_catalog,
     )  # fmt: skip
     yield billsync
@@ -89,8 +100,9 @@ def _sync(billsync: Billsync, account: str, gigabytes: str) -> str:
     return periods[0].stripe_invoice_id
 
 
-def _verifier(billsync: Billsync, emulator: RunningEmulator) -> Verifier:
-    gateway = StripeGateway(EMULATOR_KEY, api_base=emulator.url, max_network_retries=0)
+def _verifier(billsync: Billsync) -> Verifier:
+    settings = billsync.settings
+    gateway = StripeGateway(settings.stripe_api_key or "", api_base=settings.stripe_api_base)
     assert billsync.sync is not None
     return Verifier(billsync.database, gateway, namespace=billsync.sync.service.namespace)
 
@@ -107,7 +119,7 @@ def test_every_new_database_is_an_installation_of_its_own(
 
 
 def test_two_installations_on_one_stripe_account_keep_to_their_own_objects(
-    laptop: Billsync, staging: Billsync, running_emulator: RunningEmulator
+    laptop: Billsync, staging: Billsync
 ) -> None:
     """Same account id, same period, same Stripe account: each installation has its own
     customer and draft, each draft holds that installation's ledger, and each one's verify
@@ -117,18 +129,18 @@ def test_two_installations_on_one_stripe_account_keep_to_their_own_objects(
     staging_draft = _sync(staging, "acme", "3")
     assert laptop_draft != staging_draft
     customers = {
-        _stripe(running_emulator, "GET", f"/v1/invoices/{draft}")["customer"]
+        _stripe(laptop, "GET", f"/v1/invoices/{draft}")["customer"]
         for draft in (laptop_draft, staging_draft)
     }
     assert len(customers) == 2
     for billsync, draft in ((laptop, laptop_draft), (staging, staging_draft)):
         assert billsync.sync is not None
-        invoice = _stripe(running_emulator, "GET", f"/v1/invoices/{draft}")
+        invoice = _stripe(billsync, "GET", f"/v1/invoices/{draft}")
         assert invoice["metadata"][NAMESPACE_KEY] == billsync.sync.service.namespace
         with billsync.database.read() as connection:
             (line,) = sync_repository.lines_of(connection, "acme", [T0.date().replace(day=1)])
         assert invoice["total"] == line.amount
-        report = _verifier(billsync, running_emulator).verify()
+        report = _verifier(billsync).verify()
         assert report.ok, report.to_dict()
         assert billsync.sync.reconciler is not None
         drift = billsync.sync.reconciler.reconcile("acme", repair=False)
@@ -136,7 +148,7 @@ def test_two_installations_on_one_stripe_account_keep_to_their_own_objects(
 
 
 def test_a_line_of_another_installation_is_reported_never_adopted_or_removed(
-    laptop: Billsync, running_emulator: RunningEmulator
+    laptop: Billsync,
 ) -> None:
     """A line on this installation's draft that carries another namespace's metadata — even
     naming one of this ledger's line ids — is not counted as the ledger's line: verify and
@@ -146,14 +158,14 @@ def test_a_line_of_another_installation_is_reported_never_adopted_or_removed(
     draft = _sync(laptop, "acme", "10")
     with laptop.database.read() as connection:
         (line,) = sync_repository.lines_of(connection, "acme", [T0.date().replace(day=1)])
-    _stripe(running_emulator, "POST", f"/v1/invoices/{draft}/add_lines", {
+    _stripe(laptop, "POST", f"/v1/invoices/{draft}/add_lines", {
         "lines[0][amount]": "500", "lines[0][description]": "someone else's",
         "lines[0][metadata][billsync_line_id]": str(line.id),
         "lines[0][metadata][billsync_version]": str(line.version),
         "lines[0][metadata][billsync_account]": "acme",
         f"lines[0][metadata][{NAMESPACE_KEY}]": "staging",
     })  # fmt: skip
-    report = _verifier(laptop, running_emulator).verify()
+    report = _verifier(laptop).verify()
     assert [v.kind for v in report.violations] == [EXTRA_IN_STRIPE, "total_differs"]
     assert laptop.sync.reconciler is not None
     drift = laptop.sync.reconciler.reconcile("acme", repair=True)
@@ -163,7 +175,7 @@ def test_a_line_of_another_installation_is_reported_never_adopted_or_removed(
     assert not extra.repaired
     laptop.ingest.ingest([event("acme", EGRESS, "1", at=T0, region="iad")])
     assert laptop.sync.service.sync_account("acme").ok
-    after = _stripe(running_emulator, "GET", f"/v1/invoices/{draft}")
+    after = _stripe(laptop, "GET", f"/v1/invoices/{draft}")
     descriptions = [item["description"] for item in after["lines"]["data"]]
     assert "someone else's" in descriptions
     with laptop.database.read() as connection:
@@ -173,8 +185,9 @@ def test_a_line_of_another_installation_is_reported_never_adopted_or_removed(
 
 
 def test_a_ledger_synced_in_test_mode_refuses_a_live_key(
-    laptop: Billsync, tmp_path: Path, running_emulator: RunningEmulator
+    laptop: Billsync, tmp_path: Path, stripe_peer: StripePeer
 ) -> None:
+    running_emulator = stripe_peer.need_emulator()  # a live key is never sent to Stripe here
     database = laptop.database
     _sync(laptop, "acme", "10")
     with database.read() as connection:
