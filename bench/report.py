@@ -242,7 +242,10 @@ def scale_section(data: dict[str, Any]) -> str:
              r["effective_interval_s"], r["freshness"]["p50_s"], r["freshness"]["p99_s"],
              f"×{r['freshness_p99_over_effective']}", r["on_demand"]["p99_s"],
              r["calls_per_account_window"], r["close_seconds"], r["close_lower_bound_s"],
-             f"×{r['close_over_bound']}", r.get("cpu_busy", {}).get("close", ""),
+             f"×{r['close_over_bound']}",
+             r.get("close_phases", {}).get("draft_whole", {}).get("last_s", ""),
+             r.get("close_syncs", {}).get("closing", {}).get("mean_s", ""),
+             r.get("cpu_busy", {}).get("close", ""), r.get("budget_slots_given_up_late", ""),
              r["tick"]["mean_ms"], r["rate_limited_429"], r["failed_syncs"]]
             for r in loads
         ]  # fmt: skip
@@ -255,13 +258,17 @@ def scale_section(data: dict[str, Any]) -> str:
             "accepted → on Stripe's draft. On demand: `POST /v1/accounts/{id}/sync` during "
             "the saturation. Close: the month's end (grace 0, a review window of N/25 s) until "
             "every invoice is finalized, usage still arriving, against the lower bound: N "
-            "`update_lines` at 25/s to complete the drafts, then the last one's window. "
+            "`update_lines` at 25/s to complete the drafts, then the last one's window (a "
+            "month-end sync completes or finalizes the closed period only; the new period's "
+            "first draft waits for its interval). "
             "Targets: freshness p99 ≤ 1.2 × effective interval, on-demand p99 < 2 s, close ≤ "
             "1.1 × bound, no 429.\n\n"
             + table(["accounts", "interval asked s", "N/25 s", "effective interval s",
                      "freshness p50 s", "p99 s", "p99 ÷ effective", "on-demand p99 s",
                      "calls per account-window", "close s", "close bound s", "÷ bound",
-                     "CPU busy during close", "tick mean ms", "429s", "failed syncs"], load_rows)
+                     "last draft whole s", "closing sync mean s", "CPU busy during close",
+                     "budget slots given up late", "tick mean ms", "429s", "failed syncs"],
+                    load_rows)
         )  # fmt: skip
     return text
 
