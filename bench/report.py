@@ -207,8 +207,10 @@ def workers_section(data: dict[str, Any]) -> str:
         "PostgreSQL synced by 1, 2 and 3 `billsync worker` processes (2 threads each) sharing "
         "one budget; the emulator limits at Stripe's sandbox "
         f"{n(data['emulator_limit'])}/s and counts per wall-clock second. More workers reach "
-        "the budget and never pass it; the baseline, 3 workers each with a budget of its own, "
-        "sends three budgets' worth and is answered 429.\n\n"
+        "the budget and stay within it (a thread that wakes late for its slot still calls, so "
+        "a second may see up to 1.25 × the budget — under Stripe's limit); the baseline, 3 "
+        "workers each with a budget of its own, sends more than the limit and is answered "
+        "429.\n\n"
         + table(["workers", "budget", "budget/s", "calls", "seconds", "mean calls/s",
                  "÷ budget", "busiest second", "429s"], rows)
     )  # fmt: skip

@@ -7,7 +7,7 @@ For each worker count: a fresh PostgreSQL schema, ``--accounts`` accounts with u
 metrics and nothing in Stripe yet (per account: a customer, a draft invoice, one
 ``add_lines``), then N worker processes (2 sync threads each) start together and sync the
 backlog to the emulator (its own process, enforcing Stripe's sandbox limit of 25/s). The
-emulator counts requests per wall-clock second. More workers must reach the budget, never pass
+emulator counts requests per wall-clock second. More workers must reach the budget, not pass
 it: the mean over the full seconds should sit at the budget whatever N is.
 
 The baseline, measured in the same run: 3 workers each keeping its own budget
