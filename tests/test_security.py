@@ -357,3 +357,23 @@ def test_a_slow_body_is_cut_off_at_the_body_timeout(
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_timeout" in answer
     assert sent < 999, "the body was complete before billsync answered"
+
+
+def test_the_token_is_checked_on_the_path_the_router_matches_behind_a_prefix(
+    world: World,
+) -> None:
+    """Served under a prefix (``uvicorn … --root-path /api``), ASGI's path carries the prefix
+    and the router matches what follows it: the token check must look at that, or every /v1
+    route is open to anyone behind a prefix."""
+    with TestClient(create_app(world.billsync), root_path="/api") as prefixed:
+        anonymous = prefixed.get("/api/v1/accounts/acme")
+        assert anonymous.status_code == 401, anonymous.text
+        assert (
+            prefixed.post("/api/v1/accounts", json={"id": "x", "currency": "usd"}).status_code
+            == 401
+        )
+        assert prefixed.post("/api/v1/usage", json={"events": []}).status_code == 401
+        allowed = prefixed.get(
+            "/api/v1/accounts/acme", headers={"Authorization": f"Bearer {TEST_TOKEN}"}
+        )
+        assert allowed.status_code == 200, allowed.text

@@ -21,6 +21,17 @@ PROTECTED_PREFIX = "/v1/"
 CUSTOMER_ROUTES = re.compile(r"^/v1/accounts/([^/]+)/(?:billing|portal)$")
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: the request's path without the prefix the app is served
+    under (``--root-path``; ASGI puts it in both ``root_path`` and ``path``). Checking the raw
+    path let ``/api/v1/…`` through with no token behind a prefix, while the router served it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 class ApiGuard:
     def __init__(
         self,
@@ -65,7 +76,7 @@ class ApiGuard:
         account = self.customer_account_of(presented)
         if account is None:
             return 401, "invalid_token", "the API token is not valid"
-        match = CUSTOMER_ROUTES.match(scope["path"])
+        match = CUSTOMER_ROUTES.match(route_path(scope))
         if match is None or match.group(1) != account:
             return 403, "forbidden", "this customer token opens only its own account's billing"
         scope.setdefault("state", {})["customer_account"] = account
@@ -86,10 +97,11 @@ class ApiGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not scope["path"].startswith(PROTECTED_PREFIX):
+        path = route_path(scope)
+        if not path.startswith(PROTECTED_PREFIX):
             await self.app(scope, self._bounded(receive), send)
             return
-        if scope["path"] in self.signed_paths:  # proven by a signature, not by a token
+        if path in self.signed_paths:  # proven by a signature, not by a token
             await self.app(scope, self._bounded(receive), send)
             return
         authorized, code = self._authorized(scope)
