@@ -1131,3 +1131,18 @@ def test_a_failing_batch_commits_nothing(
         # Nothing of the failed batch was kept: its ids are still free.
         report = ingest(test_client, event(acme, MACHINE, 40, at=AN_HOUR_AGO, event_id="lost"))
         assert statuses(report) == ["accepted"]
+
+
+def test_a_json_boolean_is_not_taken_for_a_number(client: TestClient) -> None:
+    """Pydantic's lax mode would read ``true`` as 1: a client sending a boolean where the
+    schema says integer gets a 422 naming the field, not a one-second token or day 1."""
+    account = client.post(
+        "/v1/accounts", json={"id": "acme", "currency": "usd", "billing_anchor_day": True}
+    )
+    assert account.status_code == 422, account.text
+    assert "billing_anchor_day" in account.text
+    assert client.post("/v1/accounts", json={"id": "acme", "currency": "usd"}).status_code == 201
+    token = client.post("/v1/accounts/acme/customer-tokens", json={"ttl_seconds": True})
+    assert token.status_code == 422, token.text
+    assert "ttl_seconds" in token.text
+    assert client.post("/v1/accounts/acme/customer-tokens", json={"ttl_seconds": 60}).is_success

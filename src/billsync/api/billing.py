@@ -51,7 +51,8 @@ class PortalCreate(BaseModel):
 
 
 class CustomerTokenCreate(BaseModel):
-    ttl_seconds: int = Field(default=900, ge=1, le=86_400)
+    # strict: JSON's true is not a number of seconds (lax mode would read it as 1).
+    ttl_seconds: int = Field(default=900, ge=1, le=86_400, strict=True)
 
 
 def bill_body(bill: Bill) -> dict[str, Any]:

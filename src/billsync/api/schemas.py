@@ -36,7 +36,11 @@ class AccountCreate(BaseModel):
     )
     currency: str = Field(description="ISO 4217 code the account is billed in, e.g. usd.")
     billing_anchor_day: int | None = Field(
-        default=None, ge=1, le=28, description="Day of month periods start (UTC)."
+        strict=True,  # JSON's true is not a day of the month
+        default=None,
+        ge=1,
+        le=28,
+        description="Day of month periods start (UTC).",
     )
 
 
