@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from billsync.api.deps import BillsyncDep
 from billsync.api.responses import JSONBody
-from billsync.api.schemas import ErrorRead
+from billsync.api.schemas import ErrorRead, WholeNumber
 from billsync.bootstrap import Billsync
 from billsync.core import customer_tokens
 from billsync.core.line_state import LineState
@@ -51,8 +51,7 @@ class PortalCreate(BaseModel):
 
 
 class CustomerTokenCreate(BaseModel):
-    # strict: JSON's true is not a number of seconds (lax mode would read it as 1).
-    ttl_seconds: int = Field(default=900, ge=1, le=86_400, strict=True)
+    ttl_seconds: WholeNumber = Field(default=900, ge=1, le=86_400)
 
 
 def bill_body(bill: Bill) -> dict[str, Any]:

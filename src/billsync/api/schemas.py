@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from billsync.services.accounts import EMAIL_PATTERN
+
+
+def _not_a_boolean(value: object) -> object:
+    """JSON's true and false are not numbers (Pydantic's lax mode would read true as 1);
+    20.0 is, as JSON Schema's ``integer`` says."""
+    if isinstance(value, bool):
+        raise ValueError("a whole number is expected, not true or false")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
 
 
 class ErrorDetail(BaseModel):
@@ -35,8 +46,7 @@ class AccountCreate(BaseModel):
         json_schema_extra={"pattern": EMAIL_PATTERN},  # checked by the service
     )
     currency: str = Field(description="ISO 4217 code the account is billed in, e.g. usd.")
-    billing_anchor_day: int | None = Field(
-        strict=True,  # JSON's true is not a day of the month
+    billing_anchor_day: WholeNumber | None = Field(
         default=None,
         ge=1,
         le=28,
