@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from billsync.services.accounts import EMAIL_PATTERN
 
@@ -46,12 +46,14 @@ class AccountCreate(BaseModel):
         json_schema_extra={"pattern": EMAIL_PATTERN},  # checked by the service
     )
     currency: str = Field(description="ISO 4217 code the account is billed in, e.g. usd.")
-    billing_anchor_day: WholeNumber | None = Field(
-        default=None,
-        ge=1,
-        le=28,
-        description="Day of month periods start (UTC).",
+    billing_anchor_day: int | None = Field(
+        default=None, ge=1, le=28, description="Day of month periods start (UTC)."
     )
+
+    @field_validator("billing_anchor_day", mode="before")
+    @classmethod
+    def _anchor_day(cls, value: object) -> object:
+        return _not_a_boolean(value)
 
 
 class AccountRead(BaseModel):
