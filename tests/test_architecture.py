@@ -199,6 +199,8 @@ OWN_TRANSACTIONS = {
     "services/event_retention.py": "a job: archives and drops partitions step by step",
     "services/event_partitions.py": "a job: creates partitions ahead of time",
     "services/adjustments.py": "a support action and its audit entry commit together",
+    "services/support.py": "calls Stripe: each support action commits with its audit entry, "
+    "then calls Stripe with none open and settles the outcome onto the entry",
     "services/console_auth.py": "console sign-in: sessions and users, each action with audit",
 }
 OPENERS = {"transaction", "read"}  # Database's two doors

@@ -9,6 +9,7 @@ the Stripe invoice all show the same integer.
 
 from __future__ import annotations
 
+import re
 from decimal import (
     ROUND_HALF_UP,
     Context,
@@ -49,6 +50,10 @@ class CurrencyError(ValueError):
     """A currency code billsync cannot bill in."""
 
 
+class AmountError(ValueError):
+    """Text that is not an exact amount of money in a currency."""
+
+
 def normalize_currency(code: str) -> str:
     """Lower-case three-letter code, as Stripe spells it, or CurrencyError."""
     normalized = code.strip().lower()
@@ -70,6 +75,51 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
     """Round an exact major-unit amount to whole minor units: the one rounding of a line."""
     scaled = amount.scaleb(minor_unit_exponent(currency), context=EXACT)
     return int(scaled.to_integral_value(rounding=ROUNDING))
+
+
+# An amount a person types: ASCII digits, at most one decimal point, an optional sign. Nothing
+# else that ``Decimal()`` also reads: no exponent (1e1000000), NaN or Infinity, no underscores
+# (1_000), no digits of other scripts (١٢), no thousands separators.
+AMOUNT_PATTERN = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+# Longer text is refused before it is read: the largest amount takes 10 characters
+# ("-999999.99"), which leaves room for a few zeros a person may add.
+AMOUNT_TEXT_LIMIT = 32
+
+
+def parse_amount(text: str, currency: str, *, limit: int = MAX_STRIPE_AMOUNT) -> int:
+    """An amount typed in major units ('12.50', '-3') as exact minor units (1250, -300).
+
+    Exact or refused, never rounded: '0.005' is not an amount of usd (it is half a cent), '12.5'
+    of jpy is not either; '5.000' is 500 cents. At most ``limit`` minor units either way (by
+    default Stripe's largest amount on one line). Surrounding spaces are ignored. Raises
+    AmountError with a message a person can act on; nothing else."""
+    written = text.strip()
+    if len(written) > AMOUNT_TEXT_LIMIT:
+        raise AmountError(f"an amount is at most {AMOUNT_TEXT_LIMIT} characters long")
+    if not AMOUNT_PATTERN.fullmatch(written):
+        raise AmountError(
+            f"{written!r} is not an amount: write digits 0-9 with at most one decimal point, "
+            "like 12.50"
+        )
+    exponent = minor_unit_exponent(currency)
+    whole, _, fraction = written.lstrip("+-").partition(".")
+    significant = fraction.rstrip("0")
+    if len(significant) > exponent:
+        unit = (
+            f"{currency.upper()} amounts are whole numbers"
+            if exponent == 0
+            else f"{currency.upper()} amounts have at most {exponent} decimals"
+        )
+        raise AmountError(f"{written} is not an exact amount: {unit} (nothing is rounded)")
+    scale: int = 10**exponent
+    minor = int(whole) * scale + int(significant.ljust(exponent, "0") or "0")
+    if minor > limit:
+        raise AmountError(
+            f"{written} {currency.upper()} is too large: an amount is at most {limit:,} minor "
+            f"units either way ({format_minor(limit, currency)} {currency.upper()}); split a "
+            "larger one"
+        )
+    return -minor if written.startswith("-") else minor
 
 
 def format_minor(amount: int, currency: str) -> str:

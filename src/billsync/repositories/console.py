@@ -121,9 +121,10 @@ def record(
     period_start: date | None = None,
     reason: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> None:
-    connection.execute(
-        insert(audit_log),
+) -> int:
+    """Write an audit entry; returns its id."""
+    result = connection.execute(
+        insert(audit_log).returning(audit_log.c.id),
         {
             "at": now,
             "actor": actor,
@@ -133,6 +134,19 @@ def record(
             "reason": reason,
             "detail": detail or {},
         },
+    )
+    return int(result.scalar_one())
+
+
+def settle(connection: Connection, entry_id: int, outcome: dict[str, Any]) -> None:
+    """Add what an action's Stripe call ended with to its audit entry (``detail.outcome``)."""
+    detail = connection.execute(
+        select(audit_log.c.detail).where(audit_log.c.id == entry_id)
+    ).scalar_one()
+    connection.execute(
+        update(audit_log)
+        .where(audit_log.c.id == entry_id)
+        .values(detail={**detail, "outcome": outcome})
     )
 
 

@@ -73,12 +73,14 @@ def report(connection: Connection, problem: NewProblem, now: datetime) -> int:
     return int(result.scalar_one())
 
 
-def resolve(connection: Connection, problem_id: int, resolution: str, now: datetime) -> None:
-    connection.execute(
+def resolve(connection: Connection, problem_id: int, resolution: str, now: datetime) -> bool:
+    """Resolve the problem if it is still open; False if it was resolved already."""
+    changed = connection.execute(
         update(problems)
         .where(problems.c.id == problem_id, problems.c.resolved_at.is_(None))
         .values(resolved_at=now, resolution=resolution[:200])
     )
+    return changed.rowcount == 1
 
 
 def resolve_missing(

@@ -43,6 +43,10 @@ class Adjustments:
             raise InvalidRequest("describe the adjustment for the invoice (1–200 characters)")
         now = self.clock.now()
         with self.database.transaction() as connection:
+            # Adjustments are numbered per period (the line key ``adjustment[n]``) and may
+            # create the period: under the account's ledger lock, which ingest also takes to
+            # create periods, two at once queue instead of taking the same number.
+            ledger.lock_accounts(connection, [account_id])
             account = get_account(connection, account_id)
             if account is None:
                 raise NotFound(f"account '{account_id}' does not exist", code="account_not_found")

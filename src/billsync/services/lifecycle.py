@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+from sqlalchemy import Connection
+
 from billsync.clock import Clock
 from billsync.core.line_state import is_pending
 from billsync.core.periods import PeriodStatus
@@ -211,42 +213,35 @@ class LifecycleService:
         else:
             report.failed.append((account_id, outcome.error or "not finalized"))
 
-    # --- what support does (the console and `billsync support` call these) ------------
+    # --- what support does -----------------------------------------------------------
+    # ``services.support`` takes each decision in its own transaction, with the audit entry:
+    # the ``*_period`` steps receive that transaction. ``hold``, ``release`` and
+    # ``approve_now`` are the same steps for callers that keep no audit (tests, scripts).
 
-    def _period(self, account_id: str, start: date) -> PeriodRow:
-        with self.database.read() as connection:
-            period = repository.get_period(connection, account_id, start)
-        if period is None:
-            raise NotFound(
-                f"account '{account_id}' has no billing period starting {start}",
-                code="period_not_found",
-            )
-        return period
-
-    def hold(self, account_id: str, start: date) -> None:
+    def hold_period(
+        self, connection: Connection, account_id: str, start: date, now: datetime
+    ) -> None:
         """Stop the clock: the period will not finalize until released."""
-        period = self._period(account_id, start)
+        period = _period_in(connection, account_id, start)
         if period.status not in (PeriodStatus.OPEN, PeriodStatus.CLOSING, PeriodStatus.REVIEW):
             raise Conflict(f"a {period.status} period cannot be held", code="period_not_holdable")
-        now = self.clock.now()
         remaining = None
         if period.review_ends_at is not None:
             remaining = max(0, int((period.review_ends_at - now).total_seconds()))
-        with self.database.transaction() as connection:
-            held = repository.transition(
-                connection, account_id, start, [period.status], to=PeriodStatus.HELD, now=now,
-                held_from=period.status.value, hold_remaining_seconds=remaining,
-                review_ends_at=None,
-            )  # fmt: skip
+        held = repository.transition(
+            connection, account_id, start, [period.status], to=PeriodStatus.HELD, now=now,
+            held_from=period.status.value, hold_remaining_seconds=remaining, review_ends_at=None,
+        )  # fmt: skip
         if not held:
             raise _changed_meanwhile(account_id, start)
 
-    def release(self, account_id: str, start: date) -> None:
+    def release_period(
+        self, connection: Connection, account_id: str, start: date, now: datetime
+    ) -> None:
         """Restart the clock where it stopped."""
-        period = self._period(account_id, start)
+        period = _period_in(connection, account_id, start)
         if period.status is not PeriodStatus.HELD:
             raise Conflict("only a held period can be released", code="period_not_held")
-        now = self.clock.now()
         back = PeriodStatus(period.held_from or PeriodStatus.REVIEW.value)
         review_ends_at = None
         if back is PeriodStatus.REVIEW:
@@ -254,37 +249,66 @@ class LifecycleService:
             review_ends_at = now + (
                 timedelta(seconds=left) if left is not None else self.settings.review_window
             )
-        with self.database.transaction() as connection:
-            released = repository.transition(
-                connection, account_id, start, [PeriodStatus.HELD], to=back, now=now,
-                held_from=None, hold_remaining_seconds=None, review_ends_at=review_ends_at,
-            )  # fmt: skip
+        released = repository.transition(
+            connection, account_id, start, [PeriodStatus.HELD], to=back, now=now,
+            held_from=None, hold_remaining_seconds=None, review_ends_at=review_ends_at,
+        )  # fmt: skip
         if not released:
             raise _changed_meanwhile(account_id, start)
 
-    def approve_now(self, account_id: str, start: date) -> bool:
-        """Finalize now (closing, review or held periods): returns whether Stripe finalized it.
-
-        The period stops taking usage first (under the account's ledger lock), then the final
-        sync reads everything it holds and finalizes: usage accepted while the call is in flight
-        is late usage on the next period, never lost between the two."""
-        period = self._period(account_id, start)
+    def approve_period(
+        self, connection: Connection, account_id: str, start: date, now: datetime
+    ) -> None:
+        """Approve now (closing, review or held periods), the decision: the period stops taking
+        usage (under the account's ledger lock) and its finalization is requested. The final
+        sync, :meth:`finalize_approved`, runs after the transaction."""
+        period = _period_in(connection, account_id, start)
         approvable = (PeriodStatus.REVIEW, PeriodStatus.HELD, PeriodStatus.CLOSING)
         if period.status not in approvable:
             raise Conflict(
                 f"a {period.status} period cannot be approved", code="period_not_approvable"
             )
-        now = self.clock.now()
-        with self.database.transaction() as connection:
-            stopped = repository.transition(
-                connection, account_id, start, approvable, to=PeriodStatus.REVIEW, now=now,
-                held_from=None, hold_remaining_seconds=None, review_ends_at=now,
-            )  # fmt: skip
+        stopped = repository.transition(
+            connection, account_id, start, approvable, to=PeriodStatus.REVIEW, now=now,
+            held_from=None, hold_remaining_seconds=None, review_ends_at=now,
+            finalize_requested_at=now,
+        )  # fmt: skip
         if not stopped:
             raise _changed_meanwhile(account_id, start)
+        repository.mark_behind(connection, [account_id])
+
+    def finalize_approved(self, account_id: str, start: date) -> bool:
+        """The final sync of an approved period: it reads everything the period holds and
+        finalizes (usage accepted meanwhile is late usage on the next period, never lost
+        between the two). Returns whether Stripe finalized it; if not, a worker retries."""
         report = AdvanceReport()
-        self._finalize(account_id, start, now, report)
+        now = self.clock.now()
+        self._finalize(account_id, start, now, report, requested=now)
         return bool(report.finalized)
+
+    def hold(self, account_id: str, start: date) -> None:
+        with self.database.transaction() as connection:
+            self.hold_period(connection, account_id, start, self.clock.now())
+
+    def release(self, account_id: str, start: date) -> None:
+        with self.database.transaction() as connection:
+            self.release_period(connection, account_id, start, self.clock.now())
+
+    def approve_now(self, account_id: str, start: date) -> bool:
+        """Finalize now: returns whether Stripe finalized it."""
+        with self.database.transaction() as connection:
+            self.approve_period(connection, account_id, start, self.clock.now())
+        return self.finalize_approved(account_id, start)
+
+
+def _period_in(connection: Connection, account_id: str, start: date) -> PeriodRow:
+    period = repository.get_period(connection, account_id, start)
+    if period is None:
+        raise NotFound(
+            f"account '{account_id}' has no billing period starting {start}",
+            code="period_not_found",
+        )
+    return period
 
 
 def _changed_meanwhile(account_id: str, start: date) -> Conflict:

@@ -53,7 +53,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -813,27 +813,26 @@ class Reconciler:
         outcome = self._repush(account_id, lane)
         return None if outcome.ok else f"re-push failed: {outcome.error}"
 
-    # --- what a person decides (the console calls these) ------------------------------
+    # --- what a person decides ----------------------------------------------------------
+    # ``services.support`` takes each decision in its own transaction, with the audit entry:
+    # the steps below that receive a connection run in that transaction. ``accept_stripe`` and
+    # ``repush_ledger`` are the same decisions for callers that keep no audit.
 
-    def _open_problem(self, problem_id: int) -> ProblemRecord:
-        with self.database.read() as connection:
-            problem = problem_repository.get(connection, problem_id)
+    def open_problem(self, connection: Connection, problem_id: int) -> ProblemRecord:
+        """The drift problem a person decides on, still open, about an account period."""
+        problem = problem_repository.get(connection, problem_id)
         if problem is None or problem.kind not in DRIFT_KINDS:
             raise NotFound(f"no drift problem {problem_id}", code="problem_not_found")
         if problem.resolved_at is not None:
-            raise Conflict(
-                f"problem {problem_id} is already resolved ({problem.resolution})",
-                code="problem_resolved",
-            )
+            raise _resolved(problem)
         if problem.account_id is None or problem.period_start is None:
             raise Conflict(f"problem {problem_id} names no account period", code="not_drift")
         return problem
 
-    def accept_stripe(self, problem_id: int) -> Decision:
+    def accept(self, connection: Connection, problem: ProblemRecord, now: datetime) -> Decision:
         """Keep what Stripe shows. Lines: billsync leaves the line as Stripe has it and stops
         reporting it while it stays as accepted (a change on either side reports it again).
         Invoices voided, deleted or finalized in Stripe: billsync stops syncing the period."""
-        problem = self._open_problem(problem_id)
         if problem.kind not in ACCEPT_NOTES:
             raise Conflict(
                 f"{problem.kind} is billsync's own line: repair it (re-push the ledger)",
@@ -842,27 +841,24 @@ class Reconciler:
         assert problem.account_id is not None
         assert problem.period_start is not None
         resolution = (ACCEPTED + ACCEPT_NOTES[problem.kind])[:200]
-        now = self.clock.now()
-        with self.database.transaction() as connection:
-            period = repository.get_period(connection, problem.account_id, problem.period_start)
-            if problem.kind in (VOIDED, DELETED, FINALIZED_ELSEWHERE) and period is not None:
-                if problem.kind == DELETED:
-                    repository.set_invoice(
-                        connection, problem.account_id, problem.period_start, None, now
-                    )
-                if period.status is not PeriodStatus.FINALIZED:
-                    repository.mark_finalized(
-                        connection, problem.account_id, problem.period_start, now
-                    )
-            problem_repository.resolve(connection, problem_id, resolution, now)
-        log.info("reconcile.accepted", extra={"problem": problem_id, "kind": problem.kind})
-        return Decision(problem_id, problem.kind, True, resolution)
+        period = repository.get_period(connection, problem.account_id, problem.period_start)
+        if problem.kind in (VOIDED, DELETED, FINALIZED_ELSEWHERE) and period is not None:
+            if problem.kind == DELETED:
+                repository.set_invoice(
+                    connection, problem.account_id, problem.period_start, None, now
+                )
+            if period.status is not PeriodStatus.FINALIZED:
+                repository.mark_finalized(connection, problem.account_id, problem.period_start, now)
+        if not problem_repository.resolve(connection, problem.id, resolution, now):
+            raise _resolved(problem)  # another person decided meanwhile
+        log.info("reconcile.accepted", extra={"problem": problem.id, "kind": problem.kind})
+        return Decision(problem.id, problem.kind, True, resolution)
 
-    def repush_ledger(self, problem_id: int) -> Decision:
-        """Make Stripe show the ledger again: re-add a removed or missing line, set an edited
-        line back, take off a line billsync did not add, or, for a voided or deleted invoice,
-        put the period on a new draft. Resolves the problem once Stripe is read back fixed."""
-        problem = self._open_problem(problem_id)
+    def repush(self, connection: Connection, problem: ProblemRecord, now: datetime) -> Repush:
+        """Make Stripe show the ledger again, the decision: billsync's side is set to push the
+        line again (a removed or missing line is forgotten, an edited one marked as what Stripe
+        holds, a voided or deleted invoice's period put on a new draft). :meth:`carry_out`
+        then calls Stripe, after the transaction."""
         account_id, start = problem.account_id, problem.period_start
         assert account_id is not None
         assert start is not None
@@ -872,51 +868,85 @@ class Reconciler:
                 "Stripe first, then re-push the ledger onto a new draft",
                 code="invoice_finalized",
             )
-        lane = Lane.ON_DEMAND
-        with self.database.read() as connection:
-            period = repository.get_period(connection, account_id, start)
-            lines = repository.lines_of(connection, account_id, [start])
+        period = repository.get_period(connection, account_id, start)
         if period is None or period.status is PeriodStatus.FINALIZED:
             raise Conflict(
                 f"the period {start} of {account_id} is finalized in billsync",
                 code="period_finalized",
             )
-        now = self.clock.now()
+        # The engine leaves removed lines out while the problem is open: the decision is taken
+        # now, and reported again if carrying it out fails.
+        if problem.kind == REMOVED and not problem_repository.resolve(
+            connection, problem.id, REPUSHED, now
+        ):
+            raise _resolved(problem)
+        if problem.kind in (MISSING, REMOVED) and problem.line_id is not None:
+            repository.forget_lines(connection, [problem.line_id])
+        elif problem.kind == AMOUNT:
+            _mark_edited(connection, _subject(problem))
+        elif problem.kind in (VOIDED, DELETED):
+            lines = repository.lines_of(connection, account_id, [start])
+            repository.set_invoice(connection, account_id, start, None, now)
+            repository.forget_lines(connection, [line.id for line in lines])
+        return Repush(problem, period.stripe_invoice_id)
+
+    def carry_out(self, repush: Repush) -> Decision:
+        """Take the lines billsync did not add off the draft, or sync the account; resolves the
+        problem once Stripe is read back fixed."""
+        problem = repush.problem
+        account_id = problem.account_id
+        assert account_id is not None
+        lane = Lane.ON_DEMAND
         error: str | None = None
         try:
             if problem.kind in (EXTRA, DUPLICATE):
-                if period.stripe_invoice_id and problem.stripe_object_id:
-                    self._remove(period.stripe_invoice_id, [problem.stripe_object_id], lane)
+                if repush.invoice_id and problem.stripe_object_id:
+                    self._remove(repush.invoice_id, [problem.stripe_object_id], lane)
             else:
-                with self.database.transaction() as connection:
-                    if problem.kind == REMOVED:
-                        # The engine leaves removed lines out while the problem is open: the
-                        # decision is taken now, and reported again below if it fails.
-                        problem_repository.resolve(connection, problem_id, REPUSHED, now)
-                    if problem.kind in (MISSING, REMOVED) and problem.line_id is not None:
-                        repository.forget_lines(connection, [problem.line_id])
-                    elif problem.kind == AMOUNT:
-                        _mark_edited(connection, _subject(problem))
-                    elif problem.kind in (VOIDED, DELETED):
-                        repository.set_invoice(connection, account_id, start, None, now)
-                        repository.forget_lines(connection, [line.id for line in lines])
-                outcome = self._repush(account_id, lane)
-                error = outcome.error
+                error = self._repush(account_id, lane).error
         except StripeFailure as failure:
             error = f"{type(failure).__name__}: {failure}"
         if error is not None:
-            return Decision(problem_id, problem.kind, False, None, error)
+            return Decision(problem.id, problem.kind, False, None, error)
         check = self._check(account_id, lane)
-        subject = _subject(problem)
-        if not check.fixed(subject):
+        if not check.fixed(_subject(problem)):
             return Decision(
-                problem_id, problem.kind, False, None, "Stripe still differs after re-pushing"
+                problem.id, problem.kind, False, None, "Stripe still differs after re-pushing"
             )
         with self.database.transaction() as connection:
-            problem_repository.resolve(connection, problem_id, REPUSHED, self.clock.now())
+            problem_repository.resolve(connection, problem.id, REPUSHED, self.clock.now())
         self._record(account_id, check)
-        log.info("reconcile.repushed", extra={"problem": problem_id, "kind": problem.kind})
-        return Decision(problem_id, problem.kind, True, REPUSHED)
+        log.info("reconcile.repushed", extra={"problem": problem.id, "kind": problem.kind})
+        return Decision(problem.id, problem.kind, True, REPUSHED)
+
+    def accept_stripe(self, problem_id: int) -> Decision:
+        """Keep what Stripe shows (see :meth:`accept`)."""
+        with self.database.transaction() as connection:
+            problem = self.open_problem(connection, problem_id)
+            return self.accept(connection, problem, self.clock.now())
+
+    def repush_ledger(self, problem_id: int) -> Decision:
+        """Make Stripe show the ledger again (see :meth:`repush`)."""
+        with self.database.transaction() as connection:
+            problem = self.open_problem(connection, problem_id)
+            repush = self.repush(connection, problem, self.clock.now())
+        return self.carry_out(repush)
+
+
+@dataclass(frozen=True)
+class Repush:
+    """A decision to re-push the ledger, taken: what carrying it out needs."""
+
+    problem: ProblemRecord
+    invoice_id: str | None
+
+
+def _resolved(problem: ProblemRecord) -> Conflict:
+    return Conflict(
+        f"problem {problem.id} is already resolved"
+        + (f" ({problem.resolution})" if problem.resolution else ""),
+        code="problem_resolved",
+    )
 
 
 def _still_accepted(earlier: ProblemRecord, item: DriftItem) -> bool:
