@@ -1,7 +1,13 @@
 """Schemathesis against billsync's own OpenAPI document: generated requests (valid and
-invalid) to every documented route, as the platform (API token) and with no token. No answer
-is a 5xx, every status and body is one the document declares, invalid input is refused with a
-4xx, valid input is accepted, and 405s name the allowed methods."""
+invalid) to every documented route, as the platform (API token) and with no token, on each
+store (SQLite, and PostgreSQL when BILLSYNC_TEST_DATABASE_URL is set). No answer is a 5xx,
+every status and body is one the document declares, invalid input is refused with a 4xx, valid
+input is accepted, and 405s name the allowed methods.
+
+Schemathesis draws string characters from all of Unicode (UTF-8), NUL included (its
+``allow_x00``, on by default), so NUL, control and bidi-override characters reach every path
+id, query value and body string. It never draws lone surrogates (it excludes them: no UTF-8
+carries them); tests/test_hostile_input.py sends those, as JSON escapes."""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
+from sqlalchemy import text
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billsync.api.app import create_app
 from billsync.bootstrap import build
@@ -27,7 +35,7 @@ from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.emulator.app import create_app as create_emulator
 from billsync.emulator.state import EmulatorConfig
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0, TABLES, TEST_TOKEN
 from tests.factories import create_account, event
 from tests.ports import free_port
 from tests.stripe_peer import EMULATOR_KEY, save_portal_settings
@@ -46,17 +54,16 @@ EXEMPT = {
 }
 
 
-def _billsync_app() -> tuple[Any, str]:
-    """Built at import (schemathesis reads the document while collecting); the emulator it
-    syncs to is started by a fixture before the first request."""
-    directory = Path(tempfile.mkdtemp(prefix="billsync-fuzz-"))
-    database = Database(f"sqlite:///{directory}/billsync.db")
-    migrate.upgrade(database)
-    url = f"http://127.0.0.1:{free_port()}"
+EMULATOR_URL = f"http://127.0.0.1:{free_port()}"
+
+
+def _billsync_app(database: Database, directory: Path) -> ASGIApp:
+    """billsync over ``database``, with a few accounts; the emulator it syncs to is started by
+    a fixture before the first request."""
     billsync = build(
         Settings(
             data_dir=directory, api_token=TEST_TOKEN, stripe_api_key=EMULATOR_KEY,
-            stripe_api_base=url, stripe_max_retries=0, stripe_rate=1000,
+            stripe_api_base=EMULATOR_URL, stripe_max_retries=0, stripe_rate=1000,
             stripe_webhook_secrets="whsec_fuzz", on_demand_wait_seconds=2,
         ),
         clock=ManualClock(T0),
@@ -65,11 +72,49 @@ def _billsync_app() -> tuple[Any, str]:
     for account in ("acme", "0", "globex"):  # ids schemathesis tends to try
         create_account(billsync, account)
     billsync.ingest.ingest([event("acme", at=T0)])
-    return create_app(billsync), url
+    return create_app(billsync)
 
 
-APP, EMULATOR_URL = _billsync_app()
+def _sqlite_app() -> ASGIApp:
+    directory = Path(tempfile.mkdtemp(prefix="billsync-fuzz-"))
+    database = Database(f"sqlite:///{directory}/billsync.db")
+    migrate.upgrade(database)
+    return _billsync_app(database, directory)
+
+
+class StoreSwitch:
+    """The app the fuzzer calls: billsync over the store the test runs on (the document is the
+    same on every store, and schemathesis reads it once, while collecting)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+ON_SQLITE = _sqlite_app()
+APP = StoreSwitch(ON_SQLITE)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"], autouse=True)
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Every test of the module runs on each store."""
+    if request.param == "sqlite":
+        APP.app = ON_SQLITE
+        yield "sqlite"
+        return
+    database = Database(request.getfixturevalue("postgres_schema_url"))
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        connection.execute(text("UPDATE installation SET stripe_mode = NULL"))
+    APP.app = _billsync_app(database, tmp_path_factory.mktemp("fuzz-postgresql"))
+    yield "postgresql"
+    APP.app = ON_SQLITE
+    database.dispose()
 
 
 @pytest.fixture(scope="module", autouse=True)

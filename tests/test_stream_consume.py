@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -299,6 +300,35 @@ def test_each_event_of_a_message_is_validated_on_its_own(rules: UsageRules) -> N
     assert decoded.part(3, body) == (3, b'"x"')
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000  # deeper than any decoder's recursion limit
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "body",
+    [DEEP, b'{"id": ' + DEEP + b"}", b"[" + DEEP + b"]", b'{"id": "\xff"}', b'"\xed\xa0\x80"'],
+    ids=["deep", "deep-in-event", "deep-in-array", "not-utf8", "utf8-surrogate"],
+)
+def test_a_body_nested_too_deep_or_not_utf8_is_malformed(rules: UsageRules, body: bytes) -> None:
+    decoded = decode_message(body, rules)
+    assert decoded.malformed
+    assert [u.position for u in decoded.unreadable] == [None]
+
+
+@pytest.mark.unit
+def test_an_unreadable_line_or_item_costs_only_itself(rules: UsageRules) -> None:
+    one, two = (orjson.dumps(item) for item in usage(2))
+    decoded = decode_message(one + b"\n" + DEEP + b"\n" + b'{"id": "\xff"}\n' + two, rules)
+    assert accepted_ids(decoded) == ["u-0", "u-1"]
+    assert [u.position for u in decoded.unreadable] == [1, 2]
+    assert "too deeply" in decoded.unreadable[0].reason
+    array = b"[" + one + b', {"id": "\xff"}, ' + two + b"]"
+    decoded = decode_message(array, rules)
+    assert accepted_ids(decoded) == ["u-0", "u-1"]
+    assert [(u.position, u.text) for u in decoded.unreadable] == [(1, b'{"id": "\xff"}')]
+    assert decoded.part(1, array) == (2, two)
+
+
 # -- against NATS and the stores -----------------------------------------------------------
 
 
@@ -374,6 +404,56 @@ def test_rejected_events_go_to_the_rejects_file_and_are_acked(
     assert by_sequence[4]["raw"] == "not json"
     assert by_sequence[5]["raw"] == "this is not JSON"
     assert all(row["subject"] == stream.subject for row in rows)
+    state = stream.settled()
+    assert (state.pending, state.ack_pending) == (0, 0)
+    assert state.acked_through == len(messages)
+
+
+def test_bad_text_is_rejected_per_event_on_every_store_and_never_wedges_the_stream(
+    billsync: Billsync, stream: Stream, tmp_path: Path
+) -> None:
+    """NUL in a dimension made PostgreSQL refuse the batch's transaction: the consumer exited
+    and the message came back on every start. Every kind of bad text is now a rejection (or an
+    unreadable message) on both stores alike, acked, and the good events beside it count."""
+    create_account(billsync, "acme")
+    good = usage(4, accounts=("acme",), run="clean")
+    egress = good[2]  # grouped by region
+    messages = [
+        orjson.dumps(good[0]),  # 1
+        orjson.dumps({**egress, "id": "nul", "dimensions": {"region": "a\x00b"}}),  # 2
+        orjson.dumps(
+            [
+                good[1],
+                {**egress, "id": "bidi", "dimensions": {"region": "iad\u202e"}},
+                {**good[0], "id": "digits", "quantity": "١٢"},
+                {**good[0], "id": "nul-id\x00"},
+            ]
+        ),  # 3
+        DEEP,  # 4: unreadable, terminated
+        b'{"id": "\xff"}',  # 5: not UTF-8, terminated
+        orjson.dumps({**good[0], "id": "zero", "quantity": "0e999999999"}),  # 6
+        json.dumps({**egress, "id": "surrogate", "dimensions": {"region": "\ud800"}}).encode(),
+        orjson.dumps(good[2]),  # 8
+        orjson.dumps(good[3]),  # 9
+    ]
+    stream.publish(messages)
+    path = tmp_path / "rejects.jsonl"
+    with path.open("ab") as out:
+        stream_consumer, source = consumer(billsync, stream, max_events=12)
+        stream_consumer.rejects = RejectsLog(out)
+        stats = asyncio.run(consume(stream_consumer, source))
+
+    assert (stats.accepted, stats.duplicates, stats.rejected) == (4, 0, 8)
+    assert stats.malformed_messages == 3
+    assert {code: count for code, (count, _) in stats.rejections.items()} == {
+        "invalid_dimensions": 2, "invalid_quantity": 2, "invalid_id": 1, INVALID_JSON: 3,
+    }  # fmt: skip
+    assert ledger_events(billsync.database) == 4
+    assert ledger_lines(billsync.database) == expected_lines(good)
+    rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert sorted((row["stream_sequence"], row["position"]) for row in rows) == [
+        (2, 0), (3, 1), (3, 2), (3, 3), (4, None), (5, None), (6, 0), (7, None),
+    ]  # fmt: skip
     state = stream.settled()
     assert (state.pending, state.ack_pending) == (0, 0)
     assert state.acked_through == len(messages)

@@ -26,6 +26,7 @@ from billsync.api import (
 )
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
+from billsync.api.request_text import RefuseUnsafeText
 from billsync.api.responses import JSONBody
 from billsync.api.stripe_webhook import WEBHOOK_PATH
 from billsync.bootstrap import Billsync, build
@@ -82,6 +83,9 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
     )
     app.state.billsync = billsync
     install_error_handlers(app)
+    # Innermost: a path or query string with characters no text may carry (NUL, bidi
+    # overrides...) is refused before any route looks it up — after the guard (no token: 401).
+    app.add_middleware(RefuseUnsafeText)
     # Every /v1 route is behind the guard: token and body size checked before any parsing.
     app.add_middleware(
         ApiGuard,

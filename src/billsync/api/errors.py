@@ -13,6 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billsync.api.responses import JSONBody
+from billsync.core.text import NOT_UTF8, TOO_DEEP
 from billsync.errors import BillsyncError
 
 log = logging.getLogger("billsync.api")
@@ -49,6 +50,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONBody:
+        unreadable = _unreadable_json(error)
+        if unreadable is not None:
+            return error_response(400, "invalid_json", f"the body is not valid JSON: {unreadable}")
         codes = {404: "not_found", 405: "method_not_allowed"}
         headers = dict(error.headers) if error.headers else None
         if error.status_code == 405:
@@ -84,6 +88,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, "internal_error", "billsync failed to handle this request; it has been logged"
         )
+
+
+def _unreadable_json(error: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not read a JSON body, when it is something the client can fix: it
+    answers a body nested deeper than the interpreter's recursion limit, or not UTF-8, with a
+    bare 400 "There was an error parsing the body" caused by the decoder's exception."""
+    if error.status_code != 400:
+        return None
+    if isinstance(error.__cause__, RecursionError):
+        return TOO_DEEP
+    if isinstance(error.__cause__, UnicodeDecodeError):
+        return NOT_UTF8
+    return None
 
 
 def _transient(error: DBAPIError) -> bool:

@@ -1,6 +1,7 @@
 """The OpenAPI document, made to say what the API really does (the fuzzing tests hold it to
 that): the errors every route can answer, the currencies the catalog bills in, the period
-parameter's two forms, the signature header of the webhook receiver."""
+parameter's two forms, the characters path ids and query values may not carry, the signature
+header of the webhook receiver."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from fastapi.openapi.utils import get_openapi
 
 from billsync.api.schemas import ErrorRead
 from billsync.bootstrap import Billsync
+from billsync.core.text import SAFE_TEXT_PATTERN
 
 ERROR = {"$ref": "#/components/schemas/ErrorRead"}
 # Answered by the guard, the error handlers or the database for any /v1 route.
 COMMON = {
-    "400": "The body is not JSON (invalid_json).",
+    "400": "The body is not JSON (invalid_json), or the path or query string carries a control, "
+    "line-separator or bidi-override character (invalid_characters).",
     "401": "No API token, or not a valid one (missing_token, invalid_token).",
     "403": "A customer token used outside its own account's billing routes (forbidden).",
     "413": "The body is larger than BILLSYNC_MAX_BODY_BYTES (body_too_large).",
@@ -37,6 +40,7 @@ def install(app: FastAPI, billsync: Billsync) -> None:
             for method, operation in operations.items():
                 _common_errors(path, method, operation)
                 _period_parameter(operation)
+                _safe_text_parameters(operation)
         _currencies(schemas, billsync)
         _webhook(document)
         app.openapi_schema = document
@@ -53,7 +57,7 @@ def _common_errors(path: str, method: str, operation: dict[str, Any]) -> None:
         return
     responses = operation.setdefault("responses", {})
     for status, description in COMMON.items():
-        if status in ("400", "413") and method not in ("post", "put", "patch"):
+        if status == "413" and method not in ("post", "put", "patch"):
             continue
         responses.setdefault(
             status,
@@ -70,6 +74,20 @@ def _period_parameter(operation: dict[str, Any]) -> None:
                 "default": "current",
                 "description": "'current' or a date (YYYY-MM-DD) inside the wanted period",
             }  # fmt: skip
+
+
+def _safe_text_parameters(operation: dict[str, Any]) -> None:
+    """A path id or query value with a character no text may carry is refused before routing
+    (``api.request_text``): the document says so, for whoever generates requests from it."""
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        if (
+            parameter.get("in") in ("path", "query")
+            and schema.get("type") == "string"
+            and "pattern" not in schema
+            and "enum" not in schema
+        ):
+            schema["pattern"] = SAFE_TEXT_PATTERN
 
 
 def _currencies(schemas: dict[str, Any], billsync: Billsync) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from billsync.core.text import SAFE_TEXT_PATTERN
 from billsync.services.accounts import EMAIL_PATTERN
 
 
@@ -39,7 +40,11 @@ class AccountCreate(BaseModel):
         max_length=255,
         json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$"},  # the service's
     )
-    name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(
+        default=None,
+        max_length=255,
+        json_schema_extra={"pattern": SAFE_TEXT_PATTERN},  # checked by the service
+    )
     email: str | None = Field(
         default=None,
         max_length=320,

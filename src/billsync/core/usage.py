@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 import msgspec
 
 from billsync.core.catalog import DIMENSION_NAME, Catalog, Metric
+from billsync.core.text import decode_json, unsafe_character, unsafe_message
 
 MAX_ID_LENGTH = 255
 MAX_DIMENSIONS = 16
@@ -27,7 +28,16 @@ MAX_DIGITS = 40
 MAX_TEXT = 100
 FUTURE_TOLERANCE = timedelta(minutes=5)
 EVENT_FIELDS = frozenset({"id", "account", "metric", "quantity", "timestamp", "dimensions"})
-_DECIMAL_TEXT = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+# Decimal notation in ASCII digits (not another script's: ``"١٢"``; no ``_``), with an optional
+# exponent of at most two digits: enough for any quantity in range, as Python writes small
+# decimals (``str(Decimal("0.0000001"))`` is ``1E-7``) and JavaScript small numbers. A longer one
+# is refused: ``0e999999999`` is a zero no store or formatter should have to write out.
+_DECIMAL_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?")
+_BOUNDED_EXPONENT = re.compile(rb"[^eE]*[eE][+-]?[0-9]{1,2}")  # of a JSON number's text
+QUANTITY_RULE = (
+    f"quantity must be a finite decimal number of at most {MAX_DIGITS} digits, in ASCII digits "
+    'with an optional exponent of at most two digits, e.g. 12, "0.25" or 1E-7'
+)
 
 
 class RejectionCode(enum.StrEnum):
@@ -95,8 +105,29 @@ class UsageRules:
         object.__setattr__(self, "latest", self.now + FUTURE_TOLERANCE)
 
 
+class LongExponent:
+    """A JSON number whose exponent has more than two digits (``0e999999999``), as the generic
+    decoder gives it: no quantity, whatever its value (see ``_DECIMAL_TEXT``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _json_number(text: str) -> Decimal | LongExponent:
+    """The generic decoder's reading of a JSON number with a fraction or an exponent: exact."""
+    if ("e" in text or "E" in text) and not _BOUNDED_EXPONENT.fullmatch(text.encode()):
+        return LongExponent(text)
+    return Decimal(text)
+
+
 def parse_quantity(raw: object) -> Decimal | None:
-    """A JSON number (decoded exactly as Decimal or int) or a decimal string; None if invalid.
+    """A JSON number (decoded exactly as Decimal or int) or a decimal string (``_DECIMAL_TEXT``);
+    None if invalid.
 
     At most MAX_DIGITS significant digits: enough for any real quantity, and it keeps every
     sum billsync makes exact."""
@@ -177,6 +208,13 @@ def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str
                 f"dimension {name!r} must be a non-empty string of at most "
                 f"{MAX_DIMENSION_VALUE_LENGTH} characters",
             )
+        unsafe = unsafe_character(value)
+        if unsafe is not None:
+            return Rejection(
+                event_id,
+                RejectionCode.INVALID_DIMENSIONS,
+                unsafe_message(f"the value of dimension {name!r}", unsafe),
+            )
     for name in metric.group_by:
         if name not in raw:
             return Rejection(
@@ -246,9 +284,14 @@ def _raw_quantity(raw: msgspec.Raw) -> Decimal | None:
     text = bytes(raw)
     first = text[:1]
     if first == b'"':
-        return parse_quantity(_generic_decoder.decode(text))
+        try:
+            return parse_quantity(decode_generic(text))
+        except msgspec.DecodeError:  # not UTF-8, or a lone surrogate: no decimal either
+            return None
     if first.isdigit() or first == b"-":
         # A JSON number (msgspec validated the token): its text is exact Decimal syntax.
+        if (b"e" in text or b"E" in text) and not _BOUNDED_EXPONENT.fullmatch(text):
+            return None
         return parse_quantity(Decimal(text.decode()))
     return None
 
@@ -296,12 +339,7 @@ def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot 
             f"metric {metric_id!r} is not in the catalog (GET /v1/catalog lists them)",
         )
     if quantity is None:
-        return Rejection(
-            event_id,
-            RejectionCode.INVALID_QUANTITY,
-            "quantity must be a finite decimal number or decimal string of at most "
-            f'{MAX_DIGITS} digits, e.g. 12 or "0.25"',
-        )
+        return Rejection(event_id, RejectionCode.INVALID_QUANTITY, QUANTITY_RULE)
     exponent = quantity.as_tuple().exponent
     assert isinstance(exponent, int)
     if -exponent > metric.decimals and decimal_places(quantity) > metric.decimals:
@@ -346,7 +384,7 @@ def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot 
     return ValidEvent(event_id, account, metric.id, quantity, timestamp, dimensions)
 
 
-_generic_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_generic_decoder = msgspec.json.Decoder(float_hook=_json_number)
 _batch_decoder = msgspec.json.Decoder(WireBatch)
 
 
@@ -359,8 +397,10 @@ class BatchShapeError(ValueError):
 
 
 def decode_generic(body: bytes) -> Any:
-    """JSON with every number decoded exactly (Decimal for fractions, int for integers)."""
-    return _generic_decoder.decode(body)
+    """JSON with every number decoded exactly (Decimal for fractions, int for integers,
+    :class:`LongExponent` for an exponent of more than two digits). Raises
+    ``msgspec.DecodeError`` for any unreadable body (see ``core.text.decode_json``)."""
+    return decode_json(_generic_decoder, body)
 
 
 def validate_body(body: bytes, rules: UsageRules, max_events: int) -> list[ValidEvent | Rejection]:
@@ -372,7 +412,7 @@ def validate_body(body: bytes, rules: UsageRules, max_events: int) -> list[Valid
     ``msgspec.DecodeError`` for malformed JSON and :class:`BatchShapeError` for a wrong shape.
     """
     try:
-        batch = _batch_decoder.decode(body)
+        batch = decode_json(_batch_decoder, body)
     except msgspec.ValidationError:
         pass
     else:

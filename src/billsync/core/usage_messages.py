@@ -7,9 +7,10 @@ A message body is one of:
 - **JSON Lines**: one event object per line (blank lines are ignored).
 
 Each event is validated on its own, like the API's: one bad event is rejected with its code and
-does not sink the others. A line of JSON Lines that is not JSON is *unreadable* (the others still
-count); a body that is not JSON at all (nor JSON Lines with a readable line) is unreadable as a
-whole. Every outcome keeps the text of its event, for the rejects file.
+does not sink the others. A line of JSON Lines, or an item of an array, that cannot be read (not
+JSON, not UTF-8, nested too deeply) is *unreadable* (the others still count); a body that is not
+JSON at all (nor JSON Lines with a readable line) is unreadable as a whole. Every outcome keeps
+the text of its event, for the rejects file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from billsync.core.text import decode_json
 from billsync.core.usage import (
     Rejection,
     UsageRules,
@@ -39,7 +41,8 @@ _WHITESPACE = b" \t\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """Text that is not JSON: a line of JSON Lines (``position``), or the whole body (None)."""
+    """Text that cannot be read: a line of JSON Lines or an item of an array (``position``),
+    or the whole body (None)."""
 
     position: int | None
     reason: str
@@ -68,7 +71,8 @@ class DecodedMessage:
         if self.parts is None:
             if not self.array:
                 return (0, body)
-            self.parts = list(enumerate(bytes(item) for item in _raw_list_decoder.decode(body)))
+            items = decode_json(_raw_list_decoder, body)
+            self.parts = list(enumerate(bytes(item) for item in items))
         return self.parts[index]
 
 
@@ -95,31 +99,34 @@ def _event(text: bytes, rules: UsageRules) -> ValidEvent | Rejection:
     The typed decoder checks the JSON types in C (the fast path); an event it refuses is
     decoded generically so that the validator names precisely what is wrong with it."""
     try:
-        return validate_wire_event(_event_decoder.decode(text), rules)
+        return validate_wire_event(decode_json(_event_decoder, text), rules)
     except msgspec.ValidationError:
         return validate_event(decode_generic(text), rules)
 
 
 def _array(body: bytes, rules: UsageRules) -> DecodedMessage:
     try:  # the fast path: every event well-typed, decoded in one call
-        events = _event_list_decoder.decode(body)
-    except msgspec.ValidationError:
+        events = decode_json(_event_list_decoder, body)
+    except msgspec.DecodeError:  # a mistyped event, or one unreadable: told apart below
         pass
-    except msgspec.DecodeError as error:
-        return DecodedMessage([], None, [Unreadable(None, f"not valid JSON: {error}", body)])
     else:
         return DecodedMessage([validate_wire_event(e, rules) for e in events], array=True)
-    try:
-        items = _raw_list_decoder.decode(body)
+    try:  # splits the array without reading its strings
+        items = decode_json(_raw_list_decoder, body)
     except msgspec.DecodeError as error:
         return DecodedMessage([], None, [Unreadable(None, f"not valid JSON: {error}", body)])
     outcomes: list[ValidEvent | Rejection] = []
     parts: list[tuple[int, bytes]] = []
+    unreadable: list[Unreadable] = []
     for position, item in enumerate(items):
         text = bytes(item)
-        outcomes.append(_event(text, rules))  # each item is one JSON value already
+        try:  # each item is one JSON value already, but its strings may not be UTF-8
+            outcomes.append(_event(text, rules))
+        except msgspec.DecodeError as error:
+            unreadable.append(Unreadable(position, f"not valid JSON: {error}", text))
+            continue
         parts.append((position, text))
-    return DecodedMessage(outcomes, parts)
+    return DecodedMessage(outcomes, parts, unreadable)
 
 
 def _lines(lines: list[bytes], rules: UsageRules) -> DecodedMessage:

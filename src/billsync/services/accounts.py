@@ -11,14 +11,17 @@ from billsync.clock import Clock
 from billsync.core.catalog import Catalog
 from billsync.core.money import CurrencyError, normalize_currency
 from billsync.core.periods import MAX_ANCHOR_DAY, MIN_ANCHOR_DAY
+from billsync.core.text import UNSAFE_CHARACTERS, unsafe_character, unsafe_message
 from billsync.errors import Conflict, InvalidRequest, NotFound
 from billsync.repositories import accounts as repository
 from billsync.repositories.accounts import AccountExists, AccountRecord
 
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
-# No "@", no white space, no control characters, on either side — written so that Python and
-# JSON Schema (ECMA) regular expressions read it the same way (their "\s" differ).
-EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}@[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,255}$"
+# No "@", no white space, none of the characters no text may carry (core.text), on either
+# side — written so that Python and JSON Schema (ECMA) regular expressions read it the same way
+# (their "\s" differ).
+_EMAIL_PART = rf"[^@\s{UNSAFE_CHARACTERS}\ufeff]"
+EMAIL_PATTERN = rf"^{_EMAIL_PART}{{1,64}}@{_EMAIL_PART}{{1,255}}$"
 EMAIL = re.compile(EMAIL_PATTERN)
 
 
@@ -53,8 +56,10 @@ class AccountService:
                 f"{', '.join(self.catalog.currencies)}",
                 code="currency_not_supported",
             )
-        if new.email is not None and not EMAIL.fullmatch(new.email):
-            raise InvalidRequest(f"'{new.email}' is not an email address", code="invalid_email")
+        if new.email is not None and (
+            not EMAIL.fullmatch(new.email) or unsafe_character(new.email) is not None
+        ):
+            raise InvalidRequest(f"{new.email!r} is not an email address", code="invalid_email")
         if new.billing_anchor_day is not None and not (
             MIN_ANCHOR_DAY <= new.billing_anchor_day <= MAX_ANCHOR_DAY
         ):
@@ -64,6 +69,9 @@ class AccountService:
         name = (new.name or new.id).strip()
         if not name or len(name) > 255:
             raise InvalidRequest("name must be 1–255 characters", code="invalid_name")
+        unsafe = unsafe_character(name)
+        if unsafe is not None:
+            raise InvalidRequest(unsafe_message("name", unsafe), code="invalid_name")
         record = AccountRecord(
             id=new.id,
             name=name,
