@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,11 +25,11 @@ from billsync.db.database import Database
 from billsync.repositories import problems, webhooks
 from billsync.repositories import sync as sync_repository
 from billsync.sync.port import StripeUnavailable
-from tests.conftest import T0, emulator_settings
+from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account, event
 from tests.ports import free_port
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
-from tests.waiting import wait_until
+from tests.waiting import BACKSTOP_SECONDS, wait_until
 
 SECRET = "whsec_test_billsync_0123456789"
 
@@ -222,12 +223,12 @@ def test_a_failing_handler_is_retried_later(
     original = served.billsync.processor.handle
     calls = {"n": 0}
 
-    def flaky(connection: Any, inbox_event: Any) -> str:
+    def flaky(connection: Any, inbox_event: Any, *rest: Any) -> str:
         calls["n"] += 1
         if inbox_event.type == "invoice.paid" and calls["n"] < 50:
             calls["n"] = 50
             raise RuntimeError("database hiccup")
-        return original(connection, inbox_event)
+        return original(connection, inbox_event, *rest)
 
     monkeypatch.setattr(served.billsync.processor, "handle", flaky)
     first = served.billsync.processor.process()
@@ -332,3 +333,131 @@ def test_deleted_customers_and_invoice_items_are_drift(
     with billsync.database.read() as connection:
         kinds = sorted(p.kind for p in problems.open_problems(connection, "acme"))
     assert kinds == ["customer_deleted", "removed_in_stripe"]
+
+
+class HeldStripe:
+    """The processor's gateway, with each invoice read held open until the test lets it go:
+    while it is held, the test looks at what the database allows."""
+
+    def __init__(self, real: Any, database: Database) -> None:
+        self.real = real
+        self.in_flight = threading.Event()
+        self.release = threading.Event()
+        self.open_transactions_seen: list[int] = []
+        self.open_transactions = 0
+        original = database.transaction
+
+        @contextmanager
+        def counted() -> Iterator[Any]:
+            with original() as connection:
+                self.open_transactions += 1
+                try:
+                    yield connection
+                finally:
+                    self.open_transactions -= 1
+
+        database.transaction = counted  # type: ignore[method-assign]
+
+    def get_invoice(self, invoice_id: str, *, with_lines: bool) -> Any:
+        self.open_transactions_seen.append(self.open_transactions)
+        self.in_flight.set()
+        self.release.wait(timeout=2 * BACKSTOP_SECONDS)
+        return self.real.get_invoice(invoice_id, with_lines=with_lines)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def events_of_one_second(served: Served, emulator: RunningEmulator) -> str:
+    """An invoice's events, all of the same second (the emulator's clock stands still), in the
+    inbox: after the first, each must be settled by reading the invoice from Stripe."""
+    register(emulator, served)
+    invoice_id = bill_and_pay(served, emulator)
+    wait_until(lambda: inbox(served.billsync)["received"] == len(emulator_events(emulator)))
+    return invoice_id
+
+
+def test_stripe_is_read_with_no_transaction_open_and_ingest_goes_on_meanwhile(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    """Settling two events of one second reads the invoice from Stripe. That read happens
+    before the write transaction opens: on SQLite an open write transaction holds the only
+    writer lock, and usage arriving meanwhile would wait for the Stripe round trip."""
+    invoice_id = events_of_one_second(served, running_emulator)
+    billsync = served.billsync
+    held = HeldStripe(billsync.processor.gateway, billsync.database)
+    billsync.processor.gateway = held
+    processing = threading.Thread(target=billsync.processor.process, daemon=True)
+    processing.start()
+    try:
+        assert held.in_flight.wait(BACKSTOP_SECONDS), "no event was settled by reading Stripe"
+        try:
+            answer = httpx.post(
+                f"{served.url}/v1/usage",
+                json={"events": [event("acme", "ip.ipv4.hours", "5", at=T0)]},
+                headers={"Authorization": f"Bearer {TEST_TOKEN}"},
+                timeout=BACKSTOP_SECONDS,
+            )
+        except httpx.TimeoutException:
+            pytest.fail("ingest waited for the webhook processor's Stripe read")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["accepted"] == 1
+    finally:
+        held.release.set()
+        processing.join(BACKSTOP_SECONDS)
+    assert not processing.is_alive()
+    assert held.open_transactions_seen, "Stripe was never read"
+    assert set(held.open_transactions_seen) == {0}, "a transaction was open during a Stripe read"
+    assert inbox(billsync)["pending"] == 0
+    assert mirror(billsync, invoice_id)["status"] == "paid"
+
+
+def test_an_event_applied_during_the_stripe_read_is_not_rolled_back(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    """While the processor reads Stripe for one event, a newer one is applied to the mirror
+    (another process, say). The write transaction checks again and leaves the newer one."""
+    invoice_id = events_of_one_second(served, running_emulator)
+    billsync = served.billsync
+    held = HeldStripe(billsync.processor.gateway, billsync.database)
+    billsync.processor.gateway = held
+    processing = threading.Thread(target=billsync.processor.process, daemon=True)
+    processing.start()
+    try:
+        assert held.in_flight.wait(BACKSTOP_SECONDS), "no event was settled by reading Stripe"
+        later = int(T0.timestamp()) + 60
+        newer = {**mirror(billsync, invoice_id), "status": "void", "last_event_id": "evt_later",
+                 "last_event_created": later}  # fmt: skip
+        newer.pop("stripe_invoice_id")
+        writer = threading.Thread(target=_put_mirror, args=(billsync, invoice_id, newer))
+        writer.start()
+        writer.join(BACKSTOP_SECONDS)
+        assert not writer.is_alive(), "the mirror could not be written during the Stripe read"
+    finally:
+        held.release.set()
+        processing.join(BACKSTOP_SECONDS)
+    view = mirror(billsync, invoice_id)
+    assert (view["status"], view["last_event_id"]) == ("void", "evt_later")
+    assert inbox(billsync)["pending"] == 0
+
+
+def _put_mirror(billsync: Billsync, invoice_id: str, values: dict[str, Any]) -> None:
+    with billsync.database.transaction() as connection:
+        webhooks.put_mirror(connection, invoice_id, values)
+
+
+def test_the_sweep_skips_an_event_the_stores_cannot_keep_and_goes_on(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    """An event carrying a NUL character, refused as a delivery, is skipped by the sweep too
+    (PostgreSQL cannot store it): on both stores the sweep keeps the others and moves on."""
+    billsync = served.billsync
+    assert billsync.sync is not None
+    with httpx.Client(headers={"Authorization": f"Bearer {EMULATOR_KEY}"}) as stripe_api:
+        for name in ("before", "a\x00b", "after"):
+            stripe_api.post(
+                f"{running_emulator.url}/v1/customers", data={"name": name}
+            ).raise_for_status()
+    assert billsync.sync.sweep.run() == 2
+    assert inbox(billsync)["received"] == 2
+    assert billsync.sync.sweep.run() == 0

@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, description="A request body must arrive within this (slow clients)."
     )
+    webhook_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Body cap of POST /v1/stripe/webhook, which anyone may call: Stripe's events "
+        "are a few KB.",
+    )
+    webhook_max_concurrent: int = Field(
+        default=16,
+        ge=1,
+        description="Webhook deliveries one API process reads and stores at once; more are "
+        "answered 503 with Retry-After, and Stripe delivers them again later.",
+    )
     stripe_api_key: str | None = Field(
         default=None, description="sk_test_… or sk_live_…; unset: no syncing to Stripe."
     )

@@ -28,7 +28,6 @@ from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
 from billsync.api.request_text import RefuseUnsafeText
 from billsync.api.responses import JSONBody
-from billsync.api.stripe_webhook import WEBHOOK_PATH
 from billsync.bootstrap import Billsync, build
 from billsync.config import RUN_SCHEDULER, Settings
 from billsync.core import customer_tokens
@@ -92,7 +91,7 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
         tokens=billsync.settings.api_tokens(),
         max_body_bytes=billsync.settings.max_body_bytes,
         body_timeout_seconds=billsync.settings.body_timeout_seconds,
-        signed_paths=[WEBHOOK_PATH],
+        signed_routes=[stripe_webhook.signed_route(billsync.settings)],
         customer_account_of=customer_reader(billsync),
     )
     for router, prefix in ROUTERS:

@@ -134,6 +134,22 @@ def put_mirror(connection: Connection, invoice_id: str, values: dict[str, Any]) 
     )
 
 
+def put_mirror_if_newer(connection: Connection, invoice_id: str, values: dict[str, Any]) -> bool:
+    """Apply an event's view of the invoice unless the mirror already holds a newer event's
+    (one conditional statement: a concurrent writer cannot be rolled back by an older event).
+    False when it did not apply."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(invoice_mirror).values(stripe_invoice_id=invoice_id, **values)
+    result = connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["stripe_invoice_id"],
+            set_=values,
+            where=invoice_mirror.c.last_event_created <= values["last_event_created"],
+        ).returning(invoice_mirror.c.stripe_invoice_id)
+    )
+    return result.first() is not None
+
+
 def record_totals(connection: Connection, invoice_id: str, values: dict[str, Any]) -> None:
     """A write's answer says what the invoice totals now (subtotal, discount, total, …): the
     mirror keeps it without waiting for the webhook. Which event was applied last stays the

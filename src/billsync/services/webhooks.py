@@ -5,13 +5,16 @@ Receiving is cheap and safe: verify the signature on the raw body, store the eve
 its id, answer. Processing happens later (the scheduler's tick), oldest first, with retries:
 events arrive in any order and more than once, so the mirror only moves forward (an event
 older than the newest one applied is skipped; two events of the same second are settled by
-re-reading the invoice from Stripe). Anything missed — a delivery lost for good — is found by
+re-reading the invoice from Stripe — with no transaction open: the read comes first, then a
+short write transaction checks again that nothing newer was applied meanwhile and applies).
+Anything missed — a delivery lost for good — is found by
 the sweep, which lists ``GET /v1/events`` since the newest event seen and feeds the same inbox.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +39,16 @@ SWEEP_CURSOR = "stripe_events_created"
 SWEEP_OVERLAP = 60  # seconds listed again each sweep: events of the same second arrive late
 FIRST_SWEEP = timedelta(days=1)
 MAX_BACKOFF = timedelta(hours=1)
+# Stripe's copy of an invoice is read at most this many times for one event (again only when
+# another event of the same second was applied between the read and the write).
+MAX_STRIPE_READS = 3
+# What the inbox can store on either database: the columns' widths, JSON the serializer can
+# write (it refuses nesting deeper than 254) and text PostgreSQL takes (no NUL). Stripe's
+# events are far inside all of it; anything else is not Stripe's.
+EVENT_ID = re.compile(r"evt_[\x21-\x7e]{1,251}")  # printable ASCII, as Stripe's ids
+EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,100}")
+MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z: the last second a datetime can hold
+MAX_NESTING = 64  # Stripe's objects nest a handful of levels deep
 
 
 class BadWebhook(BillsyncError):
@@ -82,7 +95,7 @@ class WebhookInbox:
                 event_id=event_id,
                 event_type=event_type,
                 created=created,
-                livemode=bool(event.get("livemode")),
+                livemode=event.get("livemode") is True,
                 payload=event,
                 source="webhook",
                 now=self.clock.now(),
@@ -95,13 +108,46 @@ def _event_fields(event: Any) -> tuple[str, str, int]:
         raise BadWebhook("the payload is not a Stripe event", code="invalid_payload")
     event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
     data = event.get("data")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
+    if not isinstance(event_id, str) or EVENT_ID.fullmatch(event_id) is None:
         raise BadWebhook("the event has no valid id", code="invalid_payload")
-    if not isinstance(event_type, str) or not isinstance(created, int):
-        raise BadWebhook("the event has no type or creation time", code="invalid_payload")
+    if not isinstance(event_type, str) or EVENT_TYPE.fullmatch(event_type) is None:
+        raise BadWebhook("the event has no valid type", code="invalid_payload")
+    # bool is an int to Python, not to JSON; a time past year 9999 overflows the column.
+    if isinstance(created, bool) or not isinstance(created, int) or not 0 <= created <= MAX_CREATED:
+        raise BadWebhook(
+            "the event's creation time is not a time in unix seconds", code="invalid_payload"
+        )
+    if not isinstance(event.get("livemode", False), bool):
+        raise BadWebhook("the event's livemode is not true or false", code="invalid_payload")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise BadWebhook("the event has no data.object", code="invalid_payload")
+    problem = unstorable(event)
+    if problem is not None:
+        raise BadWebhook(f"the event {problem}", code="invalid_payload")
     return event_id, event_type, created
+
+
+def unstorable(payload: Any) -> str | None:
+    """Why the inbox cannot keep this JSON alike on SQLite and PostgreSQL, or None: a NUL
+    character in any key or string (PostgreSQL's text and jsonb refuse it; SQLite would keep
+    it), or nesting deeper than :data:`MAX_NESTING`. NUL only: the inbox keeps Stripe's events
+    as sent, and Stripe's text (a description, an address) may hold line breaks or any other
+    character. Walked without recursion: the parser accepts nesting deeper than Python's
+    recursion limit."""
+    pending: list[tuple[Any, int]] = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "contains a NUL character (\\u0000), which Stripe never sends"
+        elif isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                return f"nests deeper than {MAX_NESTING} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                pending.append((key, depth))
+                pending.append((item, depth + 1))
+    return None
 
 
 @dataclass
@@ -112,7 +158,36 @@ class ProcessReport:
 
 
 def _when(unix: Any) -> datetime | None:
-    return datetime.fromtimestamp(unix, UTC) if isinstance(unix, int) else None
+    if isinstance(unix, bool) or not isinstance(unix, int) or not 0 <= unix <= MAX_CREATED:
+        return None
+    return datetime.fromtimestamp(unix, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StripeCopy:
+    """An invoice as Stripe had it, read before the write transaction opened, when the mirror's
+    newest applied event was ``after_event``; ``invoice`` is None when Stripe could not be read
+    (the event's own copy then stands)."""
+
+    invoice_id: str
+    after_event: str | None
+    invoice: Mapping[str, Any] | None
+
+
+class StripeReadNeeded(Exception):
+    """Applying the event needs a copy of the invoice read from Stripe after the mirror's
+    newest event, with no transaction open: the transaction is rolled back (it wrote nothing)
+    and tried again once the copy is read."""
+
+
+def _needs_stripe(mirror: Mapping[str, Any] | None, event: webhooks.InboxEvent) -> bool:
+    """Two events of the same second for one invoice: their order is unknown, so Stripe's
+    current copy of the invoice decides."""
+    return (
+        mirror is not None
+        and event.created == int(mirror["last_event_created"])
+        and mirror["last_event_id"] != event.id
+    )
 
 
 class WebhookProcessor:
@@ -142,9 +217,7 @@ class WebhookProcessor:
             self.changes.accounts_changed(None)
         for event in pending:
             try:
-                with self.database.transaction() as connection:
-                    outcome = self.handle(connection, event)
-                    webhooks.mark_handled(connection, event.id, outcome, now)
+                outcome = self._apply(event, now)
                 report.handled += 1
                 report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
             except Exception as error:  # one bad event must not block the inbox
@@ -157,9 +230,46 @@ class WebhookProcessor:
                 report.failed += 1
         return report
 
-    def handle(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+    def _apply(self, event: webhooks.InboxEvent, now: datetime) -> str:
+        """Handle one event and mark it handled, in one write transaction that never waits on
+        Stripe: what Stripe must say is read before it opens (on SQLite an open write
+        transaction holds the only writer lock, and ingest would wait for the round trip)."""
+        for _ in range(MAX_STRIPE_READS):
+            stripe_copy = self._read_ahead(event)
+            try:
+                with self.database.transaction() as connection:
+                    outcome = self.handle(connection, event, stripe_copy)
+                    webhooks.mark_handled(connection, event.id, outcome, now)
+                return outcome
+            except StripeReadNeeded:  # another event was applied meanwhile: read again
+                continue
+        raise RuntimeError(
+            f"invoice events kept arriving while Stripe was read {MAX_STRIPE_READS} times"
+        )
+
+    def _read_ahead(self, event: webhooks.InboxEvent) -> StripeCopy | None:
+        """Stripe's copy of the event's invoice when applying it will need one, read now (no
+        transaction open); the write transaction checks again."""
+        if not event.type.startswith("invoice.") or self.gateway is None:
+            return None
+        invoice_id = _invoice_id(event)
+        with self.database.read() as connection:
+            mirror = webhooks.get_mirror(connection, invoice_id)
+        if mirror is None or not _needs_stripe(mirror, event):
+            return None
+        return StripeCopy(invoice_id, mirror["last_event_id"], self._read_stripe(invoice_id))
+
+    def handle(
+        self,
+        connection: Connection,
+        event: webhooks.InboxEvent,
+        stripe_copy: StripeCopy | None = None,
+    ) -> str:
+        """Apply one event inside the caller's transaction. Raises :class:`StripeReadNeeded`
+        (having written nothing) when it needs Stripe's copy of the invoice and was not given
+        one: the caller reads it with the transaction closed and calls again."""
         if event.type.startswith("invoice."):
-            return self._invoice_event(connection, event)
+            return self._invoice_event(connection, event, stripe_copy)
         handler = self.handlers.get(event.type)
         return (
             "ignored: not a type billsync follows"
@@ -169,9 +279,14 @@ class WebhookProcessor:
 
     # --- invoices --------------------------------------------------------------------------
 
-    def _invoice_event(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+    def _invoice_event(
+        self,
+        connection: Connection,
+        event: webhooks.InboxEvent,
+        stripe_copy: StripeCopy | None,
+    ) -> str:
         invoice: Mapping[str, Any] = event.payload["data"]["object"]
-        invoice_id = str(invoice.get("id", ""))
+        invoice_id = _invoice_id(event)
         owner = webhooks.invoice_owner(connection, invoice_id)
         mirror = webhooks.get_mirror(connection, invoice_id)
         if owner is None and mirror is None:
@@ -185,8 +300,15 @@ class WebhookProcessor:
         last = 0 if mirror is None else int(mirror["last_event_created"])
         if event.created < last:
             return "stale: a newer event was applied"
-        if event.created == last and mirror is not None and mirror["last_event_id"] != event.id:
-            invoice = self._fresh(invoice_id) or invoice  # same second: ask Stripe
+        if _needs_stripe(mirror, event) and self.gateway is not None:  # same second: ask Stripe
+            assert mirror is not None
+            if (
+                stripe_copy is None
+                or stripe_copy.invoice_id != invoice_id
+                or stripe_copy.after_event != mirror["last_event_id"]
+            ):
+                raise StripeReadNeeded  # nothing written yet
+            invoice = stripe_copy.invoice or invoice
         status = "deleted" if event.type == "invoice.deleted" else str(invoice.get("status"))
         transitions = invoice.get("status_transitions") or {}
         values: dict[str, Any] = {
@@ -218,7 +340,8 @@ class WebhookProcessor:
             values["last_payment_error"] = f"payment attempt {values['attempt_count']} failed"
         elif status == "paid":
             values["last_payment_error"] = None
-        webhooks.put_mirror(connection, invoice_id, values)
+        if not webhooks.put_mirror_if_newer(connection, invoice_id, values):
+            return "stale: a newer event was applied"
         where = {
             "account_id": account_id,
             "period_start": period_start,
@@ -227,7 +350,9 @@ class WebhookProcessor:
         self._problems(connection, event, where, values)
         return f"mirrored: {event.type}"
 
-    def _fresh(self, invoice_id: str) -> Mapping[str, Any] | None:
+    def _read_stripe(self, invoice_id: str) -> Mapping[str, Any] | None:
+        """Stripe's copy of the invoice (None if Stripe cannot be read); called with no
+        transaction open."""
         if self.gateway is None:
             return None
         try:
@@ -361,6 +486,10 @@ class WebhookProcessor:
         return "drift: invoice item deleted"
 
 
+def _invoice_id(event: webhooks.InboxEvent) -> str:
+    return str(event.payload["data"]["object"].get("id", ""))
+
+
 class Sweep:
     """The backstop: list Stripe's events since the newest seen and feed the same inbox."""
 
@@ -386,6 +515,12 @@ class Sweep:
             page = self.gateway.list_events(created_gte=since, starting_after=after)
             with self.database.transaction() as connection:
                 for event in page.events:
+                    problem = unstorable(event.payload)
+                    if problem is not None:  # refused, as its delivery would be
+                        log.warning(
+                            "webhooks.sweep.unstorable", extra={"event": event.id, "error": problem}
+                        )
+                        continue
                     added += webhooks.store_event(
                         connection,
                         event_id=event.id,
