@@ -317,7 +317,7 @@ def test_file_ingest_rejects_bad_lines_and_keeps_the_good(
 
     assert result.exit_code == 1, result.output  # 1: some lines were rejected
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    written = [json.loads(item) for item in rejects.read_text().splitlines()]
+    written = [json.loads(item) for item in rejects.read_bytes().splitlines()]
     assert sorted((item["line"], item["error"]["code"]) for item in written) == [
         (2, "invalid_dimensions"),
         (3, "invalid_dimensions"),
@@ -490,7 +490,7 @@ def test_file_ingest_refuses_hostile_text_per_line_on_every_store(
     )
     written = {
         item["line"]: item["error"]["code"]
-        for item in map(json.loads, rejects.read_text().splitlines())
+        for item in map(json.loads, rejects.read_bytes().splitlines())
     }
     for number, (raw, expected) in enumerate(batch, start=1):
         assert_verdict(raw, expected, written.get(number))
