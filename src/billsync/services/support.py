@@ -23,7 +23,6 @@ the period or problem does not allow the action now; 503 when billsync has no St
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ from sqlalchemy import Connection
 from billsync.clock import Clock
 from billsync.core.money import AmountError, parse_amount
 from billsync.core.policy import PolicyError, SyncPolicy
+from billsync.core.text import unsafe_character, unsafe_message
 from billsync.db.database import Database
 from billsync.errors import BillsyncError, InvalidRequest, NotFound
 from billsync.repositories import console as console_repository
@@ -49,12 +49,6 @@ KINDS = ("credit", "charge")
 # The audit log's columns.
 ACTOR_LIMIT = 100
 REASON_LIMIT = 2000
-# Characters that would let a text rewrite how the audit trail or an invoice reads: control
-# characters (a reason may have line breaks and tabs) and the bidirectional overrides.
-_ALLOWED_CONTROLS = frozenset("\t\n\r")
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
 
 T = TypeVar("T")
 
@@ -297,21 +291,15 @@ class SupportActions:
 
 def checked_text(name: str, value: str, limit: int) -> str:
     """A person's text for the audit log or an invoice: stripped, not empty, at most ``limit``
-    characters, without control characters (but line breaks and tabs) or bidi overrides."""
+    characters, and none of the characters no text in billsync may hold (``core.text``)."""
     text = value.strip()
     if not text:
         raise InvalidRequest(f"the {name} is needed", code=f"{name}_required")
     if len(text) > limit:
         raise InvalidRequest(f"the {name} is at most {limit} characters", code=f"invalid_{name}")
-    if any(
-        character in _BIDI_CONTROLS
-        or (unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS)
-        for character in text
-    ):
-        raise InvalidRequest(
-            f"the {name} has a control or text-direction character: type it again",
-            code=f"invalid_{name}",
-        )
+    unsafe = unsafe_character(text)
+    if unsafe is not None:
+        raise InvalidRequest(unsafe_message(f"the {name}", unsafe), code=f"invalid_{name}")
     return text
 
 
