@@ -5,9 +5,11 @@ every status and body is one the document declares, invalid input is refused wit
 input is accepted, and 405s name the allowed methods.
 
 Schemathesis draws string characters from all of Unicode (UTF-8), NUL included (its
-``allow_x00``, on by default), so NUL, control and bidi-override characters reach every path
-id, query value and body string. It never draws lone surrogates (it excludes them: no UTF-8
-carries them); tests/test_hostile_input.py sends those, as JSON escapes."""
+``allow_x00``, on by default), but seldom NUL, control or bidi-override characters: a third
+test puts one of those into the strings of every generated request (path ids, query values,
+body strings) and checks that no answer is a 5xx and that none of them is ever stored.
+Schemathesis never draws lone surrogates (it excludes them: no UTF-8 carries them);
+tests/test_hostile_input.py sends those, as JSON escapes."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis import checks
 from sqlalchemy import text
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -39,6 +42,7 @@ from tests.conftest import T0, TABLES, TEST_TOKEN
 from tests.factories import create_account, event
 from tests.ports import free_port
 from tests.stripe_peer import EMULATOR_KEY, save_portal_settings
+from tests.test_hostile_input import assert_nothing_refused_is_stored
 
 # CI replays the same examples every run (a gate must not fail by chance); a run elsewhere
 # draws new ones, and keeps exploring.
@@ -75,11 +79,11 @@ def _billsync_app(database: Database, directory: Path) -> ASGIApp:
     return create_app(billsync)
 
 
-def _sqlite_app() -> ASGIApp:
+def _sqlite() -> Database:
     directory = Path(tempfile.mkdtemp(prefix="billsync-fuzz-"))
     database = Database(f"sqlite:///{directory}/billsync.db")
     migrate.upgrade(database)
-    return _billsync_app(database, directory)
+    return database
 
 
 class StoreSwitch:
@@ -93,7 +97,8 @@ class StoreSwitch:
         await self.app(scope, receive, send)
 
 
-ON_SQLITE = _sqlite_app()
+SQLITE = _sqlite()
+ON_SQLITE = _billsync_app(SQLITE, Path(SQLITE.engine.url.database or "").parent)
 APP = StoreSwitch(ON_SQLITE)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
@@ -101,18 +106,18 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"], autouse=True)
 def store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[Database]:
     """Every test of the module runs on each store."""
     if request.param == "sqlite":
         APP.app = ON_SQLITE
-        yield "sqlite"
+        yield SQLITE
         return
     database = Database(request.getfixturevalue("postgres_schema_url"))
     with database.engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         connection.execute(text("UPDATE installation SET stripe_mode = NULL"))
     APP.app = _billsync_app(database, tmp_path_factory.mktemp("fuzz-postgresql"))
-    yield "postgresql"
+    yield database
     APP.app = ON_SQLITE
     database.dispose()
 
@@ -167,3 +172,52 @@ def test_without_a_token_every_route_answers_401_and_nothing_else(case: Any) -> 
         return
     assert response.status_code == 401, (case.method, case.path, response.text)
     assert response.json()["error"]["code"] == "missing_token"
+
+
+# NUL, C0 and C1 controls, a line separator, bidi embeddings, overrides and isolates.
+HOSTILE = "\x00\x01\x1b\x1f\x7f\x85\x9b\u2028\u202a\u202e\u2066\u2069"
+
+
+@st.composite
+def with_hostile_text(draw: st.DrawFn, value: Any, keys: bool = True) -> Any:
+    """``value`` with a hostile character put into some of its strings (and of its keys, with
+    ``keys``; a parameter's name is the schema's, not data)."""
+    if isinstance(value, str):
+        if not draw(st.booleans()):
+            return value
+        at = draw(st.integers(0, len(value)))
+        return value[:at] + draw(st.sampled_from(HOSTILE)) + value[at:]
+    if isinstance(value, list):
+        return [draw(with_hostile_text(item)) for item in value]
+    if isinstance(value, dict):
+        return {(draw(with_hostile_text(key)) if keys else key): draw(with_hostile_text(item))
+                for key, item in value.items()}  # fmt: skip
+    return value
+
+
+def flatmap_body(_context: Any, body: Any) -> st.SearchStrategy[Any]:
+    return with_hostile_text(body)
+
+
+def flatmap_path_parameters(_context: Any, parameters: Any) -> st.SearchStrategy[Any]:
+    return with_hostile_text(parameters, keys=False)
+
+
+def flatmap_query(_context: Any, query: Any) -> st.SearchStrategy[Any]:
+    return with_hostile_text(query, keys=False)
+
+
+@schema.hooks.apply(flatmap_body)
+@schema.hooks.apply(flatmap_path_parameters)
+@schema.hooks.apply(flatmap_query)
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=IN_CI,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_hostile_text_in_any_string_is_refused_and_never_stored(case: Any, store: Database) -> None:
+    response = case.call(headers=AUTH)
+    assert response.status_code < 500, (case.method, case.path, response.text)
+    assert_nothing_refused_is_stored(store)
