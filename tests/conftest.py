@@ -45,6 +45,7 @@ TEST_TOKEN = "test-token-0123456789"
 # Mid-month, so "current period" tests have room on both sides.
 T0 = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 TABLES = (
+    "sign_in_failures",
     "rate_budgets",
     "job_leases",
     "audit_log",

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from billsync.api.app import create_app
+from billsync.api.web_security import proxy_options
 from billsync.bootstrap import Billsync
 from tests.ports import free_port
 from tests.waiting import wait_until
@@ -21,9 +22,16 @@ class _Server(uvicorn.Server):
 
 @contextmanager
 def serve(billsync: Billsync) -> Iterator[str]:
+    """Served as ``billsync serve`` serves it (the same proxy-header options)."""
     port = free_port()
     server = _Server(
-        uvicorn.Config(create_app(billsync), host="127.0.0.1", port=port, log_level="error")
+        uvicorn.Config(
+            create_app(billsync),
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+            **proxy_options(billsync.settings),
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -141,12 +142,24 @@ class Settings(BaseSettings):
         description="Raw usage events are deleted this many days after their invoice is "
         "finalized (lines are kept); 0: kept forever.",
     )
+    customer_requests_per_minute: int = Field(
+        default=60,
+        ge=1,
+        description="Requests one customer token may make to its billing page, bill and "
+        "portal per minute, per API process (bursts up to the same number); more get 429.",
+    )
     customer_token_secret: str | None = Field(
         default=None,
         description="Signs customer tokens; if unset, `billsync serve` keeps one in <data_dir>.",
     )
     public_url: str | None = Field(
         default=None, description="Where customers reach billsync (portal return links)."
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks of the proxies in front of billsync "
+        "(e.g. 10.0.0.5,10.1.0.0/16): only their X-Forwarded-For/-Proto is believed, so the "
+        "console's sign-in throttle counts the real client. Empty: no proxy is trusted.",
     )
     host: str = "127.0.0.1"
     port: int = 8080
@@ -176,6 +189,19 @@ class Settings(BaseSettings):
     @classmethod
     def _anchor(cls, value: int) -> int:
         return validate_anchor_day(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5 or 10.1.0.0/16)"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("stripe_namespace")
     @classmethod

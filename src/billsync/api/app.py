@@ -24,10 +24,12 @@ from billsync.api import (
     sync,
     usage,
 )
+from billsync.api.customer_rate import CustomerRateLimit
 from billsync.api.errors import install_error_handlers
 from billsync.api.guard import ApiGuard
 from billsync.api.request_text import RefuseUnsafeText
 from billsync.api.responses import JSONBody
+from billsync.api.web_security import SecurityHeaders
 from billsync.bootstrap import Billsync, build
 from billsync.config import RUN_SCHEDULER, Settings
 from billsync.core import customer_tokens
@@ -85,6 +87,12 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
     # Innermost: a path or query string with characters no text may carry (NUL, bidi
     # overrides...) is refused before any route looks it up — after the guard (no token: 401).
     app.add_middleware(RefuseUnsafeText)
+    # Inside the guard: a customer token is counted once the guard has checked it.
+    app.add_middleware(
+        CustomerRateLimit,
+        per_minute=billsync.settings.customer_requests_per_minute,
+        now=lambda: billsync.clock.now().timestamp(),
+    )
     # Every /v1 route is behind the guard: token and body size checked before any parsing.
     app.add_middleware(
         ApiGuard,
@@ -94,6 +102,8 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
         signed_routes=[stripe_webhook.signed_route(billsync.settings)],
         customer_account_of=customer_reader(billsync),
     )
+    # Outermost, so refusals carry the headers too.
+    app.add_middleware(SecurityHeaders, settings=billsync.settings)
     for router, prefix in ROUTERS:
         app.include_router(router, prefix=prefix)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -139,8 +140,27 @@ async def get_billing(account_id: str, billsync: BillsyncDep) -> Response:
     return Response(body, media_type="application/json")
 
 
+def check_return_url(url: str) -> None:
+    """Where the portal sends the customer back: an http(s) address, nothing else (a
+    ``javascript:`` or ``data:`` URL would run in the customer's browser on the way back)."""
+    parts = urlsplit(url)
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.netloc
+        or len(url) > 2048
+        or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url)
+    ):
+        raise InvalidRequest(
+            "return_url must be an http:// or https:// address (at most 2048 characters, "
+            "no spaces or control characters)",
+            code="invalid_return_url",
+        )
+
+
 def open_portal(billsync: Billsync, account_id: str, return_url: str | None) -> dict[str, Any]:
     """Flush pending usage (bounded wait), then open a Customer Portal session."""
+    if return_url is not None:
+        check_return_url(return_url)
     syncing = billsync.sync
     if syncing is None:
         raise StripeUnavailable("billsync has no Stripe key", code="stripe_not_configured")

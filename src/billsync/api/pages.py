@@ -10,6 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from billsync.api.billing import StripeUnavailable, load_bill, open_portal
 from billsync.api.deps import BillsyncDep
+from billsync.api.web_security import secure_cookies
 from billsync.bootstrap import Billsync
 from billsync.core import customer_tokens
 from billsync.core.money import decimal_text, format_minor
@@ -53,6 +55,23 @@ def _allowed(
     ):
         return ""
     return None
+
+
+def _form_allowed(billsync: Billsync, account_id: str, request: Request, token: str) -> bool:
+    """The portal form proves itself with the token it carries — a valid customer token for
+    this very account (the page's cookie alone does not do: another site can make the browser
+    send it) — or, for the platform, the API token in the Authorization header."""
+    if token:
+        try:
+            opened = customer_tokens.read(
+                billsync.customer_token_secret, token, billsync.clock.now()
+            )
+        except customer_tokens.TokenError:
+            return False
+        return opened.account_id == account_id
+    return _allowed(billsync, account_id, request, None) == "" and bool(
+        request.headers.get("authorization")
+    )
 
 
 def _chart(bill: Bill) -> list[dict[str, Any]]:
@@ -120,7 +139,7 @@ async def billing_page(
         life = max(1, opened.expires_at - int(billsync.clock.now().timestamp()))
         response.set_cookie(
             COOKIE, allowed, max_age=life, path=f"/billing/{account_id}",
-            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+            httponly=True, samesite="strict", secure=secure_cookies(billsync.settings, request),
         )  # fmt: skip
     return response
 
@@ -131,11 +150,14 @@ async def billing_portal(
 ) -> Response:
     """The page's "manage payment methods and invoices" button. The form carries the page's
     token, so another site cannot post it on the customer's behalf."""
-    if _allowed(billsync, account_id, request, token or None) is None or (
-        not token and not request.headers.get("authorization")
-    ):
+    if not _form_allowed(billsync, account_id, request, token):
         return _refused()
-    return_url = str(request.url_for("billing_page", account_id=account_id))
+    base = billsync.settings.public_url
+    return_url = (
+        f"{base.rstrip('/')}/billing/{quote(account_id, safe='')}"
+        if base
+        else str(request.url_for("billing_page", account_id=account_id))
+    )
     try:
         result = await run_in_threadpool(open_portal, billsync, account_id, return_url)
     except StripeUnavailable as failure:

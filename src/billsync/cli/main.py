@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from billsync.api.web_security import proxy_options
 from billsync.catalog_file import load_catalog
 from billsync.cli import (
     consume_command,
@@ -41,6 +42,7 @@ from billsync.db.database import Database
 from billsync.errors import BillsyncError
 from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
 from billsync.observability.metrics import MULTIPROCESS_DIR
+from billsync.private_files import write_private
 from billsync.services.accounts import NewAccount
 from billsync.services.lines import parse_period
 
@@ -197,10 +199,8 @@ def api_token(settings: Settings) -> str:
     path = settings.data_dir / "api-token"
     if path.exists():
         return path.read_text().strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     token = "bsk_" + secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    write_private(path, token + "\n")
     return token
 
 
@@ -228,6 +228,21 @@ def api(
     _serve(host, port, workers, access_log=access_log, scheduler=False)
 
 
+def announce_token(settings: Settings, token: str, url: str) -> None:
+    """Say which API token the server takes: billsync's own (generated into the data
+    directory) is printed; the operator's (BILLSYNC_API_TOKEN) never is — they have it, and
+    a terminal's scrollback or a service manager's log should not."""
+    if settings.api_tokens():
+        console.print("API token: the one in BILLSYNC_API_TOKEN")
+        return
+    console.print(f"API token: [bold]{token}[/]  (kept in {settings.data_dir / 'api-token'})")
+    console.print(
+        f"try: curl -H 'Authorization: Bearer {token}' {url}/v1/catalog",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _serve(
     host: str | None, port: int | None, workers: int | None, *, access_log: bool, scheduler: bool
 ) -> None:
@@ -247,12 +262,7 @@ def _serve(
     port = port or settings.port
     url = f"http://{host}:{port}"
     console.print(f"[bold]billsync[/] on {url}  (store: {billsync.database.dialect})")
-    console.print(f"API token: [bold]{token}[/]")
-    console.print(
-        f"try: curl -H 'Authorization: Bearer {token}' {url}/v1/catalog",
-        highlight=False,
-        soft_wrap=True,
-    )
+    announce_token(settings, token, url)
     metrics_dir = None
     if processes > 1 and not os.environ.get(MULTIPROCESS_DIR):
         # Each API process counts in a file here; a scrape answered by any one sums them.
@@ -277,6 +287,7 @@ def _run_uvicorn(
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
         access_log=access_log,
+        **proxy_options(settings),
         log_level=settings.log_level.lower(),
         # Each API process (uvicorn starts them afresh) logs as this one does, uvicorn included.
         log_config=uvicorn_log_config(settings.log_level, resolve_format(settings.log_format)),

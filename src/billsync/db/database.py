@@ -12,6 +12,8 @@ import orjson
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
+from billsync.private_files import create_private
+
 
 def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
@@ -31,7 +33,9 @@ class Database:
         self.is_sqlite = self.dialect == "sqlite"
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                # The ledger is the customers' usage: a new file is 0600 (SQLite gives its
+                # -wal and -shm files the database file's permissions).
+                create_private(Path(parsed.database))
             self.engine: Engine = create_engine(
                 url,
                 json_serializer=_json_dumps,

@@ -420,6 +420,17 @@ class ConsoleSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class SignInFailure(Base):
+    """Failed console sign-ins under one key (a client, a user from a client, a user), shared
+    by every API process: the throttle's memory (billsync.services.console_auth)."""
+
+    __tablename__ = "sign_in_failures"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class AuditEntry(Base):
     """Who did what, when and why: every support action and every state transition."""
 

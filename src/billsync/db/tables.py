@@ -19,6 +19,7 @@ from billsync.db.models import (
     Line,
     Problem,
     RateBudget,
+    SignInFailure,
     SyncIntent,
     UsageEvent,
     UsageEventId,
@@ -43,3 +44,4 @@ audit_log = cast(Table, AuditEntry.__table__)
 rate_budgets = cast(Table, RateBudget.__table__)
 job_leases = cast(Table, JobLease.__table__)
 installation = cast(Table, Installation.__table__)
+sign_in_failures = cast(Table, SignInFailure.__table__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -124,6 +125,24 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# Credentials never reach a log line, whoever wrote it (billsync, uvicorn's access log with the
+# customer page's ``?token=``, a library's error): customer and API tokens, Stripe keys and
+# webhook secrets, and any query parameter named like a credential.
+_SECRETS = (
+    (re.compile(r"(?i)([?&;](?:token|api_key|key|secret|password)=)[^&;\s\"'#]+"), r"\1[redacted]"),
+    (re.compile(r"\b(bct|bsk)_[A-Za-z0-9_.~-]{8,}"), r"\1_[redacted]"),
+    (re.compile(r"\b(sk|rk|pk)_(test|live)_[A-Za-z0-9]{8,}"), r"\1_\2_[redacted]"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]{8,}"), "whsec_[redacted]"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential it shows replaced by ``[redacted]``."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 class LogHandler(logging.Handler):
     """Writes each record as one line to ``stream``, or to whatever ``sys.stderr`` is at that
     moment (so that output redirected after start-up, as a test runner does, follows)."""
@@ -134,7 +153,7 @@ class LogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            text = redact(self.format(record))
             stream = self.stream or sys.stderr
             stream.write(text + "\n")
             stream.flush()

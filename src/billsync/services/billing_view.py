@@ -134,7 +134,9 @@ class BillingView:
             lines=bill_lines,
             total=total,
             pending_total=sum(line.pending_amount for line in bill_lines),
-            projected_total=self._projection(view.period, total),
+            projected_total=self._projection(
+                view.period, total, sum(i.charged for i in bill_lines if i.line.is_period_usage)
+            ),
             invoices=invoices,
             amount_due=sum(i.amount_remaining for i in due),
             failed_payment=failed,
@@ -146,15 +148,16 @@ class BillingView:
             subtotal=subtotal,
         )
 
-    def _projection(self, period: Period, total: int) -> int:
-        """The period's total if usage goes on at the pace so far (linear); never less than
-        what is already owed."""
+    def _projection(self, period: Period, total: int, usage: int) -> int:
+        """The period's total if its usage goes on at the pace so far (linear). Only usage
+        grows: a credit or charge added by support, or a past period's late usage, counts
+        once, as it is. Never less than what is already owed."""
         now = self.clock.now()
         elapsed = (now - period.start_at).total_seconds()
         length = (period.end_at - period.start_at).total_seconds()
         if elapsed <= 0 or now >= period.end_at:
             return total
-        projected = Decimal(total) * Decimal(length) / Decimal(elapsed)
+        projected = Decimal(usage) * Decimal(length) / Decimal(elapsed) + (total - usage)
         return max(total, int(projected.to_integral_value(rounding=ROUND_HALF_UP)))
 
 

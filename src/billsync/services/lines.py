@@ -15,6 +15,9 @@ from billsync.errors import InvalidRequest
 from billsync.repositories import ledger
 from billsync.repositories.accounts import AccountRecord
 
+# The metric of the lines support adds by hand (credits and charges).
+ADJUSTMENT_METRIC = "adjustment"
+
 
 @dataclass(frozen=True, slots=True)
 class LineView:
@@ -30,6 +33,12 @@ class LineView:
     amount: int
     version: int
     event_count: int
+
+    @property
+    def is_period_usage(self) -> bool:
+        """Usage of this very period — not a support adjustment, not a past period's late
+        usage: the part of a bill that grows with time."""
+        return self.metric != ADJUSTMENT_METRIC and self.late_from is None
 
 
 @dataclass(frozen=True, slots=True)
