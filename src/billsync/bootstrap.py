@@ -14,6 +14,7 @@ from billsync.core.catalog import Catalog
 from billsync.core.installation import key_mode
 from billsync.core.policy import Policy, SyncPolicy
 from billsync.db.database import Database
+from billsync.private_files import write_private
 from billsync.services.accounts import AccountService
 from billsync.services.adjustments import Adjustments
 from billsync.services.billing_view import BillCache, BillingView
@@ -25,6 +26,7 @@ from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.lines import LineService
 from billsync.services.reconcile import Reconciler
+from billsync.services.support import SupportActions
 from billsync.services.sync import SyncService
 from billsync.services.webhooks import Sweep, WebhookInbox, WebhookProcessor
 from billsync.stripe_gateway import StripeGateway
@@ -53,6 +55,7 @@ class Billsync:
     customer_token_secret: str
     webhooks: WebhookInbox
     processor: WebhookProcessor
+    support: SupportActions
     sync: Syncing | None = None
 
     def close(self) -> None:
@@ -157,10 +160,8 @@ def customer_secret(settings: Settings) -> str:
     path = settings.data_dir / "customer-token-secret"
     if path.exists():
         return path.read_text().strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
+    write_private(path, secret + "\n")
     return secret
 
 
@@ -190,6 +191,13 @@ def build(
         default_anchor_day=settings.billing_anchor_day,
         changes=changes,
     )
+    adjustments = Adjustments(database, clock, settings.billing_anchor_day)
+    support = SupportActions(
+        database, clock, adjustments,
+        sync=syncing.service if syncing else None,
+        lifecycle=syncing.lifecycle if syncing else None,
+        reconciler=syncing.reconciler if syncing else None,
+    )  # fmt: skip
     return Billsync(
         settings=settings,
         database=database,
@@ -200,7 +208,7 @@ def build(
         lines=lines,
         ingest_writer=GroupCommitter(ingest.record),
         console=ConsoleAuth(database, clock),
-        adjustments=Adjustments(database, clock, settings.billing_anchor_day),
+        adjustments=adjustments,
         billing=BillingView(lines, clock),
         bill_cache=bill_cache,
         customer_token_secret=customer_secret(settings),
@@ -208,5 +216,6 @@ def build(
             database, clock, settings.webhook_secrets(), settings.webhook_tolerance_seconds
         ),
         processor=WebhookProcessor(database, clock, syncing.gateway if syncing else None, changes),
+        support=support,
         sync=syncing,
     )

@@ -7,10 +7,11 @@ every action asks for a reason and lands in the audit log.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import re
 import secrets
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from billsync.api.deps import BillsyncDep
+from billsync.api.web_security import secure_cookies
 from billsync.bootstrap import Billsync
 from billsync.config import Settings
 from billsync.core.capacity import capacity
-from billsync.core.money import format_minor, to_minor_units
+from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
-from billsync.core.policy import PolicyError, SyncPolicy
 from billsync.errors import BillsyncError
 from billsync.repositories import console as console_repository
 from billsync.repositories import problems
@@ -34,7 +35,6 @@ from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks as webhook_repository
 from billsync.services.console_auth import Signed, SignInRefused, Throttled
 from billsync.services.console_views import account_view, search
-from billsync.sync.budget import Lane
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 TEMPLATES = Environment(
@@ -43,7 +43,7 @@ TEMPLATES = Environment(
 )
 SESSION = "billsync_console"
 LOGIN_CSRF = "billsync_console_login"
-ACTIONS = {"sync", "hold", "release", "approve"}
+WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # a policy's seconds or minor units, in ASCII digits
 
 
 def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -65,10 +65,13 @@ def _dashboard(billsync: Billsync, path: str) -> str:
 
 
 @router.get("/login")
-def login_form(request: Request) -> HTMLResponse:
+def login_form(request: Request, billsync: BillsyncDep) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     response = _page("console_login.html", csrf=token, error=None)
-    response.set_cookie(LOGIN_CSRF, token, httponly=True, samesite="strict", path="/console")
+    response.set_cookie(
+        LOGIN_CSRF, token, httponly=True, samesite="strict", path="/console",
+        secure=secure_cookies(billsync.settings, request),
+    )  # fmt: skip
     return response
 
 
@@ -83,13 +86,21 @@ async def login(
     expected = request.cookies.get(LOGIN_CSRF, "")
     if not expected or not hmac.compare_digest(expected, csrf):
         return _page("console_login.html", 403, csrf=expected, error="The form expired: try again.")
+    # The peer as the server reports it: a proxy's X-Forwarded-For counts only when the proxy
+    # is one of BILLSYNC_TRUSTED_PROXIES (the server is started with those alone trusted).
     client = request.client.host if request.client else "unknown"
+    auth = billsync.console
     try:
-        token, _ = await run_in_threadpool(billsync.console.sign_in, name, password, client)
-    except (SignInRefused, Throttled) as refusal:
-        return _page(
-            "console_login.html", refusal.status_code, csrf=expected, error=refusal.message
-        )
+        admission = await run_in_threadpool(auth.admit, name, client)
+        if admission.delay:
+            await asyncio.sleep(admission.delay)  # slows a guesser without holding a thread
+        token, _ = await run_in_threadpool(auth.sign_in, name, password, client, admission)
+    except SignInRefused as refusal:
+        return _page("console_login.html", 401, csrf=expected, error=refusal.message)
+    except Throttled as refusal:
+        page = _page("console_login.html", 429, csrf=expected, error=refusal.message)
+        page.headers["Retry-After"] = str(refusal.retry_after)
+        return page
     response = RedirectResponse("/console", status_code=303)
     response.set_cookie(
         SESSION,
@@ -97,7 +108,7 @@ async def login(
         httponly=True,
         samesite="strict",
         path="/console",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(billsync.settings, request),
     )
     response.delete_cookie(LOGIN_CSRF, path="/console")
     return response
@@ -173,24 +184,19 @@ async def act(
     allowed = _refusal(billsync, request, csrf, "agent")
     if not isinstance(allowed, Signed):
         return allowed
-    signed = allowed
-    if action not in ACTIONS:
-        return _message(404, signed, "Unknown action", f"There is no action {action!r}.")
-    if not reason.strip():
-        return _message(
-            422, signed, "A reason is needed", "Every action needs a reason, for the audit log."
-        )
     try:
         await run_in_threadpool(
-            partial(_perform, action=action, period=period, reason=reason),
-            billsync,
-            signed,
-            account_id,
+            partial(
+                billsync.support.act,
+                action,
+                account_id,
+                actor=allowed.name,
+                reason=reason,
+                period=period or None,
+            )
         )
     except BillsyncError as error:
-        return _message(error.status_code, signed, "Not done", error.message)
-    except ValueError as error:
-        return _message(422, signed, "Not done", str(error))
+        return _message(error.status_code, allowed, "Not done", error.message)
     return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
 
 
@@ -232,34 +238,23 @@ async def adjust(
     allowed = _refusal(billsync, request, csrf, "agent")
     if not isinstance(allowed, Signed):
         return allowed
-    problem = None
-    try:
-        value = Decimal(amount.strip())
-    except InvalidOperation:
-        value = Decimal(0)
-        problem = f"{amount!r} is not an amount"
-    if problem is None and amount.strip() != confirm_amount.strip():
-        problem = "the two amounts differ: type the same amount twice to confirm"
-    if problem is None and (
-        not value.is_finite() or value <= 0 or kind not in ("credit", "charge")
-    ):
-        problem = "enter a positive amount and choose credit or charge"
-    if problem is None and not reason.strip():
-        problem = "every adjustment needs a reason, for the audit log"
-    if problem is not None:
-        return _message(422, allowed, "Not done", problem)
-    with billsync.database.read() as connection:
-        account = billsync.accounts.get(connection, account_id)
-    minor = to_minor_units(value, account.currency) * (-1 if kind == "credit" else 1)
+    if amount.strip() != confirm_amount.strip():
+        return _message(
+            422,
+            allowed,
+            "Not done",
+            "the two amounts differ: type the same amount twice to confirm",
+        )
     try:
         await run_in_threadpool(
             partial(
-                billsync.adjustments.add,
+                billsync.support.adjust,
                 account_id,
-                amount=minor,
+                amount,
+                kind=kind,
                 description=description,
                 actor=allowed.name,
-                reason=reason.strip(),
+                reason=reason,
             )
         )
     except BillsyncError as error:
@@ -278,36 +273,25 @@ async def decide(
     reason: str = Form(default=""),
     account: str = Form(default=""),
 ) -> Response:
-    """Resolve a drift item: accept Stripe's version, or re-push the ledger."""
+    """Resolve a drift item: accept Stripe's version, or re-push the ledger. The form's
+    ``account`` is the page it was sent from: a problem of another account is refused."""
     allowed = _refusal(billsync, request, csrf, "agent")
     if not isinstance(allowed, Signed):
         return allowed
-    syncing = billsync.sync
-    if decision not in ("accept", "repush") or syncing is None or syncing.reconciler is None:
-        return _message(404, allowed, "Not available", "No such decision here.")
-    if not reason.strip():
-        return _message(
-            422, allowed, "A reason is needed", "Every decision needs a reason, for the audit log."
-        )
-    reconciler = syncing.reconciler
-    call = reconciler.accept_stripe if decision == "accept" else reconciler.repush_ledger
     try:
-        outcome = await run_in_threadpool(call, problem_id)
+        decided = await run_in_threadpool(
+            partial(
+                billsync.support.decide,
+                problem_id,
+                decision,
+                actor=allowed.name,
+                reason=reason,
+                account_id=account or None,
+            )
+        )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    with billsync.database.transaction() as connection:
-        console_repository.record(
-            connection,
-            actor=allowed.name,
-            action=f"drift.{decision}",
-            now=billsync.clock.now(),
-            account_id=account or None,
-            reason=reason.strip(),
-            detail={"problem": problem_id, "resolved": outcome.resolved, "error": outcome.error},
-        )
-    return RedirectResponse(
-        f"/console/accounts/{account}" if account else "/console", status_code=303
-    )
+    return RedirectResponse(f"/console/accounts/{decided.account_id}", status_code=303)
 
 
 # The health page lists the first periods in review or held; at month end there can be one per
@@ -395,25 +379,13 @@ def set_policy(
         override = {"policy": policy}
         for name, text in (("interval_seconds", interval_seconds), ("threshold", threshold)):
             if text.strip():
-                if not text.strip().isdigit():
+                if not WHOLE_NUMBER.fullmatch(text.strip()):
                     return _message(422, allowed, "Not done", f"{name} must be a whole number")
                 override[name] = int(text)
-        try:
-            SyncPolicy().merged(override)
-        except PolicyError as error:
-            return _message(422, allowed, "Not done", str(error))
-    with billsync.database.transaction() as connection:
-        billsync.accounts.get(connection, account_id)
-        console_repository.set_sync_policy(connection, account_id, override)
-        console_repository.record(
-            connection,
-            actor=allowed.name,
-            action="account.sync_policy",
-            now=billsync.clock.now(),
-            account_id=account_id,
-            reason=reason.strip() or None,
-            detail={"sync_policy": override},
-        )
+    try:
+        billsync.support.set_policy(account_id, override, actor=allowed.name, reason=reason)
+    except BillsyncError as error:
+        return _message(error.status_code, allowed, "Not done", error.message)
     return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
 
 
@@ -484,37 +456,3 @@ def disable_user(
             detail={"user": name},
         )
     return RedirectResponse("/console/users", status_code=303)
-
-
-def _perform(
-    billsync: Billsync, signed: Signed, account_id: str, *, action: str, period: str, reason: str
-) -> str:
-    syncing = billsync.sync
-    if syncing is None:
-        raise BillsyncError("billsync has no Stripe key: nothing to act on", code="no_stripe")
-    start = date.fromisoformat(period) if period and action != "sync" else None
-    detail: dict[str, Any] = {}
-    if action == "sync":
-        outcome = syncing.service.sync_account(account_id, lane=Lane.ON_DEMAND)
-        detail = {"calls": outcome.calls, "error": outcome.error}
-    else:
-        if start is None:
-            raise ValueError("choose the period to act on")
-        if action == "hold":
-            syncing.lifecycle.hold(account_id, start)
-        elif action == "release":
-            syncing.lifecycle.release(account_id, start)
-        else:
-            detail = {"finalized": syncing.lifecycle.approve_now(account_id, start)}
-    with billsync.database.transaction() as connection:
-        console_repository.record(
-            connection,
-            actor=signed.name,
-            action=f"period.{action}" if start else f"account.{action}",
-            now=billsync.clock.now(),
-            account_id=account_id,
-            period_start=start,
-            reason=reason.strip(),
-            detail=detail,
-        )
-    return action

@@ -1,21 +1,18 @@
-"""``billsync support …``: the console's actions for scripts, audited the same way."""
+"""``billsync support …``: the console's actions for scripts, through the same service
+(``services.support``): the same checks, and the same audit entries."""
 
 from __future__ import annotations
 
-from datetime import date
-from decimal import Decimal, InvalidOperation
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 from rich.markup import escape
 
 from billsync.bootstrap import Billsync
 from billsync.cli.common import console, fail, open_billsync
-from billsync.core.money import to_minor_units
-from billsync.errors import BillsyncError
-from billsync.repositories import console as console_repository
-from billsync.repositories.accounts import get_account
-from billsync.sync.budget import Lane
+from billsync.errors import BillsyncError, InvalidRequest
+from billsync.services.support import StripeNotConfigured
 
 support_app = typer.Typer(
     help="Support actions for scripts (audited like the console's).", no_args_is_help=True
@@ -24,71 +21,33 @@ Reason = Annotated[str, typer.Option(help="Why: written to the audit log.")]
 Actor = Annotated[str, typer.Option(help="Who acts (for the audit log).")]
 Period = Annotated[str, typer.Option(help="The period's start date, YYYY-MM-DD.")]
 
-
-def _audit(
-    billsync: Billsync,
-    *,
-    actor: str,
-    action: str,
-    account: str | None,
-    start: date | None,
-    reason: str,
-    **detail: object,
-) -> None:
-    with billsync.database.transaction() as connection:
-        console_repository.record(
-            connection,
-            actor=actor,
-            action=action,
-            now=billsync.clock.now(),
-            account_id=account,
-            period_start=start,
-            reason=reason,
-            detail=dict(detail),
-        )
+T = TypeVar("T")
+# Refusals the command line must fix: exit code 2, like a usage error.
+USAGE_ERRORS = (InvalidRequest, StripeNotConfigured)
+UNKNOWN = ("unknown_action", "unknown_decision")
 
 
-def _start(period: str) -> date:
+def _run(action: Callable[[Billsync], T]) -> T:
+    """Run a support action; a refusal is printed, with exit code 2 for what the command line
+    must fix (a missing reason, a bad period or amount, an unknown decision, no Stripe key) and 1
+    otherwise."""
+    billsync = open_billsync()
     try:
-        return date.fromisoformat(period)
-    except ValueError:
-        raise fail(f"--period must be a date YYYY-MM-DD, not {period!r}", code=2) from None
+        return action(billsync)
+    except BillsyncError as error:
+        usage = isinstance(error, USAGE_ERRORS) or error.code in UNKNOWN
+        raise fail(error.message, code=2 if usage else 1) from None
+    finally:
+        billsync.close()
 
 
 def _act(account: str, action: str, period: str | None, reason: str, actor: str) -> None:
-    if not reason.strip():
-        raise fail("--reason is required: it goes to the audit log", code=2)
-    billsync = open_billsync()
-    syncing = billsync.sync
-    if syncing is None:
-        raise fail("set BILLSYNC_STRIPE_API_KEY to act on Stripe", code=2)
-    start = _start(period) if period else None
-    try:
-        if action == "sync":
-            outcome = syncing.service.sync_account(account, lane=Lane.ON_DEMAND)
-            detail: dict[str, object] = {"calls": outcome.calls, "error": outcome.error}
-        else:
-            if start is None:
-                raise fail("--period is required", code=2)
-            operation = {
-                "hold": syncing.lifecycle.hold,
-                "release": syncing.lifecycle.release,
-                "approve": syncing.lifecycle.approve_now,
-            }[action]
-            detail = {"result": operation(account, start)}
-    except BillsyncError as error:
-        raise fail(error.message) from None
-    _audit(
-        billsync,
-        actor=actor,
-        action=f"{'period' if start else 'account'}.{action}",
-        account=account,
-        start=start,
-        reason=reason.strip(),
-        **detail,
+    _run(
+        lambda billsync: billsync.support.act(
+            action, account, actor=actor, reason=reason, period=period
+        )
     )
     console.print(f"{escape(account)}: {action} done")
-    billsync.close()
 
 
 @support_app.command("sync")
@@ -122,32 +81,25 @@ def support_approve(
 @support_app.command("adjust")
 def support_adjust(
     account: str,
-    amount: Annotated[str, typer.Option(help="In the account's currency; negative = credit.")],
+    amount: Annotated[
+        str,
+        typer.Option(
+            help="In the account's currency, exact in its minor unit (12.50); negative = credit."
+        ),
+    ],
     description: Annotated[str, typer.Option(help="Shown on the invoice.")],
     reason: Reason = "",
     actor: Actor = "cli",
 ) -> None:
     """Add a credit (negative amount) or a charge to the account's current invoice."""
-    if not reason.strip():
-        raise fail("--reason is required: it goes to the audit log", code=2)
-    billsync = open_billsync()
-    try:
-        value = Decimal(amount)
-    except InvalidOperation:
-        raise fail(f"--amount must be a number, not {amount!r}", code=2) from None
-    with billsync.database.read() as connection:
-        record = get_account(connection, account)
-    if record is None:
-        raise fail(f"account {account!r} does not exist")
-    minor = to_minor_units(value, record.currency)
-    try:
-        line = billsync.adjustments.add(
-            account, amount=minor, description=description, actor=actor, reason=reason.strip()
+    adjusted = _run(
+        lambda billsync: billsync.support.adjust(
+            account, amount, description=description, actor=actor, reason=reason
         )
-    except BillsyncError as error:
-        raise fail(error.message) from None
-    console.print(f"{escape(account)}: line {line} of {minor} minor units added")
-    billsync.close()
+    )
+    console.print(
+        f"{escape(account)}: line {adjusted.line_id} of {adjusted.amount} minor units added"
+    )
 
 
 @support_app.command("decide")
@@ -158,28 +110,9 @@ def support_decide(
     actor: Actor = "cli",
 ) -> None:
     """Resolve a drift problem."""
-    if not reason.strip() or decision not in ("accept", "repush"):
-        raise fail("give accept or repush, and a --reason", code=2)
-    billsync = open_billsync()
-    if billsync.sync is None or billsync.sync.reconciler is None:
-        raise fail("set BILLSYNC_STRIPE_API_KEY to act on Stripe", code=2)
-    reconciler = billsync.sync.reconciler
-    call = reconciler.accept_stripe if decision == "accept" else reconciler.repush_ledger
-    try:
-        outcome = call(problem)
-    except BillsyncError as error:
-        raise fail(error.message) from None
-    _audit(
-        billsync,
-        actor=actor,
-        action=f"drift.{decision}",
-        account=None,
-        start=None,
-        reason=reason.strip(),
-        problem=problem,
-        resolved=outcome.resolved,
-    )
-    console.print(f"problem {problem}: {'resolved' if outcome.resolved else outcome.error}")
-    billsync.close()
-    if not outcome.resolved:
+    decided = _run(
+        lambda billsync: billsync.support.decide(problem, decision, actor=actor, reason=reason)
+    ).decision
+    console.print(f"problem {problem}: {'resolved' if decided.resolved else decided.error}")
+    if not decided.resolved:
         raise typer.Exit(1)
