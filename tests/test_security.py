@@ -146,10 +146,12 @@ class World:
     billsync: Billsync
     clients: dict[str, TestClient]
     csrf: dict[str, str]
+    prefix: str = ""  # served under this prefix (``--root-path``), or none
 
 
 @pytest.fixture
-def world(
+def world(  # noqa: PLR0917 - pytest passes fixtures by name
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     database: Database,
     clock: ManualClock,
@@ -166,13 +168,14 @@ def world(
     secret, now = billsync.customer_token_secret, clock.now()
     own = customer_tokens.issue(secret, "acme", now, timedelta(minutes=15))
     other = customer_tokens.issue(secret, "globex", now, timedelta(minutes=15))
+    prefix: str = getattr(request, "param", "")
     app = create_app(billsync)
     bearer = {"anonymous": None, "wrong_token": "not-a-token-0123456789",
               "other_customer": other, "own_customer": own, "platform": TEST_TOKEN}  # fmt: skip
     clients: dict[str, TestClient] = {}
     csrf: dict[str, str] = {}
     for caller in CALLERS:
-        client = TestClient(app, follow_redirects=False)
+        client = TestClient(app, follow_redirects=False, root_path=prefix)
         client.__enter__()
         token = bearer.get(caller)
         if token:
@@ -180,17 +183,18 @@ def world(
         clients[caller] = client
     for caller, name in (("viewer", "vera"), ("agent", "alex"), ("admin", "ada")):
         client = clients[caller]
-        form = client.get("/console/login")
+        form = client.get(f"{prefix}/console/login")
         login_csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
         assert login_csrf is not None
         form_data = {"name": name, "password": PASSWORD, "csrf": login_csrf.group(1)}
-        signed = client.post("/console/login", data=form_data)
+        signed = client.post(f"{prefix}/console/login", data=form_data)
         assert signed.status_code == 303, signed.text
-        page = client.get("/console/accounts/acme")
+        assert signed.headers["location"] == f"{prefix}/console"
+        page = client.get(f"{prefix}/console/accounts/acme")
         found = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert found is not None
         csrf[caller] = found.group(1)
-    yield World(billsync, clients, csrf)
+    yield World(billsync, clients, csrf, prefix)
     for client in clients.values():
         client.__exit__(None, None, None)
     billsync.close()
@@ -198,22 +202,26 @@ def world(
 
 def call(world: World, caller: str, method: str, template: str) -> Any:
     path = template.format(**PATH_VALUES)
+    served = world.prefix + path
     client = world.clients[caller]
     if method == "GET":
         params = {"token": client.headers["Authorization"][7:]} if (
             path.startswith("/billing/") and caller.endswith("customer")
         ) else None  # fmt: skip
-        return client.get(path, params=params)
+        return client.get(served, params=params)
     if path.startswith(("/console", "/billing")):
         form = dict(FORMS.get(path, {}))
         if caller in world.csrf:
             form["csrf"] = world.csrf[caller]
         if path.startswith("/billing/") and caller.endswith("customer"):
             form["token"] = client.headers["Authorization"][7:]
-        return client.post(path, data=form)
-    return client.post(path, json=JSON_BODIES.get(path))
+        return client.post(served, data=form)
+    return client.post(served, json=JSON_BODIES.get(path))
 
 
+# The same table behind a prefix (``uvicorn … --root-path /api``): ASGI's path then carries the
+# prefix while the router matches what follows it — the token check once looked at the former.
+@pytest.mark.parametrize("world", ["", "/api"], indirect=True)
 def test_every_route_answers_every_caller_as_the_table_says(world: World) -> None:
     wrong: list[str] = []
     rows = sorted(TABLE.items(), key=lambda row: row[0][1] == "/console/logout")  # sign out last
@@ -224,7 +232,8 @@ def test_every_route_answers_every_caller_as_the_table_says(world: World) -> Non
             status = answer.status_code
             if expected == "ok":
                 through = status not in (401, 403) and not (
-                    status == 303 and answer.headers.get("location") == "/console/login"
+                    status == 303
+                    and answer.headers.get("location") == f"{world.prefix}/console/login"
                 )
                 passed = through and status < 500
             else:

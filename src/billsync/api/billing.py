@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from billsync.api.deps import BillsyncDep
 from billsync.api.responses import JSONBody
 from billsync.api.schemas import ErrorRead, WholeNumber
+from billsync.api.web_security import url
 from billsync.bootstrap import Billsync
 from billsync.core import customer_tokens
 from billsync.core.line_state import LineState
@@ -222,7 +223,7 @@ def post_customer_token(
             "token": token,
             "account": account_id,
             "expires_at": now + ttl,
-            "billing_url": f"/billing/{account_id}?token={token}",
+            "billing_url": url(f"/billing/{account_id}?token={token}"),
         },
         status_code=201,
     )

@@ -22,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from billsync.api.deps import BillsyncDep
-from billsync.api.web_security import secure_cookies
+from billsync.api.web_security import root, secure_cookies, url
 from billsync.bootstrap import Billsync
 from billsync.config import Settings
 from billsync.core.capacity import capacity
@@ -41,6 +41,7 @@ TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
+TEMPLATES.globals["root"] = root  # links and forms under the prefix billsync is served at
 SESSION = "billsync_console"
 LOGIN_CSRF = "billsync_console_login"
 WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # a policy's seconds or minor units, in ASCII digits
@@ -69,7 +70,7 @@ def login_form(request: Request, billsync: BillsyncDep) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     response = _page("console_login.html", csrf=token, error=None)
     response.set_cookie(
-        LOGIN_CSRF, token, httponly=True, samesite="strict", path="/console",
+        LOGIN_CSRF, token, httponly=True, samesite="strict", path=url("/console"),
         secure=secure_cookies(billsync.settings, request),
     )  # fmt: skip
     return response
@@ -101,22 +102,22 @@ async def login(
         page = _page("console_login.html", 429, csrf=expected, error=refusal.message)
         page.headers["Retry-After"] = str(refusal.retry_after)
         return page
-    response = RedirectResponse("/console", status_code=303)
+    response = RedirectResponse(url("/console"), status_code=303)
     response.set_cookie(
         SESSION,
         token,
         httponly=True,
         samesite="strict",
-        path="/console",
+        path=url("/console"),
         secure=secure_cookies(billsync.settings, request),
     )
-    response.delete_cookie(LOGIN_CSRF, path="/console")
+    response.delete_cookie(LOGIN_CSRF, path=url("/console"))
     return response
 
 
 def _require(billsync: Billsync, request: Request) -> Signed | RedirectResponse:
     signed = _signed(billsync, request)
-    return RedirectResponse("/console/login", status_code=303) if signed is None else signed
+    return RedirectResponse(url("/console/login"), status_code=303) if signed is None else signed
 
 
 @router.post("/logout")
@@ -124,8 +125,8 @@ def logout(request: Request, billsync: BillsyncDep, csrf: str = Form(default="")
     signed = _signed(billsync, request)
     if signed is not None and hmac.compare_digest(signed.csrf, csrf):
         billsync.console.sign_out(signed)
-    response = RedirectResponse("/console/login", status_code=303)
-    response.delete_cookie(SESSION, path="/console")
+    response = RedirectResponse(url("/console/login"), status_code=303)
+    response.delete_cookie(SESSION, path=url("/console"))
     return response
 
 
@@ -197,7 +198,7 @@ async def act(
         )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
+    return RedirectResponse(url(f"/console/accounts/{account_id}"), status_code=303)
 
 
 def _refusal(billsync: Billsync, request: Request, csrf: str, role: str) -> Response | Signed:
@@ -259,7 +260,7 @@ async def adjust(
         )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
+    return RedirectResponse(url(f"/console/accounts/{account_id}"), status_code=303)
 
 
 @router.post("/problems/{problem_id}/{decision}")
@@ -291,7 +292,7 @@ async def decide(
         )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(f"/console/accounts/{decided.account_id}", status_code=303)
+    return RedirectResponse(url(f"/console/accounts/{decided.account_id}"), status_code=303)
 
 
 # The health page lists the first periods in review or held; at month end there can be one per
@@ -386,7 +387,7 @@ def set_policy(
         billsync.support.set_policy(account_id, override, actor=allowed.name, reason=reason)
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(f"/console/accounts/{account_id}", status_code=303)
+    return RedirectResponse(url(f"/console/accounts/{account_id}"), status_code=303)
 
 
 @router.get("/users")
@@ -428,7 +429,7 @@ async def add_user(
             reason=reason.strip() or None,
             detail={"user": name.strip(), "role": role},
         )
-    return RedirectResponse("/console/users", status_code=303)
+    return RedirectResponse(url("/console/users"), status_code=303)
 
 
 @router.post("/users/{name}/disable")
@@ -455,4 +456,4 @@ def disable_user(
             reason=reason.strip() or None,
             detail={"user": name},
         )
-    return RedirectResponse("/console/users", status_code=303)
+    return RedirectResponse(url("/console/users"), status_code=303)

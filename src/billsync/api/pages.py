@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from billsync.api.billing import StripeUnavailable, load_bill, open_portal
 from billsync.api.deps import BillsyncDep
-from billsync.api.web_security import secure_cookies
+from billsync.api.web_security import root, secure_cookies, url
 from billsync.bootstrap import Billsync
 from billsync.core import customer_tokens
 from billsync.core.money import decimal_text, format_minor
@@ -31,6 +31,7 @@ TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
+TEMPLATES.globals["root"] = root  # links and forms under the prefix billsync is served at
 COOKIE = "billsync_customer"
 
 
@@ -138,7 +139,7 @@ async def billing_page(
         opened = customer_tokens.read(billsync.customer_token_secret, allowed, billsync.clock.now())
         life = max(1, opened.expires_at - int(billsync.clock.now().timestamp()))
         response.set_cookie(
-            COOKIE, allowed, max_age=life, path=f"/billing/{account_id}",
+            COOKIE, allowed, max_age=life, path=url(f"/billing/{account_id}"),
             httponly=True, samesite="strict", secure=secure_cookies(billsync.settings, request),
         )  # fmt: skip
     return response

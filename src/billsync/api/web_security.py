@@ -11,6 +11,7 @@ no-store`` (a shared computer's cache keeps no bill and no console page).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,8 +69,23 @@ def page_policy(settings: Settings) -> str:
     )
 
 
+_ROOT: ContextVar[str] = ContextVar("billsync_root_path", default="")
+
+
+def root() -> str:
+    """The prefix billsync is served under (``--root-path``; "" when none), for the request
+    being answered: the pages' links, forms, redirects and cookie paths start with it."""
+    return _ROOT.get()
+
+
+def url(path: str) -> str:
+    """``path`` (from billsync's root) as the browser must ask for it."""
+    return root() + path
+
+
 class SecurityHeaders:
-    """Adds the headers to each answer as it starts (pure ASGI: nothing buffered)."""
+    """Adds the headers to each answer as it starts (pure ASGI: nothing buffered), and notes
+    the prefix the request came under for :func:`url`."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
@@ -85,6 +101,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
+        _ROOT.set(str(scope.get("root_path", "")).rstrip("/"))
         page = path == "/console" or path.startswith(PAGE_PREFIXES)
         api = path.startswith("/v1/")
 
