@@ -1,16 +1,18 @@
 """The catalog: which metrics exist, how their usage groups into lines, and what they cost.
 
 Parsing is pure (a mapping in, frozen dataclasses out); reading the TOML file lives in
-:mod:`billsync.catalog_file`. Every error names the source, the metric and the field.
+:mod:`billsync.catalog_file`. Every error names the source, the metric and the field, and one
+parse reports every error of the document (``CatalogError.problems``), not only the first: a
+metric's fields, its prices and their tiers are each checked whatever the others hold.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from billsync.core.money import CurrencyError, normalize_currency
 
@@ -19,10 +21,39 @@ DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 MAX_PRICE_DECIMALS = 12
 MAX_QUANTITY_DECIMALS = 12
 MAX_GROUP_BY = 4
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class CatalogError(ValueError):
-    """The catalog is invalid; the message says where and why."""
+    """The catalog is invalid: ``problems`` says where and why, one line each (the message is
+    those lines)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
+
+
+class _Problems:
+    """The errors found so far; ``check`` runs a step and keeps its errors instead of
+    stopping at the first."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, problem: str) -> None:
+        self.found.append(problem)
+
+    def check(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        try:
+            return step(*args, **kwargs)
+        except CatalogError as error:
+            self.found.extend(error.problems)
+            return None
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise CatalogError(*self.found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +100,18 @@ class Catalog:
     source: str
 
 
-def _decimal(value: object, where: str) -> Decimal:
+def _decimal(value: object, where: str, what: str = "") -> Decimal:
+    """A decimal from a TOML string or integer; ``what`` names the value when ``where`` is
+    not its own key (a flat price is ``price.usd``, the unit price of its only tier)."""
+    named = f"{where}: {what} " if what else f"{where}: "
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise CatalogError(f'{where}: must be a decimal string such as "0.0000008", got {value!r}')
+        raise CatalogError(f'{named}must be a decimal string such as "0.0000008", got {value!r}')
     try:
         number = Decimal(value)
     except InvalidOperation:
-        raise CatalogError(f"{where}: {value!r} is not a decimal number") from None
+        raise CatalogError(f"{named}{value!r} is not a decimal number") from None
     if not number.is_finite():
-        raise CatalogError(f"{where}: must be finite, got {value!r}")
+        raise CatalogError(f"{named}must be finite, got {value!r}")
     return number
 
 
@@ -87,9 +121,20 @@ def _decimal_places(number: Decimal) -> int:
     return max(0, -exponent)
 
 
+def _unit_price(value: object, where: str, what: str = "") -> Decimal:
+    named = f"{where}: {what} " if what else f"{where}: "
+    unit_price = _decimal(value, where, what)
+    if unit_price < 0:
+        raise CatalogError(f"{named}must not be negative")
+    if _decimal_places(unit_price) > MAX_PRICE_DECIMALS:
+        raise CatalogError(f"{named}at most {MAX_PRICE_DECIMALS} decimal places")
+    return unit_price
+
+
 def _price(raw: object, where: str) -> Price:
     if isinstance(raw, str | int) and not isinstance(raw, bool):
-        raw = {"tiers": [{"unit_price": raw}]}
+        # A flat price: the file says ``usd = "0.01"``, so errors name ``price.usd`` itself.
+        return Price(tiers=(Tier(up_to=None, unit_price=_unit_price(raw, where, "unit_price")),))
     if not isinstance(raw, Mapping):
         raise CatalogError(f"{where}: must be a decimal string or a table with 'tiers'")
     unknown = set(raw) - {"tiers"}
@@ -98,41 +143,43 @@ def _price(raw: object, where: str) -> Price:
     raw_tiers = raw.get("tiers")
     if not isinstance(raw_tiers, list) or not raw_tiers:
         raise CatalogError(f"{where}.tiers: must be a non-empty list of tiers")
+    problems = _Problems()
     tiers: list[Tier] = []
     previous: Decimal = Decimal(0)
     for index, raw_tier in enumerate(raw_tiers):
         tier_where = f"{where}.tiers[{index}]"
         if not isinstance(raw_tier, Mapping):
-            raise CatalogError(f"{tier_where}: must be a table with 'unit_price' and 'up_to'")
+            problems.add(f"{tier_where}: must be a table with 'unit_price' and 'up_to'")
+            continue
         unknown = set(raw_tier) - {"unit_price", "up_to"}
         if unknown:
-            raise CatalogError(f"{tier_where}: unknown field(s) {sorted(unknown)}")
+            problems.add(f"{tier_where}: unknown field(s) {sorted(unknown)}")
+        unit_price = None
         if "unit_price" not in raw_tier:
-            raise CatalogError(f"{tier_where}.unit_price: required")
-        unit_price = _decimal(raw_tier["unit_price"], f"{tier_where}.unit_price")
-        if unit_price < 0:
-            raise CatalogError(f"{tier_where}.unit_price: must not be negative")
-        if _decimal_places(unit_price) > MAX_PRICE_DECIMALS:
-            raise CatalogError(
-                f"{tier_where}.unit_price: at most {MAX_PRICE_DECIMALS} decimal places"
+            problems.add(f"{tier_where}.unit_price: required")
+        else:
+            unit_price = problems.check(
+                _unit_price, raw_tier["unit_price"], f"{tier_where}.unit_price"
             )
         is_last = index == len(raw_tiers) - 1
         raw_up_to = raw_tier.get("up_to")
-        up_to: Decimal | None
+        up_to: Decimal | None = None
         if raw_up_to is None or raw_up_to == "inf":
             if not is_last:
-                raise CatalogError(f"{tier_where}.up_to: required on every tier but the last")
-            up_to = None
+                problems.add(f"{tier_where}.up_to: required on every tier but the last")
+        elif is_last:
+            problems.add(f"{tier_where}.up_to: the last tier must have no limit")
         else:
-            if is_last:
-                raise CatalogError(f"{tier_where}.up_to: the last tier must have no limit")
-            up_to = _decimal(raw_up_to, f"{tier_where}.up_to")
-            if up_to <= previous:
-                raise CatalogError(
-                    f"{tier_where}.up_to: must be greater than the previous limit ({previous})"
-                )
-            previous = up_to
-        tiers.append(Tier(up_to=up_to, unit_price=unit_price))
+            up_to = problems.check(_decimal, raw_up_to, f"{tier_where}.up_to")
+            if up_to is not None:
+                if up_to <= previous:
+                    problems.add(
+                        f"{tier_where}.up_to: must be greater than the previous limit ({previous})"
+                    )
+                previous = max(previous, up_to)
+        if unit_price is not None:
+            tiers.append(Tier(up_to=up_to, unit_price=unit_price))
+    problems.raise_any()
     return Price(tiers=tuple(tiers))
 
 
@@ -149,63 +196,88 @@ _METRIC_FIELDS = {
 }  # fmt: skip
 
 
-def _metric(raw: object, index: int, currencies: tuple[str, ...], source: str) -> Metric:
-    where = f"{source}: metric[{index}]"
-    if not isinstance(raw, Mapping):
-        raise CatalogError(f"{where}: must be a table")
-    metric_id = raw.get("id")
-    if not isinstance(metric_id, str) or not METRIC_ID.fullmatch(metric_id):
-        raise CatalogError(
-            f"{where}.id: required; lower-case letters, digits, '.', '_' or '-' "
-            f"(at most 100 characters), got {metric_id!r}"
-        )
-    where = f"{source}: metric '{metric_id}'"
-    unknown = set(raw) - _METRIC_FIELDS
-    if unknown:
-        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
-    unit = raw.get("unit")
-    if not isinstance(unit, str) or not unit.strip():
-        raise CatalogError(f'{where}.unit: required, e.g. "second" or "GB"')
-    description = raw.get("description", metric_id)
-    if not isinstance(description, str):
-        raise CatalogError(f"{where}.description: must be a string")
-    decimals = raw.get("decimals", 0)
-    if isinstance(decimals, bool) or not isinstance(decimals, int):
-        raise CatalogError(f"{where}.decimals: must be an integer")
-    if not 0 <= decimals <= MAX_QUANTITY_DECIMALS:
-        raise CatalogError(f"{where}.decimals: must be between 0 and {MAX_QUANTITY_DECIMALS}")
-    group_by = _strings(raw.get("group_by", []), f"{where}.group_by")
-    if len(group_by) > MAX_GROUP_BY:
-        raise CatalogError(f"{where}.group_by: at most {MAX_GROUP_BY} dimensions")
-    for name in group_by:
-        if not DIMENSION_NAME.fullmatch(name):
-            raise CatalogError(f"{where}.group_by: {name!r} is not a valid dimension name")
-    if len(set(group_by)) != len(group_by):
-        raise CatalogError(f"{where}.group_by: lists a dimension twice")
-    allow_negative = raw.get("allow_negative", False)
-    if not isinstance(allow_negative, bool):
-        raise CatalogError(f"{where}.allow_negative: must be true or false")
-    raw_prices = raw.get("price")
+def _prices(
+    raw_prices: object, where: str, currencies: tuple[str, ...] | None, problems: _Problems
+) -> dict[str, Price]:
+    """A metric's ``price`` table: the valid prices; the errors go to ``problems``."""
     if not isinstance(raw_prices, Mapping):
-        raise CatalogError(f"{where}.price: required, a table of currency = price")
+        problems.add(f"{where}.price: required, a table of currency = price")
+        return {}
     prices: dict[str, Price] = {}
+    priced: set[str] = set()  # currencies given a price, valid or not
     for currency_code, raw_price in raw_prices.items():
+        # Paths name the key as the file writes it (``price.USD``).
+        price_where = f"{where}.price.{currency_code}"
         try:
             currency = normalize_currency(str(currency_code))
         except CurrencyError as error:
-            raise CatalogError(f"{where}.price.{currency_code}: {error}") from None
-        if currency in prices:
-            raise CatalogError(f"{where}.price.{currency_code}: {currency} is priced twice")
-        if currency not in currencies:
-            raise CatalogError(
-                f"{where}.price.{currency_code}: currency is not listed in catalog.currencies"
-            )
-        prices[currency] = _price(raw_price, f"{where}.price.{currency}")
-    missing = [currency for currency in currencies if currency not in prices]
+            problems.add(f"{price_where}: {error}")
+            continue
+        if currency in priced:
+            problems.add(f"{price_where}: {currency} is priced twice")
+            continue
+        priced.add(currency)
+        if currencies is not None and currency not in currencies:
+            problems.add(f"{price_where}: currency is not listed in catalog.currencies")
+            continue
+        price = problems.check(_price, raw_price, price_where)
+        if price is not None:
+            prices[currency] = price
+    missing = [currency for currency in currencies or () if currency not in priced]
     if missing:
-        raise CatalogError(f"{where}.price: no price for {', '.join(missing)}")
+        problems.add(f"{where}.price: no price for {', '.join(missing)}")
+    return prices
+
+
+def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source: str) -> Metric:
+    """One ``[[metric]]``, with every error of its fields (``currencies`` is None when the
+    header's list is itself wrong: the prices are then checked on their own)."""
+    where = f"{source}: metric[{index}]"
+    if not isinstance(raw, Mapping):
+        raise CatalogError(f"{where}: must be a table")
+    problems = _Problems()
+    metric_id = raw.get("id")
+    if not isinstance(metric_id, str) or not METRIC_ID.fullmatch(metric_id):
+        problems.add(
+            f"{where}.id: required; lower-case letters, digits, '.', '_' or '-' "
+            f"(at most 100 characters), got {metric_id!r}"
+        )
+        metric_id = ""
+    else:
+        where = f"{source}: metric '{metric_id}'"
+    unknown = set(raw) - _METRIC_FIELDS
+    if unknown:
+        problems.add(f"{where}: unknown field(s) {sorted(unknown)}")
+    unit = raw.get("unit")
+    if not isinstance(unit, str) or not unit.strip():
+        problems.add(f'{where}.unit: required, e.g. "second" or "GB"')
+        unit = ""
+    description = raw.get("description", metric_id)
+    if not isinstance(description, str):
+        problems.add(f"{where}.description: must be a string")
+        description = metric_id
+    decimals = raw.get("decimals", 0)
+    if isinstance(decimals, bool) or not isinstance(decimals, int):
+        problems.add(f"{where}.decimals: must be an integer")
+        decimals = 0
+    elif not 0 <= decimals <= MAX_QUANTITY_DECIMALS:
+        problems.add(f"{where}.decimals: must be between 0 and {MAX_QUANTITY_DECIMALS}")
+    group_by = problems.check(_strings, raw.get("group_by", []), f"{where}.group_by") or ()
+    if len(group_by) > MAX_GROUP_BY:
+        problems.add(f"{where}.group_by: at most {MAX_GROUP_BY} dimensions")
+    for name in group_by:
+        if not DIMENSION_NAME.fullmatch(name):
+            problems.add(f"{where}.group_by: {name!r} is not a valid dimension name")
+    if len(set(group_by)) != len(group_by):
+        problems.add(f"{where}.group_by: lists a dimension twice")
+    allow_negative = raw.get("allow_negative", False)
+    if not isinstance(allow_negative, bool):
+        problems.add(f"{where}.allow_negative: must be true or false")
+        allow_negative = False
+    prices = _prices(raw.get("price"), where, currencies, problems)
     if allow_negative and any(not price.is_flat for price in prices.values()):
-        raise CatalogError(f"{where}: allow_negative needs a flat price (tiers need totals ≥ 0)")
+        problems.add(f"{where}: allow_negative needs a flat price (tiers need totals ≥ 0)")
+    problems.raise_any()
     return Metric(
         id=metric_id,
         unit=unit.strip(),
@@ -218,33 +290,51 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...], source: str) -
 
 
 def parse_catalog(data: Mapping[str, Any], source: str) -> Catalog:
-    """Validate a decoded catalog document (the TOML's tables) into a :class:`Catalog`."""
+    """Validate a decoded catalog document (the TOML's tables) into a :class:`Catalog`; a
+    :class:`CatalogError` lists every problem found."""
+    problems = _Problems()
     unknown = set(data) - {"catalog", "metric"}
     if unknown:
-        raise CatalogError(f"{source}: unknown table(s) {sorted(unknown)}")
+        problems.add(f"{source}: unknown table(s) {sorted(unknown)}")
+    currencies: tuple[str, ...] | None = None
     header = data.get("catalog")
     if not isinstance(header, Mapping):
-        raise CatalogError(f"{source}: missing [catalog] table with 'currencies'")
-    unknown = set(header) - {"currencies"}
-    if unknown:
-        raise CatalogError(f"{source}: catalog: unknown field(s) {sorted(unknown)}")
+        problems.add(f"{source}: missing [catalog] table with 'currencies'")
+    else:
+        unknown = set(header) - {"currencies"}
+        if unknown:
+            problems.add(f"{source}: catalog: unknown field(s) {sorted(unknown)}")
+        currencies = problems.check(_currencies, header, source)
+    raw_metrics = data.get("metric")
+    if not isinstance(raw_metrics, list) or not raw_metrics:
+        problems.add(f"{source}: define at least one [[metric]]")
+        raw_metrics = []
+    metrics: dict[str, Metric] = {}
+    for index, raw_metric in enumerate(raw_metrics):
+        metric = problems.check(_metric, raw_metric, index, currencies, source)
+        if metric is None:
+            continue
+        if metric.id in metrics:
+            problems.add(f"{source}: metric '{metric.id}' is defined twice")
+        metrics[metric.id] = metric
+    problems.raise_any()
+    assert currencies is not None
+    return Catalog(currencies=currencies, metrics=metrics, source=source)
+
+
+def _currencies(header: Mapping[str, Any], source: str) -> tuple[str, ...]:
     raw_currencies = _strings(header.get("currencies", []), f"{source}: catalog.currencies")
     if not raw_currencies:
         raise CatalogError(f"{source}: catalog.currencies: list at least one currency")
-    try:
-        currencies = tuple(normalize_currency(code) for code in raw_currencies)
-    except CurrencyError as error:
-        raise CatalogError(f"{source}: catalog.currencies: {error}") from None
+    problems = _Problems()
+    currencies = []
+    for code in raw_currencies:
+        try:
+            currencies.append(normalize_currency(code))
+        except CurrencyError as error:
+            problems.add(f"{source}: catalog.currencies: {error}")
     twice = sorted({code for code in currencies if currencies.count(code) > 1})
     if twice:
-        raise CatalogError(f"{source}: catalog.currencies: lists {', '.join(twice)} twice")
-    raw_metrics = data.get("metric")
-    if not isinstance(raw_metrics, list) or not raw_metrics:
-        raise CatalogError(f"{source}: define at least one [[metric]]")
-    metrics: dict[str, Metric] = {}
-    for index, raw_metric in enumerate(raw_metrics):
-        metric = _metric(raw_metric, index, currencies, source)
-        if metric.id in metrics:
-            raise CatalogError(f"{source}: metric '{metric.id}' is defined twice")
-        metrics[metric.id] = metric
-    return Catalog(currencies=currencies, metrics=metrics, source=source)
+        problems.add(f"{source}: catalog.currencies: lists {', '.join(twice)} twice")
+    problems.raise_any()
+    return tuple(currencies)
