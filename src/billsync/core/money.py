@@ -128,24 +128,6 @@ def format_minor(amount: int, currency: str) -> str:
     return f"{Decimal(amount).scaleb(-exponent):.{exponent}f}"
 
 
-# Symbols of the currencies billsync's catalogs bill in most; any other is written with its code
-# after the amount ("12.00 SEK"), which no reader can mistake.
-CURRENCY_SYMBOLS = {
-    "usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$", "nzd": "NZ$",
-    "inr": "₹", "brl": "R$", "mxn": "MX$", "hkd": "HK$", "sgd": "S$", "krw": "₩", "cny": "CN¥",
-}  # fmt: skip
-
-
-def money_text(amount: int, currency: str) -> str:
-    """A minor-unit amount as a person reads it, in its currency: 18498 usd → '$184.98',
-    -500 eur → '-€5.00', 123456 jpy → '¥123,456', 1200 sek → '12.00 SEK'."""
-    exponent = minor_unit_exponent(currency)
-    number = f"{Decimal(abs(amount)).scaleb(-exponent):,.{exponent}f}"
-    sign = "-" if amount < 0 else ""
-    symbol = CURRENCY_SYMBOLS.get(currency.lower())
-    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency.upper()}"
-
-
 def decimal_text(number: Decimal) -> str:
     """Plain positional notation, never scientific: Decimal('7.5E-7') → '0.00000075'."""
     return format(number, "f")
