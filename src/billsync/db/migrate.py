@@ -1,7 +1,15 @@
-"""Schema migrations, run from code: ``billsync db upgrade`` and the test fixtures call these."""
+"""Schema migrations, run from code: ``billsync db upgrade`` and the test fixtures call these.
+
+Alembic says "Context impl SQLiteImpl." and "Running upgrade …" at INFO on every call: a
+command's output would start with library lines (JSON ones when piped). Its logger is kept at
+WARNING here unless billsync logs at DEBUG; ``billsync db upgrade`` reports the revisions it
+applied itself (:func:`revisions_between`)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +26,18 @@ from billsync.db.models import Base
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+@contextmanager
+def _alembic_quiet() -> Iterator[None]:
+    alembic_log = logging.getLogger("alembic")
+    before = alembic_log.level
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        alembic_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(before)
+
+
 def _config(database: Database) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -26,21 +46,21 @@ def _config(database: Database) -> Config:
 
 
 def upgrade(database: Database, revision: str = "head") -> None:
-    with database.engine.begin() as connection:
+    with _alembic_quiet(), database.engine.begin() as connection:
         config = _config(database)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
 
 def downgrade(database: Database, revision: str) -> None:
-    with database.engine.begin() as connection:
+    with _alembic_quiet(), database.engine.begin() as connection:
         config = _config(database)
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 
 
 def current_revision(database: Database) -> str | None:
-    with database.engine.connect() as connection:
+    with _alembic_quiet(), database.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -48,9 +68,19 @@ def head_revision(database: Database) -> str | None:
     return ScriptDirectory.from_config(_config(database)).get_current_head()
 
 
+def revisions_between(database: Database, older: str | None, newer: str | None) -> list[str]:
+    """``revision  description`` of each migration after ``older`` up to ``newer``, oldest
+    first (what an upgrade from ``older`` to ``newer`` applied)."""
+    if newer is None or older == newer:
+        return []
+    script = ScriptDirectory.from_config(_config(database))
+    applied = script.iterate_revisions(newer, older or "base")
+    return [f"{each.revision}  {each.doc}" for each in reversed(list(applied))]
+
+
 def schema_drift(database: Database) -> list[object]:
     """Differences between the models and the migrated database: empty when they agree."""
-    with database.engine.connect() as connection:
+    with _alembic_quiet(), database.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
             opts={"compare_type": True, "include_name": partitions_excluded(connection)},
