@@ -21,6 +21,8 @@ DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 MAX_PRICE_DECIMALS = 12
 MAX_QUANTITY_DECIMALS = 12
 MAX_GROUP_BY = 4
+MAX_DISPLAY_DECIMALS = 6
+DEFAULT_DISPLAY_DECIMALS = 2
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -91,6 +93,13 @@ class Metric:
     group_by: tuple[str, ...]
     allow_negative: bool
     prices: Mapping[str, Price]
+    # How people read quantities of the metric (the customer's page): in ``display_unit``,
+    # ``display_per_unit`` of the metric's own unit making one (seconds shown in hours: "hour",
+    # 3600), rounded to ``display_decimals``. Display only: the ledger, Stripe and the usage
+    # export keep ``unit``.
+    display_unit: str | None = None
+    display_per_unit: Decimal | None = None
+    display_decimals: int = DEFAULT_DISPLAY_DECIMALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +202,50 @@ def _strings(raw: object, where: str) -> tuple[str, ...]:
 
 _METRIC_FIELDS = {
     "id", "unit", "description", "decimals", "group_by", "allow_negative", "price",
+    "display_unit", "display_per_unit", "display_decimals",
 }  # fmt: skip
+
+
+def _display(
+    raw: Mapping[str, Any], where: str, unit: str, problems: _Problems
+) -> tuple[str | None, Decimal | None, int]:
+    """The optional display unit: ``display_unit`` and ``display_per_unit`` together (how many
+    of the metric's ``unit`` make one), ``display_decimals`` with them."""
+    display_unit = raw.get("display_unit")
+    per_unit = raw.get("display_per_unit")
+    decimals = raw.get("display_decimals", DEFAULT_DISPLAY_DECIMALS)
+    if display_unit is None and per_unit is None:
+        if "display_decimals" in raw:
+            problems.add(f"{where}.display_decimals: only with display_unit and display_per_unit")
+        return None, None, DEFAULT_DISPLAY_DECIMALS
+    if display_unit is None:
+        problems.add(f'{where}.display_unit: required with display_per_unit, e.g. "hour"')
+    elif (
+        not isinstance(display_unit, str)
+        or not display_unit.strip()
+        or len(display_unit) > 40
+        or not display_unit.isprintable()
+    ):
+        problems.add(f'{where}.display_unit: a unit name of 1–40 printable characters, e.g. "hour"')
+        display_unit = None
+    factor: Decimal | None = None
+    if per_unit is None:
+        problems.add(
+            f"{where}.display_per_unit: required with display_unit: how many {unit or 'units'} "
+            'make one display unit, e.g. "3600" for seconds shown in hours'
+        )
+    else:
+        factor = problems.check(_decimal, per_unit, f"{where}.display_per_unit")
+        if factor is not None and factor <= 0:
+            problems.add(f"{where}.display_per_unit: must be greater than 0, got {per_unit!r}")
+            factor = None
+    if isinstance(decimals, bool) or not isinstance(decimals, int):
+        problems.add(f"{where}.display_decimals: must be an integer")
+        decimals = DEFAULT_DISPLAY_DECIMALS
+    elif not 0 <= decimals <= MAX_DISPLAY_DECIMALS:
+        problems.add(f"{where}.display_decimals: must be between 0 and {MAX_DISPLAY_DECIMALS}")
+    name = display_unit.strip() if isinstance(display_unit, str) else None
+    return name, factor, decimals
 
 
 def _prices(
@@ -277,6 +329,7 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source:
     prices = _prices(raw.get("price"), where, currencies, problems)
     if allow_negative and any(not price.is_flat for price in prices.values()):
         problems.add(f"{where}: allow_negative needs a flat price (tiers need totals ≥ 0)")
+    display_unit, display_per_unit, display_decimals = _display(raw, where, unit, problems)
     problems.raise_any()
     return Metric(
         id=metric_id,
@@ -286,6 +339,9 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source:
         group_by=group_by,
         allow_negative=allow_negative,
         prices=prices,
+        display_unit=display_unit,
+        display_per_unit=display_per_unit,
+        display_decimals=display_decimals,
     )
 
 
