@@ -38,7 +38,7 @@ Json = dict[str, Any]
 REF = "#/components/schemas/"
 
 SUBSET = Path(__file__).resolve().parent / "fixtures" / "stripe" / "openapi-subset.json"
-SUBSET_SHA256 = "9c8afa9a9d711fe2262bb953cc06f8d6a7592da9bcaa5a7d536b2c53e5a98a04"
+SUBSET_SHA256 = "8c7a118393df3aae05f630a7262f97ef036ee2ca334ee0af321db3556350f12e"
 DESCRIBED_VERSION = "2026-07-29.dahlia"
 
 # Fields the emulator sends that the vendored description does not declare, by where they
@@ -58,6 +58,7 @@ EXTRA_FIELDS: Mapping[str, frozenset[str]] = {
 # ``object`` field, and must match that resource's schema too.
 EVENT_OBJECTS = {
     "coupon": "coupon",
+    "credit_note": "credit_note",
     "customer": "customer",
     "discount": "discount",
     "invoice": "invoice",
@@ -547,6 +548,52 @@ def _balance_transactions(w: Wire) -> list[Answer]:
     )  # fmt: skip
 
 
+def _credit_notes(w: Wire) -> list[Json]:
+    """On an open invoice, a whole one (then custom and per-line ones on a paid invoice): a
+    refund, a credit to the customer's balance, a custom line."""
+    unpaid = w.customer()
+    w.post(
+        f"/v1/customers/{unpaid['id']}",
+        {"invoice_settings[default_payment_method]": "pm_card_chargeDeclined"},
+    )
+    open_invoice = w.finalized(unpaid["id"])
+    paid = w.post(f"/v1/invoices/{w.finalized(w.customer()['id'])['id']}/pay")
+    line = paid["lines"]["data"][0]["id"]
+    return [
+        w.post(
+            "/v1/credit_notes",
+            {
+                "invoice": open_invoice["id"],
+                "amount": "500",
+                "reason": "order_change",
+                "memo": "Goodwill",
+            },
+        ),
+        w.post(
+            "/v1/credit_notes",
+            {
+                "invoice": paid["id"],
+                "refund_amount": "500",
+                "lines[0][type]": "invoice_line_item",
+                "lines[0][invoice_line_item]": line,
+                "lines[0][amount]": "300",
+                "lines[1][type]": "custom_line_item",
+                "lines[1][unit_amount]": "200",
+                "lines[1][description]": "Service credit",
+            },
+        ),
+        w.post(
+            "/v1/credit_notes",
+            {
+                "invoice": paid["id"],
+                "amount": "100",
+                "credit_amount": "100",
+                "metadata[billsync]": "1",
+            },
+        ),
+    ]
+
+
 CUSTOMER_EXPANDED = frozenset({"customer"})
 
 # Per route: requests that succeed, and the answers to check.
@@ -624,6 +671,11 @@ CALLS: dict[str, Calls] = {
     "POST /v1/invoices/{id}/remove_lines": _remove_lines,
     "GET /v1/invoices/{id}/lines": lambda w: _answers(
         "lines", w.get(f"/v1/invoices/{_draft_with_lines(w)['id']}/lines", {"limit": "2"})),
+    "POST /v1/credit_notes": lambda w: _answers("credit_note", *_credit_notes(w)),
+    "GET /v1/credit_notes": lambda w: _answers("credit_notes", w.get("/v1/credit_notes", {
+        "invoice": _credit_notes(w)[1]["invoice"]}), w.get("/v1/credit_notes", {"limit": "1"})),
+    "GET /v1/credit_notes/{id}": lambda w: _answers("credit_note", *(
+        w.get(f"/v1/credit_notes/{note['id']}") for note in _credit_notes(w))),
     "POST /v1/billing_portal/configurations": _portal_configuration,
     "GET /v1/billing_portal/configurations": lambda w: (_portal_configuration(w), _answers(
         "configurations", w.get("/v1/billing_portal/configurations")))[1],

@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 import stripe
 from stripe.params import (
+    CreditNoteCreateParams,
+    CreditNoteCreateParamsLine,
+    CreditNoteListParams,
     CustomerCreateParams,
     EventListParams,
     InvoiceAddLinesParams,
@@ -30,6 +33,7 @@ from stripe.params import (
     InvoiceFinalizeInvoiceParams,
     InvoiceLineItemListParams,
     InvoiceListParams,
+    InvoicePayParams,
     InvoiceRemoveLinesParams,
     InvoiceRemoveLinesParamsLine,
     InvoiceUpdateLinesParams,
@@ -39,9 +43,12 @@ from stripe.params.billing_portal import SessionCreateParams
 
 from billsync.observability.instruments import observe_stripe
 from billsync.sync.port import (
+    CreditNoteLine,
     EventPage,
     LineChange,
     NewLine,
+    RemoteCreditNote,
+    RemoteCreditNoteLine,
     RemoteEvent,
     RemoteInvoice,
     RemoteLine,
@@ -61,7 +68,7 @@ PAGE_LIMIT = 100
 _ROUTE_WORDS = frozenset({
     "v1", "customers", "invoices", "invoiceitems", "lines", "add_lines", "update_lines",
     "remove_lines", "finalize", "pay", "send", "void", "mark_uncollectible", "billing_portal",
-    "sessions", "events", "search",
+    "sessions", "events", "search", "credit_notes",
 })  # fmt: skip
 _MAX_ROUTE_SEGMENTS = 6
 
@@ -241,6 +248,59 @@ class StripeGateway:
         with _translated(write=True):
             self._client.v1.invoices.delete(invoice_id, None, _write(idempotency_key))
 
+    def pay_invoice(self, invoice_id: str, *, idempotency_key: str) -> RemoteInvoice:
+        """``POST /v1/invoices/{id}/pay``: one payment attempt now, out of Stripe's retry
+        schedule (docs.stripe.com/api/invoices/pay)."""
+        params: InvoicePayParams = {}
+        with _translated(write=True):
+            invoice = self._client.v1.invoices.pay(invoice_id, params, _write(idempotency_key))
+        return _remote_invoice(invoice)
+
+    def create_credit_note(
+        self,
+        invoice_id: str,
+        *,
+        amount: int | None,
+        lines: Sequence[CreditNoteLine],
+        reason: str | None,
+        memo: str | None,
+        refund_amount: int,
+        credit_amount: int,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+    ) -> RemoteCreditNote:
+        """``POST /v1/credit_notes`` (docs.stripe.com/api/credit_notes/create): ``amount`` for
+        the invoice as a whole, else ``lines`` of type ``invoice_line_item``; what the invoice
+        still has to be paid is lowered first, the rest is ``refund_amount`` or
+        ``credit_amount`` (the customer's balance)."""
+        params: CreditNoteCreateParams = {"invoice": invoice_id, "metadata": dict(metadata)}
+        if lines:
+            params["lines"] = [_credit_note_line(line) for line in lines]
+        elif amount is not None:
+            params["amount"] = amount
+        if reason is not None:
+            params["reason"] = reason
+        if memo:
+            params["memo"] = memo
+        if refund_amount:
+            params["refund_amount"] = refund_amount
+        if credit_amount:
+            params["credit_amount"] = credit_amount
+        with _translated(write=True):
+            note = self._client.v1.credit_notes.create(params, _write(idempotency_key))
+        return _remote_credit_note(note)
+
+    def list_credit_notes(self, *, invoice_id: str) -> list[RemoteCreditNote]:
+        params: CreditNoteListParams = {"invoice": invoice_id, "limit": PAGE_LIMIT}
+        found: list[RemoteCreditNote] = []
+        with _translated():
+            while True:
+                page = self._client.v1.credit_notes.list(params)
+                found.extend(_remote_credit_note(note) for note in page.data)
+                if not page.has_more or not page.data:
+                    return found
+                params["starting_after"] = page.data[-1].id
+
     # --- reads -------------------------------------------------------------------------
 
     def get_invoice(self, invoice_id: str, *, with_lines: bool) -> RemoteInvoice:
@@ -345,6 +405,11 @@ def _new_line(line: NewLine) -> InvoiceAddLinesParamsLine:
     }
 
 
+def _credit_note_line(line: CreditNoteLine) -> CreditNoteCreateParamsLine:
+    return {"type": "invoice_line_item", "invoice_line_item": line.line_item_id,
+            "amount": line.amount}  # fmt: skip
+
+
 def _line_change(change: LineChange) -> InvoiceUpdateLinesParamsLine:
     return {
         "id": change.line_item_id,
@@ -398,6 +463,37 @@ def _remote_invoice(
         subtotal=invoice.subtotal,
         discount=sum(d.amount for d in invoice.total_discount_amounts or ()),
         starting_balance=invoice.starting_balance or 0,
+        pre_payment_credit_notes_amount=invoice.pre_payment_credit_notes_amount or 0,
+        post_payment_credit_notes_amount=invoice.post_payment_credit_notes_amount or 0,
+        attempt_count=invoice.attempt_count or 0,
+    )
+
+
+def _remote_credit_note(note: stripe.CreditNote) -> RemoteCreditNote:
+    invoice = note.invoice
+    return RemoteCreditNote(
+        id=note.id,
+        invoice=invoice if isinstance(invoice, str) else invoice.id,
+        number=note.number,
+        status=note.status,
+        currency=note.currency,
+        total=note.total,
+        pre_payment_amount=note.pre_payment_amount,
+        post_payment_amount=note.post_payment_amount,
+        refund_amount=sum(refund.amount_refunded for refund in note.refunds or ()),
+        credit_amount=note.post_payment_amount
+        - sum(refund.amount_refunded for refund in note.refunds or ())
+        - (note.out_of_band_amount or 0),
+        out_of_band_amount=note.out_of_band_amount or 0,
+        reason=note.reason,
+        memo=note.memo,
+        pdf=note.pdf,
+        created=note.created,
+        metadata=_metadata(note.metadata),
+        lines=tuple(
+            RemoteCreditNoteLine(line.invoice_line_item, line.amount, line.description)
+            for line in note.lines.data
+        ),
     )
 
 

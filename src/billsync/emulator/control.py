@@ -238,6 +238,13 @@ def routes(emulator: Emulator) -> list[Route]:
         text = f"Invoice {invoice['number']} total {render.totals(state, invoice)['total']}"
         return Response(_minimal_pdf(text), media_type="application/pdf")
 
+    async def credit_note_pdf(request: Request) -> Response:
+        note = state.credit_notes.get(request.path_params["credit_note_id"])
+        if note is None:
+            return Response("not found", 404)
+        text = f"Credit note {note['number']} total {note['total']} for invoice {note['invoice']}"
+        return Response(_minimal_pdf(text), media_type="application/pdf")
+
     return [
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/clock", clock, methods=["GET", "POST"]),
@@ -250,6 +257,7 @@ def routes(emulator: Emulator) -> list[Route]:
         Route("/_emulator/peek/invoices/{invoice_id}", peek_invoice),
         Route("/_emulator/peek/totals", peek_totals, methods=["POST"]),
         Route("/_emulator/invoices/{invoice_id}/pdf", invoice_pdf),
+        Route("/_emulator/credit_notes/{credit_note_id}/pdf", credit_note_pdf),
     ]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from billsync.emulator import balances, billing, discounts, invoices, platform
+from billsync.emulator import balances, billing, credit_notes, discounts, invoices, platform
 from billsync.emulator.billing import Context
 from billsync.emulator.state import State
 
@@ -250,6 +250,26 @@ ROUTES: list[Route] = [
         "/v1/invoices/{id}/lines",
         "_invoice_list_lines_params.InvoiceListLinesParams",
         lambda s, c, p, q: invoices.list_lines(s, c, p["id"], q),
+    ),
+    # credit notes (emulator.credit_notes)
+    Route(
+        "POST",
+        "/v1/credit_notes",
+        "_credit_note_create_params.CreditNoteCreateParams",
+        lambda s, c, p, q: credit_notes.create_credit_note(s, c, q),
+        locks_invoice=True,
+    ),
+    Route(
+        "GET",
+        "/v1/credit_notes",
+        "_credit_note_list_params.CreditNoteListParams",
+        lambda s, c, p, q: credit_notes.list_credit_notes(s, c, q),
+    ),
+    Route(
+        "GET",
+        "/v1/credit_notes/{id}",
+        "_credit_note_retrieve_params.CreditNoteRetrieveParams",
+        _no_params(credit_notes.retrieve_credit_note),
     ),
     # billing portal, events, webhook endpoints
     Route(

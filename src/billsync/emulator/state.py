@@ -169,6 +169,8 @@ class State:
         self.coupons: dict[str, dict[str, Any]] = {}
         self.discounts: dict[str, dict[str, Any]] = {}
         self.balance_transactions: dict[str, dict[str, Any]] = {}
+        # Credit notes by id (``credit_notes``): each lowers a finalized invoice.
+        self.credit_notes: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.event_order: list[str] = []
         self.webhook_endpoints: dict[str, dict[str, Any]] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class StripeFailure(Exception):
@@ -112,6 +112,51 @@ class RemoteInvoice:
     subtotal: int | None = None
     discount: int = 0
     starting_balance: int = 0
+    # Credit notes lower a finalized invoice without changing its total: first what is still to
+    # pay (``pre_payment``: amount_due and amount_remaining go down), the rest after payment
+    # (``post_payment``: refunded or credited to the customer's balance)
+    # (docs.stripe.com/api/credit_notes/create).
+    pre_payment_credit_notes_amount: int = 0
+    post_payment_credit_notes_amount: int = 0
+    attempt_count: int = 0  # payment attempts so far (the first one is attempt 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteLine:
+    """Part of an invoice line to credit (a line of ``POST /v1/credit_notes``)."""
+
+    line_item_id: str  # il_…
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCreditNoteLine:
+    line_item_id: str | None  # None: a custom line of the credit note
+    amount: int
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCreditNote:
+    """A credit note as Stripe shows it (docs.stripe.com/api/credit_notes/object)."""
+
+    id: str  # cn_…
+    invoice: str
+    number: str
+    status: str  # issued | void
+    currency: str
+    total: int
+    pre_payment_amount: int  # what it took off the amount still to pay
+    post_payment_amount: int  # the rest: refunded, credited to the balance, or out of band
+    refund_amount: int
+    credit_amount: int
+    out_of_band_amount: int
+    reason: str | None
+    memo: str | None
+    pdf: str | None
+    created: int  # unix seconds
+    metadata: Mapping[str, str]
+    lines: Sequence[RemoteCreditNoteLine] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +242,38 @@ class StripePort(Protocol):
         ...
 
 
+@runtime_checkable
+class InvoiceActions(Protocol):
+    """What support does to a finalized invoice through Stripe: retry its payment, lower it with
+    a credit note. Apart from :class:`StripePort` (the sync engine's), so that a gateway built
+    for syncing alone (a repair's, a test's) need not offer them; the Stripe gateway does."""
+
+    def pay_invoice(self, invoice_id: str, *, idempotency_key: str) -> RemoteInvoice:
+        """Attempt payment of an open invoice now, with the customer's default payment method
+        (raises :class:`StripeCardDeclined` when it is declined)."""
+        ...
+
+    def create_credit_note(
+        self,
+        invoice_id: str,
+        *,
+        amount: int | None,
+        lines: Sequence[CreditNoteLine],
+        reason: str | None,
+        memo: str | None,
+        refund_amount: int,
+        credit_amount: int,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+    ) -> RemoteCreditNote:
+        """Lower a finalized invoice: by ``amount`` as a whole, or by ``lines``."""
+        ...
+
+    def list_credit_notes(self, *, invoice_id: str) -> list[RemoteCreditNote]:
+        """Every credit note of the invoice, newest first."""
+        ...
+
+
 # The Stripe endpoint each port method calls (its first request; a listing's further pages go to
 # the same endpoint). Stripe limits every endpoint on its own — 25 requests/s by default, GET
 # and POST of one path apart (https://docs.stripe.com/rate-limits) — so the rate budget paces
@@ -212,6 +289,9 @@ ENDPOINTS: dict[str, str] = {
     "remove_lines": "POST /v1/invoices/{id}/remove_lines",
     "finalize": "POST /v1/invoices/{id}/finalize",
     "delete_draft": "DELETE /v1/invoices/{id}",
+    "pay_invoice": "POST /v1/invoices/{id}/pay",
+    "create_credit_note": "POST /v1/credit_notes",
+    "list_credit_notes": "GET /v1/credit_notes",
     "create_portal_session": "POST /v1/billing_portal/sessions",
     "list_events": "GET /v1/events",
 }
