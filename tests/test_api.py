@@ -150,7 +150,9 @@ def statuses(report: dict[str, Any]) -> list[str]:
 
 V1_ROUTES = [
     ("POST", "/v1/accounts"),
+    ("GET", "/v1/accounts"),
     ("GET", "/v1/accounts/{account_id}"),
+    ("PATCH", "/v1/accounts/{account_id}"),
     ("GET", "/v1/accounts/{account_id}/lines"),
     ("GET", "/v1/catalog"),
     ("POST", "/v1/usage"),
@@ -257,6 +259,8 @@ def test_create_account_returns_201_with_its_fields(client: TestClient) -> None:
         "email": "billing@acme.example",
         "currency": "usd",
         "billing_anchor_day": 28,
+        "billing_anchor_from": None,
+        "sync_policy": None,
         "stripe_customer_id": None,
         "created_at": "2026-11-15T12:00:00Z",
     }

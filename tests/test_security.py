@@ -66,7 +66,9 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
     ("POST", "/v1/accounts"): API,
+    ("GET", "/v1/accounts"): API,
     ("GET", "/v1/accounts/{account_id}"): API,
+    ("PATCH", "/v1/accounts/{account_id}"): API,
     ("GET", "/v1/accounts/{account_id}/lines"): API,
     ("POST", "/v1/usage"): API,
     ("GET", "/v1/catalog"): API,
@@ -216,7 +218,7 @@ def call(world: World, caller: str, method: str, template: str) -> Any:
         if path.startswith("/billing/") and caller.endswith("customer"):
             form["token"] = client.headers["Authorization"][7:]
         return client.post(served, data=form)
-    return client.post(served, json=JSON_BODIES.get(path))
+    return client.request(method, served, json=JSON_BODIES.get(path))
 
 
 # The same table behind a prefix (``uvicorn … --root-path /api``): ASGI's path then carries the

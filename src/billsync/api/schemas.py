@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from billsync.core.text import SAFE_TEXT_PATTERN
-from billsync.services.accounts import EMAIL_PATTERN
+from billsync.services.accounts import EMAIL_PATTERN, NAME_PATTERN
 
 
 def _not_a_boolean(value: object) -> object:
@@ -61,14 +62,98 @@ class AccountCreate(BaseModel):
         return _not_a_boolean(value)
 
 
+def _present_fields(data: object, not_null: tuple[str, ...], numbers: tuple[str, ...]) -> object:
+    """A JSON body's fields that may be left out but not sent as null, and whole numbers that
+    are not true or false (as ``_not_a_boolean``; a validator on the model keeps each field's
+    bounds in the published schema)."""
+    if isinstance(data, dict):
+        for field in not_null:
+            if field in data and data[field] is None:
+                raise ValueError(f"{field} cannot be null: leave it out to keep it as it is")
+        for field in numbers:
+            _not_a_boolean(data.get(field))
+    return data
+
+
+class SyncPolicyRead(BaseModel):
+    """An account's own sync policy: what it sets overrides BILLSYNC_SYNC_POLICY, its interval
+    and its threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["interval", "threshold", "on_demand", "cycle_end"] | SkipJsonSchema[None] = None
+    interval_seconds: int | SkipJsonSchema[None] = Field(
+        default=None, ge=1, description="The interval policy's window, in seconds."
+    )
+    threshold: int | SkipJsonSchema[None] = Field(
+        default=None, ge=1, description="Minor units behind before a threshold sync."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields(cls, data: object) -> object:
+        return _present_fields(
+            data, ("policy", "interval_seconds", "threshold"), ("interval_seconds", "threshold")
+        )
+
+
 class AccountRead(BaseModel):
     id: str
     name: str
     email: str | None
     currency: str
-    billing_anchor_day: int
+    billing_anchor_day: int = Field(description="The day of the month future periods start on.")
+    billing_anchor_from: date | None = Field(
+        default=None,
+        description="The date billing_anchor_day applies from, when it was changed: earlier "
+        "periods keep the anchor day they had.",
+    )
+    sync_policy: SyncPolicyRead | None = Field(
+        default=None, description="The account's own sync policy; null: the default."
+    )
     stripe_customer_id: str | None
     created_at: datetime
+
+
+class AccountUpdate(BaseModel):
+    """``PATCH /v1/accounts/{id}``: the fields given change; the others stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | SkipJsonSchema[None] = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        json_schema_extra={"pattern": NAME_PATTERN},  # checked by the service
+    )
+    email: str | None = Field(
+        default=None,
+        max_length=320,
+        description="null removes it.",
+        json_schema_extra={"pattern": EMAIL_PATTERN},  # checked by the service
+    )
+    sync_policy: SyncPolicyRead | None = Field(
+        default=None, description="The account's own sync policy; null: back to the default."
+    )
+    billing_anchor_day: int | SkipJsonSchema[None] = Field(
+        default=None,
+        ge=1,
+        le=28,
+        description="For future periods: the current period keeps its dates and the next one "
+        "ends on the new day.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields(cls, data: object) -> object:
+        return _present_fields(data, ("name", "billing_anchor_day"), ("billing_anchor_day",))
+
+
+class AccountListRead(BaseModel):
+    data: list[AccountRead]
+    next: str | None = Field(
+        description="Pass it as 'cursor' for the next page; null on the last page."
+    )
 
 
 class UsageEventCreate(BaseModel):

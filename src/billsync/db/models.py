@@ -59,11 +59,18 @@ class Account(Base):
     sync_policy: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The anchor days periods followed before billing_anchor_day, each with the date it stopped
+    # applying ([{"until": "2026-12-01", "anchor_day": 1}]); None: never changed.
+    anchor_changes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
 
     __table_args__ = (
         CheckConstraint(
             "billing_anchor_day IS NULL OR billing_anchor_day BETWEEN 1 AND 28", name="anchor_day"
         ),
+        # GET /v1/accounts: a name prefix (LIKE 'p%': text_pattern_ops on PostgreSQL) and an
+        # exact email.
+        Index("ix_accounts_name", "name", postgresql_ops={"name": "text_pattern_ops"}),
+        Index("ix_accounts_email", "email"),
         # The few accounts with a sync policy of their own: the scheduler weighs them one by one.
         Index(
             "ix_accounts_own_sync_policy",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from billsync.db.tables import account_sync, accounts
+from billsync.core.periods import AnchorChange, AnchorSchedule
+from billsync.db.tables import account_sync, accounts, billing_periods
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +24,35 @@ class AccountRecord:
     billing_anchor_day: int | None
     stripe_customer_id: str | None
     created_at: datetime
+    sync_policy: dict[str, Any] | None = None
+    # The anchor days its periods followed before ``billing_anchor_day`` (AnchorSchedule).
+    anchor_changes: tuple[AnchorChange, ...] = ()
+
+    def schedule(self, default_anchor_day: int) -> AnchorSchedule:
+        """The account's periods (``default_anchor_day``: BILLSYNC_BILLING_ANCHOR_DAY, for an
+        account without an anchor day of its own)."""
+        return AnchorSchedule(self.billing_anchor_day or default_anchor_day, self.anchor_changes)
 
 
 class AccountExists(Exception):
     pass
+
+
+def anchor_changes_of(value: Any) -> tuple[AnchorChange, ...]:
+    """The stored ``anchor_changes`` document (JSON: a list, or None) as AnchorChanges."""
+    if not value:
+        return ()
+    return tuple(
+        AnchorChange(date.fromisoformat(item["until"]), int(item["anchor_day"])) for item in value
+    )
+
+
+def anchor_changes_document(changes: Sequence[AnchorChange]) -> list[dict[str, Any]] | None:
+    if not changes:
+        return None
+    return [
+        {"until": change.until.isoformat(), "anchor_day": change.anchor_day} for change in changes
+    ]
 
 
 def _record(row: RowMapping) -> AccountRecord:
@@ -37,6 +64,8 @@ def _record(row: RowMapping) -> AccountRecord:
         billing_anchor_day=row["billing_anchor_day"],
         stripe_customer_id=row["stripe_customer_id"],
         created_at=row["created_at"],
+        sync_policy=row["sync_policy"],
+        anchor_changes=anchor_changes_of(row["anchor_changes"]),
     )
 
 
@@ -82,3 +111,61 @@ def get_accounts(connection: Connection, account_ids: Iterable[str]) -> dict[str
 def account_ids(connection: Connection) -> list[str]:
     """Every account's id, in order."""
     return list(connection.execute(select(accounts.c.id).order_by(accounts.c.id)).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFilter:
+    """``GET /v1/accounts``' filters, all optional and combined: a name prefix (exact case),
+    an exact email, an exact Stripe customer id."""
+
+    name_prefix: str | None = None
+    email: str | None = None
+    customer: str | None = None
+
+
+def list_accounts(
+    connection: Connection, wanted: AccountFilter, *, after: str | None, limit: int
+) -> list[AccountRecord]:
+    """Up to ``limit`` accounts in id order, those after ``after`` (keyset pagination: the
+    primary key's order, so a page costs the same wherever it is, never an OFFSET)."""
+    query = select(accounts).order_by(accounts.c.id).limit(limit)
+    if after is not None:
+        query = query.where(accounts.c.id > after)
+    if wanted.name_prefix:
+        if connection.dialect.name == "sqlite":
+            # SQLite's LIKE ignores ASCII case: compare the prefix itself, as PostgreSQL's
+            # LIKE does (the account lists are small there).
+            prefix_of_name = func.substr(accounts.c.name, 1, len(wanted.name_prefix))
+            query = query.where(prefix_of_name == wanted.name_prefix)
+        else:
+            query = query.where(accounts.c.name.startswith(wanted.name_prefix, autoescape=True))
+    if wanted.email is not None:
+        query = query.where(accounts.c.email == wanted.email)
+    if wanted.customer is not None:
+        query = query.where(accounts.c.stripe_customer_id == wanted.customer)
+    return [_record(row) for row in connection.execute(query).mappings()]
+
+
+def update_account(connection: Connection, account_id: str, now: datetime, **values: Any) -> bool:
+    """Set these columns of the account; False when there is no such account."""
+    result = connection.execute(
+        update(accounts).where(accounts.c.id == account_id).values(**values, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def lock_account(connection: Connection, account_id: str) -> AccountRecord | None:
+    """The account, its row locked until the transaction ends (PostgreSQL; SQLite's writers
+    are serialized anyway): two changes of one account queue."""
+    query = select(accounts).where(accounts.c.id == account_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = connection.execute(query).mappings().first()
+    return None if row is None else _record(row)
+
+
+def latest_period_end(connection: Connection, account_id: str) -> date | None:
+    """The end of the latest period the ledger holds for the account."""
+    return connection.execute(
+        select(func.max(billing_periods.c.end)).where(billing_periods.c.account_id == account_id)
+    ).scalar()

@@ -29,9 +29,10 @@ from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from billsync.core.folding import LineRef
-from billsync.core.periods import PeriodStatus
+from billsync.core.periods import AnchorChange, PeriodStatus
 from billsync.core.usage import ValidEvent
 from billsync.db.tables import lines
+from billsync.repositories.accounts import anchor_changes_of
 from billsync.repositories.ledger import EventRow, LineChange, LineState, NewLine
 
 # SQLite allows 32,766 bound variables per statement; stay well below.
@@ -73,28 +74,30 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def account_terms(
     connection: Connection, account_ids: Iterable[str]
-) -> dict[str, tuple[str, int | None]]:
-    """(currency, billing anchor day) of each existing account among ``account_ids``."""
+) -> dict[str, tuple[str, int | None, tuple[AnchorChange, ...]]]:
+    """(currency, billing anchor day, earlier anchor days) of each existing account among
+    ``account_ids``."""
     ids = sorted(set(account_ids))
     cursor = _dbapi(connection).cursor()
-    found: dict[str, tuple[str, int | None]] = {}
+    found: dict[str, tuple[str, int | None, tuple[AnchorChange, ...]]] = {}
+    columns = "id, currency, billing_anchor_day, anchor_changes"
     if _is_postgres(connection):
-        cursor.execute(
-            "SELECT id, currency, billing_anchor_day FROM accounts WHERE id = ANY(%s)", (ids,)
-        )
+        cursor.execute(f"SELECT {columns} FROM accounts WHERE id = ANY(%s)", (ids,))  # noqa: S608 - no input
         rows = cursor.fetchall()
     else:
         rows = []
         for chunk in _chunks(ids, SQLITE_MAX_VARIABLES):
             marks = ",".join("?" * len(chunk))
             cursor.execute(
-                f"SELECT id, currency, billing_anchor_day FROM accounts WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                f"SELECT {columns} FROM accounts WHERE id IN ({marks})",  # noqa: S608 - placeholders only
                 chunk,
             )
             rows.extend(cursor.fetchall())
     cursor.close()
-    for account_id, currency, anchor in rows:
-        found[account_id] = (currency, anchor)
+    for account_id, currency, anchor, changes in rows:
+        # SQLite hands the JSON document over as its text, psycopg decoded.
+        document = orjson.loads(changes) if isinstance(changes, str | bytes) else changes
+        found[account_id] = (currency, anchor, anchor_changes_of(document))
     return found
 
 

@@ -23,7 +23,7 @@ from billsync.clock import Clock
 from billsync.core.catalog import Catalog
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT
-from billsync.core.periods import Period, late_usage_target, period_for_date
+from billsync.core.periods import AnchorSchedule, Period, late_usage_target
 from billsync.core.rating import late_line_amount
 from billsync.core.usage import (
     Rejection,
@@ -103,7 +103,7 @@ class _Terms:
 
     id: str
     currency: str
-    anchor_day: int
+    periods: AnchorSchedule
 
 
 class IngestService:
@@ -209,15 +209,17 @@ class IngestService:
         account_ids = {event.account for event in events}
         ledger.lock_accounts(connection, account_ids)
         accounts = {
-            account_id: _Terms(account_id, currency, anchor or self.default_anchor_day)
-            for account_id, (currency, anchor) in ledger_bulk.account_terms(
+            account_id: _Terms(
+                account_id, currency, AnchorSchedule(anchor or self.default_anchor_day, changes)
+            )
+            for account_id, (currency, anchor, changes) in ledger_bulk.account_terms(
                 connection, account_ids
             ).items()
         }
         stored = ledger_bulk.stored_events(connection, [event.id for event in events])
 
         fresh: list[tuple[ValidEvent, _Terms, Period]] = []
-        periods: dict[tuple[int, date], Period] = {}
+        periods: dict[tuple[AnchorSchedule, date], Period] = {}
         for event in events:
             if event.id in stored:
                 decided[event.id] = _repeated(event, stored[event.id])
@@ -245,10 +247,10 @@ class IngestService:
                     ),
                 )
                 continue
-            slot = (account.anchor_day, event.timestamp.date())
+            slot = (account.periods, event.timestamp.date())
             period = periods.get(slot)
             if period is None:
-                period = periods[slot] = period_for_date(slot[1], slot[0])
+                period = periods[slot] = account.periods.period_for_date(slot[1])
             fresh.append((event, account, period))
             decided[event.id] = EventResult(event.id, EventStatus.ACCEPTED)
         if not fresh:
@@ -295,6 +297,7 @@ class IngestService:
         """Which period's invoice carries usage of each (account, period): the late-usage rule.
         Creates the period rows that do not exist yet."""
         account_periods = {(account.id, period) for _, account, period in fresh}
+        schedules = {account.id: account.periods for _, account, _ in fresh}
         earliest = min(period.start for _, period in account_periods)
         known = ledger_bulk.period_statuses(
             connection, {account_id for account_id, _ in account_periods}, earliest
@@ -302,7 +305,9 @@ class IngestService:
         targets: dict[tuple[str, date], date] = {}
         missing: dict[tuple[str, date], Period] = {}
         for account_id, period in account_periods:
-            target = late_usage_target(period, known[account_id])
+            target = late_usage_target(
+                period, known[account_id], following=schedules[account_id].next_period
+            )
             targets[account_id, period.start] = target.start
             if target.start not in known[account_id]:
                 missing[account_id, target.start] = target

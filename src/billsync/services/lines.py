@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog, Tier
-from billsync.core.periods import Period, period_for_date
+from billsync.core.periods import Period
 from billsync.errors import InvalidRequest
 from billsync.repositories import ledger
 from billsync.repositories.accounts import AccountRecord
@@ -72,11 +72,10 @@ class LineService:
         self.default_anchor_day = default_anchor_day
 
     def period_of(self, account: AccountRecord, which: str | date) -> Period:
-        anchor = account.billing_anchor_day or self.default_anchor_day
         day = self.clock.now().date() if which == "current" else which
         assert isinstance(day, date)
         try:
-            return period_for_date(day, anchor)
+            return account.schedule(self.default_anchor_day).period_for_date(day)
         except ValueError:
             raise InvalidRequest(
                 f"no billing period around {day}: the date is at the edge of the calendar",
