@@ -52,6 +52,7 @@ TABLES = (
     "console_sessions",
     "users",
     "webhook_events",
+    "credit_notes",
     "invoice_mirror",
     "problems",
     "cursors",

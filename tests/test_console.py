@@ -258,6 +258,7 @@ def test_console_in_a_real_browser(support: Billsync) -> None:
 def test_a_credit_becomes_a_line_on_the_stripe_draft(
     support: Billsync, running_emulator: RunningEmulator
 ) -> None:
+    support.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])  # $13.97 in all
     with TestClient(create_app(support)) as client:
         sign_in(client, "alex")
         csrf = csrf_of(client, "/console/accounts/acme")

@@ -250,7 +250,7 @@ def test_the_due_queue_is_kept_by_the_writers_and_read_most_overdue_first(
     clock.advance(timedelta(minutes=15))
     assert [a for a, _ in scheduler.due_accounts()] == ["a", "c", "b"]  # least recently last
     # A support adjustment marks its account too.
-    synced.adjustments.add("d", amount=-500, description="goodwill", actor="t", reason="test")
+    synced.adjustments.add("d", amount=500, description="setup fee", actor="t", reason="test")
     assert "d" in behind(synced)
     # A change made behind billsync's back (no writer marked it) is found by the backstop.
     with synced.database.transaction() as connection:

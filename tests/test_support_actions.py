@@ -282,6 +282,10 @@ def test_concurrent_console_adjustments_all_land(support: Billsync) -> None:
     """16 agents adding a credit at the same moment: each is numbered in turn (on PostgreSQL
     half of them used to collide on the line key adjustment[n] and answer 500)."""
     count = 16
+    # A charge first: the credits (136.00 in all) never take the invoice below zero.
+    support.adjustments.add(
+        "acme", amount=20_000, description="Setup", actor="test", reason="onboarding"
+    )
     with serve(support) as url, httpx.Client(base_url=url) as client:
         csrf = signed_in(client)
         barrier = threading.Barrier(count)
@@ -309,8 +313,10 @@ def test_concurrent_console_adjustments_all_land(support: Billsync) -> None:
             thread.join(timeout=120)
     assert sorted(answers) == [303] * count
     lines = adjustment_lines(support)
-    assert sorted(key for key, _ in lines) == sorted(f"adjustment[{n}]" for n in range(1, 17))
-    assert sorted(amount for _, amount in lines) == sorted(-100 * n for n in range(1, 17))
+    assert sorted(key for key, _ in lines) == sorted(f"adjustment[{n}]" for n in range(1, 18))
+    assert sorted(amount for _, amount in lines) == sorted(
+        [20_000] + [-100 * n for n in range(1, 17)]
+    )
     assert len([e for e in trail(support, "acme") if e["action"] == "adjustment.credit"]) == 16
 
 
@@ -371,9 +377,9 @@ def test_the_cli_takes_the_same_amounts(
         result = adjust(refused)
         assert result.exit_code == 2, (refused, result.output)
     assert "at most 2 decimals" in adjust("0.005").output
+    assert adjust("30").exit_code == 0
     assert adjust("-12.50").exit_code == 0
-    assert adjust("3").exit_code == 0
-    assert adjustment_lines(support) == [("adjustment[1]", -1250), ("adjustment[2]", 300)]
+    assert adjustment_lines(support) == [("adjustment[1]", 3000), ("adjustment[2]", -1250)]
 
 
 def test_the_service_refuses_in_its_own_terms(support: Billsync) -> None:

@@ -1,8 +1,10 @@
 """The support console (``/console``): server-rendered, no build step, plain forms.
 
 Sign-in sets an HttpOnly, SameSite=Strict session cookie; every form carries the session's
-CSRF token and the server refuses a form without it. Viewers read; agents and admins act, and
-every action asks for a reason and lands in the audit log.
+CSRF token and the server refuses a form without it. Viewers read (the forms they cannot use are
+not shown to them); agents and admins act, every action asks for a reason, lands in the audit log
+and says what it did on the page it returns to. Times are shown in the viewer's time zone
+(``api.console_display``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,24 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from billsync.api.console_display import (
+    COMMON_ZONES,
+    FLASH,
+    FLASH_SECONDS,
+    TIME_ZONE,
+    known_zone,
+    moment,
+    seal,
+    unseal,
+    zone_of,
+)
 from billsync.api.deps import BillsyncDep
 from billsync.api.web_security import root, secure_cookies, url
 from billsync.bootstrap import Billsync
 from billsync.config import Settings
 from billsync.core.capacity import capacity
-from billsync.core.money import format_minor
+from billsync.core.credit_notes import DESTINATIONS, REASONS
+from billsync.core.display import format_money
 from billsync.core.periods import PeriodStatus
 from billsync.errors import BillsyncError
 from billsync.repositories import console as console_repository
@@ -34,7 +48,8 @@ from billsync.repositories import problems
 from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks as webhook_repository
 from billsync.services.console_auth import Signed, SignInRefused, Throttled
-from billsync.services.console_views import account_view, search
+from billsync.services.console_views import account_view, describe_entry, search
+from billsync.services.support import PROBLEM_ACTIONS, problem_actions
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 TEMPLATES = Environment(
@@ -49,6 +64,40 @@ WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # a policy's seconds or minor units, 
 
 def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status)
+
+
+def _view(
+    request: Request,
+    billsync: Billsync,
+    signed: Signed,
+    name: str,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    """A page for someone signed in: times in their zone, and the confirmation of the action
+    they just took (shown once)."""
+    zone = zone_of(request)
+    flash = unseal(request.cookies.get(FLASH), signed.csrf)
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    response = _page(
+        name, status, user=signed, flash=flash, when=lambda value: moment(value, zone),
+        zone=zone.key, zones=COMMON_ZONES, here=here, **context,
+    )  # fmt: skip
+    if request.cookies.get(FLASH):
+        response.delete_cookie(FLASH, path=url("/console"))
+    return response
+
+
+def _done(
+    request: Request, billsync: Billsync, signed: Signed, location: str, message: str
+) -> RedirectResponse:
+    """Back to ``location`` after an action, saying there what was done."""
+    response = RedirectResponse(url(location), status_code=303)
+    response.set_cookie(
+        FLASH, seal(message, signed.csrf), max_age=FLASH_SECONDS, httponly=True,
+        samesite="strict", path=url("/console"), secure=secure_cookies(billsync.settings, request),
+    )  # fmt: skip
+    return response
 
 
 def _message(status: int, user: Signed | None, title: str, message: str) -> HTMLResponse:
@@ -139,36 +188,62 @@ def home(request: Request, billsync: BillsyncDep, q: str = "") -> Response:
         results = search(connection, q) if q else []
         trail = console_repository.trail(connection, limit=20)
         open_problems = problems.open_problems(connection)
-    return _page(
-        "console_home.html",
-        user=signed,
-        q=q,
-        results=results,
-        trail=trail,
-        problems=open_problems[:50],
-    )
+    return _view(
+        request, billsync, signed, "console_home.html",
+        q=q, results=results, trail=trail, problems=open_problems[:50],
+    )  # fmt: skip
 
 
 @router.get("/accounts/{account_id}")
-def account(request: Request, account_id: str, billsync: BillsyncDep) -> Response:
+def account(request: Request, account_id: str, billsync: BillsyncDep, period: str = "") -> Response:
+    """Everything about one account; ``period``: the period being looked at (the credit and
+    charge form targets it)."""
     signed = _require(billsync, request)
     if isinstance(signed, RedirectResponse):
         return signed
     with billsync.database.read() as connection:
-        view = account_view(connection, account_id)
+        view = account_view(connection, account_id, billsync.catalog)
     if view is None:
         return _message(404, signed, "No such account", f"There is no account {account_id!r}.")
+    currency = view.account.currency
 
     def money(amount: int | None) -> str:
-        return "—" if amount is None else format_minor(amount, view.account.currency)
+        return "—" if amount is None else format_money(amount, currency)
 
-    return _page(
-        "console_account.html",
-        user=signed,
-        view=view,
-        money=money,
-        dashboard=lambda path: _dashboard(billsync, path),
+    adjustable = [p.start.isoformat() for p in view.adjustable]
+    return _view(
+        request, billsync, signed, "console_account.html",
+        view=view, money=money, dashboard=lambda path: _dashboard(billsync, path),
+        target=period if period in adjustable else (adjustable[0] if adjustable else ""),
+        problem_actions=problem_actions, action_labels=PROBLEM_ACTIONS,
+        reasons=REASONS, destinations=DESTINATIONS,
+        describe=lambda entry: describe_entry(entry, currency),
+    )  # fmt: skip
+
+
+@router.get("/timezone")
+def time_zone(request: Request, billsync: BillsyncDep, tz: str = "", next: str = "") -> Response:
+    """The viewer's time zone for every time the console shows (kept in a cookie), then back
+    to the page they were on."""
+    signed = _require(billsync, request)
+    if isinstance(signed, RedirectResponse):
+        return signed
+    name = tz.strip()
+    if not known_zone(name):
+        return _message(
+            422, signed, "Unknown time zone",
+            f"{name!r} is not a time zone name: use one like Europe/Paris or America/New_York.",
+        )  # fmt: skip
+    console = url("/console")
+    back = next if next.startswith(console) and not next.startswith("//") else console
+    response = _done(
+        request, billsync, signed, back.removeprefix(root()), f"Times are now in {name}."
     )
+    response.set_cookie(
+        TIME_ZONE, name, max_age=365 * 86400, httponly=True, samesite="strict", path=console,
+        secure=secure_cookies(billsync.settings, request),
+    )  # fmt: skip
+    return response
 
 
 @router.post("/accounts/{account_id}/actions/{action}")
@@ -186,7 +261,7 @@ async def act(
     if not isinstance(allowed, Signed):
         return allowed
     try:
-        await run_in_threadpool(
+        done = await run_in_threadpool(
             partial(
                 billsync.support.act,
                 action,
@@ -198,7 +273,20 @@ async def act(
         )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(url(f"/console/accounts/{account_id}"), status_code=303)
+    outcome, start = done.outcome, done.period_start
+    said = {
+        "sync": f"Synced: {outcome.get('calls', 0)} Stripe call(s)"
+        + (f"; it failed: {outcome['error']}." if outcome.get("error") else "."),
+        "hold": f"The period starting {start} is held: it will not finalize until released.",
+        "release": f"The period starting {start} is released: its clock runs again.",
+        "approve": f"The period starting {start} is approved: "
+        + (
+            "Stripe finalized its invoice."
+            if outcome.get("finalized")
+            else "Stripe has not finalized it yet; a worker retries."
+        ),
+    }[action]
+    return _done(request, billsync, allowed, f"/console/accounts/{account_id}", said)
 
 
 def _refusal(billsync: Billsync, request: Request, csrf: str, role: str) -> Response | Signed:
@@ -234,8 +322,10 @@ async def adjust(
     confirm_amount: str = Form(default=""),
     description: str = Form(default=""),
     reason: str = Form(default=""),
+    period: str = Form(default=""),
 ) -> Response:
-    """A credit or a charge, in the account's currency; the amount is typed twice."""
+    """A credit or a charge on the invoice of the chosen period, in the account's currency;
+    the amount is typed twice."""
     allowed = _refusal(billsync, request, csrf, "agent")
     if not isinstance(allowed, Signed):
         return allowed
@@ -247,7 +337,7 @@ async def adjust(
             "the two amounts differ: type the same amount twice to confirm",
         )
     try:
-        await run_in_threadpool(
+        adjusted = await run_in_threadpool(
             partial(
                 billsync.support.adjust,
                 account_id,
@@ -256,35 +346,94 @@ async def adjust(
                 description=description,
                 actor=allowed.name,
                 reason=reason,
+                period=period or None,
             )
         )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(url(f"/console/accounts/{account_id}"), status_code=303)
+    status = "" if adjusted.period_status is None else f" ({adjusted.period_status.value})"
+    said = (
+        f"{adjusted.kind.title()} of {format_money(abs(adjusted.amount), adjusted.currency)} "
+        f"added to the invoice of the period starting {adjusted.period_start}{status}. "
+        + {
+            True: "Stripe's draft shows it now.",
+            False: f"Not in Stripe's draft yet ({adjusted.error}): the next sync pushes it, "
+            "before the period can be finalized.",
+            None: "",
+        }[adjusted.pushed]
+    )
+    location = f"/console/accounts/{account_id}?period={adjusted.period_start}"
+    return _done(request, billsync, allowed, location, said.strip())
 
 
-@router.post("/problems/{problem_id}/{decision}")
-async def decide(
+@router.post("/accounts/{account_id}/credit_notes")
+async def credit_note(
+    request: Request,
+    account_id: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    period: str = Form(default=""),
+    line: str = Form(default=""),
+    amount: str = Form(default=""),
+    destination: str = Form(default="credit"),
+    stripe_reason: str = Form(default=""),
+    memo: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    """A credit note on a finalized invoice (the whole invoice, or one of its lines)."""
+    allowed = _refusal(billsync, request, csrf, "agent")
+    if not isinstance(allowed, Signed):
+        return allowed
+    line_id = None
+    if line.strip():
+        if not WHOLE_NUMBER.fullmatch(line.strip()):
+            return _message(422, allowed, "Not done", "choose a line of the invoice, or all of it")
+        line_id = int(line)
+    try:
+        issued = await run_in_threadpool(
+            partial(
+                billsync.support.issue_credit_note,
+                account_id,
+                period,
+                actor=allowed.name,
+                reason=reason,
+                amount=amount or None,
+                line_id=line_id,
+                reason_code=stripe_reason or None,
+                destination=destination,
+                memo=memo or None,
+            )
+        )
+    except BillsyncError as error:
+        return _message(error.status_code, allowed, "Not done", error.message)
+    return _done(request, billsync, allowed, f"/console/accounts/{account_id}", issued.summary())
+
+
+@router.post("/problems/{problem_id}/{action}")
+async def problem_action(
     request: Request,
     problem_id: int,
-    decision: str,
+    action: str,
     billsync: BillsyncDep,
     *,
     csrf: str = Form(default=""),
     reason: str = Form(default=""),
     account: str = Form(default=""),
 ) -> Response:
-    """Resolve a drift item: accept Stripe's version, or re-push the ledger. The form's
-    ``account`` is the page it was sent from: a problem of another account is refused."""
+    """Act on a problem with an action that fits its kind: accept Stripe's version or re-push
+    the ledger (drift); retry the payment, note the customer was contacted, or resolve it with
+    a note. The form's ``account`` is the page it was sent from: a problem of another account
+    is refused."""
     allowed = _refusal(billsync, request, csrf, "agent")
     if not isinstance(allowed, Signed):
         return allowed
     try:
-        decided = await run_in_threadpool(
+        acted = await run_in_threadpool(
             partial(
-                billsync.support.decide,
+                billsync.support.problem_action,
                 problem_id,
-                decision,
+                action,
                 actor=allowed.name,
                 reason=reason,
                 account_id=account or None,
@@ -292,7 +441,7 @@ async def decide(
         )
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(url(f"/console/accounts/{decided.account_id}"), status_code=303)
+    return _done(request, billsync, allowed, f"/console/accounts/{acted.account_id}", acted.message)
 
 
 # The health page lists the first periods in review or held; at month end there can be one per
@@ -344,9 +493,8 @@ def health(request: Request, billsync: BillsyncDep) -> Response:
         open_problems = problems.open_problems(connection)
         inbox = webhook_repository.counts(connection)
     syncing = billsync.sync
-    return _page(
-        "console_health.html",
-        user=signed,
+    return _view(
+        request, billsync, signed, "console_health.html",
         numbers=numbers,
         platform=platform_view(billsync.settings, summary, now),
         periods=held[:HEALTH_PERIODS],
@@ -356,7 +504,7 @@ def health(request: Request, billsync: BillsyncDep) -> Response:
         queue=syncing.scheduler.depth() if syncing else {},
         budget=syncing.guard.budget.snapshot() if syncing else None,
         breaker=syncing.guard.breaker.snapshot() if syncing else None,
-    )
+    )  # fmt: skip
 
 
 @router.post("/accounts/{account_id}/policy")
@@ -387,7 +535,8 @@ def set_policy(
         billsync.support.set_policy(account_id, override, actor=allowed.name, reason=reason)
     except BillsyncError as error:
         return _message(error.status_code, allowed, "Not done", error.message)
-    return RedirectResponse(url(f"/console/accounts/{account_id}"), status_code=303)
+    said = f"Sync policy set: {override}." if override else "Sync policy back to the default."
+    return _done(request, billsync, allowed, f"/console/accounts/{account_id}", said)
 
 
 @router.get("/users")
@@ -399,7 +548,7 @@ def users_page(request: Request, billsync: BillsyncDep) -> Response:
         return _message(403, signed, "Refused", "Only admins manage users.")
     with billsync.database.read() as connection:
         everyone = console_repository.all_users(connection)
-    return _page("console_users.html", user=signed, users=everyone)
+    return _view(request, billsync, signed, "console_users.html", users=everyone)
 
 
 @router.post("/users")
@@ -429,7 +578,9 @@ async def add_user(
             reason=reason.strip() or None,
             detail={"user": name.strip(), "role": role},
         )
-    return RedirectResponse(url("/console/users"), status_code=303)
+    return _done(
+        request, billsync, allowed, "/console/users", f"User {name.strip()} added ({role})."
+    )
 
 
 @router.post("/users/{name}/disable")
@@ -456,4 +607,4 @@ def disable_user(
             reason=reason.strip() or None,
             detail={"user": name},
         )
-    return RedirectResponse(url("/console/users"), status_code=303)
+    return _done(request, billsync, allowed, "/console/users", f"User {name} disabled.")

@@ -11,14 +11,16 @@ from rich.markup import escape
 
 from billsync.bootstrap import Billsync
 from billsync.cli.common import console, fail, open_billsync
+from billsync.core.credit_notes import DESTINATIONS, REASONS
+from billsync.core.display import format_money
 from billsync.errors import BillsyncError, InvalidRequest
 from billsync.services.support import StripeNotConfigured
 
 support_app = typer.Typer(
     help="Support actions for scripts (audited like the console's).", no_args_is_help=True
 )
-Reason = Annotated[str, typer.Option(help="Why: written to the audit log.")]
-Actor = Annotated[str, typer.Option(help="Who acts (for the audit log).")]
+Reason = Annotated[str, typer.Option(help="Why: written to the audit log. Required.")]
+Actor = Annotated[str, typer.Option(help="Who acts, for the audit log.")]
 Period = Annotated[str, typer.Option(help="The period's start date, YYYY-MM-DD.")]
 
 T = TypeVar("T")
@@ -74,13 +76,14 @@ def support_release(
 def support_approve(
     account: str, period: Period, reason: Reason = "", actor: Actor = "cli"
 ) -> None:
-    """Finalize the period's invoice now."""
+    """Finalize the period's invoice now (its last credits and charges pushed first)."""
     _act(account, "approve", period, reason, actor)
 
 
 @support_app.command("adjust")
 def support_adjust(
     account: str,
+    *,
     amount: Annotated[
         str,
         typer.Option(
@@ -88,18 +91,92 @@ def support_adjust(
         ),
     ],
     description: Annotated[str, typer.Option(help="Shown on the invoice.")],
+    period: Annotated[
+        str,
+        typer.Option(
+            help="The start date (YYYY-MM-DD) of the period whose invoice takes it; default: "
+            "the account's oldest period not finalized.",
+            show_default=False,
+        ),
+    ] = "",
     reason: Reason = "",
     actor: Actor = "cli",
 ) -> None:
-    """Add a credit (negative amount) or a charge to the account's current invoice."""
+    """Add a credit (negative amount) or a charge to a period's invoice, then push it to the
+    period's Stripe draft. A credit larger than the invoice is refused."""
     adjusted = _run(
         lambda billsync: billsync.support.adjust(
-            account, amount, description=description, actor=actor, reason=reason
+            account,
+            amount,
+            description=description,
+            actor=actor,
+            reason=reason,
+            period=period or None,
         )
     )
+    what = f"{adjusted.kind} of {format_money(abs(adjusted.amount), adjusted.currency)}"
+    status = "" if adjusted.period_status is None else f" ({adjusted.period_status.value})"
+    pushed = {
+        True: "; in the Stripe draft now",
+        False: f"; not in the Stripe draft yet ({adjusted.error}): the next sync pushes it",
+        None: "",
+    }[adjusted.pushed]
     console.print(
-        f"{escape(account)}: line {adjusted.line_id} of {adjusted.amount} minor units added"
+        f"{escape(account)}: {what} added to the invoice of the period starting "
+        f"{adjusted.period_start}{status}, line {adjusted.line_id}{escape(pushed)}",
+        highlight=False,
     )
+
+
+@support_app.command("credit-note")
+def support_credit_note(
+    account: str,
+    *,
+    period: Period,
+    amount: Annotated[
+        str,
+        typer.Option(
+            help="In the account's currency (12.50); default: all that can still be credited.",
+            show_default=False,
+        ),
+    ] = "",
+    line: Annotated[
+        int | None,
+        typer.Option(help="A ledger line id of the invoice: credit that line only.", min=1),
+    ] = None,
+    destination: Annotated[
+        str,
+        typer.Option(
+            help="Where the part already paid goes: "
+            + "; ".join(f"{name}: {what}" for name, what in DESTINATIONS.items())
+            + ". What is still due is lowered first."
+        ),
+    ] = "credit",
+    stripe_reason: Annotated[
+        str,
+        typer.Option(help=f"Stripe's reason: {', '.join(REASONS)}.", show_default=False),
+    ] = "",
+    memo: Annotated[
+        str, typer.Option(help="Printed on the credit note for the customer.", show_default=False)
+    ] = "",
+    reason: Reason = "",
+    actor: Actor = "cli",
+) -> None:
+    """Lower the period's finalized invoice with a credit note in Stripe."""
+    issued = _run(
+        lambda billsync: billsync.support.issue_credit_note(
+            account,
+            period,
+            actor=actor,
+            reason=reason,
+            amount=amount or None,
+            line_id=line,
+            reason_code=stripe_reason or None,
+            destination=destination,
+            memo=memo or None,
+        )
+    )
+    console.print(f"{escape(account)}: {escape(issued.summary())}", highlight=False)
 
 
 @support_app.command("decide")
@@ -116,3 +193,38 @@ def support_decide(
     console.print(f"problem {problem}: {'resolved' if decided.resolved else decided.error}")
     if not decided.resolved:
         raise typer.Exit(1)
+
+
+def _problem(problem: int, action: str, reason: str, actor: str) -> bool:
+    acted = _run(
+        lambda billsync: billsync.support.problem_action(
+            problem, action, actor=actor, reason=reason
+        )
+    )
+    console.print(f"problem {problem}: {escape(acted.message)}", highlight=False)
+    return acted.resolved
+
+
+@support_app.command("retry-payment")
+def support_retry_payment(problem: int, reason: Reason = "", actor: Actor = "cli") -> None:
+    """Retry a failed payment now (the customer's default payment method); exit 1 when it is
+    declined again."""
+    if not _problem(problem, "retry_payment", reason, actor):
+        raise typer.Exit(1)
+
+
+@support_app.command("contacted")
+def support_contacted(problem: int, reason: Reason = "", actor: Actor = "cli") -> None:
+    """Note that the customer was contacted about a problem (it stays open)."""
+    _problem(problem, "contacted", reason, actor)
+
+
+@support_app.command("resolve")
+def support_resolve(
+    problem: int,
+    reason: Annotated[str, typer.Option(help="The note it is resolved with. Required.")] = "",
+    actor: Actor = "cli",
+) -> None:
+    """Resolve a problem with a note (a failed payment settled outside Stripe, a customer
+    reached …)."""
+    _problem(problem, "resolve", reason, actor)

@@ -366,6 +366,35 @@ class InvoiceMirror(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class CreditNote(Base):
+    """A credit note of one of billsync's finalized invoices, as Stripe reports it: what it took
+    off the amount still to pay, and what it refunded or credited to the customer's balance."""
+
+    __tablename__ = "credit_notes"
+
+    stripe_credit_note_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # cn_…
+    stripe_invoice_id: Mapped[str] = mapped_column(String(255), index=True)
+    account_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    period_start: Mapped[date | None] = mapped_column(Date)
+    number: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # issued | void
+    currency: Mapped[str] = mapped_column(String(3))
+    total: Mapped[int] = mapped_column(BigInteger)
+    pre_payment_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    post_payment_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    refund_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    credit_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reason: Mapped[str | None] = mapped_column(String(32))  # Stripe's: duplicate, order_change…
+    memo: Mapped[str | None] = mapped_column(String(2000))
+    pdf: Mapped[str | None] = mapped_column(String(2000))
+    # [{"line_item_id": "il_…" or null, "amount": 500, "description": "…"}]
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())  # Stripe's ``created``
+    # The newest Stripe event applied (0: billsync's own call): an older one never rolls back.
+    last_event_created: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class Problem(Base):
     """Something a person should look at: a failed payment or finalization, drift between the
     ledger and Stripe. Open until resolved."""

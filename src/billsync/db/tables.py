@@ -12,6 +12,7 @@ from billsync.db.models import (
     AuditEntry,
     BillingPeriod,
     ConsoleSession,
+    CreditNote,
     Cursor,
     Installation,
     InvoiceMirror,
@@ -36,6 +37,7 @@ sync_intents = cast(Table, SyncIntent.__table__)
 account_sync = cast(Table, AccountSync.__table__)
 webhook_events = cast(Table, WebhookEvent.__table__)
 invoice_mirror = cast(Table, InvoiceMirror.__table__)
+credit_notes = cast(Table, CreditNote.__table__)
 problems = cast(Table, Problem.__table__)
 cursors = cast(Table, Cursor.__table__)
 users = cast(Table, User.__table__)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
 
+from billsync.core.catalog import Catalog
+from billsync.core.display import format_money, shown_quantity
 from billsync.core.event_storage import events_retained
 from billsync.core.line_state import LineState, charged, line_state, line_sync
 from billsync.core.periods import PeriodStatus
 from billsync.repositories import console, problems, webhooks
+from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord, get_account
+from billsync.repositories.credit_notes import CreditNoteRecord
 from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.problems import ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
+from billsync.services.adjustments import ADJUSTABLE
+from billsync.services.lines import ADJUSTMENT_METRIC
 
 
 def search(connection: Connection, query: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -33,6 +39,10 @@ class LineRow:
     line: SyncLine
     state: str  # in step | pending | drift
     problem: ProblemRecord | None
+    name: str = ""  # what the line is, for a person: the metric's name and its grouping
+    quantity: str = ""  # in the catalog's display unit ("29.90 hours")
+    # "credit" or "charge" for support's adjustments, None for usage
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,21 @@ class PeriodView:
     mirror: dict[str, Any] | None
     # Retention removed the raw events of this finalized period: the lines are all there is.
     events_retained: bool = False
+    credit_notes: list[CreditNoteRecord] = field(default_factory=list)
+
+    @property
+    def adjustable(self) -> bool:
+        """Support can still add a credit or a charge to this period's invoice."""
+        return self.period.status in ADJUSTABLE and self.period.finalize_requested_at is None
+
+    @property
+    def creditable_lines(self) -> list[LineRow]:
+        """The lines of a finalized invoice a credit note can lower, one by one."""
+        return [
+            row
+            for row in self.lines
+            if row.line.stripe_line_item_id is not None and row.line.amount > 0
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +81,12 @@ class AccountView:
     mirrors: list[dict[str, Any]]
     intents: list[dict[str, Any]]
     events: list[dict[str, Any]]
+    # Every period whose invoice can still take a credit or a charge, oldest first (not only
+    # the few shown above).
+    adjustable: list[PeriodRow] = field(default_factory=list)
+    credit_notes: list[CreditNoteRecord] = field(default_factory=list)
+    # Per open problem, the latest audit entry that noted the customer was contacted.
+    contacted: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 STATE_LABELS = {
@@ -66,7 +97,23 @@ STATE_LABELS = {
 }
 
 
-def account_view(connection: Connection, account_id: str) -> AccountView | None:
+def line_name(line: SyncLine, catalog: Catalog | None) -> str:
+    """A line as a person names it: a credit or charge by its description, usage by its
+    metric's name and the values it is grouped by (a region …), late usage with its period."""
+    if line.metric == ADJUSTMENT_METRIC:
+        return str(line.grouping.get("description", "Adjustment"))
+    metric = None if catalog is None else catalog.metrics.get(line.metric)
+    name = line.metric if metric is None else metric.description
+    grouping = ", ".join(f"{key} {value}" for key, value in sorted(line.grouping.items()))
+    text = f"{name} ({grouping})" if grouping else name
+    if line.late_from is not None:
+        text += f" — late usage of the period starting {line.late_from.isoformat()}"
+    return text
+
+
+def account_view(
+    connection: Connection, account_id: str, catalog: Catalog | None = None
+) -> AccountView | None:
     account = get_account(connection, account_id)
     if account is None:
         return None
@@ -78,6 +125,7 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
     by_line = {p.line_id: p for p in open_problems if p.line_id is not None}
     mirrors = webhooks.mirrors_of(connection, account_id)
     retained_before = retention_mark(connection).retained_before
+    notes = credit_note_repository.of_account(connection, account_id)
     views = []
     accepted = problems.accepted_amounts(connection, account_id)
     for period in recent:
@@ -91,7 +139,18 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
                 accepted=accepted.get(line.id), drift=problem is not None,
             )  # fmt: skip
             state = line_state(sync)
-            rows.append(LineRow(line, STATE_LABELS[state], problem))
+            metric = None if catalog is None else catalog.metrics.get(line.metric)
+            adjustment = line.metric == ADJUSTMENT_METRIC
+            rows.append(
+                LineRow(
+                    line,
+                    STATE_LABELS[state],
+                    problem,
+                    line_name(line, catalog),
+                    "" if adjustment else shown_quantity(line.quantity, metric).label,
+                    ("credit" if line.amount < 0 else "charge") if adjustment else None,
+                )
+            )
             in_stripe += charged(sync) if state is LineState.ACCEPTED else line.synced_amount or 0
         mirror = next(
             (m for m in mirrors if m["stripe_invoice_id"] == period.stripe_invoice_id), None
@@ -104,15 +163,65 @@ def account_view(connection: Connection, account_id: str) -> AccountView | None:
                 in_stripe,
                 mirror,
                 events_retained(period.status, period.finalized_at, retained_before),
+                [n for n in notes if n.stripe_invoice_id == period.stripe_invoice_id],
             )
         )
+    audit = console.trail(connection, account_id, limit=50)
+    contacted: dict[int, dict[str, Any]] = {}
+    for entry in reversed(audit):  # oldest first: the latest one stays
+        if entry["action"] == "problem.contacted":
+            contacted[int(entry["detail"].get("problem", 0))] = entry
     return AccountView(
         account=account,
         sync=sync_repository.sync_row(connection, account_id) or {},
         periods=views,
         problems=open_problems,
-        audit=console.trail(connection, account_id, limit=50),
+        audit=audit,
         mirrors=mirrors,
         intents=console.recent_intents(connection, account_id),
         events=console.events_of_invoices(connection, [m["stripe_invoice_id"] for m in mirrors]),
+        adjustable=[
+            period
+            for period in sorted(all_periods, key=lambda p: p.start)
+            if period.status in ADJUSTABLE and period.finalize_requested_at is None
+        ],
+        credit_notes=notes,
+        contacted=contacted,
     )
+
+
+def describe_entry(entry: dict[str, Any], currency: str) -> str:
+    """An audit entry's action as a sentence: what was done, to what, for how much."""
+    action: str = entry["action"]
+    detail: dict[str, Any] = entry.get("detail") or {}
+    outcome = detail.get("outcome") or {}
+    if action.startswith("adjustment."):
+        amount = abs(int(detail.get("amount", 0)))
+        text = f"{action.removeprefix('adjustment.').title()} of {format_money(amount, currency)}"
+        text += f" ({detail.get('description', '')})"
+        if "pushed" in outcome:
+            text += "; in the Stripe draft" if outcome["pushed"] else "; not pushed yet"
+        return text
+    if action == "credit_note.issue":
+        text = f"Credit note of {format_money(int(detail.get('amount', 0)), currency)}"
+        if outcome.get("number"):
+            text += f" ({outcome['number']})"
+        elif outcome.get("error"):
+            text += f" — not issued: {outcome['error']}"
+        return text
+    if action == "payment.retry":
+        if outcome.get("paid"):
+            return "Payment retried: paid"
+        return "Payment retried" + (f": {outcome['error']}" if outcome.get("error") else "")
+    labels: dict[str, str] = {
+        "period.hold": "Period held",
+        "period.release": "Period released",
+        "period.approve": "Period approved and finalized",
+        "account.sync": "Synced now",
+        "account.sync_policy": "Sync policy set",
+        "drift.accept": "Drift: Stripe's version accepted",
+        "drift.repush": "Drift: the ledger re-pushed",
+        "problem.contacted": f"Customer contacted (problem {detail.get('problem')})",
+        "problem.resolve": f"Problem {detail.get('problem')} resolved",
+    }
+    return labels.get(action, action)

@@ -24,14 +24,17 @@ import orjson
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
+from billsync.core.display import format_money
 from billsync.core.webhook_signature import SignatureError, verify
 from billsync.db.database import Database
 from billsync.errors import BillsyncError
+from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import problems, webhooks
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.problems import NewProblem
 from billsync.services.changes import Changes
-from billsync.sync.port import StripeFailure, StripePort
+from billsync.services.invoice_support import credit_note_values
+from billsync.sync.port import RemoteCreditNote, RemoteCreditNoteLine, StripeFailure, StripePort
 
 log = logging.getLogger("billsync.webhooks")
 
@@ -205,6 +208,9 @@ class WebhookProcessor:
         self.handlers: dict[str, Callable[[Connection, webhooks.InboxEvent], str]] = {
             "customer.deleted": self._customer_deleted,
             "invoiceitem.deleted": self._invoice_item_deleted,
+            "credit_note.created": self._credit_note,
+            "credit_note.updated": self._credit_note,
+            "credit_note.voided": self._credit_note,
         }
 
     def process(self, limit: int = 500) -> ProcessReport:
@@ -337,7 +343,7 @@ class WebhookProcessor:
             "updated_at": now,
         }
         if event.type == "invoice.payment_failed":
-            values["last_payment_error"] = f"payment attempt {values['attempt_count']} failed"
+            values["last_payment_error"] = payment_failure(values["attempt_count"])
         elif status == "paid":
             values["last_payment_error"] = None
         if not webhooks.put_mirror_if_newer(connection, invoice_id, values):
@@ -373,6 +379,7 @@ class WebhookProcessor:
             "number": remote.number,
             "hosted_invoice_url": remote.hosted_invoice_url,
             "invoice_pdf": remote.invoice_pdf,
+            "attempt_count": remote.attempt_count,
         }
 
     def _problems(
@@ -392,7 +399,8 @@ class WebhookProcessor:
                     kind="payment_failed",
                     fingerprint=f"payment_failed:{invoice_id}",
                     detail=f"invoice {values['number'] or invoice_id}: "
-                    f"{values['last_payment_error']}, {values['amount_remaining']} still due "
+                    f"{values['last_payment_error']}, "
+                    f"{format_money(values['amount_remaining'], values['currency'])} still due "
                     "(Stripe retries and dunning apply)",
                     stripe_amount=values["amount_remaining"],
                     **base,
@@ -443,6 +451,25 @@ class WebhookProcessor:
             if problem.fingerprint == fingerprint:
                 problems.resolve(connection, problem.id, why, now)
 
+    # --- credit notes -----------------------------------------------------------------------
+
+    def _credit_note(self, connection: Connection, event: webhooks.InboxEvent) -> str:
+        """A credit note of one of billsync's invoices (issued from the console or in the
+        Dashboard), into billsync's record of them; an older event never rolls it back."""
+        note = _remote_credit_note(event.payload["data"]["object"])
+        owner = webhooks.invoice_owner(connection, note.invoice)
+        if owner is None:
+            mirror = webhooks.get_mirror(connection, note.invoice)
+            if mirror is None:
+                return "ignored: not a billsync invoice"
+            owner = (mirror["account_id"], mirror["period_start"])
+        values = credit_note_values(
+            note, owner[0], owner[1], self.clock.now(), event_created=event.created
+        )
+        if not credit_note_repository.put_credit_note(connection, values):
+            return "stale: a newer event was applied"
+        return f"recorded: {event.type}"
+
     # --- customers and invoice items -------------------------------------------------------
 
     def _customer_deleted(self, connection: Connection, event: webhooks.InboxEvent) -> str:
@@ -484,6 +511,48 @@ class WebhookProcessor:
             self.clock.now(),
         )
         return "drift: invoice item deleted"
+
+
+def _remote_credit_note(obj: Mapping[str, Any]) -> RemoteCreditNote:
+    """A credit note as an event carries it (docs.stripe.com/api/credit_notes/object)."""
+    invoice = obj.get("invoice")
+    refunds = obj.get("refunds") or ()
+    refunded = sum(int(refund.get("amount_refunded") or 0) for refund in refunds)
+    post = int(obj.get("post_payment_amount") or 0)
+    out_of_band = int(obj.get("out_of_band_amount") or 0)
+    lines = (obj.get("lines") or {}).get("data") or ()
+    return RemoteCreditNote(
+        id=str(obj.get("id", "")),
+        invoice=str(invoice.get("id", "") if isinstance(invoice, dict) else invoice or ""),
+        number=str(obj.get("number") or ""),
+        status=str(obj.get("status") or "issued"),
+        currency=str(obj.get("currency") or ""),
+        total=int(obj.get("total") or 0),
+        pre_payment_amount=int(obj.get("pre_payment_amount") or 0),
+        post_payment_amount=post,
+        refund_amount=refunded,
+        credit_amount=max(post - refunded - out_of_band, 0),
+        out_of_band_amount=out_of_band,
+        reason=obj.get("reason"),
+        memo=obj.get("memo"),
+        pdf=obj.get("pdf"),
+        created=int(obj.get("created") or 0),
+        metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
+        lines=tuple(
+            RemoteCreditNoteLine(
+                line.get("invoice_line_item"), int(line.get("amount") or 0), line.get("description")
+            )
+            for line in lines
+        ),
+    )
+
+
+def payment_failure(attempt_count: int) -> str:
+    """What failed, for a person: Stripe counts an invoice's payment attempts from 1
+    (``attempt_count``); 0 means the count was not known when the failure was mirrored."""
+    if attempt_count < 1:
+        return "a payment attempt failed"
+    return f"payment attempt {attempt_count} failed"
 
 
 def _invoice_id(event: webhooks.InboxEvent) -> str:
