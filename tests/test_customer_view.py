@@ -1,19 +1,26 @@
 """The customer's view: totals to the cent, pending labels, the portal with its on-demand sync,
-customer tokens — and the page in a real browser (headless Chromium driven by Playwright)."""
+customer tokens, any past period with its invoice and payments, the usage CSV, the clean URL
+after the token — and the page in a real browser (headless Chromium driven by Playwright)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
 import shutil
+from collections import defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from billsync.api.app import create_app
@@ -22,8 +29,13 @@ from billsync.cli.main import app as cli
 from billsync.clock import ManualClock
 from billsync.core import customer_tokens
 from billsync.core.catalog import Catalog
+from billsync.core.periods import PeriodStatus
+from billsync.core.rating import line_amount
 from billsync.db.database import Database
+from billsync.db.tables import billing_periods
 from billsync.repositories import sync as sync_repository
+from billsync.services.event_partitions import EventPartitions
+from billsync.services.event_retention import EventRetention
 from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account, event
 from tests.served import serve
@@ -31,6 +43,15 @@ from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = os.environ.get("BILLSYNC_CHROMIUM", "/usr/bin/chromium")
+OCTOBER = date(2026, 10, 1)
+MACHINE = "machine.performance-1x.seconds"
+EGRESS = "bandwidth.egress.na-eu.gb"
+IPV4 = "ip.ipv4.hours"
+needs_chromium = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
+    reason=f"browser tests skipped: Debian's chromium is not installed at {CHROMIUM} "
+    "(apt-get install chromium; .ci/run does it)",
+)
 
 
 @pytest.fixture
@@ -242,11 +263,7 @@ def test_the_tokens_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert runner.invoke(cli, ["tokens", "customer", "acme", "--ttl", "2d"]).exit_code == 2
 
 
-@pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
-    reason=f"browser tests skipped: Debian's chromium is not installed at {CHROMIUM} "
-    "(apt-get install chromium; .ci/run does it)",
-)
+@needs_chromium
 def test_the_billing_page_in_a_real_browser(
     customer_billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
 ) -> None:
@@ -279,7 +296,7 @@ def test_the_billing_page_in_a_real_browser(
         with customer_billsync.database.read() as connection:
             account = customer_billsync.accounts.get(connection, "acme")
             expected = customer_billsync.lines.period_lines(connection, account, "current").total
-        assert total == f"{expected / 100:.2f}"
+        assert total == f"${expected / 100:.2f}"  # in the currency, with its symbol
         page.screenshot(path=str(ARTIFACTS / "billing-page.png"), full_page=True)
         page.locator("#portal").click()
         page.wait_for_url("**/_emulator/portal/**")
@@ -287,3 +304,318 @@ def test_the_billing_page_in_a_real_browser(
         page.screenshot(path=str(ARTIFACTS / "portal.png"))
         browser.close()
     assert sum(draft_lines(customer_billsync, running_emulator).values()) == expected
+
+
+# --- any past period, its invoice, the usage CSV, the clean URL ------------------------------
+
+
+def stripe_call(emulator: RunningEmulator, method: str, path: str, **data: str) -> Any:
+    answer = httpx.request(
+        method, f"{emulator.url}{path}", data=data or None,
+        headers={"Authorization": f"Bearer {EMULATOR_KEY}"}, timeout=10,
+    )  # fmt: skip
+    answer.raise_for_status()
+    return answer.json()
+
+
+def invoiced_october(
+    billsync: Billsync, emulator: RunningEmulator, clock: ManualClock
+) -> dict[str, Any]:
+    """acme's October: usage, synced, closed, reviewed, finalized and paid in Stripe, and the
+    invoice mirrored from Stripe's events (the sweep) — then November under way. Stripe's
+    October invoice."""
+    assert billsync.sync is not None
+    create_account(billsync, name="Acme Cloud")
+    clock.set(datetime(2026, 10, 20, 12, tzinfo=UTC))
+    billsync.ingest.ingest(
+        [
+            event("acme", MACHINE, 107_652, at=datetime(2026, 10, 10, 9, tzinfo=UTC)),
+            event("acme", EGRESS, "50", at=datetime(2026, 10, 12, 9, tzinfo=UTC), region="iad"),
+            event("acme", EGRESS, "0.25", at=datetime(2026, 10, 12, 10, tzinfo=UTC), region="iad"),
+            event("acme", IPV4, "240", at=datetime(2026, 10, 14, 9, tzinfo=UTC)),
+        ]
+    )
+    assert billsync.sync.service.sync_account("acme").ok
+    clock.set(datetime(2026, 11, 1, 2, 5, tzinfo=UTC))  # the grace is over: review
+    billsync.sync.lifecycle.advance()
+    clock.advance(timedelta(hours=2))  # the review window is over: finalized
+    billsync.sync.lifecycle.advance()
+    with billsync.database.read() as connection:
+        october = sync_repository.get_period(connection, "acme", OCTOBER)
+    assert october is not None
+    assert october.status is PeriodStatus.FINALIZED
+    invoice_id = october.stripe_invoice_id
+    stripe_call(emulator, "POST", f"/v1/invoices/{invoice_id}/pay", payment_method="pm_card_visa")
+    clock.set(T0)
+    billsync.ingest.ingest([event("acme", IPV4, "12", at=T0 - timedelta(days=1))])
+    billsync.sync.sweep.run()  # Stripe's events about the invoice, into the mirror
+    billsync.processor.process()
+    invoice: dict[str, Any] = stripe_call(emulator, "GET", f"/v1/invoices/{invoice_id}")
+    assert invoice["status"] == "paid"
+    return invoice
+
+
+def launch(playwright: Playwright, downloads: bool = False) -> Browser:
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )  # fmt: skip
+
+
+def rated(billsync: Billsync, rows: list[dict[str, str]], currency: str = "usd") -> int:
+    """The CSV's quantities summed per line and rated with the catalog: the invoice's amount."""
+    per_line: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for row in rows:
+        per_line[(row["metric"], row["dimensions"])] += Decimal(row["quantity"])
+    return sum(
+        line_amount(quantity, billsync.catalog.metrics[metric].prices[currency], currency)
+        for (metric, _), quantity in per_line.items()
+    )
+
+
+@needs_chromium
+def test_a_past_month_is_readable_and_its_usage_downloads_in_a_real_browser(
+    customer_billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """October, finalized and paid, read line by line with its invoice (number, status, PDF
+    and hosted links, payment); its usage as a CSV whose quantities, rated, are the invoice's
+    total; the token gone from the address bar and the history; amounts with the currency's
+    symbol, machine seconds in hours; the charts with their days and scale."""
+    stripe_invoice = invoiced_october(customer_billsync, running_emulator, clock)
+    token = customer_tokens.issue(
+        customer_billsync.customer_token_secret, "acme", clock.now(), timedelta(minutes=15)
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve(customer_billsync) as url, sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, accept_downloads=True)
+        page.goto(f"{url}/billing/acme?token={token}")
+        assert page.url == f"{url}/billing/acme"  # the token left the address bar
+        assert page.locator("#total").inner_text() == "$0.03"  # November so far: 12 IPv4 hours
+        page.locator("#periods a", has_text="Oct 2026").click()
+        page.wait_for_url(f"{url}/billing/acme?period=2026-10-01")
+        assert page.locator("#periods a[aria-current=page]").inner_text().startswith("Oct 2026")
+        rows = page.locator("#lines tbody tr")
+        assert rows.count() == 3
+        quantities = {
+            rows.nth(i).get_attribute("data-key"): rows.nth(i).locator("td.num").first.inner_text()
+            for i in range(rows.count())
+        }
+        assert quantities == {
+            f"{EGRESS}[region=iad]": "50.25 GB",
+            IPV4: "240 hours",
+            MACHINE: "29.90 hours",  # 107,652 seconds
+        }
+        machine = page.locator("#lines tr", has_text="performance-1x")
+        assert machine.locator("td.num.wide").inner_text() == "$0.0432 per hour"
+        total = stripe_invoice["total"]
+        assert page.locator("#total").inner_text() == f"${total / 100:,.2f}"
+        invoice = page.locator("#invoice")
+        assert page.locator("#invoice-number").inner_text() == stripe_invoice["number"]
+        assert "paid" in invoice.inner_text()
+        assert f"Paid ${stripe_invoice['amount_paid'] / 100:,.2f}" in invoice.inner_text()
+        assert page.locator("#invoice-pdf").get_attribute("href") == stripe_invoice["invoice_pdf"]
+        assert (
+            page.locator("#invoice-hosted").get_attribute("href")
+            == stripe_invoice["hosted_invoice_url"]
+        )
+        # The charts: a bar per day, the days labelled, a value scale in the display unit.
+        chart = page.locator(f"#charts .chart[data-metric='{MACHINE}']")
+        assert "hours per day" in chart.inner_text()
+        assert chart.locator("rect").count() == 31
+        labels = chart.locator("text.day").all_text_contents()  # SVG: no inner text
+        assert labels[0] == "Oct 1"
+        assert {"6", "11", "16", "21", "26", "31"} <= set(labels)
+        assert chart.locator("text.scale").all_text_contents() == ["0", "25", "50"]
+        assert chart.locator("rect title").nth(9).text_content() == "2026-10-10: 29.90 hours"
+        page.screenshot(path=str(ARTIFACTS / "billing-october.png"), full_page=True)
+        with page.expect_download() as waiting:
+            page.locator("#download-csv").click()
+        download = waiting.value
+        assert download.suggested_filename == ("usage-acme-20261001T0000Z-20261101T0000Z.csv")
+        saved = tmp_path / download.suggested_filename
+        download.save_as(saved)
+        table = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
+        assert {(r["metric"], r["day"], r["quantity"], r["unit"]) for r in table} == {
+            (MACHINE, "2026-10-10", "107652", "second"),  # the catalog's unit, exact
+            (EGRESS, "2026-10-12", "50.25", "GB"),
+            (IPV4, "2026-10-14", "240", "hour"),
+        }
+        assert {r["invoice_period"] for r in table} == {"2026-10-01"}
+        assert rated(customer_billsync, table) == total  # to the cent
+        # Back in the history: the clean address, never the one that carried the token.
+        page.go_back()
+        assert page.url == f"{url}/billing/acme"
+        page.go_back()
+        assert "token" not in page.url
+        browser.close()
+
+
+@needs_chromium
+def test_currency_symbols_display_units_and_credits_in_a_real_browser(
+    customer_billsync: Billsync, clock: ManualClock
+) -> None:
+    """A yen account: amounts with ¥ and no decimals; machine seconds in hours; a credit
+    labelled "Credit" with a minus sign; the projection grows usage only."""
+    create_account(customer_billsync, "tokyo", currency="jpy", name="Tokyo Labs")
+    customer_billsync.ingest.ingest(
+        [
+            event("tokyo", MACHINE, 3_600_000, at=T0 - timedelta(days=2)),  # 1,000 hours
+            event("tokyo", EGRESS, "1000", at=T0 - timedelta(days=1), region="nrt"),
+        ]
+    )
+    with customer_billsync.database.transaction() as connection:
+        sync_repository.add_adjustment_line(
+            connection, account_id="tokyo", period_start=date(2026, 11, 1), key="adjustment[1]",
+            description="Credit: Outage on Nov 3", amount=-500, currency="jpy", now=T0,
+        )  # fmt: skip
+    token = customer_tokens.issue(
+        customer_billsync.customer_token_secret, "tokyo", clock.now(), timedelta(minutes=15)
+    )
+    with serve(customer_billsync) as url, sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page()
+        page.goto(f"{url}/billing/tokyo?token={token}")
+        assert page.url == f"{url}/billing/tokyo"
+        # 3,600,000 s × ¥0.0018 = ¥6,480; 1,000 GB × ¥3 = ¥3,000; less the ¥500 credit.
+        assert page.locator("#total").inner_text() == "¥8,980"
+        credit = page.locator("#lines tr.credit")
+        assert credit.locator(".tag.credit").inner_text() == "Credit"
+        assert "Outage on Nov 3" in credit.inner_text()
+        assert credit.locator("td.amount").inner_text() == "\u2212¥500"
+        machine = page.locator("#lines tr", has_text="performance-1x")
+        assert machine.locator("td.num").first.inner_text() == "1,000.00 hours"
+        assert machine.locator("td.num.wide").inner_text() == "¥6.48 per hour"
+        assert machine.locator("td.amount").inner_text() == "¥6,480"
+        # The projection extrapolates usage only; the credit counts once.
+        bill = httpx.get(
+            f"{url}/v1/accounts/tokyo/billing", headers={"Authorization": f"Bearer {TEST_TOKEN}"}
+        ).json()
+        assert {line["key"]: line["kind"] for line in bill["lines"]}["adjustment[1]"] == "credit"
+        elapsed = Decimal((T0 - datetime(2026, 11, 1, tzinfo=UTC)).total_seconds())
+        month = Decimal(30 * 86_400)
+        usage_only = (Decimal(9480) * month / elapsed).to_integral_value(ROUND_HALF_UP) - 500
+        assert bill["projected_total"] == usage_only
+        assert page.locator("#projected").inner_text() == f"¥{usage_only:,}"
+        page.screenshot(path=str(ARTIFACTS / "billing-yen.png"), full_page=True)
+        browser.close()
+
+
+def test_the_token_leaves_the_address_on_a_redirect_that_sets_the_cookie(
+    customer_billsync: Billsync, clock: ManualClock
+) -> None:
+    usage(customer_billsync)
+    token = customer_tokens.issue(
+        customer_billsync.customer_token_secret, "acme", clock.now(), timedelta(minutes=15)
+    )
+    for prefix in ("", "/api"):
+        with TestClient(
+            create_app(customer_billsync), follow_redirects=False, root_path=prefix
+        ) as browser:
+            first = browser.get(f"{prefix}/billing/acme?period=2026-10-01&token={token}")
+            assert first.status_code == 303
+            assert first.headers["location"] == f"{prefix}/billing/acme?period=2026-10-01"
+            cookie = first.headers["set-cookie"]
+            assert cookie.startswith(f"billsync_customer={token};")
+            assert f"Path={prefix}/billing/acme" in cookie
+            assert "HttpOnly" in cookie
+            assert "SameSite=strict" in cookie
+            assert "Max-Age=900" in cookie
+            clean = browser.get(first.headers["location"])
+            assert clean.status_code == 200
+            assert "Acme Cloud" in clean.text
+            assert token not in clean.headers.get("location", "")
+            # Without a period the address is the page's own.
+            again = browser.get(f"{prefix}/billing/acme?token={token}")
+            assert again.headers["location"] == f"{prefix}/billing/acme"
+    with TestClient(create_app(customer_billsync), follow_redirects=False) as stranger:
+        assert stranger.get("/billing/acme?token=not-a-token").status_code == 401
+        assert stranger.get("/billing/acme").status_code == 401
+        assert "set-cookie" not in stranger.get("/billing/acme?token=x").headers
+
+
+def test_the_bill_of_any_period_by_api_and_page(
+    customer_billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock,
+    platform: TestClient,
+) -> None:  # fmt: skip
+    stripe_invoice = invoiced_october(customer_billsync, running_emulator, clock)
+    october = platform.get("/v1/accounts/acme/billing", params={"period": "2026-10-15"})
+    assert october.status_code == 200, october.text
+    bill = october.json()
+    assert bill["current"] is False
+    assert bill["period"] == {
+        "start": "2026-10-01T00:00:00+00:00", "end": "2026-11-01T00:00:00+00:00",
+        "status": "finalized",
+    }  # fmt: skip
+    assert bill["total"] == stripe_invoice["total"] == bill["projected_total"]
+    assert {line["metric"]: line["display"]["quantity"] for line in bill["lines"]} == {
+        MACHINE: "29.90", EGRESS: "50.25", IPV4: "240"
+    }  # fmt: skip
+    assert {line["kind"] for line in bill["lines"]} == {"usage"}
+    invoice = bill["invoice"]
+    assert (invoice["number"], invoice["status"], invoice["amount_paid"]) == (
+        stripe_invoice["number"], "paid", stripe_invoice["amount_paid"]
+    )  # fmt: skip
+    assert invoice["invoice_pdf"] == stripe_invoice["invoice_pdf"]
+    assert invoice["amount_remaining"] == 0
+    periods = bill["periods"]
+    assert [(p["start"], p["status"], p["current"], p["invoice_status"]) for p in periods] == [
+        ("2026-11-01", "open", True, None),
+        ("2026-10-01", "finalized", False, "paid"),
+    ]  # fmt: skip
+    current = platform.get("/v1/accounts/acme/billing").json()  # unchanged without ?period=
+    assert (current["current"], current["period"]["start"]) == (True, "2026-11-01T00:00:00+00:00")
+    assert [i["number"] for i in current["invoices"]] == [stripe_invoice["number"]]
+    refused = platform.get("/v1/accounts/acme/billing", params={"period": "October"})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "invalid_period"
+    page = platform.get("/billing/acme", params={"period": "2026-10-01"})
+    assert page.status_code == 200
+    assert stripe_invoice["number"] in page.text
+    assert 'href="/billing/acme/usage.csv?period=2026-10-01"' in page.text
+    assert platform.get("/billing/acme", params={"period": "soon"}).status_code == 422
+
+
+def test_the_pages_csv_opens_with_the_pages_cookie_and_says_when_usage_was_removed(
+    customer_billsync: Billsync, clock: ManualClock
+) -> None:
+    usage(customer_billsync)
+    token = customer_tokens.issue(
+        customer_billsync.customer_token_secret, "acme", clock.now(), timedelta(minutes=15)
+    )
+    with TestClient(create_app(customer_billsync)) as browser:
+        assert browser.get("/billing/acme/usage.csv").status_code == 401
+        browser.get(f"/billing/acme?token={token}")  # the cookie
+        answer = browser.get("/billing/acme/usage.csv")
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "text/csv; charset=utf-8"
+        table = list(csv.DictReader(io.StringIO(answer.text)))
+        assert (
+            rated(customer_billsync, table)
+            == browser.get(
+                "/v1/accounts/acme/billing", headers={"Authorization": f"Bearer {token}"}
+            ).json()["total"]
+        )
+        # A period whose raw events retention removed: said so, not a short file.
+        browser.cookies.clear()
+        with customer_billsync.database.transaction() as connection:
+            connection.execute(
+                update(billing_periods)
+                .where(billing_periods.c.account_id == "acme")
+                .values(status="finalized", finalized_at=T0 - timedelta(days=30))
+            )
+        EventRetention(
+            customer_billsync.database, clock,
+            EventPartitions(customer_billsync.database, horizon=timedelta(days=45)),
+            retention_days=7,
+        ).run()  # fmt: skip
+        removed = browser.get(f"/billing/acme/usage.csv?period=2026-11-01&token={token}")
+        assert removed.status_code == 410
+        assert "removed by retention" in removed.text
+        page = browser.get(f"/billing/acme?token={token}")  # redirected, with the cookie
+        assert page.status_code == 200
+        assert "no longer kept" in page.text
+        assert 'id="download-csv"' not in page.text
+        assert re.search(r"usage\.csv", page.text) is None

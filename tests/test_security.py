@@ -77,9 +77,11 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("POST", "/v1/stripe/webhook"): WEBHOOK,
     ("GET", "/v1/accounts/{account_id}/billing"): API_CUSTOMER,
     ("POST", "/v1/accounts/{account_id}/portal"): API_CUSTOMER,
+    ("GET", "/v1/accounts/{account_id}/usage"): API_CUSTOMER,
     ("POST", "/v1/accounts/{account_id}/customer-tokens"): API,
     ("GET", "/billing/{account_id}"): BILLING_PAGE,
     ("POST", "/billing/{account_id}/portal"): BILLING_PAGE,
+    ("GET", "/billing/{account_id}/usage.csv"): BILLING_PAGE,
     ("GET", "/console/login"): PUBLIC,
     # Without the sign-in form's own CSRF token: refused (a wrong password is tested below).
     ("POST", "/console/login"): dict.fromkeys(CALLERS, 403),

@@ -71,12 +71,17 @@ def login_csrf(client: TestClient, prefix: str = "") -> str:
 @pytest.mark.parametrize("prefix", ["", "/api"])
 def test_pages_tell_the_browser_to_protect_them(web: Billsync, prefix: str) -> None:
     token = token_for(web, "acme")
-    with TestClient(create_app(web), root_path=prefix) as client:
+    # https: the page's cookie is Secure (BILLSYNC_PUBLIC_URL is https), as a browser sees it.
+    with TestClient(create_app(web), root_path=prefix, base_url="https://testserver") as client:
         pages = {
             "sign-in": client.get(f"{prefix}/console/login"),
             "console": client.get(f"{prefix}/console", follow_redirects=False),
-            "bill": client.get(f"{prefix}/billing/acme", params={"token": token}),
             "refused bill": client.get(f"{prefix}/billing/acme"),
+            # The token moves into the cookie on a redirect to the address without it.
+            "bill's redirect": client.get(
+                f"{prefix}/billing/acme", params={"token": token}, follow_redirects=False
+            ),
+            "bill": client.get(f"{prefix}/billing/acme"),
         }
         api = client.get(
             f"{prefix}/v1/accounts/acme/billing", headers={"Authorization": f"Bearer {token}"}
@@ -92,6 +97,7 @@ def test_pages_tell_the_browser_to_protect_them(web: Billsync, prefix: str) -> N
         assert page.headers["referrer-policy"] == "no-referrer"  # the URL carries a token
         assert page.headers["cache-control"] == "no-store"
         assert page.headers["x-content-type-options"] == "nosniff"
+    assert (pages["refused bill"].status_code, pages["bill's redirect"].status_code) == (401, 303)
     assert pages["bill"].status_code == 200
     # The portal button's redirect goes to Stripe (or the emulator): allowed as a form target.
     assert "https://billing.stripe.com" in pages["bill"].headers["content-security-policy"]
@@ -118,7 +124,10 @@ def test_cookies_are_secure_when_the_public_address_is_https(web: Billsync) -> N
         session = [c for c in signed.headers.get_list("set-cookie") if "billsync_console=" in c]
         assert session
         assert "secure" in session[0].lower()
-        page = client.get("/billing/acme", params={"token": token_for(web, "acme")})
+        page = client.get(
+            "/billing/acme", params={"token": token_for(web, "acme")}, follow_redirects=False
+        )
+        assert page.status_code == 303  # the cookie is set on the redirect that drops the token
         assert "secure" in page.headers["set-cookie"].lower()
 
 
@@ -139,7 +148,7 @@ def test_the_portal_form_must_carry_its_own_valid_token(web: Billsync) -> None:
     it): the form's token must itself open this account."""
     own = token_for(web, "acme")
     with TestClient(create_app(web), follow_redirects=False) as client:
-        assert client.get("/billing/acme", params={"token": own}).status_code == 200
+        assert client.get("/billing/acme", params={"token": own}).status_code == 303
         assert "billsync_customer" in client.cookies  # the page's cookie is set
         for forged in ("bct_forged.1.00", "garbage", token_for(web, "globex")):
             answer = client.post("/billing/acme/portal", data={"token": forged})
@@ -179,8 +188,11 @@ def test_a_customer_token_has_a_request_rate(web: Billsync, clock: ManualClock) 
         assert limited.status_code == 429
         assert limited.json()["error"]["code"] == "rate_limited"
         assert int(limited.headers["retry-after"]) >= 1
-        # The page counts the same token, however it is presented.
+        # The page counts the same token, however it is presented; so do the usage export and
+        # the page's CSV.
         assert client.get("/billing/acme", params={"token": own}).status_code == 429
+        assert client.get("/v1/accounts/acme/usage", headers=customer).status_code == 429
+        assert client.get("/billing/acme/usage.csv", params={"token": own}).status_code == 429
         # Another customer's token and the platform's token are not affected.
         other = {"Authorization": f"Bearer {token_for(web, 'globex')}"}
         assert client.get("/v1/accounts/globex/billing", headers=other).status_code == 200

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from billsync.api.guard import CUSTOMER_ROUTES, route_path
 from billsync.core.customer_tokens import PREFIX
 
-PAGE_ROUTES = re.compile(r"^/billing/[^/]+(?:/portal)?$")
+PAGE_ROUTES = re.compile(r"^/billing/[^/]+(?:/portal|/usage\.csv)?$")
 PAGE_COOKIE = "billsync_customer"
 MAX_TRACKED = 100_000  # buckets kept (least recently used dropped first)
 

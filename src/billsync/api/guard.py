@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billsync.errors import PayloadTooLarge, RequestTimeout
 
 PROTECTED_PREFIX = "/v1/"
-# What a customer token may call (its own account only).
-CUSTOMER_ROUTES = re.compile(r"^/v1/accounts/([^/]+)/(?:billing|portal)$")
+# What a customer token may call (its own account only): its bill, its portal, its usage.
+CUSTOMER_ROUTES = re.compile(r"^/v1/accounts/([^/]+)/(?:billing|portal|usage)$")
 
 
 @dataclass(frozen=True, slots=True)

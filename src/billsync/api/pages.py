@@ -1,30 +1,51 @@
 """The customer billing page: ``/billing/{account}`` — server-rendered, works without
-JavaScript, readable on a phone. Opened with a customer token (``?token=`` once, then a
-cookie scoped to the page) or the platform's API token."""
+JavaScript, readable on a phone. Opened with a customer token (``?token=`` once: the page
+moves it into a cookie scoped to the page and redirects to the same address without it, so the
+token leaves the address bar and the history) or the platform's API token. ``?period=`` shows
+any period line by line; ``/billing/{account}/usage.csv?period=`` downloads its usage."""
 
 from __future__ import annotations
 
 import hmac
-from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 
-from billsync.api.billing import StripeUnavailable, load_bill, open_portal
+from billsync.api.billing import (
+    StripeUnavailable,
+    export_response,
+    load_bill,
+    open_export,
+    open_portal,
+)
 from billsync.api.deps import BillsyncDep
 from billsync.api.web_security import root, secure_cookies, url
 from billsync.bootstrap import Billsync
 from billsync.core import customer_tokens
-from billsync.core.money import decimal_text, format_minor
-from billsync.errors import NotFound
-from billsync.services.billing_view import Bill
+from billsync.core.catalog import Catalog, Metric
+from billsync.core.display import (
+    display_unit_price,
+    format_money,
+    format_price,
+    in_display_unit,
+    plain,
+    shown_quantity,
+    unit_label,
+)
+from billsync.core.periods import PeriodStatus
+from billsync.errors import InvalidRequest, NotFound
+from billsync.services.billing_view import Bill, BillLine
+from billsync.services.lines import parse_period
+from billsync.services.usage_export import UsageRemoved
 
 router = APIRouter(include_in_schema=False)
 TEMPLATES = Environment(
@@ -33,6 +54,20 @@ TEMPLATES = Environment(
 )
 TEMPLATES.globals["root"] = root  # links and forms under the prefix billsync is served at
 COOKIE = "billsync_customer"
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+PERIOD_STATES = {
+    PeriodStatus.OPEN: "open",
+    PeriodStatus.CLOSING: "closing",
+    PeriodStatus.REVIEW: "in review",
+    PeriodStatus.HELD: "in review",
+    PeriodStatus.FINALIZED: "invoiced",
+}
+
+
+def page_path(account_id: str) -> str:
+    """The page's address as the browser asks for it (and the cookie's path): account ids
+    are URL-safe as they are ([A-Za-z0-9_.:-])."""
+    return url(f"/billing/{quote(account_id, safe=':')}")
 
 
 def _allowed(
@@ -75,47 +110,146 @@ def _form_allowed(billsync: Billsync, account_id: str, request: Request, token: 
     )
 
 
-def _chart(bill: Bill) -> list[dict[str, Any]]:
-    """Per metric, a bar per day of the period so far, scaled to the metric's busiest day."""
-    days: list[str] = []
+# --- the daily charts: inline SVG with labelled days and a value scale --------------------
+
+WIDTH, HEIGHT = 320, 150
+LEFT, RIGHT, TOP, BOTTOM = 46, 6, 8, 20  # room for the scale's labels and the days'
+NICE_STEPS = (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10))
+
+
+def nice_ceiling(peak: Decimal) -> Decimal:
+    """The smallest of 1, 2, 2.5, 5 × 10ⁿ at or above ``peak``: the top of a readable scale."""
+    if peak <= 0:
+        return Decimal(1)
+    power = Decimal(1).scaleb(peak.adjusted())
+    return next(step * power for step in NICE_STEPS if step * power >= peak)
+
+
+def _day_label(day: date, first: bool) -> str:
+    return f"{MONTHS[day.month - 1]} {day.day}" if first or day.day == 1 else str(day.day)
+
+
+@dataclass(frozen=True, slots=True)
+class Axis:
+    y: float
+    label: str
+
+
+def _chart(bill: Bill, catalog: Catalog) -> list[dict[str, Any]]:
+    """Per metric, a bar per day of the period, in the metric's display unit, with the days
+    labelled under the bars and a scale (0, half, top) beside them."""
+    days: list[date] = []
     day = bill.period.start
     while day < bill.period.end and len(days) < 31:
-        days.append(day.isoformat())
+        days.append(day)
         day += timedelta(days=1)
-    by_metric: dict[str, dict[str, Decimal]] = defaultdict(dict)
-    for when, metric, quantity in bill.daily:
-        by_metric[metric][when] = quantity
-    units = {item.line.metric: (item.line.description, item.line.unit) for item in bill.lines}
+    plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    slot = plot_width / max(len(days), 1)
+    every = 1 if len(days) <= 10 else 5 if len(days) <= 31 else 7
+    titles = {item.line.metric: item.line.description for item in bill.lines}
     charts = []
-    for metric, values in sorted(by_metric.items()):
-        peak = max(values.values(), default=Decimal(0)) or Decimal(1)
-        description, unit = units.get(metric, (metric, ""))
+    for metric_id, values in sorted(bill.daily.items()):
+        metric = catalog.metrics.get(metric_id)
+        shown = {d: in_display_unit(q, metric) for d, q in values.items()}
+        top = nice_ceiling(max(shown.values(), default=Decimal(0)))
+        unit = shown_quantity(Decimal(0), metric).unit
+        bars = []
+        for index, when in enumerate(days):
+            quantity = values.get(when.isoformat(), Decimal(0))
+            value = shown.get(when.isoformat(), Decimal(0))
+            height = round(float(value / top) * plot_height, 2)
+            bars.append(
+                {
+                    "x": round(LEFT + index * slot + slot * 0.15, 2),
+                    "y": round(TOP + plot_height - height, 2),
+                    "width": round(slot * 0.7, 2),
+                    "height": height,
+                    "title": f"{when.isoformat()}: {shown_quantity(quantity, metric).label}",
+                    "label": _day_label(when, index == 0) if index % every == 0 else None,
+                    "label_x": round(LEFT + index * slot + slot / 2, 2),
+                }
+            )
+        scale = [
+            Axis(
+                round(TOP + plot_height * (1 - float(fraction)), 2),
+                plain((top * fraction).normalize()),
+            )
+            for fraction in (Decimal(0), Decimal("0.5"), Decimal(1))
+        ]
         charts.append(
             {
-                "metric": metric,
-                "title": description.split(" (")[0],
-                "unit": unit,
-                "bars": [
-                    {
-                        "day": d,
-                        "height": float(values.get(d, Decimal(0)) / peak),
-                        "label": f"{d}: {decimal_text(values.get(d, Decimal(0)))} {unit}",
-                    }
-                    for d in days
-                ],
-                "peak": decimal_text(peak),
+                "metric": metric_id,
+                "title": titles.get(
+                    metric_id, metric_id if metric is None else metric.description
+                ).split(" (")[0],
+                "unit": unit_label(unit),
+                "bars": bars,
+                "scale": scale,
+                "peak": shown_quantity(max(values.values(), default=Decimal(0)), metric).label,
             }
         )
     return charts
 
 
-def _render(bill: Bill, token: str, message: str | None = None) -> str:
-    def money(amount: int) -> str:
-        return format_minor(amount, bill.currency)
+# --- the page ----------------------------------------------------------------------------
 
+
+def _line(item: BillLine, catalog: Catalog, currency: str) -> dict[str, Any]:
+    """A line of the table as the customer reads it: a credit as a credit, quantities and
+    prices in the display unit, amounts in the currency."""
+    line = item.line
+    metric: Metric | None = (
+        catalog.metrics.get(line.metric) if item.kind in ("usage", "late") else None
+    )
+    if item.kind in ("credit", "charge"):
+        quantity = unit_price = ""
+        description = line.description
+        for prefix in ("Credit: ", "Charge: "):
+            description = description.removeprefix(prefix)
+    else:
+        quantity = shown_quantity(line.quantity, metric).label
+        price, per = display_unit_price(line.unit_price, metric)
+        unit_price = (
+            f"{format_price(price, currency)} per {per}" if per else format_price(price, currency)
+        )
+        description = line.description
+    return {
+        "item": item,
+        "kind": item.kind,
+        "description": description,
+        "dimensions": ", ".join(line.dimensions.values()) if metric is not None else "",
+        "quantity": quantity,
+        "unit_price": unit_price,
+        "amount": format_money(item.charged, currency),
+    }
+
+
+def _period_label(start: date, end: date) -> str:
+    """'Nov 2026' for a calendar month, else 'Nov 15 – Dec 14, 2026'."""
+    if start.day == 1:
+        return f"{MONTHS[start.month - 1]} {start.year}"
+    last = end - timedelta(days=1)
+    return (
+        f"{MONTHS[start.month - 1]} {start.day} – {MONTHS[last.month - 1]} {last.day}, {last.year}"
+    )
+
+
+def _render(bill: Bill, catalog: Catalog, token: str, message: str | None = None) -> str:
+    currency = bill.currency
+
+    def money(amount: int) -> str:
+        return format_money(amount, currency)
+
+    page = page_path(bill.account.id)
     return TEMPLATES.get_template("billing.html").render(
-        bill=bill, money=money, decimal=decimal_text, charts=_chart(bill), token=token,
-        currency=bill.currency.upper(), message=message,
+        bill=bill, money=money, charts=_chart(bill, catalog), token=token,
+        currency=currency.upper(), message=message, page=page,
+        lines=[_line(item, catalog, currency) for item in bill.lines],
+        period_label=_period_label(bill.period.start, bill.period.end), label_of=_period_label,
+        period_state=None if bill.status is None else PERIOD_STATES[bill.status],
+        states=PERIOD_STATES,
+        box={"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": RIGHT},
+        csv_url=f"{page}/usage.csv?{urlencode({'period': bill.period.start.isoformat()})}",
     )  # fmt: skip
 
 
@@ -123,26 +257,77 @@ def _refused() -> HTMLResponse:
     return HTMLResponse(TEMPLATES.get_template("expired.html").render(), status_code=401)
 
 
+def _message(title: str, text: str, status: int, page: str | None = None) -> HTMLResponse:
+    return HTMLResponse(
+        TEMPLATES.get_template("expired.html").render(title=title, text=text, page=page),
+        status_code=status,
+    )
+
+
+def _clean_address(account_id: str, query: QueryParams) -> str:
+    """The page's address without ``token`` (the other parameters kept)."""
+    kept = [(name, value) for name, value in query.multi_items() if name != "token"]
+    return page_path(account_id) + (f"?{urlencode(kept)}" if kept else "")
+
+
 @router.get("/billing/{account_id}")
 async def billing_page(
-    account_id: str, request: Request, billsync: BillsyncDep, token: str | None = None
+    account_id: str,
+    request: Request,
+    billsync: BillsyncDep,
+    token: str | None = None,
+    period: str = "current",
 ) -> Response:
     allowed = _allowed(billsync, account_id, request, token)
     if allowed is None:
         return _refused()
+    if "token" in request.query_params:
+        # The token leaves the address bar and the history: the cookie is set on a redirect to
+        # the same page without it (303: the browser follows with a GET and keeps no entry
+        # for the address that carried the token).
+        response: Response = RedirectResponse(
+            _clean_address(account_id, request.query_params), status_code=303
+        )
+        if allowed and allowed == token:
+            opened = customer_tokens.read(
+                billsync.customer_token_secret, allowed, billsync.clock.now()
+            )
+            life = max(1, opened.expires_at - int(billsync.clock.now().timestamp()))
+            response.set_cookie(
+                COOKIE, allowed, max_age=life, path=page_path(account_id),
+                httponly=True, samesite="strict", secure=secure_cookies(billsync.settings, request),
+            )  # fmt: skip
+        return response
     try:
-        bill = await run_in_threadpool(load_bill, billsync, account_id, daily=True)
+        which = parse_period(period)
+        bill = await run_in_threadpool(load_bill, billsync, account_id, which, daily=True)
     except NotFound:
-        return HTMLResponse("<h1>No such account</h1>", status_code=404)
-    response = HTMLResponse(_render(bill, allowed))
-    if allowed and token:
-        opened = customer_tokens.read(billsync.customer_token_secret, allowed, billsync.clock.now())
-        life = max(1, opened.expires_at - int(billsync.clock.now().timestamp()))
-        response.set_cookie(
-            COOKIE, allowed, max_age=life, path=url(f"/billing/{account_id}"),
-            httponly=True, samesite="strict", secure=secure_cookies(billsync.settings, request),
-        )  # fmt: skip
-    return response
+        return _message("No such account", "There is no billing account at this address.", 404)
+    except InvalidRequest as refused:
+        return _message("No such period", f"{refused.message}.", 422, page_path(account_id))
+    return HTMLResponse(_render(bill, billsync.catalog, allowed))
+
+
+@router.get("/billing/{account_id}/usage.csv")
+async def billing_usage_csv(
+    account_id: str, request: Request, billsync: BillsyncDep, period: str = "current"
+) -> Response:
+    """The page's "Download CSV": the period's usage per line and day (the usage export's
+    CSV), opened with the page's cookie."""
+    if _allowed(billsync, account_id, request, request.query_params.get("token")) is None:
+        return _refused()
+    try:
+        which = parse_period(period)
+        opened = await run_in_threadpool(
+            open_export, billsync, account_id, QueryParams(), default_period=which
+        )
+    except NotFound:
+        return _message("No such account", "There is no billing account at this address.", 404)
+    except UsageRemoved as removed:
+        return _message("Usage no longer kept", removed.message, 410, page_path(account_id))
+    except InvalidRequest as refused:
+        return _message("No such period", f"{refused.message}.", 422, page_path(account_id))
+    return export_response(billsync, opened, "csv")
 
 
 @router.post("/billing/{account_id}/portal")
@@ -163,5 +348,7 @@ async def billing_portal(
         result = await run_in_threadpool(open_portal, billsync, account_id, return_url)
     except StripeUnavailable as failure:
         bill = await run_in_threadpool(load_bill, billsync, account_id, daily=True)
-        return HTMLResponse(_render(bill, token, failure.message), status_code=503)
+        return HTMLResponse(
+            _render(bill, billsync.catalog, token, failure.message), status_code=503
+        )
     return RedirectResponse(result["url"], status_code=303)

@@ -10,17 +10,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
-from billsync.core.periods import Period
-from billsync.repositories import ledger, webhooks
+from billsync.core.periods import Period, PeriodStatus
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
+from billsync.repositories import webhooks
 from billsync.repositories.accounts import AccountRecord
-from billsync.services.lines import LineService, LineView
+from billsync.services.lines import ADJUSTMENT_METRIC, LineService, LineView
+from billsync.services.usage_export import UsageExports
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,13 @@ class BillLine:
     def in_stripe(self) -> bool:
         """The invoice shows this line, at :attr:`charged`."""
         return self.state in (LineState.IN_STRIPE, LineState.ACCEPTED)
+
+    @property
+    def kind(self) -> str:
+        """``usage``, ``late`` (a past period's usage), ``credit`` or ``charge`` (support's)."""
+        if self.line.metric == ADJUSTMENT_METRIC:
+            return "credit" if self.line.amount < 0 else "charge"
+        return "late" if self.line.late_from is not None else "usage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,21 @@ class PastInvoice:
     balance_applied: int = 0  # the customer's credit (negative) or debit Stripe applied
     carried: int = 0  # under Stripe's minimum charge: not charged, carried to the next invoice
     amount_due: int = 0  # what Stripe charged: total + balance applied, never below 0
+    amount_paid: int = 0
+    attempt_count: int = 0  # payment attempts Stripe made (counted from 1)
+    finalized_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodChoice:
+    """A period the customer can look at: each one with usage, and the current one."""
+
+    start: date
+    end: date
+    status: PeriodStatus | None  # None: the current period, no usage yet
+    current: bool
+    invoice_number: str | None
+    invoice_status: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +90,18 @@ class Bill:
     invoices: list[PastInvoice]
     amount_due: int
     failed_payment: str | None
-    daily: list[tuple[str, str, Decimal]]
+    # Per metric, the period's usage per UTC day (asked for with ``daily``).
+    daily: dict[str, dict[str, Decimal]]
     synced_at: datetime | None  # when the invoice was last brought in step
     # The coupon Stripe applies to the period's draft, as of its last sync: the bill's total
     # is what Stripe charges (lines − discount).
     discount: int = 0
     subtotal: int = 0
+    current: bool = True  # the period is the current one (else a past or future one)
+    status: PeriodStatus | None = None  # its lifecycle state (None: no usage yet)
+    invoice: PastInvoice | None = None  # its own invoice in Stripe, draft included
+    periods: tuple[PeriodChoice, ...] = ()  # newest first
+    usage_removed: bool = False  # retention removed the period's raw events (lines are kept)
 
     @property
     def pending_lines(self) -> int:
@@ -82,12 +112,25 @@ class BillingView:
     def __init__(self, lines: LineService, clock: Clock) -> None:
         self.lines = lines
         self.clock = clock
+        self.exports = UsageExports(lines)
 
-    def bill(self, connection: Connection, account: AccountRecord, *, daily: bool = False) -> Bill:
-        view = self.lines.period_lines(connection, account, "current")
+    def bill(
+        self,
+        connection: Connection,
+        account: AccountRecord,
+        which: str | date = "current",
+        *,
+        daily: bool = False,
+    ) -> Bill:
+        """The bill of the period ``which`` (``current`` or a date inside it): its lines, each
+        with its sync state, its invoice and payments; the account's past invoices, amount
+        due and failed payment whichever period is shown."""
+        current = self.lines.period_of(account, "current")
+        view = self.lines.period_lines(connection, account, which)
+        period = view.period
         synced = {
             line.key: line
-            for line in sync_repository.lines_of(connection, account.id, [view.period.start])
+            for line in sync_repository.lines_of(connection, account.id, [period.start])
         }
         accepted = problem_repository.accepted_amounts(connection, account.id)
         bill_lines = []
@@ -100,42 +143,49 @@ class BillingView:
                 accepted=None if row is None else accepted.get(row.id),
             )  # fmt: skip
             bill_lines.append(BillLine(line, line_state(sync), charged(sync), behind(sync)))
+        periods = sync_repository.periods_with_status(
+            connection, list(PeriodStatus), account_id=account.id
+        )
+        shown = next((p for p in periods if p.start == period.start), None)
+        mirrors = webhooks.mirrors_of(connection, account.id)
+        own = [m for m in mirrors if m["period_start"] == period.start]
+        # The period's invoice: the one billsync made for it (a voided one may have been
+        # replaced), else the newest Stripe reported for the period.
+        mirror = next(
+            (
+                m
+                for m in own
+                if shown is not None and m["stripe_invoice_id"] == shown.stripe_invoice_id
+            ),
+            own[0] if own else None,
+        )
         # What Stripe charges: the ledger's amounts, with the ones support accepted as Stripe
         # has them, less the coupon Stripe applies to the draft — the bill and the invoice
         # agree to the cent (once the draft holds every line).
         subtotal = sum(item.charged for item in bill_lines)
-        mirrors = webhooks.mirrors_of(connection, account.id)
-        draft = next((m for m in mirrors if m["period_start"] == view.period.start), None)
-        discount = 0 if draft is None else min(int(draft["discount"] or 0), max(subtotal, 0))
+        discount = 0 if mirror is None else min(int(mirror["discount"] or 0), max(subtotal, 0))
         total = subtotal - discount
         invoices = [
-            PastInvoice(
-                invoice_id=row["stripe_invoice_id"], number=row["number"],
-                period_start=row["period_start"], status=row["status"], total=row["total"],
-                amount_remaining=row["amount_remaining"], paid_at=row["paid_at"],
-                hosted_invoice_url=row["hosted_invoice_url"], invoice_pdf=row["invoice_pdf"],
-                last_payment_error=row["last_payment_error"],
-                discount=int(row["discount"] or 0),
-                **_balance(row),
-            )
+            _invoice(row)
             for row in mirrors
-            if row["status"] != "draft" and row["period_start"] != view.period.start
-        ]  # fmt: skip
+            if row["status"] != "draft" and row["period_start"] != current.start
+        ]
         due = [i for i in invoices if i.status in ("open", "uncollectible")]
         failed = next((i.last_payment_error for i in due if i.last_payment_error), None)
-        chart: list[tuple[str, str, Decimal]] = []
+        chart: dict[str, dict[str, Decimal]] = {}
         if daily:
-            ids = [state.id for state in synced.values()]
-            chart = ledger.daily_usage(connection, ids)
+            chart, removed = self.exports.daily(connection, account, period)
+        else:
+            removed = self.exports.removed(connection, account, period)
         return Bill(
             account=account,
-            period=view.period,
+            period=period,
             currency=view.currency,
             lines=bill_lines,
             total=total,
             pending_total=sum(line.pending_amount for line in bill_lines),
             projected_total=self._projection(
-                view.period, total, sum(i.charged for i in bill_lines if i.line.is_period_usage)
+                period, total, sum(i.charged for i in bill_lines if i.line.is_period_usage)
             ),
             invoices=invoices,
             amount_due=sum(i.amount_remaining for i in due),
@@ -146,6 +196,11 @@ class BillingView:
             ),
             discount=discount,
             subtotal=subtotal,
+            current=period == current,
+            status=None if shown is None else shown.status,
+            invoice=None if mirror is None else _invoice(mirror),
+            periods=_choices(periods, mirrors, current),
+            usage_removed=removed,
         )
 
     def _projection(self, period: Period, total: int, usage: int) -> int:
@@ -159,6 +214,41 @@ class BillingView:
             return total
         projected = Decimal(usage) * Decimal(length) / Decimal(elapsed) + (total - usage)
         return max(total, int(projected.to_integral_value(rounding=ROUND_HALF_UP)))
+
+
+def _invoice(row: dict[str, Any]) -> PastInvoice:
+    return PastInvoice(
+        invoice_id=row["stripe_invoice_id"], number=row["number"],
+        period_start=row["period_start"], status=row["status"], total=row["total"],
+        amount_remaining=row["amount_remaining"], paid_at=row["paid_at"],
+        hosted_invoice_url=row["hosted_invoice_url"], invoice_pdf=row["invoice_pdf"],
+        last_payment_error=row["last_payment_error"],
+        discount=int(row["discount"] or 0),
+        amount_paid=int(row["amount_paid"] or 0),
+        attempt_count=int(row["attempt_count"] or 0),
+        finalized_at=row["finalized_at"],
+        **_balance(row),
+    )  # fmt: skip
+
+
+def _choices(
+    periods: list[sync_repository.PeriodRow], mirrors: list[dict[str, Any]], current: Period
+) -> tuple[PeriodChoice, ...]:
+    """Every period with usage, and the current one, newest first, with its invoice."""
+    by_start: dict[date, PeriodChoice] = {}
+    for period in periods:
+        mirror = next(
+            (m for m in mirrors if m["stripe_invoice_id"] == period.stripe_invoice_id),
+            next((m for m in mirrors if m["period_start"] == period.start), None),
+        )
+        by_start[period.start] = PeriodChoice(
+            period.start, period.end, period.status, period.start == current.start,
+            None if mirror is None else mirror["number"],
+            None if mirror is None else mirror["status"],
+        )  # fmt: skip
+    if current.start not in by_start:
+        by_start[current.start] = PeriodChoice(current.start, current.end, None, True, None, None)
+    return tuple(sorted(by_start.values(), key=lambda choice: choice.start, reverse=True))
 
 
 def _balance(row: dict[str, object]) -> dict[str, int]:
@@ -178,27 +268,31 @@ def _balance(row: dict[str, object]) -> dict[str, int]:
     }
 
 
+# Past the number of bills kept, the stale ones are dropped (each is at most a second fresh).
+MAX_CACHED_BILLS = 4096
+
+
 class BillCache:
-    """Rendered bills by account, dropped when the account changes in this process (ingest,
-    sync, webhooks) and after ``ttl`` seconds in any case (changes made by other processes,
-    and the projection moving with time). One computation per account at a time: requests
-    arriving meanwhile wait for it instead of all computing the same bill."""
+    """Rendered bills by account and period, dropped when the account changes in this process
+    (ingest, sync, webhooks) and after ``ttl`` seconds in any case (changes made by other
+    processes, and the projection moving with time). One computation per bill at a time:
+    requests arriving meanwhile wait for it instead of all computing the same bill."""
 
     def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._entries: dict[str, tuple[float, int, bytes]] = {}
-        self._computing: dict[str, threading.Event] = {}
+        self._entries: dict[tuple[str, str], tuple[float, int, bytes]] = {}
+        self._computing: dict[tuple[str, str], threading.Event] = {}
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def peek(self, account_id: str) -> bytes | None:
+    def peek(self, account_id: str, period: str = "current") -> bytes | None:
         """The cached bill if it is fresh, without waiting or computing (the event loop's
-        fast path)."""
+        fast path). ``period``: ``current`` or the start of the period asked for."""
         with self._lock:
-            entry = self._entries.get(account_id)
+            entry = self._entries.get((account_id, period))
             if (
                 entry is not None
                 and entry[1] == self._generation.get(account_id, 0)
@@ -208,29 +302,33 @@ class BillCache:
                 return entry[2]
         return None
 
-    def get(self, account_id: str, load: Callable[[], bytes]) -> bytes:
+    def get(self, account_id: str, load: Callable[[], bytes], period: str = "current") -> bytes:
+        key = (account_id, period)
         while True:
             now = self._clock()
             with self._lock:
                 generation = self._generation.get(account_id, 0)
-                entry = self._entries.get(account_id)
+                entry = self._entries.get(key)
                 if entry is not None and entry[1] == generation and now - entry[0] < self.ttl:
                     self.hits += 1
                     return entry[2]
-                running = self._computing.get(account_id)
+                running = self._computing.get(key)
                 if running is None:
-                    running = self._computing[account_id] = threading.Event()
+                    running = self._computing[key] = threading.Event()
                     break
             running.wait(5.0)  # someone is computing this very bill: take theirs
         self.misses += 1
         try:
             body = load()
             with self._lock:
-                self._entries[account_id] = (now, generation, body)
+                self._entries[key] = (now, generation, body)
+                if len(self._entries) > MAX_CACHED_BILLS:  # drop the stale ones
+                    for stale in [k for k, e in self._entries.items() if now - e[0] >= self.ttl]:
+                        del self._entries[stale]
             return body
         finally:
             with self._lock:
-                self._computing.pop(account_id, None)
+                self._computing.pop(key, None)
             running.set()
 
     def forget(self, account_ids: frozenset[str] | None) -> None:
