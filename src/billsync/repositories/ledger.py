@@ -176,24 +176,3 @@ def event_quantity_totals(connection: Connection) -> dict[tuple[str, date, str],
 
 def count_events(connection: Connection) -> int:
     return int(connection.execute(select(func.count()).select_from(usage_events)).scalar_one())
-
-
-def daily_usage(connection: Connection, line_ids: list[int]) -> list[tuple[str, str, Decimal]]:
-    """(UTC day, metric, quantity) for the events of these lines: the billing page's chart."""
-    if not line_ids:
-        return []
-    if connection.dialect.name == "postgresql":
-        day = func.to_char(func.timezone("UTC", usage_events.c.occurred_at), "YYYY-MM-DD")
-    else:
-        day = func.substr(usage_events.c.occurred_at, 1, 10)
-    rows = connection.execute(
-        select(day.label("day"), usage_events.c.metric, usage_events.c.quantity).where(
-            usage_events.c.line_id.in_(line_ids)
-        )
-    )
-    totals: dict[tuple[str, str], Decimal] = {}
-    with localcontext(EXACT):
-        for row_day, metric, quantity in rows:
-            slot = (str(row_day), metric)
-            totals[slot] = totals.get(slot, Decimal(0)) + quantity
-    return [(d, m, q) for (d, m), q in sorted(totals.items())]
