@@ -35,7 +35,10 @@ Against Stripe, for every account with a Stripe customer:
 Not violations: lines whose latest amount has not been pushed yet in a period still being
 synced (``pending_lines``, ``core.line_state``: the next sync brings them in step), and
 differences a person accepted in the console ("accepted Stripe's version"), which are listed as
-``accepted`` — with the invoice's total when those differences add up to it exactly.
+``accepted`` — with the invoice's total when those differences add up to it exactly. What
+Stripe's own rules do to an invoice beyond its lines is listed as ``explained``: a customer's
+coupon, and credit notes (``credit_noted``: issued after finalization, they lower what is owed
+or give it back, and leave the invoice's total and lines as the ledger made them).
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ NOT_FINAL_IN_STRIPE = "finalized_in_ledger_only"
 FINAL_IN_STRIPE_ONLY = "finalized_in_stripe_only"
 INVOICE_VOIDED = "invoice_voided"
 NO_INVOICE = "finalized_without_invoice"
+# Explained, not violations: what Stripe's own rules did to an invoice after the ledger's lines.
+CREDIT_NOTED = "credit_noted"
 
 DRAFT_STATUSES = (PeriodStatus.OPEN, PeriodStatus.CLOSING, PeriodStatus.REVIEW, PeriodStatus.HELD)
 
@@ -538,6 +543,27 @@ class Verifier:
             violation(*_described(difference, ledger, invoice.currency), **_subjects(difference))
         report.pending_lines += pending
         ledger_total = sum(line.amount for line in mine)
+        pre, post = (
+            invoice.pre_payment_credit_notes_amount,
+            invoice.post_payment_credit_notes_amount,
+        )
+        credited = pre + post
+        if credited and not found:
+            # A credit note lowers what the customer owes (or gives it back) after
+            # finalization; the invoice and its lines stay as the ledger made them.
+            report.explained.append(
+                Violation(
+                    CREDIT_NOTED, account_id,
+                    f"invoice {invoice.id} totals {format_minor(invoice.total, invoice.currency)}"
+                    f" as the ledger's lines do; credit notes of "
+                    f"{format_minor(credited, invoice.currency)} lowered it after finalization "
+                    f"({format_minor(pre, invoice.currency)} off what was due, "
+                    f"{format_minor(post, invoice.currency)} refunded or credited to the "
+                    "customer's balance)",
+                    start, stripe_invoice_id=invoice.id, ledger_amount=ledger_total,
+                    stripe_amount=invoice.total - credited,
+                )
+            )  # fmt: skip
         if pending == 0 and invoice.discount and invoice.total + invoice.discount == ledger_total:
             # Stripe's coupon, not a difference: the lines add up, the discount is Stripe's.
             report.explained.append(
