@@ -115,6 +115,8 @@ def _form_allowed(billsync: Billsync, account_id: str, request: Request, token: 
 WIDTH, HEIGHT = 320, 150
 LEFT, RIGHT, TOP, BOTTOM = 46, 6, 8, 20  # room for the scale's labels and the days'
 NICE_STEPS = (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10))
+# A period is a month; the one that follows a change of anchor day can run up to two.
+MAX_CHART_DAYS = 62
 
 
 def nice_ceiling(peak: Decimal) -> Decimal:
@@ -140,7 +142,7 @@ def _chart(bill: Bill, catalog: Catalog) -> list[dict[str, Any]]:
     labelled under the bars and a scale (0, half, top) beside them."""
     days: list[date] = []
     day = bill.period.start
-    while day < bill.period.end and len(days) < 31:
+    while day < bill.period.end and len(days) < MAX_CHART_DAYS:
         days.append(day)
         day += timedelta(days=1)
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
