@@ -17,10 +17,12 @@ from sqlalchemy import Connection
 from billsync.clock import Clock
 from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
 from billsync.core.periods import Period, PeriodStatus
+from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks
 from billsync.repositories.accounts import AccountRecord
+from billsync.repositories.credit_notes import CreditNoteRecord
 from billsync.services.lines import ADJUSTMENT_METRIC, LineService, LineView
 from billsync.services.usage_export import UsageExports
 
@@ -102,6 +104,8 @@ class Bill:
     invoice: PastInvoice | None = None  # its own invoice in Stripe, draft included
     periods: tuple[PeriodChoice, ...] = ()  # newest first
     usage_removed: bool = False  # retention removed the period's raw events (lines are kept)
+    # The account's credit notes (support lowers a finalized invoice with one), newest first.
+    credit_notes: tuple[CreditNoteRecord, ...] = ()
 
     @property
     def pending_lines(self) -> int:
@@ -201,6 +205,7 @@ class BillingView:
             invoice=None if mirror is None else _invoice(mirror),
             periods=_choices(periods, mirrors, current),
             usage_removed=removed,
+            credit_notes=tuple(credit_note_repository.of_account(connection, account.id)),
         )
 
     def _projection(self, period: Period, total: int, usage: int) -> int:

@@ -326,6 +326,8 @@ class InvoiceSupport:
             )
             if invoice is not None:
                 record_invoice(connection, account_id, start, invoice, now)
+        if self.sync.changes is not None:  # the customer's page shows it at once
+            self.sync.changes.accounts_changed([account_id])
 
     # --- payments -------------------------------------------------------------------------
 
