@@ -172,6 +172,8 @@ def test_patch_refuses_what_it_cannot_take(billsync: Billsync, client: TestClien
         {"sync_policy": {"policy": "hourly"}},
         {"sync_policy": {"threshold": 0}},
         {"sync_policy": {"interval_seconds": None}},
+        {"sync_policy": {"interval_seconds": 86_400_000_000_000}},  # once a timedelta overflow
+        {"sync_policy": {"threshold": 10**13}},
         {"currency": "eur"},  # not something an account changes
     ):
         response = client.patch("/v1/accounts/acme", json=body)

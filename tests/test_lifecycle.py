@@ -225,16 +225,16 @@ def test_periods_advance_cli_runs_transitions_as_of_a_given_time(
     assert runner.invoke(cli, ["ingest", str(source)]).exit_code == 0
     end = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0)
     first = runner.invoke(
-        cli, ["periods", "advance", "--now", (end + timedelta(minutes=1)).isoformat()]
+        cli, ["periods", "advance", "--yes", "--now", (end + timedelta(minutes=1)).isoformat()]
     )
     assert first.exit_code == 0, first.output
     assert "→ closing" in first.output
     second = runner.invoke(
-        cli, ["periods", "advance", "--now", (end + timedelta(hours=2)).isoformat()]
+        cli, ["periods", "advance", "--yes", "--now", (end + timedelta(hours=2)).isoformat()]
     )
     assert "→ review" in second.output
     third = runner.invoke(
-        cli, ["periods", "advance", "--now", (end + timedelta(hours=4)).isoformat()]
+        cli, ["periods", "advance", "--yes", "--now", (end + timedelta(hours=4)).isoformat()]
     )
     assert "→ finalized" in third.output
     bad = runner.invoke(cli, ["periods", "advance", "--now", "yesterday"])

@@ -114,6 +114,7 @@ class Simulation:
         if accounts < 1:
             raise ValueError("the simulation needs at least one account")
         self.rng = random.Random(seed)
+        self.seed = seed
         self.now = start
         self.report_every = report_every
         self.duplicate_rate = duplicate_rate
@@ -166,7 +167,9 @@ class Simulation:
         self.stats.events += 1
         self.stats.by_metric[metric] = self.stats.by_metric.get(metric, Decimal(0)) + quantity
         event: dict[str, Any] = {
-            "id": f"{tenant.account.id}:{source}:{int(at.timestamp())}",
+            # The seed is part of the id: two seeds are two platforms, whose events over the
+            # same span never share an id (the accounts are shared: their usage adds up).
+            "id": f"{tenant.account.id}:s{self.seed}:{source}:{int(at.timestamp())}",
             "account": tenant.account.id,
             "metric": metric,
             "quantity": _fmt(quantity),

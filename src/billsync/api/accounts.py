@@ -18,6 +18,7 @@ from billsync.api.schemas import (
     TierRead,
 )
 from billsync.core.money import decimal_text
+from billsync.core.text import SAFE_TEXT_PATTERN
 from billsync.repositories.accounts import AccountFilter, AccountRecord
 from billsync.services.accounts import (
     ACCOUNT_ID_PATTERN,
@@ -67,15 +68,21 @@ def list_accounts(
         default=None,
         min_length=1,
         max_length=255,
+        pattern=SAFE_TEXT_PATTERN,
         description="Accounts whose name starts with this (exact case; indexed).",
     ),
     email: str | None = Query(
-        default=None, min_length=1, max_length=320, description="This exact email (indexed)."
+        default=None,
+        min_length=1,
+        max_length=320,
+        pattern=SAFE_TEXT_PATTERN,
+        description="This exact email (indexed).",
     ),
     customer: str | None = Query(
         default=None,
         min_length=1,
         max_length=255,
+        pattern=SAFE_TEXT_PATTERN,
         description="This exact Stripe customer id, cus_… (indexed).",
     ),
 ) -> AccountListRead:

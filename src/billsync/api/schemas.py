@@ -9,7 +9,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from pydantic.json_schema import SkipJsonSchema
 
 from billsync.core.text import SAFE_TEXT_PATTERN
-from billsync.services.accounts import EMAIL_PATTERN, NAME_PATTERN
+from billsync.services.accounts import (
+    EMAIL_PATTERN,
+    MAX_INTERVAL_SECONDS,
+    MAX_THRESHOLD,
+    NAME_PATTERN,
+)
 
 
 def _not_a_boolean(value: object) -> object:
@@ -77,16 +82,25 @@ def _present_fields(data: object, not_null: tuple[str, ...], numbers: tuple[str,
 
 class SyncPolicyRead(BaseModel):
     """An account's own sync policy: what it sets overrides BILLSYNC_SYNC_POLICY, its interval
-    and its threshold."""
+    and its threshold (null: the default's)."""
+
+    policy: Literal["interval", "threshold", "on_demand", "cycle_end"] | None = None
+    interval_seconds: int | None = None
+    threshold: int | None = None
+
+
+class SyncPolicyUpdate(BaseModel):
+    """An account's own sync policy: what it sets overrides BILLSYNC_SYNC_POLICY, its interval
+    and its threshold; a field left out keeps the default's."""
 
     model_config = ConfigDict(extra="forbid")
 
     policy: Literal["interval", "threshold", "on_demand", "cycle_end"] | SkipJsonSchema[None] = None
-    interval_seconds: int | SkipJsonSchema[None] = Field(
-        default=None, ge=1, description="The interval policy's window, in seconds."
-    )
-    threshold: int | SkipJsonSchema[None] = Field(
-        default=None, ge=1, description="Minor units behind before a threshold sync."
+    interval_seconds: (
+        Annotated[int, Field(ge=1, le=MAX_INTERVAL_SECONDS)] | SkipJsonSchema[None]
+    ) = Field(default=None, description="The interval policy's window, in seconds.")
+    threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] | SkipJsonSchema[None] = Field(
+        default=None, description="Minor units behind before a threshold sync."
     )
 
     @model_validator(mode="before")
@@ -120,25 +134,24 @@ class AccountUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | SkipJsonSchema[None] = Field(
-        default=None,
-        min_length=1,
-        max_length=255,
-        json_schema_extra={"pattern": NAME_PATTERN},  # checked by the service
-    )
+    name: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=255, json_schema_extra={"pattern": NAME_PATTERN}),
+        ]
+        | SkipJsonSchema[None]
+    ) = None  # the pattern is checked by the service
     email: str | None = Field(
         default=None,
         max_length=320,
         description="null removes it.",
         json_schema_extra={"pattern": EMAIL_PATTERN},  # checked by the service
     )
-    sync_policy: SyncPolicyRead | None = Field(
+    sync_policy: SyncPolicyUpdate | None = Field(
         default=None, description="The account's own sync policy; null: back to the default."
     )
-    billing_anchor_day: int | SkipJsonSchema[None] = Field(
+    billing_anchor_day: Annotated[int, Field(ge=1, le=28)] | SkipJsonSchema[None] = Field(
         default=None,
-        ge=1,
-        le=28,
         description="For future periods: the current period keeps its dates and the next one "
         "ends on the new day.",
     )

@@ -1,26 +1,57 @@
-"""What every CLI command needs: the wired application, errors printed for people."""
+"""What every CLI command needs: the wired application, errors printed for people.
+
+Every command answers the same way when what it needs is missing — one line on stderr and a
+non-zero exit, never a traceback:
+
+- an unreachable database: a one-shot command waits ``COMMAND_DATABASE_WAIT_SECONDS`` for it
+  (a process that keeps running — serve, api, worker, consume — ``DATABASE_WAIT_SECONDS``),
+  saying what it waits for and how long, then fails with the reason; a database that answers
+  with a refusal (it does not exist, a wrong password) fails at once;
+- an account that does not exist: ``require_account``;
+- no Stripe key, for a command that calls Stripe: ``require_stripe`` (exit 2, as for a usage
+  error: the command line must change);
+- a database error in the middle of a command: ``BillsyncGroup`` turns it into one line.
+"""
 
 from __future__ import annotations
 
+import errno
+import re
+import socket
 import time
+from typing import Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from typer import _click
+from typer.core import TyperGroup
 
-from billsync.bootstrap import Billsync, build
+from billsync.bootstrap import Billsync, Syncing, build
 from billsync.clock import Clock
 from billsync.config import Settings
 from billsync.core.catalog import CatalogError
 from billsync.db import migrate
 from billsync.db.database import Database
+from billsync.repositories import accounts as account_repository
 
 console = Console()
 # An error names files and ids a person copies: never broken across lines by the console.
 errors = Console(stderr=True, soft_wrap=True)
-DATABASE_WAIT_SECONDS = 60.0  # how long a starting process waits for its database
+# How long a starting process waits for its database: a long-running one (it may start while
+# the database restarts) and a one-shot command (a person is waiting for an answer).
+DATABASE_WAIT_SECONDS = 60.0
+COMMAND_DATABASE_WAIT_SECONDS = 10.0
+# The server answered, but with a refusal a wait does not cure; these few are transient.
+_TRANSIENT_REFUSAL = re.compile(
+    r"starting up|shutting down|in recovery|too many (clients|connections)|connection slots",
+    re.IGNORECASE,
+)
+STRIPE_KEY_HINT = "set BILLSYNC_STRIPE_API_KEY (and BILLSYNC_STRIPE_API_BASE for the emulator)"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -28,21 +59,70 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def describe_database(database: Database) -> str:
+    """Where the database is, without its password: ``PostgreSQL at host:5432/name``."""
+    url = make_url(database.url)
+    if database.is_sqlite:
+        return f"SQLite at {url.database}"
+    where = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    return f"{'PostgreSQL' if database.dialect == 'postgresql' else database.dialect} at {where}"
+
+
+def database_problem(error: DBAPIError | OSError) -> tuple[str, bool]:
+    """The driver's error as one line, and whether waiting may cure it (the server is not
+    answering, or is starting) rather than not (the database does not exist, a wrong
+    password: the server refused)."""
+    if isinstance(error, OSError):
+        return " ".join(str(error).split()), False
+    # The driver's first line says it; psycopg's next ones are hints ("Is the server running
+    # on that host…").
+    lines = [line for line in str(error.orig or error).splitlines() if line.strip()] or [""]
+    text = " ".join(lines[0].split())
+    # psycopg: 'connection failed: connection to server at "h", port p failed: <why>'
+    reason = text.rsplit(" failed: ", 1)[-1]
+    refused = "FATAL:" in reason or "unable to open database file" in reason
+    reason = reason.replace("FATAL: ", "")
+    if refused and "does not exist" in reason and "database" in reason:
+        reason += ": create it (createdb), then run `billsync db upgrade`"
+    return reason, not refused or bool(_TRANSIENT_REFUSAL.search(reason))
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}"
+
+
 def wait_for_database(database: Database, seconds: float) -> None:
     """A process starting while its database restarts (or the network blinks) waits for it,
-    retrying with back-off, instead of dying; after ``seconds`` it fails with the error."""
+    retrying with back-off, instead of dying; it says what it waits for and how long, and
+    after ``seconds`` fails with the reason. A refusal no wait cures fails at once."""
     deadline = time.monotonic() + seconds
     delay = 0.1
+    announced = False
     while True:
         try:
             database.ping()
             return
         except DBAPIError as error:
-            if time.monotonic() + delay > deadline:
-                raise fail(f"the database is unreachable: {error.orig or error}") from None
-            if delay == 0.1:
-                console.print(f"waiting for the database ({type(error.orig).__name__})")
-            time.sleep(delay)
+            reason, transient = database_problem(error)
+            if not transient:
+                raise fail(f"{describe_database(database)}: {reason}") from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise fail(
+                    f"{describe_database(database)} is unreachable"
+                    + (f" after waiting {_seconds(seconds)} s" if announced else "")
+                    + f": {reason}"
+                ) from None
+            if not announced:
+                errors.print(
+                    escape(
+                        f"waiting up to {_seconds(seconds)} s for {describe_database(database)} "
+                        f"({reason})"
+                    ),
+                    highlight=False,
+                )
+                announced = True
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
 
 
@@ -61,9 +141,17 @@ def ensure_schema(database: Database, seconds: float = DATABASE_WAIT_SECONDS) ->
             current, head = migrate.current_revision(database), migrate.head_revision(database)
             break
         except OperationalError as error:  # the connection was lost or refused, not a bad query
+            reason, _ = database_problem(error)
             if time.monotonic() > deadline:
-                raise fail(f"the database is unreachable: {error.orig or error}") from None
-            console.print(f"the database went away while starting ({type(error.orig).__name__})")
+                raise fail(f"{describe_database(database)} is unreachable: {reason}") from None
+            errors.print(
+                escape(f"{describe_database(database)} went away while starting ({reason})"),
+                highlight=False,
+            )
+    if current is None:
+        raise fail(
+            f"{describe_database(database)} has no billsync schema yet: run `billsync db upgrade`"
+        )
     if current != head:
         raise fail(f"the database schema is at {current}, not {head}: run `billsync db upgrade`")
 
@@ -80,11 +168,94 @@ def load_settings() -> Settings:
         raise fail(f"invalid settings: {problems}") from None
 
 
-def open_billsync(settings: Settings | None = None, clock: Clock | None = None) -> Billsync:
+def open_database(settings: Settings, wait: float | None = None) -> Database:
+    """The configured database, once it answers (``billsync db …``: no schema needed)."""
+    try:
+        database = Database(settings.resolved_database_url())
+    except OSError as error:  # SQLite: the data directory cannot be written
+        raise fail(f"cannot create the SQLite ledger: {database_problem(error)[0]}") from None
+    wait_for_database(database, COMMAND_DATABASE_WAIT_SECONDS if wait is None else wait)
+    return database
+
+
+def open_billsync(
+    settings: Settings | None = None,
+    clock: Clock | None = None,
+    *,
+    wait: float | None = None,
+) -> Billsync:
+    """billsync wired from the settings, its database answering with the current schema.
+    ``wait``: how long to wait for an unreachable database (default
+    ``COMMAND_DATABASE_WAIT_SECONDS``; ``DATABASE_WAIT_SECONDS`` for the processes that keep
+    running)."""
     settings = settings or load_settings()
     try:
         billsync = build(settings, clock=clock)
     except CatalogError as error:
-        raise fail(str(error)) from None
-    ensure_schema(billsync.database)
+        raise fail_with_problems(error.problems) from None
+    except OSError as error:  # SQLite: the data directory cannot be written
+        raise fail(f"cannot create the SQLite ledger: {database_problem(error)[0]}") from None
+    ensure_schema(billsync.database, COMMAND_DATABASE_WAIT_SECONDS if wait is None else wait)
     return billsync
+
+
+def fail_with_problems(problems: tuple[str, ...]) -> typer.Exit:
+    """Each problem on its own ``error:`` line (a catalog's every error at once)."""
+    for problem in problems[:-1]:
+        errors.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+    return fail(problems[-1])
+
+
+def require_stripe(billsync: Billsync, doing: str) -> Syncing:
+    """What talks to Stripe, or exit 2 saying which setting is missing."""
+    if billsync.sync is None:
+        billsync.close()
+        raise fail(f"{STRIPE_KEY_HINT} to {doing}: no Stripe key is configured", code=2)
+    return billsync.sync
+
+
+def account_exists(connection: Connection, account_id: str) -> bool:
+    return account_repository.get_account(connection, account_id) is not None
+
+
+def require_account(billsync: Billsync, account_id: str | None) -> None:
+    """Exit 1 with one line when ``--account`` names no account."""
+    if account_id is None:
+        return
+    with billsync.database.read() as connection:
+        found = account_exists(connection, account_id)
+    if not found:
+        billsync.close()
+        raise fail(f"account '{account_id}' does not exist")
+
+
+def require_free_port(host: str, port: int, option: str) -> None:
+    """Exit 1 naming the option that changes a port another process already listens on."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the servers bind: a port left in TIME_WAIT by a stopped server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise fail(
+                    f"port {port} on {host} is already in use: choose another with {option}"
+                ) from None
+            raise fail(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+class BillsyncGroup(TyperGroup):
+    """The command group: a database error in the middle of any command (the database went
+    away after the start) is one line and exit 1, not a traceback."""
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OperationalError as error:
+            reason, _ = database_problem(error)
+            raise fail(f"the database went away: {reason}") from None
+        except DBAPIError as error:
+            raise fail(f"the database refused a statement: {database_problem(error)[0]}") from None

@@ -17,7 +17,7 @@ from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
 from billsync.bootstrap import Billsync
-from billsync.cli.common import console, errors, fail, open_billsync
+from billsync.cli.common import DATABASE_WAIT_SECONDS, console, errors, fail, open_billsync
 from billsync.jetstream import ConsumerSpec, ConsumerState, JetStreamError, JetStreamSource
 from billsync.observability.metrics import serve_metrics
 from billsync.services.stream import RejectsLog, StreamConsumer, StreamOptions, StreamStats
@@ -44,21 +44,40 @@ def consume_command(
     ] = "billsync",
     subject: Annotated[
         str | None,
-        typer.Option(help="Only this subject (wildcards allowed), when creating the consumer."),
+        typer.Option(
+            metavar="SUBJECT",
+            help="Only this subject (wildcards allowed), when creating the consumer.",
+            show_default="every subject of the stream",
+        ),
     ] = None,
     batch: Annotated[
-        int, typer.Option(min=1, max=20_000, help="Messages per pull, committed as one.")
+        int,
+        typer.Option(metavar="N", min=1, max=20_000, help="Messages per pull, committed as one."),
     ] = 2000,
     rejects: Annotated[
         Path | None,
-        typer.Option(help="Append rejected events, with where they came from and why (JSONL)."),
+        typer.Option(
+            metavar="FILE",
+            help="Append rejected events, with where they came from and why (JSONL).",
+        ),
     ] = None,
     max_events: Annotated[
-        int | None, typer.Option(min=1, help="Stop once this many events were handled.")
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=1,
+            help="Stop once this many events were handled.",
+            show_default="never",
+        ),
     ] = None,
     exit_when_idle: Annotated[
         float | None,
-        typer.Option(min=0.1, metavar="SECONDS", help="Stop after this long without a message."),
+        typer.Option(
+            min=0.1,
+            metavar="SECONDS",
+            help="Stop after this long without a message.",
+            show_default="never",
+        ),
     ] = None,
     ack_wait: Annotated[
         float,
@@ -71,9 +90,10 @@ def consume_command(
     max_ack_pending: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             min=1,
-            help="Messages out without an ack, across all processes, when creating the consumer "
-            "(default: 50,000 or 8 batches).",
+            help="Messages out without an ack, across all processes, when creating the consumer.",
+            show_default="50,000 or 8 batches, the more",
         ),
     ] = None,
     fault_exit_after_commit: Annotated[
@@ -88,7 +108,8 @@ def consume_command(
     """Consume usage events from a NATS JetStream stream: each message is one event (a JSON
     object as in POST /v1/usage), a JSON array of events, or JSON Lines. Messages are acked
     only once their events are committed; rejected events are logged (and appended to
-    --rejects) and acked. Ctrl-C or SIGTERM finishes the batch in flight, then stops."""
+    --rejects) and acked. Ctrl-C or SIGTERM finishes the batch in flight, then stops. Exit 1
+    if any event was rejected, as ingest does."""
     spec = ConsumerSpec(
         stream=stream,
         durable=durable,
@@ -97,8 +118,15 @@ def consume_command(
         max_ack_pending=max_ack_pending or max(50_000, 8 * batch),
     )
     options = StreamOptions(batch=batch, max_events=max_events, exit_when_idle=exit_when_idle)
-    billsync = open_billsync()
-    serve_metrics(billsync, billsync.settings.metrics_port)  # ingest counters, backlog gauges
+    billsync = open_billsync(wait=DATABASE_WAIT_SECONDS)
+    try:
+        serve_metrics(billsync, billsync.settings.metrics_port)  # ingest counters, backlog gauges
+    except OSError as error:
+        billsync.close()
+        raise fail(
+            f"cannot serve /metrics on port {billsync.settings.metrics_port} ({error.strerror}): "
+            "choose another with BILLSYNC_METRICS_PORT"
+        ) from None
     out = rejects.open("ab") if rejects else None
     try:
         stats, state = _run(
@@ -123,6 +151,8 @@ def consume_command(
             out.close()
         billsync.close()
     print_summary(stats, state)
+    if stats.rejected:
+        raise typer.Exit(1)
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:

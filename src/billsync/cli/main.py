@@ -10,14 +10,16 @@ import tempfile
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
+from alembic.util.exc import CommandError
 from pydantic import ValidationError
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperOption
 
 from billsync.api.web_security import proxy_options
 from billsync.catalog_file import load_catalog
@@ -31,27 +33,61 @@ from billsync.cli import (
     sync_commands,
     verify_command,
 )
-from billsync.cli.common import console, errors, fail, open_billsync
+from billsync.cli.accounts_commands import accounts_app
+from billsync.cli.common import (
+    DATABASE_WAIT_SECONDS,
+    BillsyncGroup,
+    console,
+    errors,
+    fail,
+    load_settings,
+    open_billsync,
+    open_database,
+    require_free_port,
+)
 from billsync.cli.ingest_file import ingest_file
+from billsync.cli.users_commands import users_app
 from billsync.config import RUN_SCHEDULER, Settings
 from billsync.core import customer_tokens
 from billsync.core.catalog import CatalogError
-from billsync.core.money import decimal_text, format_minor
 from billsync.db import migrate
-from billsync.db.database import Database
 from billsync.errors import BillsyncError
 from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
 from billsync.observability.metrics import MULTIPROCESS_DIR
 from billsync.private_files import write_private
-from billsync.services.accounts import NewAccount
-from billsync.services.lines import parse_period
 
 if TYPE_CHECKING:
     from billsync.demo import DemoSummary
 
-app = typer.Typer(help="billsync: usage ledger and Stripe invoice sync.", no_args_is_help=True)
+
+def _no_type_placeholders() -> None:
+    """Typer's help prints a value type beside every option and argument: ``<bool>`` beside a
+    flag (``--json <bool>``), though a flag takes no value, and ``<str>`` beside an argument
+    already named (``ID <str>``). Those are left out; an option's name for its value (``--account
+    ID``) stays."""
+    option_type = TyperOption.display_type_rich
+    argument_type = TyperArgument.display_type_rich
+
+    def for_option(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else option_type(self, ctx)
+
+    def for_argument(self: TyperArgument, ctx: Any) -> str | None:
+        return None if self.metavar else argument_type(self, ctx)
+
+    TyperOption.display_type_rich = for_option  # type: ignore[method-assign]
+    TyperArgument.display_type_rich = for_argument  # type: ignore[method-assign,assignment]
+
+
+_no_type_placeholders()
+# Help texts are Markdown: a paragraph's lines join as one (a command's summary in the list is
+# its first paragraph, unbroken).
+app = typer.Typer(
+    cls=BillsyncGroup,
+    help="billsync: usage ledger and Stripe invoice sync.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
-accounts_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 catalog_app = typer.Typer(help="Inspect the catalog.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
@@ -59,97 +95,54 @@ app.add_typer(catalog_app, name="catalog")
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
-    """Apply migrations up to REVISION (default: the newest)."""
-    settings = Settings()
-    database = Database(settings.resolved_database_url())
-    migrate.upgrade(database, revision)
-    console.print(f"schema at {migrate.current_revision(database)}")
+def db_upgrade(
+    revision: Annotated[
+        str, typer.Option(metavar="REVISION", help="The schema revision to reach.")
+    ] = "head",
+) -> None:
+    """Apply the migrations up to --revision (default: the newest), and list those applied."""
+    database = open_database(load_settings())
+    try:
+        before = migrate.current_revision(database)
+        migrate.upgrade(database, revision)
+        after = migrate.current_revision(database)
+        applied = migrate.revisions_between(database, before, after)
+    except CommandError as error:
+        raise fail(f"--revision {revision}: {error}", code=2) from None
+    finally:
+        database.dispose()
+    for line in applied:
+        console.print(f"applied {escape(line)}", highlight=False)
+    console.print(f"schema at {after}" + ("" if applied else " (nothing to apply)"))
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database and the newest one available."""
-    settings = Settings()
-    database = Database(settings.resolved_database_url())
-    console.print(
-        f"current: {migrate.current_revision(database)}  head: {migrate.head_revision(database)}"
-    )
-
-
-@accounts_app.command("create")
-def accounts_create(
-    account_id: Annotated[str, typer.Argument(metavar="ID", help="The platform's customer id.")],
-    currency: Annotated[str, typer.Option(help="ISO 4217 code, e.g. usd.")],
-    name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
-    email: Annotated[str | None, typer.Option(help="Billing email.")] = None,
-    anchor_day: Annotated[
-        int | None, typer.Option(help="Day of month periods start (1–28, UTC).")
-    ] = None,
-) -> None:
-    """Create an account."""
-    billsync = open_billsync()
+    database = open_database(load_settings())
     try:
-        with billsync.database.transaction() as connection:
-            record = billsync.accounts.create(
-                connection,
-                NewAccount(
-                    account_id, currency, name=name, email=email, billing_anchor_day=anchor_day
-                ),
-            )
-    except BillsyncError as error:
-        raise fail(error.message) from None
-    console.print(f"created account [bold]{escape(record.id)}[/] ({record.currency})")
-
-
-@accounts_app.command("show")
-def accounts_show(
-    account_id: Annotated[str, typer.Argument(metavar="ID")],
-    period: Annotated[str, typer.Option(help="'current' or a date in the period.")] = "current",
-) -> None:
-    """Show an account and its lines for a period."""
-    billsync = open_billsync()
-    try:
-        which = parse_period(period)
-        with billsync.database.read() as connection:
-            account = billsync.accounts.get(connection, account_id)
-            view = billsync.lines.period_lines(connection, account, which)
-    except BillsyncError as error:
-        raise fail(error.message) from None
-    table = Table(
-        title=escape(
-            f"{account.name} ({account.id}) — {view.period.start} to {view.period.end}, "
-            f"{view.currency.upper()}"
-        )
-    )
-    for column in ("line", "quantity", "unit", "unit price", "amount", "version"):
-        table.add_column(column, justify="left" if column in ("line", "unit") else "right")
-    for line in view.lines:
-        table.add_row(
-            escape(line.key),
-            decimal_text(line.quantity),
-            line.unit,
-            decimal_text(line.unit_price),
-            format_minor(line.amount, view.currency),
-            str(line.version),
-        )
-    table.add_section()
-    table.add_row("total", "", "", "", format_minor(view.total, view.currency), "")
-    console.print(table)
+        current, head = migrate.current_revision(database), migrate.head_revision(database)
+    finally:
+        database.dispose()
+    console.print(f"current: {current or 'none (run billsync db upgrade)'}  head: {head}")
 
 
 @catalog_app.command("check")
 def catalog_check(
     path: Annotated[
-        Path | None, typer.Argument(help="Catalog file (default: BILLSYNC_CATALOG).")
+        Path | None,
+        typer.Argument(metavar="FILE", help="The catalog file.", show_default="BILLSYNC_CATALOG"),
     ] = None,
 ) -> None:
-    """Validate a catalog file and list its metrics."""
-    path = path or Settings().catalog
+    """Validate a catalog file (every error, each with its path in the file) and list its
+    metrics."""
+    path = path or load_settings().catalog
     try:
         catalog = load_catalog(path)
     except CatalogError as error:
-        raise fail(str(error)) from None
+        for problem in error.problems:
+            errors.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+        raise fail(f"{len(error.problems)} error(s) in {path}") from None
     console.print(
         escape(f"{path}: {len(catalog.metrics)} metrics in {', '.join(catalog.currencies)}")
     )
@@ -169,15 +162,23 @@ def ingest(
             readable=True,
         ),
     ],
-    batch_size: Annotated[int, typer.Option(min=1, max=5000)] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(metavar="N", min=1, max=5000, help="Events committed together.")
+    ] = 1000,
     rejects: Annotated[
-        Path | None, typer.Option(help="Write rejected lines with their errors here (JSONL).")
+        Path | None,
+        typer.Option(metavar="FILE", help="Write rejected lines with their errors here (JSONL)."),
     ] = None,
 ) -> None:
     """Load usage events from a JSON Lines file, with the API's validation. Exit 1 if any
     event was rejected."""
     billsync = open_billsync()
-    summary = ingest_file(billsync, path, batch_size=batch_size, rejects=rejects, console=console)
+    try:
+        summary = ingest_file(
+            billsync, path, batch_size=batch_size, rejects=rejects, console=console
+        )
+    finally:
+        billsync.close()
     table = Table(title=f"ingested {path}")
     for column in ("lines", "accepted", "duplicates", "rejected"):
         table.add_column(column, justify="right")
@@ -204,12 +205,39 @@ def api_token(settings: Settings) -> str:
     return token
 
 
+Host = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ADDRESS",
+        help="The interface to listen on.",
+        show_default=f"BILLSYNC_HOST, else {Settings.model_fields['host'].default}",
+    ),
+]
+Port = Annotated[
+    int | None,
+    typer.Option(
+        metavar="PORT",
+        min=0,
+        max=65535,
+        help="The port to listen on.",
+        show_default=f"BILLSYNC_PORT, else {Settings.model_fields['port'].default}",
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        min=1,
+        help="API processes.",
+        show_default=f"BILLSYNC_WORKERS, else {Settings.model_fields['workers'].default}",
+    ),
+]
+AccessLog = Annotated[bool, typer.Option("--access-log", help="Log every request.")]
+
+
 @app.command("serve")
 def serve(
-    host: Annotated[str | None, typer.Option(help="Default: BILLSYNC_HOST.")] = None,
-    port: Annotated[int | None, typer.Option(help="Default: BILLSYNC_PORT.")] = None,
-    workers: Annotated[int | None, typer.Option(help="API processes (BILLSYNC_WORKERS).")] = None,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    host: Host = None, port: Port = None, workers: Workers = None, access_log: AccessLog = False
 ) -> None:
     """Run the API (on SQLite by default: nothing else to install); with one API process it
     also runs the scheduler and its sync workers."""
@@ -218,10 +246,7 @@ def serve(
 
 @app.command("api")
 def api(
-    host: Annotated[str | None, typer.Option(help="Default: BILLSYNC_HOST.")] = None,
-    port: Annotated[int | None, typer.Option(help="Default: BILLSYNC_PORT.")] = None,
-    workers: Annotated[int | None, typer.Option(help="API processes (BILLSYNC_WORKERS).")] = None,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    host: Host = None, port: Port = None, workers: Workers = None, access_log: AccessLog = False
 ) -> None:
     """Run the API only: syncing, webhook processing and the lifecycle are left to
     `billsync worker` processes."""
@@ -246,8 +271,11 @@ def announce_token(settings: Settings, token: str, url: str) -> None:
 def _serve(
     host: str | None, port: int | None, workers: int | None, *, access_log: bool, scheduler: bool
 ) -> None:
-    settings = Settings()
-    billsync = open_billsync(settings)
+    settings = load_settings()
+    host = host or settings.host
+    port = settings.port if port is None else port
+    require_free_port(host, port, "--port (or BILLSYNC_PORT)")
+    billsync = open_billsync(settings, wait=DATABASE_WAIT_SECONDS)
     billsync.close()
     token = api_token(settings)
     os.environ["BILLSYNC_API_TOKEN"] = ",".join([token, *settings.api_tokens()[1:]])
@@ -258,8 +286,6 @@ def _serve(
         os.environ.pop(RUN_SCHEDULER, None)
         if settings.stripe_api_key:
             console.print("run the scheduler and syncs separately with `billsync worker`")
-    host = host or settings.host
-    port = port or settings.port
     url = f"http://{host}:{port}"
     console.print(f"[bold]billsync[/] on {url}  (store: {billsync.database.dialect})")
     announce_token(settings, token, url)
@@ -294,25 +320,7 @@ def _run_uvicorn(
     )
 
 
-users_app = typer.Typer(help="Support console users.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
-
-
-@users_app.command("add")
-def users_add(
-    name: Annotated[str, typer.Argument(metavar="NAME")],
-    role: Annotated[str, typer.Option(help="viewer (reads), agent (acts), admin (manages).")],
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
-) -> None:
-    """Add a console user (the password is asked for, or read from --password)."""
-    billsync = open_billsync()
-    try:
-        billsync.console.add_user(name, password, role)
-    except BillsyncError as error:
-        raise fail(error.message) from None
-    console.print(f"added {escape(name)} ({role})")
-
-
 app.add_typer(support_commands.support_app, name="support")
 tokens_app = typer.Typer(help="Tokens for customers.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
@@ -329,19 +337,24 @@ def parse_ttl(text: str) -> timedelta:
 
 @tokens_app.command("customer")
 def tokens_customer(
-    account_id: Annotated[str, typer.Argument(metavar="ID")],
-    ttl: Annotated[str, typer.Option(help="Lifetime: 900s, 15m, 1h (at most 1 day).")] = "15m",
+    account_id: Annotated[str, typer.Argument(metavar="ID", help="The account.")],
+    ttl: Annotated[
+        str, typer.Option(metavar="DURATION", help="Lifetime: 900s, 15m, 1h (at most 1 day).")
+    ] = "15m",
 ) -> None:
     """Print a short-lived token that opens this account's billing page and portal only."""
+    lifetime = parse_ttl(ttl)
     billsync = open_billsync()
     try:
         with billsync.database.read() as connection:
             billsync.accounts.get(connection, account_id)
         token = customer_tokens.issue(
-            billsync.customer_token_secret, account_id, billsync.clock.now(), parse_ttl(ttl)
+            billsync.customer_token_secret, account_id, billsync.clock.now(), lifetime
         )
     except (BillsyncError, ValueError) as error:
         raise fail(getattr(error, "message", str(error))) from None
+    finally:
+        billsync.close()
     console.print(token, highlight=False, soft_wrap=True)
     base = (
         billsync.settings.public_url or f"http://{billsync.settings.host}:{billsync.settings.port}"
@@ -355,18 +368,33 @@ def tokens_customer(
 
 @app.command("emulator")
 def emulator(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 12111,
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="The interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(metavar="PORT", min=0, max=65535, help="The port to listen on.")
+    ] = 12111,
     api_key: Annotated[
         list[str] | None,
-        typer.Option(help="Accept only these keys (default: any well-formed sk_test_/sk_live_)."),
+        typer.Option(
+            metavar="KEY",
+            help="Accept only this key (repeat for more).",
+            show_default="any well-formed sk_test_/sk_live_ key",
+        ),
     ] = None,
     rate_limit: Annotated[
-        float | None, typer.Option(help="Requests/s per mode (default 25 test, 100 live).")
+        float | None,
+        typer.Option(
+            metavar="PER_SECOND", help="Requests/s per mode.", show_default="25 test, 100 live"
+        ),
     ] = None,
     endpoint_rate_limit: Annotated[
         float | None,
-        typer.Option(help="Requests/s per endpoint and mode (default 25, as Stripe; 0: none)."),
+        typer.Option(
+            metavar="PER_SECOND",
+            help="Requests/s per endpoint and mode (0: no limit).",
+            show_default="25, as Stripe",
+        ),
     ] = None,
 ) -> None:
     """Run the Stripe emulator: the test peer and the demo's backend — never production."""
@@ -375,6 +403,7 @@ def emulator(
     from billsync.emulator.app import create_app as create_emulator  # noqa: PLC0415
     from billsync.emulator.state import API_VERSION, EmulatorConfig  # noqa: PLC0415
 
+    require_free_port(host, port, "--port")
     config = EmulatorConfig(public_url=f"http://{host}:{port}")
     if rate_limit is not None:
         config.rate_limit_test = config.rate_limit_live = rate_limit
@@ -393,12 +422,19 @@ def emulator(
 @app.command("demo")
 def demo(
     *,
-    port: Annotated[int, typer.Option(help="billsync's port.")] = 8080,
-    emulator_port: Annotated[int, typer.Option(help="The Stripe emulator's port.")] = 12111,
-    accounts: Annotated[int, typer.Option(min=1, max=200, help="Simulated customers.")] = 12,
-    seed: Annotated[int, typer.Option(help="The simulated platform's seed.")] = 1,
+    port: Annotated[
+        int, typer.Option(metavar="PORT", min=1, max=65535, help="billsync's port.")
+    ] = 8080,
+    emulator_port: Annotated[
+        int, typer.Option(metavar="PORT", min=1, max=65535, help="The Stripe emulator's port.")
+    ] = 12111,
+    accounts: Annotated[
+        int, typer.Option(metavar="N", min=1, max=200, help="Simulated customers.")
+    ] = 12,
+    seed: Annotated[int, typer.Option(metavar="N", help="The simulated platform's seed.")] = 1,
     speed: Annotated[
-        float, typer.Option(min=0.5, help="Simulated hours per real second (at most).")
+        float,
+        typer.Option(metavar="HOURS", min=0.5, help="Simulated hours per real second (at most)."),
     ] = 8.0,
     exit_when_done: Annotated[
         bool, typer.Option("--exit", help="Stop once the month is invoiced (for scripts).")
@@ -408,7 +444,9 @@ def demo(
     platform, the customer pages and the console."""
     from billsync.demo import Demo, DemoOptions  # noqa: PLC0415 - see emulator()
 
-    settings = Settings()
+    settings = load_settings()
+    require_free_port("127.0.0.1", port, "--port")
+    require_free_port("127.0.0.1", emulator_port, "--emulator-port")
     if "BILLSYNC_LOG_LEVEL" not in os.environ:
         # The demo shows its own progress; a line per sync would bury it (set the variable to
         # see them).
@@ -500,17 +538,27 @@ periods_app.command("advance")(sync_commands.advance_command)
 app.add_typer(periods_app, name="periods")
 
 
+# The commands that keep running, whose log is their record: they log at INFO by default. A
+# one-shot command speaks through its own output; its log says only warnings and errors unless
+# BILLSYNC_LOG_LEVEL asks for more.
+LONG_RUNNING = frozenset({"serve", "api", "worker", "consume", "emulator"})
+
+
 def main() -> None:
-    setup_logging()
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    setup_logging(long_running=command in LONG_RUNNING)
     app()
 
 
-def setup_logging() -> None:
-    """Logs as BILLSYNC_LOG_LEVEL and BILLSYNC_LOG_FORMAT say, for every command. Invalid
-    settings are left to the command to report: the defaults hold meanwhile."""
+def setup_logging(*, long_running: bool = True) -> None:
+    """Logs as BILLSYNC_LOG_LEVEL and BILLSYNC_LOG_FORMAT say, for every command (a one-shot
+    command at WARNING unless the level is set). Invalid settings are left to the command to
+    report: the defaults hold meanwhile."""
+    default = "INFO" if long_running or "BILLSYNC_LOG_LEVEL" in os.environ else "WARNING"
     try:
         settings = Settings()
     except ValidationError:
-        configure_logging("INFO", resolve_format("auto"))
+        configure_logging(default, resolve_format("auto"))
         return
-    configure_logging(settings.log_level, resolve_format(settings.log_format))
+    level = settings.log_level if "BILLSYNC_LOG_LEVEL" in os.environ else default
+    configure_logging(level, resolve_format(settings.log_format))

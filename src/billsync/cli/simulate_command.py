@@ -89,31 +89,57 @@ class _Sender:
 
 def simulate_command(
     *,
-    seed: Annotated[int, typer.Option(help="The same seed replays the same platform.")] = 1,
-    accounts: Annotated[int, typer.Option(min=1, help="How many accounts.")] = 20,
+    seed: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="The same seed replays the same platform; its events' ids carry it (seeds never "
+            "share an event id).",
+        ),
+    ] = 1,
+    accounts: Annotated[int, typer.Option(metavar="N", min=1, help="How many accounts.")] = 20,
     start: Annotated[
         str | None,
         typer.Option(
-            help="Simulated start, ISO 8601 (default: --duration before now; now with --speed)."
+            metavar="TIME",
+            help="Simulated start, ISO 8601 with an offset.",
+            show_default="--duration before now; now with --speed",
         ),
     ] = None,
-    duration: Annotated[str, typer.Option(help="How much platform time: 10m, 6h, 30d.")] = "10m",
+    duration: Annotated[
+        str, typer.Option(metavar="DURATION", help="How much platform time: 10m, 6h, 30d.")
+    ] = "10m",
     report_every: Annotated[
-        str, typer.Option(help="How often machines report usage (must divide an hour).")
+        str,
+        typer.Option(
+            metavar="DURATION", help="How often machines report usage (must divide an hour)."
+        ),
     ] = "5s",
-    duplicate_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.01,
-    late_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.002,
-    late_delay: Annotated[str, typer.Option(help="How late a late event arrives.")] = "3h",
+    duplicate_rate: Annotated[
+        float,
+        typer.Option(metavar="SHARE", min=0, max=1, help="Share of events sent twice."),
+    ] = 0.01,
+    late_rate: Annotated[
+        float,
+        typer.Option(metavar="SHARE", min=0, max=1, help="Share of events that arrive late."),
+    ] = 0.002,
+    late_delay: Annotated[
+        str, typer.Option(metavar="DURATION", help="How late a late event arrives.")
+    ] = "3h",
     out: Annotated[
-        Path | None, typer.Option(help="Write JSONL here ('-' for stdout) instead of sending.")
+        Path | None,
+        typer.Option(metavar="FILE", help="Write JSONL here ('-' for stdout) instead of sending."),
     ] = None,
     url: Annotated[
-        str, typer.Option(envvar="BILLSYNC_URL", help="billsync to send to.")
+        str, typer.Option(metavar="URL", envvar="BILLSYNC_URL", help="billsync to send to.")
     ] = "http://127.0.0.1:8080",
     token: Annotated[
-        str | None, typer.Option(envvar="BILLSYNC_API_TOKEN", help="billsync's API token.")
+        str | None,
+        typer.Option(metavar="TOKEN", envvar="BILLSYNC_API_TOKEN", help="billsync's API token."),
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Events per POST /v1/usage.")] = 2000,
+    batch: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Events per POST /v1/usage.")
+    ] = 2000,
     create_accounts: Annotated[
         bool,
         typer.Option(
@@ -122,7 +148,11 @@ def simulate_command(
     ] = True,
     speed: Annotated[
         float,
-        typer.Option(min=0, help="Platform seconds per real second when sending (0: no pause)."),
+        typer.Option(
+            metavar="RATIO",
+            min=0,
+            help="Platform seconds per real second when sending (0: no pause).",
+        ),
     ] = 0,
 ) -> None:
     """Simulate a cloud platform's usage (machines, volumes, egress, late and duplicate events)."""

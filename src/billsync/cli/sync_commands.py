@@ -5,16 +5,24 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from billsync.bootstrap import Billsync, Syncing
-from billsync.cli.common import console, fail, open_billsync
-from billsync.clock import ManualClock
+from billsync.bootstrap import Billsync
+from billsync.cli.common import (
+    DATABASE_WAIT_SECONDS,
+    console,
+    fail,
+    load_settings,
+    open_billsync,
+    require_account,
+    require_stripe,
+)
+from billsync.clock import FileClock, ManualClock, SystemClock
 from billsync.core.capacity import capacity
 from billsync.core.money import format_minor
 from billsync.core.sync_plan import (
@@ -29,6 +37,7 @@ from billsync.core.sync_plan import (
     UpdateLines,
 )
 from billsync.observability.metrics import serve_metrics
+from billsync.repositories import lifecycle_preview as preview
 from billsync.repositories import sync as sync_repository
 from billsync.services.sync_status import sync_status
 from billsync.sync.budget import Lane
@@ -54,46 +63,50 @@ def describe(operation: Operation) -> str:
     raise AssertionError(f"unknown operation {operation!r}")
 
 
-def _syncing(billsync: Billsync) -> Syncing:
-    if billsync.sync is None:
-        raise fail(
-            "set BILLSYNC_STRIPE_API_KEY (and BILLSYNC_STRIPE_API_BASE for the emulator) to sync",
-            code=2,
-        )
-    return billsync.sync
+AccountOption = Annotated[
+    str | None, typer.Option(metavar="ID", help="Only this account.", show_default="every account")
+]
+# Asked before a lifecycle run moves real invoices (Stripe collects finalized ones).
+FUTURE_TOLERANCE = timedelta(minutes=1)
+SHOWN = 10  # periods named per lifecycle step in a preview
 
 
 def sync_command(
-    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan; call nothing.")] = False,
+    account: AccountOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the Stripe calls it would make; call nothing.")
+    ] = False,
 ) -> None:
     """Sync to Stripe now: one account, or every account with changes."""
     billsync = open_billsync()
-    syncing = _syncing(billsync)
-    with billsync.database.read() as connection:
-        targets = [account] if account else sync_repository.accounts_needing_sync(connection)
-    if not targets:
-        console.print("nothing to sync: every account is in step with Stripe")
-        billsync.close()
-        return
-    if dry_run:
+    require_account(billsync, account)
+    syncing = require_stripe(billsync, "sync")
+    try:
+        with billsync.database.read() as connection:
+            targets = [account] if account else sync_repository.accounts_needing_sync(connection)
+        if not targets:
+            console.print("nothing to sync: every account is in step with Stripe")
+            return
+        if dry_run:
+            for target in targets:
+                try:
+                    operations = syncing.service.plan_account(target)
+                except PlanError as error:
+                    console.print(f"[red]{escape(target)}: {escape(str(error))}[/]")
+                    continue
+                console.print(f"[bold]{escape(target)}[/]: {len(operations)} Stripe call(s)")
+                for operation in operations:
+                    console.print(f"  - {escape(describe(operation))}", highlight=False)
+            console.print("dry run: nothing was sent to Stripe")
+            return
+        failed = 0
         for target in targets:
-            try:
-                operations = syncing.service.plan_account(target)
-            except PlanError as error:
-                console.print(f"[red]{escape(target)}: {escape(str(error))}[/]")
-                continue
-            console.print(f"[bold]{escape(target)}[/]: {len(operations)} Stripe call(s)")
-            for operation in operations:
-                console.print(f"  - {escape(describe(operation))}", highlight=False)
-        return
-    failed = 0
-    for target in targets:
-        outcome = syncing.service.sync_account(target, lane=Lane.ON_DEMAND)
-        state = "ok" if outcome.ok else f"[red]failed: {escape(outcome.error or '')}[/]"
-        console.print(f"{escape(target)}: {outcome.calls} call(s), {state}")
-        failed += not outcome.ok
-    billsync.close()
+            outcome = syncing.service.sync_account(target, lane=Lane.ON_DEMAND)
+            state = "ok" if outcome.ok else f"[red]failed: {escape(outcome.error or '')}[/]"
+            console.print(f"{escape(target)}: {outcome.calls} call(s), {state}")
+            failed += not outcome.ok
+    finally:
+        billsync.close()
     if failed:
         raise typer.Exit(1)
 
@@ -101,16 +114,23 @@ def sync_command(
 def worker_command() -> None:
     """Run the scheduler and the sync workers until stopped (SIGINT/SIGTERM finish the
     syncs in flight, then exit)."""
-    billsync = open_billsync()
-    syncing = _syncing(billsync)
+    billsync = open_billsync(wait=DATABASE_WAIT_SECONDS)
+    syncing = require_stripe(billsync, "run the sync workers")
     settings = billsync.settings
+    try:
+        serve_metrics(billsync, settings.metrics_port)
+    except OSError as error:
+        billsync.close()
+        raise fail(
+            f"cannot serve /metrics on port {settings.metrics_port} ({error.strerror}): choose "
+            "another with BILLSYNC_METRICS_PORT"
+        ) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     syncing.scheduler.start(
         workers=settings.sync_workers, tick_seconds=settings.scheduler_tick_seconds
     )
-    serve_metrics(billsync, settings.metrics_port)
     shared = "shared by every process" if syncing.guard.shared else "this process"
     leases = syncing.scheduler.leases
     console.print(
@@ -125,23 +145,71 @@ def worker_command() -> None:
     billsync.close()
 
 
+def parse_moment(text: str, option: str) -> datetime:
+    """An ISO 8601 time; without an offset it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(
+            f"{option} must be an ISO 8601 time such as 2026-12-01T01:00:00Z, not {text!r}",
+            code=2,
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def advance_command(
     now: Annotated[
-        str | None, typer.Option(help="Run transitions as if the clock read this (ISO 8601).")
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="Run the transitions due at this ISO 8601 time (UTC unless it says otherwise); "
+            "a time ahead of the clock needs --yes.",
+            show_default="the clock",
+        ),
     ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Do it: close, sync and finalize the periods due (Stripe collects)."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be done (without --yes too).")
+    ] = False,
 ) -> None:
-    """Run the lifecycle transitions that are due: open → closing → review → finalized."""
-    clock = None
-    if now is not None:
-        try:
-            moment = datetime.fromisoformat(now)
-        except ValueError:
-            console.print(f"[bold red]error:[/] --now must be ISO 8601, got {escape(now)}")
-            raise typer.Exit(2) from None
-        clock = ManualClock(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    billsync = open_billsync(clock=clock)
-    syncing = _syncing(billsync)
-    report = syncing.lifecycle.advance()
+    """Run the lifecycle transitions that are due: open → closing → review → finalized. Without
+    --yes it prints what it would do and changes nothing."""
+    moment = None if now is None else parse_moment(now, "--now")
+    settings = load_settings()
+    # The clock billsync runs on (a file's in the chaos suite), whatever --now says.
+    clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
+    billsync = open_billsync(settings, clock=None if moment is None else ManualClock(moment))
+    try:
+        clock_now = clock.now()
+        at = moment or clock_now
+        ahead = at - clock_now
+        _preview(billsync, at, ahead)
+        if dry_run or not yes:
+            if ahead > FUTURE_TOLERANCE:
+                console.print(
+                    f"[bold]--now is {_duration(ahead.total_seconds())} ahead of the clock[/]: "
+                    "doing this closes and finalizes real invoices early (Stripe collects a "
+                    "finalized invoice at once) and records times in the future. Nothing was "
+                    "done; add --yes to do it anyway.",
+                    highlight=False,
+                )
+            else:
+                console.print("nothing was done: run again with --yes to do it", highlight=False)
+            return
+        syncing = require_stripe(billsync, "run the lifecycle")
+        if ahead > FUTURE_TOLERANCE:
+            console.print(
+                f"--yes: running {_duration(ahead.total_seconds())} ahead of the clock",
+                highlight=False,
+            )
+        report = syncing.lifecycle.advance()
+    finally:
+        billsync.close()
     for label, items in (
         ("closing", report.closing),
         ("review", report.review),
@@ -151,31 +219,91 @@ def advance_command(
             console.print(f"{escape(account_id)} {start}: → {label}")
     for account_id, error in report.failed:
         console.print(f"[red]{escape(account_id)}: {escape(error)}[/]")
-    billsync.close()
+    if not (report.closing or report.review or report.finalized or report.failed):
+        console.print("nothing was due")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _preview(billsync: Billsync, at: datetime, ahead: timedelta) -> None:
+    """What a run at ``at`` would take, step by step."""
+    settings = billsync.settings
+    grace = timedelta(seconds=settings.close_grace_seconds)
+    with billsync.database.read() as connection:
+        steps = (
+            ("would start closing (ended)", preview.ended_open(connection, at.date(), SHOWN)),
+            (
+                "would stop taking usage and get their final sync (grace over)",
+                preview.grace_over(connection, (at - grace).date(), SHOWN),
+            ),
+            (
+                "would get their final sync, then their review window",
+                preview.drafts_to_complete(connection, SHOWN),
+            ),
+            (
+                "would be finalized: Stripe collects their invoices",
+                preview.review_over(connection, at, SHOWN),
+            ),
+        )
+    when = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    relative = (
+        f", {_duration(ahead.total_seconds())} ahead of the clock"
+        if ahead > FUTURE_TOLERANCE
+        else ""
+    )
+    console.print(f"as of {when}{relative}:", highlight=False)
+    if not any(step.count for _, step in steps):
+        console.print("  no period is due")
+    for label, step in steps:
+        if not step.count:
+            continue
+        named = ", ".join(f"{account} {start}" for account, start in step.first)
+        more = f" and {step.count - len(step.first):,} more" if step.count > len(step.first) else ""
+        console.print(
+            escape(f"  {step.count:,} period(s) {label}: {named}{more}"),
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _when(moment: datetime | None) -> str:
+    """A time to the second, in UTC."""
+    return "never" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def status_command(
-    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    account: AccountOption = None,
     limit: Annotated[
-        int, typer.Option(min=1, help="Accounts listed: the most overdue first.")
+        int, typer.Option(metavar="N", min=1, help="Accounts listed: the most overdue first.")
     ] = 50,
 ) -> None:
     """The platform's sync state (the due queue, the interval achieved, periods by status),
     then per account — the most overdue first: last synced, unsynced amount, pending lines,
     last error."""
     billsync = open_billsync()
-    if account is None:
-        _platform_summary(billsync)
-    table = Table(title="sync status")
-    for column in (
-        "account",
-        "last synced",
-        "unsynced",
-        "pending lines",
-        "calls",
-        "last error",
-    ):
-        table.add_column(column)
+    require_account(billsync, account)
+    try:
+        if account is None:
+            _platform_summary(billsync)
+        rows = _status_rows(billsync, account, limit)
+    finally:
+        billsync.close()
+    # Fits 80 columns: ids and errors fold, times and amounts never break.
+    table = Table(title="sync status", box=None, pad_edge=False)
+    table.add_column("account", overflow="fold", ratio=1)
+    table.add_column("last synced (UTC)", no_wrap=True)
+    table.add_column("cur", no_wrap=True)
+    table.add_column("unsynced", justify="right", no_wrap=True)
+    table.add_column("lines", justify="right", no_wrap=True)
+    table.add_column("calls", justify="right", no_wrap=True)
+    table.add_column("last error", overflow="fold", ratio=2)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _status_rows(billsync: Billsync, account: str | None, limit: int) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     with billsync.database.read() as connection:
         if account:
             ids = [account]
@@ -189,21 +317,21 @@ def status_command(
             ids = (overdue + [a for a in others if a not in set(overdue)])[:limit]
         for account_id in ids:
             status = sync_status(connection, account_id)
-            if status is None:
-                console.print(f"[red]no account {escape(account_id)}[/]")
-                raise typer.Exit(1)
-            currency = sync_repository.get_account(connection, account_id)
-            assert currency is not None
-            table.add_row(
-                escape(account_id),
-                str(status.last_synced_at or "never"),
-                format_minor(status.unsynced_amount, currency.currency),
-                str(status.pending_lines),
-                str(status.stripe_calls),
-                escape(status.last_error or ""),
+            terms = sync_repository.get_account(connection, account_id)
+            if status is None or terms is None:
+                continue  # removed meanwhile
+            rows.append(
+                (
+                    escape(account_id),
+                    _when(status.last_synced_at),
+                    terms.currency.upper(),
+                    format_minor(status.unsynced_amount, terms.currency),
+                    str(status.pending_lines),
+                    str(status.stripe_calls),
+                    escape(status.last_error or ""),
+                )
             )
-    console.print(table)
-    billsync.close()
+    return rows
 
 
 def _platform_summary(billsync: Billsync) -> None:
@@ -258,7 +386,12 @@ def _duration(seconds: float) -> str:
 def capacity_command(
     accounts: Annotated[
         int | None,
-        typer.Option(min=0, help="Active accounts (default: those with usage now)."),
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="Active accounts.",
+            show_default="those with usage in an open period now",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -267,16 +400,18 @@ def capacity_command(
     would need."""
     billsync = open_billsync()
     settings = billsync.settings
-    if accounts is None:
-        with billsync.database.read() as connection:
-            accounts = sync_repository.platform_summary(connection).active_accounts
+    try:
+        if accounts is None:
+            with billsync.database.read() as connection:
+                accounts = sync_repository.platform_summary(connection).active_accounts
+    finally:
+        billsync.close()
     result = capacity(
         accounts,
         float(settings.sync_interval_seconds),
         settings.stripe_calls_per_second(),
         settings.stripe_endpoint_rate_of,
     )
-    billsync.close()
     if as_json:
         console.print_json(data={**asdict(result), "meets_interval": result.meets_interval})
         return

@@ -37,6 +37,10 @@ ACCOUNT_ID_PATTERN = ACCOUNT_ID.pattern
 
 
 MAX_PAGE = 500  # accounts per page of GET /v1/accounts
+# An account's own sync policy: an interval no longer than a period, a threshold no larger
+# than any invoice billsync can make.
+MAX_INTERVAL_SECONDS = 31 * 86400
+MAX_THRESHOLD = 10**12
 
 
 class Unchanged(enum.Enum):
@@ -108,6 +112,16 @@ def _checked_policy(policy: dict[str, Any] | None) -> dict[str, Any] | None:
         SyncPolicy().merged(policy)
     except PolicyError as error:
         raise InvalidRequest(str(error), code="invalid_policy") from None
+    interval, threshold = policy.get("interval_seconds"), policy.get("threshold")
+    if isinstance(interval, int) and interval > MAX_INTERVAL_SECONDS:
+        raise InvalidRequest(
+            f"interval_seconds is at most {MAX_INTERVAL_SECONDS:,} (31 days: a period's length)",
+            code="invalid_policy",
+        )
+    if isinstance(threshold, int) and threshold > MAX_THRESHOLD:
+        raise InvalidRequest(
+            f"threshold is at most {MAX_THRESHOLD:,} minor units", code="invalid_policy"
+        )
     return dict(policy)
 
 
