@@ -169,8 +169,15 @@ class BillingView:
         subtotal = sum(item.charged for item in bill_lines)
         discount = 0 if mirror is None else min(int(mirror["discount"] or 0), max(subtotal, 0))
         total = subtotal - discount
+        notes = credit_note_repository.of_account(connection, account.id)
+        lowered: dict[str, int] = {}  # per invoice: what credit notes took off the amount due
+        for note in notes:
+            if note.status == "issued":
+                lowered[note.stripe_invoice_id] = (
+                    lowered.get(note.stripe_invoice_id, 0) + note.pre_payment_amount
+                )
         invoices = [
-            _invoice(row)
+            _invoice(row, lowered)
             for row in mirrors
             if row["status"] != "draft" and row["period_start"] != current.start
         ]
@@ -202,10 +209,10 @@ class BillingView:
             subtotal=subtotal,
             current=period == current,
             status=None if shown is None else shown.status,
-            invoice=None if mirror is None else _invoice(mirror),
+            invoice=None if mirror is None else _invoice(mirror, lowered),
             periods=_choices(periods, mirrors, current),
             usage_removed=removed,
-            credit_notes=tuple(credit_note_repository.of_account(connection, account.id)),
+            credit_notes=tuple(notes),
         )
 
     def _projection(self, period: Period, total: int, usage: int) -> int:
@@ -221,7 +228,7 @@ class BillingView:
         return max(total, int(projected.to_integral_value(rounding=ROUND_HALF_UP)))
 
 
-def _invoice(row: dict[str, Any]) -> PastInvoice:
+def _invoice(row: dict[str, Any], lowered: dict[str, int]) -> PastInvoice:
     return PastInvoice(
         invoice_id=row["stripe_invoice_id"], number=row["number"],
         period_start=row["period_start"], status=row["status"], total=row["total"],
@@ -232,7 +239,7 @@ def _invoice(row: dict[str, Any]) -> PastInvoice:
         amount_paid=int(row["amount_paid"] or 0),
         attempt_count=int(row["attempt_count"] or 0),
         finalized_at=row["finalized_at"],
-        **_balance(row),
+        **_balance(row, lowered.get(row["stripe_invoice_id"], 0)),
     )  # fmt: skip
 
 
@@ -256,16 +263,17 @@ def _choices(
     return tuple(sorted(by_start.values(), key=lambda choice: choice.start, reverse=True))
 
 
-def _balance(row: dict[str, object]) -> dict[str, int]:
+def _balance(row: dict[str, object], lowered: int = 0) -> dict[str, int]:
     """What the customer's balance did to a finalized invoice (docs.stripe.com/billing/
     customer/balance): a credit lowers the amount due down to 0 (the rest stays on the
     balance), a debit is added in full; an amount due under Stripe's minimum charge is not
-    charged but carried to the next invoice (docs.stripe.com/api/invoices/object)."""
+    charged but carried to the next invoice (docs.stripe.com/api/invoices/object). ``lowered``:
+    what credit notes took off the amount due since (their ``pre_payment_amount``)."""
     total = int(str(row["total"] or 0))
     starting = int(str(row["starting_balance"] or 0))
     applied = max(starting, -total) if starting < 0 else starting
     due = int(str(row["amount_due"] or 0))
-    owed = max(total + applied, 0)
+    owed = max(total + applied, 0) - lowered
     return {
         "balance_applied": applied,
         "amount_due": due,
