@@ -652,7 +652,9 @@ def test_status_shows_times_to_the_second(runner: CliRunner, data_dir: Path) -> 
         )
     database.dispose()
     result = run(runner, "status", "--account", "acme")
-    assert "2026-11-15 12:03:07" in result.stdout, result.stdout
+    assert "last synced (UTC)" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("acme"))
+    assert re.search(r"^acme\s+2026-11-15 12:03:07\s+USD\s+0\.00\s+0\s+0\s*$", row), row
 
 
 def test_the_reconcile_report_fits_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -729,6 +731,18 @@ def test_a_busy_port_names_the_option_that_changes_it(
     result = run(runner, *command, "--port", str(busy_port))
     assert_one_line_failure(
         result, f"port {busy_port} on 127.0.0.1 is already in use: choose another with {option}"
+    )
+
+
+def test_a_busy_metrics_port_names_its_setting(
+    runner: CliRunner, busy_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(runner)
+    monkeypatch.setenv("BILLSYNC_STRIPE_API_KEY", "sk_test_metricsPortTest0123")
+    monkeypatch.setenv("BILLSYNC_METRICS_PORT", str(busy_port))
+    monkeypatch.setenv("BILLSYNC_HOST", "127.0.0.1")
+    assert_one_line_failure(
+        run(runner, "worker"), f"/metrics on port {busy_port}", "BILLSYNC_METRICS_PORT"
     )
 
 
