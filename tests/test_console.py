@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -458,3 +459,133 @@ def test_admins_set_an_accounts_sync_policy(support: Billsync) -> None:
             ).status_code
             == 403
         )
+
+
+# --- console polish: what a viewer sees, what an action says, names and times -------------------
+
+
+@contextmanager
+def console_as(support: Billsync, name: str = "alex") -> Iterator[tuple[TestClient, str]]:
+    """Signed in as ``name``: the client, and the account page it sees."""
+    with TestClient(create_app(support)) as client:
+        assert sign_in(client, name) == 303
+        yield client, client.get("/console/accounts/acme").text
+
+
+def account_page_as(support: Billsync, name: str = "alex") -> str:
+    with console_as(support, name) as (_, page):
+        return page
+
+
+def test_viewers_see_no_forms_they_cannot_use(support: Billsync) -> None:
+    page = account_page_as(support, "vera")
+    for action in ("/actions/sync", "/actions/hold", "/adjustments", "/policy", "Why (audit log)"):
+        assert action not in page, action
+    assert "Dedicated IPv4 address" in page  # the account itself is all there
+    page = account_page_as(support, "alex")
+    for action in ("/actions/sync", "/actions/hold", "/adjustments"):
+        assert action in page, action
+    assert "/policy" not in page  # admins set the policy
+
+
+def test_every_action_says_what_it_did(support: Billsync) -> None:
+    with console_as(support) as (client, _):
+        csrf = csrf_of(client, "/console/accounts/acme")
+        held = client.post(
+            "/console/accounts/acme/actions/hold",
+            data={"csrf": csrf, "reason": "dispute", "period": NOVEMBER.isoformat()},
+        )
+        said = re.search(r'id="flash" role="status">([^<]+)<', held.text)
+        assert said is not None
+        assert said.group(1) == (
+            "The period starting 2026-11-01 is held: it will not finalize until released."
+        )
+        # Said once: the next page does not repeat it.
+        assert 'id="flash"' not in client.get("/console/accounts/acme").text
+        synced = client.post(
+            "/console/accounts/acme/actions/sync", data={"csrf": csrf, "reason": "asked"}
+        )
+        assert "Synced: 0 Stripe call(s)." in synced.text
+        # A confirmation is the session's own: another session's (or a forged) one is not shown.
+        client.post(
+            "/console/accounts/acme/actions/release",
+            data={"csrf": csrf, "reason": "ok", "period": NOVEMBER.isoformat()},
+            follow_redirects=False,
+        )
+        sealed = client.cookies.get("billsync_console_flash")
+        assert sealed is not None
+    with console_as(support, "ada") as (other, _):
+        other.cookies.set("billsync_console_flash", sealed)
+        assert 'id="flash"' not in other.get("/console/accounts/acme").text
+        other.cookies.set("billsync_console_flash", "0" * 32 + ".VGhlIHBlcmlvZA")
+        assert 'id="flash"' not in other.get("/console/accounts/acme").text
+
+
+def test_reason_boxes_are_labelled(support: Billsync) -> None:
+    page = account_page_as(support, "ada")
+    boxes = re.findall(r'<input[^>]*name="reason"', page)
+    labelled = re.findall(r'<label class="field">[^<]*<input[^>]*name="reason"', page)
+    assert len(boxes) >= 4
+    assert len(labelled) == len(boxes)
+    assert 'placeholder="reason"' not in page
+
+
+def test_lines_read_as_people_name_them_and_a_credit_as_a_credit(support: Billsync) -> None:
+    support.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    support.support.adjust(
+        "acme", "2.00", kind="credit", description="Goodwill", actor="alex", reason="outage"
+    )
+    page = account_page_as(support)
+    lines = page.split('class="lines"', 1)[1].split("</table>", 1)[0]
+    assert '<span class="line-name">Dedicated IPv4 address</span>' in lines
+    assert "5,100 hours" in lines  # in the catalog's unit, with its name
+    assert "ip.ipv4.hours" not in lines
+    assert "adjustment[1]" not in lines
+    assert '<span class="tag credit">credit</span> <span class="line-name">Credit: Goodwill' in (
+        lines
+    )
+    assert "\u2212$2.00" in lines  # an amount in the currency: a credit reads negative
+    audit = page.split('id="audit"', 1)[1]
+    assert "Credit of $2.00 (Goodwill); in the Stripe draft" in audit
+
+
+def test_times_are_shown_to_the_second_in_the_viewers_zone(
+    support: Billsync, clock: ManualClock
+) -> None:
+    clock.set(datetime(2026, 7, 1, 12, 30, 5, tzinfo=UTC))
+    support.support.act("hold", "acme", actor="alex", reason="r", period=NOVEMBER)
+    with console_as(support) as (client, page):
+        assert "2026-07-01 12:30:05 UTC" in page.split('id="audit"', 1)[1]
+        moved = client.get(
+            "/console/timezone", params={"tz": "America/New_York", "next": "/console/accounts/acme"}
+        )
+        assert moved.status_code == 200
+        assert moved.url.path == "/console/accounts/acme"
+        assert "Times are now in America/New_York." in moved.text
+        assert "2026-07-01 08:30:05 EDT (UTC-04:00)" in moved.text.split('id="audit"', 1)[1]
+        assert client.get("/console/timezone", params={"tz": "Mars/Olympus"}).status_code == 422
+        away = client.get(
+            "/console/timezone",
+            params={"tz": "Asia/Kolkata", "next": "https://evil.test/"},
+            follow_redirects=False,
+        )
+        assert away.headers["location"] == "/console"
+        home = client.get("/console").text
+        assert "2026-07-01 18:00:05 IST (UTC+05:30)" in home
+
+
+def test_a_finalized_period_does_not_say_when_its_review_ends(
+    support: Billsync, clock: ManualClock
+) -> None:
+    assert support.sync is not None
+    clock.set(datetime(2026, 12, 1, 3, tzinfo=UTC))
+    support.sync.lifecycle.advance()
+    assert period_status(support) is PeriodStatus.REVIEW
+    page = account_page_as(support)
+    assert "(review ends 2026-12-01 04:00:00 UTC)" in page
+    clock.advance(timedelta(hours=2))
+    support.sync.lifecycle.advance()
+    assert period_status(support) is PeriodStatus.FINALIZED
+    page = account_page_as(support)
+    assert "review ends" not in page
+    assert "(finalized 2026-12-01 05:00:00 UTC)" in page
