@@ -92,7 +92,9 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/console/users"): CONSOLE_ADMIN_PAGE,
     ("POST", "/console/accounts/{account_id}/actions/{action}"): CONSOLE_ACT,
     ("POST", "/console/accounts/{account_id}/adjustments"): CONSOLE_ACT,
-    ("POST", "/console/problems/{problem_id}/{decision}"): CONSOLE_ACT,
+    ("POST", "/console/accounts/{account_id}/credit_notes"): CONSOLE_ACT,
+    ("POST", "/console/problems/{problem_id}/{action}"): CONSOLE_ACT,
+    ("GET", "/console/timezone"): CONSOLE_PAGE,
     ("POST", "/console/accounts/{account_id}/policy"): CONSOLE_ADMIN_ACT,
     ("POST", "/console/users"): CONSOLE_ADMIN_ACT,
     ("POST", "/console/users/{name}/disable"): CONSOLE_ADMIN_ACT,
@@ -105,6 +107,7 @@ FORMS = {
     "/console/accounts/acme/adjustments": {"amount": "1.00", "description": "test",
                                            "reason": "matrix", "confirm": "1.00"},
     "/console/accounts/acme/policy": {"policy": "interval", "reason": "matrix"},
+    "/console/accounts/acme/credit_notes": {"period": "2026-11-01", "reason": "matrix"},
     "/console/users": {"name": "matrix-user", "role": "viewer", "password": PASSWORD},
     "/console/login": {"name": "nobody", "password": "wrong"},
 }  # fmt: skip
