@@ -261,7 +261,13 @@ class LifecycleService:
     ) -> None:
         """Approve now (closing, review or held periods), the decision: the period stops taking
         usage (under the account's ledger lock) and its finalization is requested. The final
-        sync, :meth:`finalize_approved`, runs after the transaction."""
+        sync, :meth:`finalize_approved`, runs after the transaction.
+
+        Support's credits and charges: one added before this decision is in the final sync's
+        snapshot — that sync pushes every line still pending to the draft before it asks Stripe
+        to finalize — so the finalized invoice carries it; from this decision on, the period
+        takes none (``services.adjustments`` reserves the period's row, which this transition
+        updates, and refuses a period whose finalization is requested)."""
         period = _period_in(connection, account_id, start)
         approvable = (PeriodStatus.REVIEW, PeriodStatus.HELD, PeriodStatus.CLOSING)
         if period.status not in approvable:
