@@ -159,6 +159,7 @@ V1_ROUTES = [
     ("GET", "/v1/accounts/{account_id}/sync"),
     ("POST", "/v1/accounts/{account_id}/sync"),
     ("GET", "/v1/accounts/{account_id}/billing"),
+    ("GET", "/v1/accounts/{account_id}/usage"),
     ("POST", "/v1/accounts/{account_id}/portal"),
     ("POST", "/v1/accounts/{account_id}/customer-tokens"),
 ]
