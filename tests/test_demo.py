@@ -23,8 +23,12 @@ def test_the_demo_month_ends_finalized_paid_and_equal_to_stripe(tmp_path: Path) 
     demo.start()
     try:
         summary = demo.run(seen.append)
-        page = httpx.get(demo.customer_link("cust-0000"))
-        declined = httpx.get(demo.customer_link(demo.declined_account))
+        # The link sets the page's cookie and sends the browser on to the address without the
+        # token (a client keeps the cookie across the redirect, as a browser does).
+        with httpx.Client(follow_redirects=True) as browser:
+            page = browser.get(demo.customer_link("cust-0000"))
+        with httpx.Client(follow_redirects=True) as browser:
+            declined = browser.get(demo.customer_link(demo.declined_account))
         headers = {"Authorization": f"Bearer {demo.api_token}"}
         bills = {
             account: httpx.get(f"{demo.url}/v1/accounts/{account}/billing", headers=headers).json()
