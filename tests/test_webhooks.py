@@ -412,6 +412,21 @@ def test_stripe_is_read_with_no_transaction_open_and_ingest_goes_on_meanwhile(
     assert mirror(billsync, invoice_id)["status"] == "paid"
 
 
+def test_events_settled_by_reading_stripe_keep_when_the_invoice_was_finalized_and_paid(
+    served: Served, running_emulator: RunningEmulator
+) -> None:
+    """Events of one second are settled with Stripe's copy of the invoice; that copy carries
+    its status transitions, so the mirror (and the customer's page) knows when it was paid."""
+    invoice_id = events_of_one_second(served, running_emulator)
+    report = served.billsync.processor.process()
+    assert report.failed == 0
+    view = mirror(served.billsync, invoice_id)
+    assert view["status"] == "paid"
+    assert view["finalized_at"] is not None
+    assert view["paid_at"] is not None
+    assert view["paid_at"] >= view["finalized_at"]
+
+
 def test_an_event_applied_during_the_stripe_read_is_not_rolled_back(
     served: Served, running_emulator: RunningEmulator
 ) -> None:

@@ -466,7 +466,20 @@ def _remote_invoice(
         pre_payment_credit_notes_amount=invoice.pre_payment_credit_notes_amount or 0,
         post_payment_credit_notes_amount=invoice.post_payment_credit_notes_amount or 0,
         attempt_count=invoice.attempt_count or 0,
+        **_transitions(invoice),
     )
+
+
+def _transitions(invoice: stripe.Invoice) -> dict[str, int | None]:
+    """When the invoice was finalized, paid, voided (``status_transitions``)."""
+    moments = getattr(invoice, "status_transitions", None)
+    if moments is None:
+        return {}
+    return {
+        "finalized_at": moments.finalized_at,
+        "paid_at": moments.paid_at,
+        "voided_at": moments.voided_at,
+    }
 
 
 def _remote_credit_note(note: stripe.CreditNote) -> RemoteCreditNote:

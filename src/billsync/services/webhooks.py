@@ -380,6 +380,11 @@ class WebhookProcessor:
             "hosted_invoice_url": remote.hosted_invoice_url,
             "invoice_pdf": remote.invoice_pdf,
             "attempt_count": remote.attempt_count,
+            "status_transitions": {
+                "finalized_at": remote.finalized_at,
+                "paid_at": remote.paid_at,
+                "voided_at": remote.voided_at,
+            },
         }
 
     def _problems(

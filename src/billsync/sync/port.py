@@ -119,6 +119,10 @@ class RemoteInvoice:
     pre_payment_credit_notes_amount: int = 0
     post_payment_credit_notes_amount: int = 0
     attempt_count: int = 0  # payment attempts so far (the first one is attempt 1)
+    # When the invoice became open, paid, void (unix seconds; ``status_transitions``).
+    finalized_at: int | None = None
+    paid_at: int | None = None
+    voided_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
