@@ -769,3 +769,39 @@ def test_simulated_event_ids_differ_across_seeds(runner: CliRunner, tmp_path: Pa
         assert made.exit_code == 0, made.output
         loaded = run(runner, "ingest", str(out))
         assert loaded.exit_code == 0, loaded.output  # no duplicate_conflict between the seeds
+
+
+def test_every_commands_help_names_its_values_and_marks_reason_required(
+    runner: CliRunner,
+) -> None:
+    """No ``<str>``/``<int>`` placeholder in any command's help, and wherever a command takes
+    ``--reason`` for a support action it is required — said by the help, not by a refusal
+    afterwards."""
+    placeholders, optional_reasons = [], []
+    for path, command in every_command():
+        shown = run(runner, *path.split(), "--help", terminal_width=200)
+        assert shown.exit_code == 0, shown.output
+        placeholders += [f"{path}: {found}" for found in re.findall(r"<\w+>", shown.stdout)]
+        for param in command.params:
+            # Support's actions and users' access: a person must say why (an account's
+            # settings may change with or without a reason, as through the API).
+            audited = path.startswith(("support ", "users disable", "users enable"))
+            if audited and "--reason" in getattr(param, "opts", ()) and not param.required:
+                optional_reasons.append(path)
+    assert placeholders == []
+    assert optional_reasons == []
+
+
+def test_support_names_a_missing_account_first_and_takes_any_date_of_the_period(
+    runner: CliRunner,
+) -> None:
+    missing = run(runner, "support", "hold", "nosuch", "--period", "2026-11-15", "--reason", "r")
+    assert "account 'nosuch' does not exist" in assert_one_line_failure(missing, code=1)
+    assert run(runner, "accounts", "create", "acme", "--currency", "usd").exit_code == 0
+    today = datetime.now(UTC).date()  # the command runs on the system clock
+    adjusted = run(
+        runner, "support", "adjust", "acme", "--amount", "5.00", "--description", "Setup",
+        "--reason", "asked", "--period", today.isoformat(),
+    )  # fmt: skip
+    assert adjusted.exit_code == 0, adjusted.output
+    assert f"period starting {today.replace(day=1)}" in one_line(adjusted.stdout)

@@ -400,3 +400,15 @@ def test_the_service_refuses_in_its_own_terms(support: Billsync) -> None:
         service.act("hold", "acme", actor="api", reason="r", period=NOVEMBER)
     assert (again.value.status_code, again.value.code) == (409, "period_not_holdable")
     assert [e["action"] for e in trail(support)] == ["period.hold"]
+
+
+def test_a_policy_set_by_support_has_the_apis_bounds(support: Billsync) -> None:
+    """A policy with an interval past a period's length overflowed the scheduler's arithmetic
+    (a 500) when set through the console; it is refused like the API refuses it."""
+    with pytest.raises(InvalidRequest) as refused:
+        support.support.set_policy(
+            "acme", {"policy": "interval", "interval_seconds": 10**15}, actor="ada", reason="r"
+        )
+    assert refused.value.code == "invalid_policy"
+    assert "at most" in refused.value.message
+    assert trail(support) == []

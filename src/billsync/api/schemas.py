@@ -8,13 +8,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from billsync.core.policy import MAX_INTERVAL_SECONDS, MAX_THRESHOLD
 from billsync.core.text import SAFE_TEXT_PATTERN
-from billsync.services.accounts import (
-    EMAIL_PATTERN,
-    MAX_INTERVAL_SECONDS,
-    MAX_THRESHOLD,
-    NAME_PATTERN,
-)
+from billsync.services.accounts import EMAIL_PATTERN, NAME_PATTERN
 
 
 def _not_a_boolean(value: object) -> object:

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+# An account's own sync policy: an interval no longer than a period, a threshold no larger
+# than any invoice billsync can make (and both within what date arithmetic can hold).
+MAX_INTERVAL_SECONDS = 31 * 86400
+MAX_THRESHOLD = 10**12
+
 
 class Policy(enum.StrEnum):
     INTERVAL = "interval"
@@ -53,8 +58,14 @@ class SyncPolicy:
         threshold = overrides.get("threshold", self.threshold)
         if interval is not None and (not isinstance(interval, int) or interval < 1):
             raise PolicyError("interval_seconds must be a positive integer")
+        if interval is not None and interval > MAX_INTERVAL_SECONDS:
+            raise PolicyError(
+                f"interval_seconds is at most {MAX_INTERVAL_SECONDS:,} (31 days: a period's length)"
+            )
         if not isinstance(threshold, int) or threshold < 1:
             raise PolicyError("threshold must be a positive integer (minor units)")
+        if threshold > MAX_THRESHOLD:
+            raise PolicyError(f"threshold is at most {MAX_THRESHOLD:,} minor units")
         return SyncPolicy(
             policy,
             self.interval if interval is None else timedelta(seconds=interval),

@@ -132,6 +132,18 @@ def get_period(connection: Connection, account_id: str, start: date) -> PeriodRo
     return None if row is None else _period(row)
 
 
+def period_containing(connection: Connection, account_id: str, day: date) -> date | None:
+    """The start of the account's period that holds ``day``, if it has one yet."""
+    start = connection.execute(
+        select(billing_periods.c.start).where(
+            billing_periods.c.account_id == account_id,
+            billing_periods.c.start <= day,
+            billing_periods.c.end > day,
+        )
+    ).scalar()
+    return None if start is None else date.fromisoformat(str(start))
+
+
 def periods_to_sync(connection: Connection, account_id: str) -> list[PeriodRow]:
     rows = connection.execute(
         select(billing_periods)

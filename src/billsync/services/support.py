@@ -39,7 +39,6 @@ from sqlalchemy import Connection
 from billsync.clock import Clock
 from billsync.core.money import AmountError, parse_amount
 from billsync.core.periods import PeriodStatus
-from billsync.core.policy import PolicyError, SyncPolicy
 from billsync.db.database import Database
 from billsync.errors import Conflict, InvalidRequest, NotFound
 from billsync.repositories import console as console_repository
@@ -47,6 +46,7 @@ from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord, get_account
 from billsync.repositories.problems import ProblemRecord
+from billsync.services.accounts import checked_policy
 from billsync.services.adjustments import Adjustments
 from billsync.services.invoice_support import (
     InvoiceSupport,
@@ -333,10 +333,7 @@ class SupportActions:
         back to the default with ``None``."""
         who = checked_who(actor, reason)
         if override is not None:
-            try:
-                SyncPolicy().merged(override)
-            except PolicyError as error:
-                raise InvalidRequest(str(error), code="invalid_policy") from None
+            override = checked_policy(override)  # the API's bounds: no interval past 31 days
         with self.database.transaction() as connection:
             _account(connection, account_id)
             console_repository.set_sync_policy(connection, account_id, override)
