@@ -1,0 +1,51 @@
+"""bench.compare: a headline figure worse by more than 15 % than the committed result is a
+warning; better, slightly worse or new figures are not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bench.compare import THRESHOLD, compare, main
+
+pytestmark = pytest.mark.unit
+
+
+def ingest(events_per_second: float, p99: float) -> dict[str, Any]:
+    return {
+        "results": [
+            {"store": "sqlite", "events_per_second": events_per_second,
+             "batch_latency_ms": {"p99": p99}},
+        ]
+    }  # fmt: skip
+
+
+def test_a_drop_past_the_threshold_is_a_warning_and_a_small_one_is_not() -> None:
+    changes = {c.name: c for c in compare("ingest", ingest(20_000, 100.0), ingest(16_000, 110.0))}
+    throughput = changes["ingest sqlite events/s"]
+    assert throughput.regressed  # 20 % fewer events/s
+    assert throughput.worse_by == pytest.approx(0.20)
+    assert "WARNING" in throughput.line()
+    latency = changes["ingest sqlite batch p99 ms"]
+    assert not latency.regressed  # 10 % slower: within the run-to-run spread
+    assert latency.worse_by == pytest.approx(0.10)
+    assert THRESHOLD == 0.15
+
+
+def test_lower_is_better_for_latencies_and_better_is_never_a_warning() -> None:
+    changes = {c.name: c for c in compare("ingest", ingest(20_000, 100.0), ingest(30_000, 130.0))}
+    assert not changes["ingest sqlite events/s"].regressed
+    assert changes["ingest sqlite events/s"].worse_by < 0
+    assert changes["ingest sqlite batch p99 ms"].regressed  # p99 up 30 %
+
+
+def test_figures_without_a_previous_result_are_new() -> None:
+    changes = compare("ingest", None, ingest(20_000, 100.0))
+    assert [c.before for c in changes] == [None, None]
+    assert all(not c.regressed and c.line().strip().startswith("new") for c in changes)
+    assert compare("not_a_benchmark", None, {}) == []
+
+
+def test_the_command_runs_without_results(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--against", "HEAD"]) == 0
+    capsys.readouterr()
