@@ -16,6 +16,9 @@ from urllib.parse import quote
 from billsync.core.money import EXACT
 
 LATE_FROM = "late_from"
+# The metric of the lines support adds by hand (credits and charges): no catalog metric, one
+# line per adjustment.
+ADJUSTMENT_METRIC = "adjustment"
 
 
 def line_key(metric: str, grouping: Mapping[str, str], late_from: date | None = None) -> str:

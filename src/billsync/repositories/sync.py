@@ -22,6 +22,7 @@ from sqlalchemy import (
     update,
 )
 
+from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.periods import PeriodStatus
 from billsync.core.policy import retry_delay
 from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
@@ -913,7 +914,7 @@ def add_adjustment_line(
             "account_id": account_id,
             "period_start": period_start,
             "line_key": key,
-            "metric": "adjustment",
+            "metric": ADJUSTMENT_METRIC,
             "grouping": {"description": description},
             "late_from": None,
             "currency": currency,
@@ -937,7 +938,7 @@ def count_adjustments(connection: Connection, account_id: str, period_start: dat
             .where(
                 lines.c.account_id == account_id,
                 lines.c.period_start == period_start,
-                lines.c.metric == "adjustment",
+                lines.c.metric == ADJUSTMENT_METRIC,
             )
         ).scalar_one()
     )

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
+from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
 from billsync.core.periods import Period, PeriodStatus
 from billsync.repositories import credit_notes as credit_note_repository
@@ -23,7 +24,7 @@ from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks
 from billsync.repositories.accounts import AccountRecord
 from billsync.repositories.credit_notes import CreditNoteRecord
-from billsync.services.lines import ADJUSTMENT_METRIC, LineService, LineView
+from billsync.services.lines import LineService, LineView
 from billsync.services.usage_export import UsageExports
 
 

@@ -9,13 +9,13 @@ import hashlib
 import hmac
 import ipaddress
 import math
-import re
 import secrets
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
 from billsync.clock import Clock
+from billsync.core.text import unsafe_character
 from billsync.db.database import Database
 from billsync.errors import BillsyncError, Conflict, InvalidRequest
 from billsync.repositories import console, sign_in
@@ -94,8 +94,6 @@ SLOW_STEP = 0.2
 SLOW_CAP = 2.0
 # Password hashing costs 16 MB and ~0.1 s of CPU: at most this many at once per process.
 CONCURRENT_CHECKS = 4
-# A name with characters no user name has is checked as an unknown user (never looked up).
-_ODD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def client_key(address: str) -> str:
@@ -209,7 +207,8 @@ class ConsoleAuth:
     ) -> tuple[str, Signed]:
         admission = admission or self.throttle.admit(name, client)
         user = None
-        if len(name) <= 100 and not _ODD_NAME.search(name):
+        # A name with characters no user name has (core.text) is an unknown user, never looked up.
+        if len(name) <= 100 and unsafe_character(name) is None:
             with self.database.read() as connection:
                 user = console.user_by_name(connection, name)
         # The same work whether the user exists or not: an unknown name costs a password check

@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 from billsync.core.catalog import Catalog
 from billsync.core.display import format_money, shown_quantity
 from billsync.core.event_storage import events_retained
+from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.line_state import LineState, charged, line_state, line_sync
 from billsync.core.periods import PeriodStatus
 from billsync.repositories import console, problems, webhooks
@@ -21,7 +22,6 @@ from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.problems import ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
 from billsync.services.adjustments import ADJUSTABLE
-from billsync.services.lines import ADJUSTMENT_METRIC
 
 
 def search(connection: Connection, query: str, limit: int = 50) -> list[dict[str, Any]]:

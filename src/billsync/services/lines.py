@@ -10,13 +10,11 @@ from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog, Tier
+from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.periods import Period
 from billsync.errors import InvalidRequest
 from billsync.repositories import ledger
 from billsync.repositories.accounts import AccountRecord
-
-# The metric of the lines support adds by hand (credits and charges).
-ADJUSTMENT_METRIC = "adjustment"
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 from billsync.core import drift
 from billsync.core.catalog import Catalog
 from billsync.core.event_storage import events_retained
-from billsync.core.folding import line_key
+from billsync.core.folding import ADJUSTMENT_METRIC, line_key
 from billsync.core.installation import is_ours
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
@@ -73,8 +73,6 @@ from billsync.sync.port import RemoteInvoice, StripeFailure, StripePort, endpoin
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-ADJUSTMENT = "adjustment"
 
 # Ledger
 EVENT_WITHOUT_LINE = "event_without_line"
@@ -359,7 +357,7 @@ class Verifier:
                 )
         retained_before = retained_before_now()
         for line in lines.values():
-            if line.metric == ADJUSTMENT and count[line.id] == 0:
+            if line.metric == ADJUSTMENT_METRIC and count[line.id] == 0:
                 continue
             period = periods.get(line.account_id, {}).get(line.period_start)
             if period is not None and events_retained(
