@@ -26,6 +26,7 @@ from billsync.db.tables import account_sync, accounts, lines
 from billsync.repositories import sync as sync_repository
 from billsync.services.sync import SyncOutcome
 from billsync.sync.budget import Lane
+from billsync.sync.leases import Leases
 from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account
 from tests.factories import event as usage_event
@@ -275,6 +276,37 @@ def test_the_due_queue_is_kept_by_the_writers_and_read_most_overdue_first(
     assert len([w for w in writes if "account_sync" in w]) == 1
     assert sorted(scheduler.backstop()) == []  # in step with its mark: nothing forgotten now
     assert [a for a, _ in scheduler.due_accounts()] == ["a", "c", "d", "b"]
+
+
+def test_each_worker_is_offered_the_due_accounts_no_other_worker_holds(
+    synced: Billsync, clock: ManualClock
+) -> None:
+    """N workers read the same due queue. Accounts another worker's live lease holds are
+    stepped over, so the second worker's tick claims the next accounts instead of finding the
+    head of the queue taken and claiming nothing until the first drains it (seen as a
+    worker that never synced while two others did). A lease that ran out is offered again."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    names = [f"acct-{n:02}" for n in range(30)]
+    for name in names:
+        create_account(synced, name)
+    synced.ingest.ingest([egress(name, "1") for name in names])
+    other = Leases(synced.database, ttl=60, owner="another-worker")
+    theirs = other.claim([a for a, _ in scheduler.due_accounts(limit=12)], limit=12)
+    assert theirs == names[:12]
+    offered = [a for a, _ in scheduler.due_accounts(limit=12)]
+    assert offered == names[12:24]  # the next twelve, in the queue's order
+    # The claims of a worker that stopped renewing (its expiry passed) are offered again.
+    stale = Leases(
+        synced.database, ttl=60, owner="crashed-worker",
+        wall=lambda: datetime.now(UTC) - timedelta(minutes=5),
+    )  # fmt: skip
+    assert stale.claim(names[12:20], limit=8) == names[12:20]
+    assert [a for a, _ in scheduler.due_accounts(limit=12)] == names[12:24]
+    # Its own claims are still offered to a worker (it counts them as busy, not as new).
+    mine = scheduler.leases.claim(names[12:16], limit=4) if scheduler.leases else []
+    assert mine == names[12:16]
+    assert [a for a, _ in scheduler.due_accounts(limit=4)] == names[12:16]
 
 
 def test_a_tick_reads_what_it_claims_not_every_account_behind(

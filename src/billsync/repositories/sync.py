@@ -744,13 +744,40 @@ def not_waiting_to_retry(now: datetime | None) -> ColumnElement[bool]:
     return or_(account_sync.c.retry_at.is_(None), account_sync.c.retry_at <= now)
 
 
+@dataclass(frozen=True)
+class Claimant:
+    """The worker asking what is due: accounts another live lease holds are not offered to it
+    (``owner`` and the wall-clock ``now`` its leases are dated by). Without this, N workers
+    each read the same head of the queue, which the first of them has claimed already, and
+    the others claim nothing until it drains: one worker's worth of syncs, not N."""
+
+    owner: str
+    now: datetime
+
+
+def not_leased_elsewhere(claimant: Claimant | None) -> ColumnElement[bool]:
+    if claimant is None:
+        return true()
+    return or_(
+        account_sync.c.lease_owner.is_(None),
+        account_sync.c.lease_expires_at < claimant.now,
+        account_sync.c.lease_owner == claimant.owner,
+    )
+
+
 def due_by_interval(
-    connection: Connection, window_start: datetime, limit: int, *, now: datetime | None = None
+    connection: Connection,
+    window_start: datetime,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    claimant: Claimant | None = None,
 ) -> list[tuple[str, datetime | None]]:
     """Accounts behind, on the platform's policy (no override of their own), not synced in
     this window: never synced first, then least recently synced, at most ``limit``. Two range
     scans of the partial index ``ix_account_sync_due`` (last_synced_at, account_id), each in
-    the order it keeps: the cost is the rows returned, not the accounts behind."""
+    the order it keeps: the cost is the rows returned (and those leased by other workers it
+    steps over, at most their claims), not the accounts behind."""
 
     def due(condition: Any, order: list[Any], room: int) -> list[tuple[str, datetime | None]]:
         query = (
@@ -761,6 +788,7 @@ def due_by_interval(
                 accounts.c.sync_policy.is_(None),
                 condition,
                 not_waiting_to_retry(now),
+                not_leased_elsewhere(claimant),
             )
             .order_by(*order)
             .limit(room)
@@ -777,21 +805,28 @@ def due_by_interval(
 
 
 def due_for_closing(
-    connection: Connection, limit: int, *, now: datetime | None = None
+    connection: Connection,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    claimant: Claimant | None = None,
 ) -> list[str]:
     """Accounts with a period to complete (in review, its draft not complete yet) or to
     finalize (requested): the closing lane's work, oldest period first, at most ``limit`` —
     one range of ``ix_billing_periods_closing_work``, however many periods are in review. An
-    account waiting to retry after failed syncs is left out until ``retry_at``."""
+    account waiting to retry after failed syncs is left out until ``retry_at``, and one
+    another worker's live lease holds (its claim is on the way)."""
+    held_back: list[ColumnElement[bool]] = []
+    if now is not None:
+        held_back.append(account_sync.c.retry_at > now)
+    if claimant is not None:
+        held_back.append(~not_leased_elsewhere(claimant))
     waiting = (
-        true()
-        if now is None
-        else ~select(account_sync.c.account_id)
-        .where(
-            account_sync.c.account_id == billing_periods.c.account_id,
-            account_sync.c.retry_at > now,
-        )
+        ~select(account_sync.c.account_id)
+        .where(account_sync.c.account_id == billing_periods.c.account_id, or_(*held_back))
         .exists()
+        if held_back
+        else true()
     )
     query = (
         select(billing_periods.c.account_id)
@@ -816,6 +851,7 @@ def behind_accounts(
     with_override: bool,
     limit: int | None = None,
     now: datetime | None = None,
+    claimant: Claimant | None = None,
 ) -> list[tuple[str, dict[str, Any] | None, datetime | None]]:
     """Accounts behind, with their policy override and when they were last synced: those with
     an override of their own (few), or those on the platform's policy."""
@@ -828,6 +864,7 @@ def behind_accounts(
             if with_override
             else accounts.c.sync_policy.is_(None),
             not_waiting_to_retry(now),
+            not_leased_elsewhere(claimant),
         )
         .order_by(account_sync.c.last_synced_at.asc().nulls_first(), accounts.c.id)
     )

@@ -42,6 +42,7 @@ from sqlalchemy import Connection
 
 from billsync.db.database import Database
 from billsync.repositories import leases as repository
+from billsync.repositories.sync import Claimant
 
 log = logging.getLogger("billsync.leases")
 
@@ -154,6 +155,11 @@ class Leases:
     def _expiry(self) -> tuple[datetime, datetime]:
         now = self._wall()
         return now, now + timedelta(seconds=self.ttl)
+
+    def claimant(self) -> Claimant:
+        """Who asks what is due, and the wall time leases are compared on: the due queries
+        step over the accounts other processes' live leases hold."""
+        return Claimant(self.owner, self._wall())
 
     def claim(self, candidates: Sequence[str], *, limit: int) -> list[str]:
         """Lease up to ``limit`` due accounts nobody holds; they are ours until synced

@@ -135,15 +135,18 @@ class Scheduler:
         now = self.clock.now()
         limit = self.claim_limit if limit is None else limit
         found: list[tuple[str, Lane]] = []
+        claimant = None if self.leases is None else self.leases.claimant()
         with self.database.read() as connection:
             # Month end first: periods to complete or finalize (the lifecycle only changes
             # their state; the syncs are the workers', spread like any other).
             found += [
                 (account_id, Lane.CLOSING)
-                for account_id in repository.due_for_closing(connection, limit, now=now)
+                for account_id in repository.due_for_closing(
+                    connection, limit, now=now, claimant=claimant
+                )
             ]
             for account_id, overrides, last_synced_at in repository.behind_accounts(
-                connection, with_override=True, now=now
+                connection, with_override=True, now=now, claimant=claimant
             ):
                 policy = self.policy_of(overrides)
                 lane = self._lane_if_due(connection, account_id, policy, last_synced_at, now)
@@ -155,12 +158,12 @@ class Scheduler:
                 found += [
                     (account_id, Lane.INTERVAL)
                     for account_id, _ in repository.due_by_interval(
-                        connection, start, limit, now=now
+                        connection, start, limit, now=now, claimant=claimant
                     )
                 ]
             elif default.policy is Policy.THRESHOLD:
                 for account_id, _, last_synced_at in repository.behind_accounts(
-                    connection, with_override=False, now=now
+                    connection, with_override=False, now=now, claimant=claimant
                 ):
                     lane = self._lane_if_due(connection, account_id, default, last_synced_at, now)
                     if lane is not None:
