@@ -35,6 +35,7 @@ from billsync.config import RUN_SCHEDULER, Settings
 from billsync.core import customer_tokens
 from billsync.db import migrate
 from billsync.observability import metrics
+from billsync.runtime import settle_heap
 
 # Every router of the app, with the prefix it is served under.
 ROUTERS: tuple[tuple[APIRouter, str], ...] = (
@@ -68,6 +69,8 @@ def create_app(billsync: Billsync, *, owns_billsync: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings = billsync.settings
+        if owns_billsync:  # a server process: its long-lived heap is built now
+            settle_heap()
         if owns_billsync and billsync.sync is not None and os.environ.get(RUN_SCHEDULER) == "1":
             billsync.sync.scheduler.start(
                 workers=settings.sync_workers, tick_seconds=settings.scheduler_tick_seconds

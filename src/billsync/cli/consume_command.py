@@ -20,6 +20,7 @@ from billsync.bootstrap import Billsync
 from billsync.cli.common import DATABASE_WAIT_SECONDS, console, errors, fail, open_billsync
 from billsync.jetstream import ConsumerSpec, ConsumerState, JetStreamError, JetStreamSource
 from billsync.observability.metrics import serve_metrics
+from billsync.runtime import settle_heap
 from billsync.services.stream import RejectsLog, StreamConsumer, StreamOptions, StreamStats
 
 NATS_WAIT_SECONDS = 60.0  # how long a starting consumer waits for NATS (as for its database)
@@ -184,6 +185,7 @@ async def _consume(
         )
         stop = asyncio.Event()
         _on_signals(stop)
+        settle_heap()  # connected, built: the long-lived heap is all here
 
         def crash(number: int) -> None:
             if fault_exit_after_commit is not None and number >= fault_exit_after_commit:
