@@ -25,7 +25,6 @@ from billsync.config import Settings
 from billsync.core.catalog import Catalog
 from billsync.core.event_storage import months, shift_months, writable_from
 from billsync.core.periods import PeriodStatus
-from billsync.core.usage import ValidEvent
 from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.db.tables import billing_periods, lines, usage_event_ids, usage_events
@@ -211,22 +210,22 @@ def test_concurrent_batches_sending_one_id_for_two_months_count_it_once(
 ) -> None:
     """Two batches for different accounts (so not queued behind the same account lock) carry
     the same new id, stamped in different months (so stored in different partitions, where
-    the primary key cannot see both). Both look the id up before either commits."""
+    the primary key cannot see both). Both are in flight when they claim it: the second waits
+    for the first's transaction on the id's unique index, then finds it taken."""
     postgres_only(billsync)
     create_account(billsync, "acme")
     create_account(billsync, "globex")
-    both_looked = threading.Barrier(2, timeout=30)
+    both_in_flight = threading.Barrier(2, timeout=30)
     waited = threading.local()
-    look_up = ledger_bulk.stored_events
+    claim = ledger_bulk.claim_event_ids
 
-    def look_up_then_wait(connection: Any, ids: Sequence[str]) -> dict[str, ValidEvent | None]:
-        found = look_up(connection, ids)
+    def wait_then_claim(connection: Any, claims: Sequence[tuple[str, date]]) -> set[str]:
         if not getattr(waited, "done", False):
             waited.done = True
-            both_looked.wait()  # neither has committed: both found nothing
-        return found
+            both_in_flight.wait()  # both transactions are open, neither has claimed anything
+        return claim(connection, claims)
 
-    monkeypatch.setattr(ledger_bulk, "stored_events", look_up_then_wait)
+    monkeypatch.setattr(ledger_bulk, "claim_event_ids", wait_then_claim)
     statuses: dict[str, EventStatus] = {}
     errors: list[BaseException] = []
 

@@ -17,16 +17,13 @@ A test reads everything written here back through the SQLAlchemy models, on both
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
-import psycopg
 from sqlalchemy import Connection, select, tuple_
-from sqlalchemy.exc import IntegrityError
 
 from billsync.core.folding import LineRef
 from billsync.core.periods import AnchorChange, PeriodStatus
@@ -156,36 +153,45 @@ def stored_events(connection: Connection, event_ids: Sequence[str]) -> dict[str,
     return found
 
 
-def claim_event_ids(connection: Connection, claims: Sequence[tuple[str, date]]) -> None:
+def claim_event_ids(connection: Connection, claims: Sequence[tuple[str, date]]) -> set[str]:
     """Record new event ids, with the period their raw events are stored under, in
-    ``usage_event_ids``: the one place an id is unique across every partition.
+    ``usage_event_ids`` — the one place an id is unique across every partition — and return
+    those this call claimed. An id not returned was taken already: by a committed batch, or
+    by one in flight on another connection, whose transaction the insert waits for
+    (PostgreSQL's ``ON CONFLICT DO NOTHING`` on the unique index; if that one rolls back, the
+    id is ours after all). So the claim *is* the look-up: a new id costs one index insert and
+    no separate probe, and only ids already taken are read back (``stored_events``).
 
-    PostgreSQL: a batch on another connection — for other accounts, so not queued behind the
-    same account locks — may have claimed one of these ids since our look-up. Its claim wins:
-    the unique index makes us wait for its transaction, then raises ``IntegrityError``, and the
-    caller runs its transaction again, now seeing that id as stored. Ids are claimed in sorted
-    order, so two batches claiming overlapping ids queue on the first shared one instead of
-    deadlocking. (``COPY`` rather than ``INSERT … ON CONFLICT``: the race is rare, and the
-    plain insert is the cheaper one on every batch.) SQLite has a single writer: the look-up
-    was authoritative."""
+    Ids are claimed in sorted order, so two batches claiming overlapping ids queue on the
+    first shared one instead of deadlocking. SQLite has a single writer: nothing to wait for.
+    """
     if not claims:
-        return
+        return set()
     ordered = sorted(claims)
     cursor = _dbapi(connection).cursor()
+    claimed: set[str] = set()
     try:
         if _is_postgres(connection):
-            with cursor.copy("COPY usage_event_ids (id, period_start) FROM STDIN") as copy:
-                for row in ordered:
-                    copy.write_row(row)
-        else:
-            cursor.executemany(
-                "INSERT INTO usage_event_ids (id, period_start) VALUES (?, ?)",
-                [(event_id, start.isoformat()) for event_id, start in ordered],
+            cursor.execute(
+                "INSERT INTO usage_event_ids (id, period_start) "
+                "SELECT r->>0, (r->>1)::date FROM jsonb_array_elements(%s::jsonb) "
+                "WITH ORDINALITY AS a(r, n) ORDER BY n "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (_records(ordered),),
             )
-    except (psycopg.errors.UniqueViolation, sqlite3.IntegrityError) as error:
-        raise IntegrityError("claim usage_event_ids", None, error) from error
+            claimed.update(row[0] for row in cursor.fetchall())
+        else:
+            for chunk in _chunks(ordered, SQLITE_MAX_VARIABLES // 2):
+                cursor.execute(
+                    "INSERT INTO usage_event_ids (id, period_start) VALUES "  # noqa: S608
+                    + ",".join("(?,?)" for _ in chunk)
+                    + " ON CONFLICT (id) DO NOTHING RETURNING id",
+                    [value for event_id, start in chunk for value in (event_id, start.isoformat())],
+                )
+                claimed.update(row[0] for row in cursor.fetchall())
     finally:
         cursor.close()
+    return claimed
 
 
 def period_statuses(

@@ -40,9 +40,9 @@ from billsync.repositories import sync as sync_repository
 from billsync.services.changes import Changes
 from billsync.services.event_partitions import EventPartitions
 
-# A concurrent batch on another connection may claim the same new event id first (see
-# ledger_bulk.claim_event_ids); the transaction is then run again and sees it as a duplicate.
-# Bounded, because it cannot recur for the same ids.
+# A transaction that fails on a unique index (an id claimed in a way the claim did not foresee)
+# is run again, and then sees that id as a duplicate. Bounded, because it cannot recur for the
+# same ids.
 MAX_ATTEMPTS = 3
 
 
@@ -216,50 +216,66 @@ class IngestService:
                 connection, account_ids
             ).items()
         }
-        stored = ledger_bulk.stored_events(connection, [event.id for event in events])
-
-        fresh: list[tuple[ValidEvent, _Terms, Period]] = []
+        placed: list[tuple[ValidEvent, _Terms, Period]] = []
+        refused: list[tuple[ValidEvent, Rejection]] = []
         periods: dict[tuple[AnchorSchedule, date], Period] = {}
         for event in events:
-            if event.id in stored:
-                decided[event.id] = _repeated(event, stored[event.id])
-                continue
             account = accounts.get(event.account)
             if account is None:
-                decided[event.id] = EventResult(
-                    event.id,
-                    EventStatus.REJECTED,
-                    Rejection(
-                        event.id,
-                        RejectionCode.UNKNOWN_ACCOUNT,
-                        f"account '{event.account}' does not exist (POST /v1/accounts creates it)",
-                    ),
+                refused.append(
+                    (
+                        event,
+                        Rejection(
+                            event.id,
+                            RejectionCode.UNKNOWN_ACCOUNT,
+                            f"account '{event.account}' does not exist "
+                            "(POST /v1/accounts creates it)",
+                        ),
+                    )
                 )
                 continue
             if account.currency not in self.catalog.metrics[event.metric].prices:
-                decided[event.id] = EventResult(
-                    event.id,
-                    EventStatus.REJECTED,
-                    Rejection(
-                        event.id,
-                        RejectionCode.METRIC_NOT_PRICED,
-                        f"metric '{event.metric}' has no price in {account.currency}",
-                    ),
+                refused.append(
+                    (
+                        event,
+                        Rejection(
+                            event.id,
+                            RejectionCode.METRIC_NOT_PRICED,
+                            f"metric '{event.metric}' has no price in {account.currency}",
+                        ),
+                    )
                 )
                 continue
             slot = (account.periods, event.timestamp.date())
             period = periods.get(slot)
             if period is None:
                 period = periods[slot] = account.periods.period_for_date(slot[1])
-            fresh.append((event, account, period))
-            decided[event.id] = EventResult(event.id, EventStatus.ACCEPTED)
+            placed.append((event, account, period))
+        # Claiming the ids is the look-up: those not claimed were accepted before (or just
+        # now, by a batch in flight that committed first). Only they are read back.
+        claimed = ledger_bulk.claim_event_ids(
+            connection, [(event.id, period.start) for event, _, period in placed]
+        )
+        taken = [event.id for event, _, _ in placed if event.id not in claimed]
+        taken += [event.id for event, _ in refused]
+        stored = ledger_bulk.stored_events(connection, taken) if taken else {}
+        fresh: list[tuple[ValidEvent, _Terms, Period]] = []
+        for event, rejection in refused:  # an id accepted before answers as a repeat
+            decided[event.id] = (
+                _repeated(event, stored[event.id])
+                if event.id in stored
+                else EventResult(event.id, EventStatus.REJECTED, rejection)
+            )
+        for event, account, period in placed:
+            if event.id in claimed:
+                fresh.append((event, account, period))
+                decided[event.id] = EventResult(event.id, EventStatus.ACCEPTED)
+            elif event.id in stored:
+                decided[event.id] = _repeated(event, stored[event.id])
+            else:  # taken by a transaction that rolled back after our insert looked: again
+                raise IntegrityError("claim usage_event_ids", None, LookupError(event.id))
         if not fresh:
             return decided
-        # The look-up above only saw committed batches: a batch still in flight that claimed
-        # one of these ids first makes this raise, and the transaction runs again.
-        ledger_bulk.claim_event_ids(
-            connection, [(event.id, period.start) for event, _, period in fresh]
-        )
 
         targets = self._targets(connection, fresh, now)
         deltas, refs = fold(
