@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
+from decimal import Decimal
 
 from billsync.core.catalog import Price
 from billsync.core.money import EXACT, to_minor_units
@@ -13,21 +13,24 @@ def exact_amount(quantity: Decimal, price: Price) -> Decimal:
 
     Tiers are graduated: each unit is charged at the price of the tier it falls in. A negative
     quantity (a correction, only allowed on flat prices) is charged at the flat price.
+
+    Every operation is one of the EXACT context's own (it traps Inexact): called once per line
+    on the ingest path, this spares entering a local context each time, and no thread's
+    current context can round it.
     """
-    with localcontext(EXACT):
-        if quantity < 0:
-            return quantity * price.tiers[0].unit_price
-        total = Decimal(0)
-        lower = Decimal(0)
-        for tier in price.tiers:
-            if quantity <= lower:
-                break
-            upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
-            total += (upper - lower) * tier.unit_price
-            if tier.up_to is None:
-                break
-            lower = tier.up_to
-        return total
+    if quantity < 0:
+        return EXACT.multiply(quantity, price.tiers[0].unit_price)
+    total = Decimal(0)
+    lower = Decimal(0)
+    for tier in price.tiers:
+        if quantity <= lower:
+            break
+        upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
+        total = EXACT.add(total, EXACT.multiply(EXACT.subtract(upper, lower), tier.unit_price))
+        if tier.up_to is None:
+            break
+        lower = tier.up_to
+    return total
 
 
 def line_amount(quantity: Decimal, price: Price, currency: str) -> int:
@@ -44,6 +47,7 @@ def late_line_amount(quantity: Decimal, billed_before: Decimal, price: Price, cu
     :func:`line_amount`."""
     if billed_before == 0:
         return line_amount(quantity, price, currency)
-    with localcontext(EXACT):
-        exact = exact_amount(billed_before + quantity, price) - exact_amount(billed_before, price)
+    exact = EXACT.subtract(
+        exact_amount(EXACT.add(billed_before, quantity), price), exact_amount(billed_before, price)
+    )
     return to_minor_units(exact, currency)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, insert, select, text, update
 
@@ -29,8 +29,9 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-@dataclass(frozen=True, slots=True)
-class LineState:
+# The rows the ingest hot path builds by the thousand are named tuples: as immutable as a
+# frozen dataclass, and several times cheaper to create.
+class LineState(NamedTuple):
     id: int
     quantity: Decimal
     version: int
@@ -54,8 +55,7 @@ class LineRecord:
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class NewLine:
+class NewLine(NamedTuple):
     ref: LineRef
     metric: str
     grouping: Mapping[str, str]
@@ -66,8 +66,7 @@ class NewLine:
     event_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class LineChange:
+class LineChange(NamedTuple):
     id: int
     quantity: Decimal
     amount: int
@@ -75,8 +74,7 @@ class LineChange:
     event_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
     event: ValidEvent
     period_start: date
     line_id: int

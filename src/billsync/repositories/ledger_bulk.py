@@ -47,6 +47,8 @@ def _records(rows: list[tuple[Any, ...]]) -> str:
 
 def _sqlite_datetime(moment: datetime) -> str:
     """SQLAlchemy's SQLite DATETIME text: ``YYYY-MM-DD HH:MM:SS.ffffff``, in UTC."""
+    if moment.tzinfo is UTC:  # validated events: their ISO text without the "+00:00"
+        return moment.isoformat(" ", "microseconds")[:26]
     if moment.utcoffset():
         moment = moment.astimezone(UTC)
     return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
