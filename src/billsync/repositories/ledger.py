@@ -17,7 +17,6 @@ from sqlalchemy import Connection, func, insert, select, text, update
 from billsync.core.folding import LineRef
 from billsync.core.money import EXACT
 from billsync.core.periods import Period, PeriodStatus
-from billsync.core.usage import ValidEvent
 from billsync.db.tables import billing_periods, lines, usage_events
 
 # Row-value IN lists are chunked to stay far below every driver's bound-parameter limit.
@@ -72,12 +71,6 @@ class LineChange(NamedTuple):
     amount: int
     version: int
     event_count: int
-
-
-class EventRow(NamedTuple):
-    event: ValidEvent
-    period_start: date
-    line_id: int
 
 
 def lock_accounts(connection: Connection, account_ids: Iterable[str]) -> None:

@@ -30,7 +30,7 @@ from billsync.core.periods import AnchorChange, PeriodStatus
 from billsync.core.usage import ValidEvent
 from billsync.db.tables import lines
 from billsync.repositories.accounts import anchor_changes_of
-from billsync.repositories.ledger import EventRow, LineChange, LineState, NewLine
+from billsync.repositories.ledger import LineChange, LineState, NewLine
 
 # SQLite allows 32,766 bound variables per statement; stay well below.
 SQLITE_MAX_VARIABLES = 30_000
@@ -370,14 +370,16 @@ _EVENT_COLUMNS = (
 )
 
 
-def insert_events(connection: Connection, rows: Sequence[EventRow], received_at: datetime) -> None:
+def insert_events(
+    connection: Connection, rows: Sequence[tuple[ValidEvent, date, int]], received_at: datetime
+) -> None:
+    """Store accepted events: (event, the period it is stored under, its line's id) each."""
     if not rows:
         return
     cursor = _dbapi(connection).cursor()
     if _is_postgres(connection):
         with cursor.copy(f"COPY usage_events ({_EVENT_COLUMNS}) FROM STDIN") as copy:
-            for row in rows:
-                event = row.event
+            for event, period_start, line_id in rows:
                 copy.write_row(
                     (
                         event.id,
@@ -386,8 +388,8 @@ def insert_events(connection: Connection, rows: Sequence[EventRow], received_at:
                         event.quantity,
                         event.timestamp,
                         _json(event.dimensions),
-                        row.period_start,
-                        row.line_id,
+                        period_start,
+                        line_id,
                         received_at,
                     )
                 )
@@ -396,14 +398,13 @@ def insert_events(connection: Connection, rows: Sequence[EventRow], received_at:
         # Producers report on a cadence: many events of a batch share a timestamp and a period.
         texts: dict[object, str] = {}
         values = []
-        for row in rows:
-            event = row.event
+        for event, period_start, line_id in rows:
             occurred = texts.get(event.timestamp)
             if occurred is None:
                 occurred = texts[event.timestamp] = _sqlite_datetime(event.timestamp)
-            period = texts.get(row.period_start)
+            period = texts.get(period_start)
             if period is None:
-                period = texts[row.period_start] = row.period_start.isoformat()
+                period = texts[period_start] = period_start.isoformat()
             values.append(
                 (
                     event.id,
@@ -413,7 +414,7 @@ def insert_events(connection: Connection, rows: Sequence[EventRow], received_at:
                     occurred,
                     _json(event.dimensions) if event.dimensions else "{}",
                     period,
-                    row.line_id,
+                    line_id,
                     stamp,
                 )
             )

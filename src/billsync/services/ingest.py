@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -52,8 +52,9 @@ class EventStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
-@dataclass(frozen=True, slots=True)
-class EventResult:
+class EventResult(NamedTuple):
+    """Each event's answer (a named tuple: one per event, cheap to build)."""
+
     id: str | None
     status: EventStatus
     error: Rejection | None = None
@@ -297,7 +298,7 @@ class IngestService:
         ledger_bulk.insert_events(
             connection,
             [
-                ledger.EventRow(event, period.start, line_ids[ref])
+                (event, period.start, line_ids[ref])
                 for (event, _, period), ref in zip(fresh, refs, strict=True)
             ],
             now,
