@@ -196,6 +196,8 @@ def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str
             f"at most {MAX_DIMENSIONS} dimensions per event, got {len(raw)}",
         )
     for name, value in raw.items():
+        if isinstance(value, str) and (name, value) in _VALID_DIMENSIONS:  # valid before
+            continue
         if not DIMENSION_NAME.fullmatch(name):
             return Rejection(
                 event_id,
@@ -217,6 +219,7 @@ def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str
                 RejectionCode.INVALID_DIMENSIONS,
                 unsafe_message(f"the value of dimension {name!r}", unsafe),
             )
+        _remember(_VALID_DIMENSIONS, (name, value))
     for name in metric.group_by:
         if name not in raw:
             return Rejection(
@@ -234,6 +237,29 @@ def _valid_text(raw: object) -> TypeGuard[str]:
         and raw.isprintable()
         and raw.strip() == raw
     )
+
+
+# Texts that passed a check that depends on nothing else (an account id, a dimension's name and
+# value): they repeat from event to event, so the next occurrence is a set look-up. Bounded:
+# emptied when full, so a producer sending ever-new values costs memory once, not forever.
+_VALID_ACCOUNTS: set[object] = set()
+_VALID_DIMENSIONS: set[object] = set()
+_REMEMBERED = 50_000
+
+
+def _remember(seen: set[object], value: object) -> None:
+    if len(seen) >= _REMEMBERED:
+        seen.clear()
+    seen.add(value)
+
+
+def _valid_account(raw: object) -> TypeGuard[str]:
+    if isinstance(raw, str) and raw in _VALID_ACCOUNTS:  # (a list or dict is unhashable)
+        return True
+    if not _valid_text(raw):
+        return False
+    _remember(_VALID_ACCOUNTS, raw)
+    return True
 
 
 def validate_event(raw: Any, rules: UsageRules) -> ValidEvent | Rejection:
@@ -298,6 +324,11 @@ def _raw_quantity(raw: msgspec.Raw) -> Decimal | None:
     return None
 
 
+def _as_sent(raw: object) -> object:
+    """A quantity as the producer wrote it, for a message (only built when one is needed)."""
+    return bytes(raw).decode(errors="replace") if isinstance(raw, msgspec.Raw) else raw
+
+
 def validate_wire_event(event: WireEvent, rules: UsageRules) -> ValidEvent | Rejection:
     """Check an event whose JSON types msgspec already checked; same rules as validate_event."""
     if not _valid_text(event.id):
@@ -312,7 +343,7 @@ def validate_wire_event(event: WireEvent, rules: UsageRules) -> ValidEvent | Rej
         event.account,
         event.metric,
         _raw_quantity(event.quantity),
-        bytes(event.quantity).decode(errors="replace"),
+        event.quantity,
         _as_utc(timestamp),
         event.dimensions,
         rules,
@@ -329,7 +360,7 @@ def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot 
     raw_dimensions: object,
     rules: UsageRules,
 ) -> ValidEvent | Rejection:
-    if not _valid_text(account):
+    if not _valid_account(account):
         return Rejection(
             event_id, RejectionCode.INVALID_ACCOUNT, "account is required: the account's id"
         )
@@ -349,7 +380,7 @@ def _check_fields(  # noqa: PLR0917 - one positional call per event, on the hot 
             event_id,
             RejectionCode.TOO_MANY_DECIMALS,
             f"metric '{metric.id}' takes at most {metric.decimals} decimal place(s), "
-            f"got {quantity_as_sent}",
+            f"got {_as_sent(quantity_as_sent)}",
         )
     if quantity < 0 and not metric.allow_negative:
         return Rejection(
