@@ -44,9 +44,11 @@ def _ingest(data: dict[str, Any]) -> Iterator[Figure]:
 
 
 def _jetstream(data: dict[str, Any]) -> Iterator[Figure]:
+    per_message = data.get("events_per_message", 1)
+    shape = "" if per_message == 1 else f" ({per_message} per message)"
     for store in data.get("results", []):
         for r in store.get("runs", []):
-            name = f"jetstream {store['store']} {r['consumers']} consumer(s) events/s"
+            name = f"jetstream{shape} {store['store']} {r['consumers']} consumer(s) events/s"
             yield Figure(name, r["events_per_second"], True)
 
 
@@ -77,6 +79,7 @@ def _emulator(data: dict[str, Any]) -> Iterator[Figure]:
 HEADLINES: dict[str, Headlines] = {
     "ingest": _ingest,
     "jetstream_ingest": _jetstream,
+    "jetstream_ingest_batched": _jetstream,
     "webhooks": _webhooks,
     "billing": _billing,
     "freshness": _freshness,

@@ -15,7 +15,8 @@ events through `billsync ingest FILE` (JSON Lines, batches of 1,000, its start-u
 through `billsync consume --batch 1` (one transaction per message, on the first events only).
 
 `--profile` consumes in-process under cProfile instead (both the event loop and the thread that
-commits) and prints where the time goes. Writes bench/results/jetstream_ingest.json.
+commits) and prints where the time goes. Writes bench/results/jetstream_ingest.json
+(bench/results/jetstream_ingest_batched.json with ``--events-per-message`` above 1).
 """
 
 from __future__ import annotations
@@ -446,7 +447,8 @@ def main() -> None:
         finally:
             asyncio.run(delete_stream(args.nats, stream))
     path = write_results(
-        "jetstream_ingest",
+        # One event per message and arrays of events are two figures (two result files).
+        "jetstream_ingest" if args.events_per_message == 1 else "jetstream_ingest_batched",
         {
             "benchmark": "jetstream_ingest",
             "machine": {"cpus": os.cpu_count()},

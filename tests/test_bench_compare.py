@@ -49,3 +49,20 @@ def test_figures_without_a_previous_result_are_new() -> None:
 def test_the_command_runs_without_results(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--against", "HEAD"]) == 0
     capsys.readouterr()
+
+
+def test_jetstream_figures_with_arrays_of_events_are_named_apart() -> None:
+    def run(per_message: int, rate: float) -> dict[str, Any]:
+        return {
+            "events_per_message": per_message,
+            "results": [{"store": "sqlite", "runs": [{"consumers": 2, "events_per_second": rate}]}],
+        }
+
+    single = compare("jetstream_ingest", run(1, 30_000), run(1, 20_000))
+    batched = compare("jetstream_ingest_batched", run(100, 60_000), run(100, 59_000))
+    assert [c.name for c in single] == ["jetstream sqlite 2 consumer(s) events/s"]
+    assert [c.name for c in batched] == [
+        "jetstream (100 per message) sqlite 2 consumer(s) events/s"
+    ]
+    assert single[0].regressed
+    assert not batched[0].regressed
