@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any, NamedTuple
@@ -63,21 +63,27 @@ class EventResult(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class IngestReport:
     results: list[EventResult]
+    _counts: dict[EventStatus, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Counted once (the API, the metrics and the summary each ask for all three).
+        statuses = [result.status for result in self.results]
+        object.__setattr__(self, "_counts", {s: statuses.count(s) for s in EventStatus})
 
     def count(self, status: EventStatus) -> int:
-        return sum(1 for result in self.results if result.status is status)
+        return self._counts[status]
 
     @property
     def accepted(self) -> int:
-        return self.count(EventStatus.ACCEPTED)
+        return self._counts[EventStatus.ACCEPTED]
 
     @property
     def duplicates(self) -> int:
-        return self.count(EventStatus.DUPLICATE)
+        return self._counts[EventStatus.DUPLICATE]
 
     @property
     def rejected(self) -> int:
-        return self.count(EventStatus.REJECTED)
+        return self._counts[EventStatus.REJECTED]
 
 
 def _conflict(event_id: str, what: str) -> Rejection:
