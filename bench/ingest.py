@@ -181,6 +181,8 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
             "peak": round(sampler.peak_mib(), 1),
             "first_10pct": round(sampler.window_mib(0.0, 0.1), 1),
             "last_10pct": round(sampler.window_mib(0.9, 1.0), 1),
+            # Each tenth of the run: a leak climbs to the end, a cache levels off.
+            "by_tenth": [round(sampler.window_mib(k / 10, (k + 1) / 10), 1) for k in range(10)],
         },
         "baseline_single_event_requests": {
             "events": baseline["accepted"],

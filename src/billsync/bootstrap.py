@@ -176,7 +176,9 @@ def build(
     clock = clock or (FileClock(settings.clock_file) if settings.clock_file else SystemClock())
     catalog = catalog or load_catalog(settings.catalog)
     database = database or Database(
-        settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+        settings.resolved_database_url(),
+        sqlite_synchronous=settings.sqlite_synchronous,
+        sqlite_cache_mib=settings.sqlite_cache_mib,
     )
     changes = Changes()
     bill_cache = BillCache()

@@ -26,7 +26,14 @@ class Database:
     queue instead of failing half-way); ``read()`` a read-only one.
     """
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        sqlite_cache_mib: int = 16,
+        pool_size: int = 5,
+    ) -> None:
         parsed = make_url(url)
         self.url = url
         self.dialect = parsed.get_backend_name()
@@ -41,8 +48,11 @@ class Database:
                 json_serializer=_json_dumps,
                 json_deserializer=orjson.loads,
                 connect_args={"check_same_thread": False, "timeout": 30},
+                # The connection used last is handed out first: its page cache is warm, and
+                # the others' caches stay small.
+                pool_use_lifo=True,
             )
-            self._configure_sqlite(sqlite_synchronous)
+            self._configure_sqlite(sqlite_synchronous, sqlite_cache_mib)
         else:
             self.engine = create_engine(
                 url,
@@ -60,7 +70,7 @@ class Database:
         # waiting on a lock is cheaper than spinning on SQLITE_BUSY.
         self._write_lock = threading.Lock() if self.is_sqlite else None
 
-    def _configure_sqlite(self, synchronous: str) -> None:
+    def _configure_sqlite(self, synchronous: str, cache_mib: int) -> None:
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred).
@@ -70,6 +80,7 @@ class Database:
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")  # in KiB when < 0
             cursor.close()
 
         @event.listens_for(self.engine, "begin")
