@@ -104,6 +104,35 @@ def _repeated(event: ValidEvent, previous: ValidEvent | None) -> EventResult:
     return EventResult(event.id, EventStatus.REJECTED, _conflict(event.id, "accepted"))
 
 
+def _answers(
+    outcomes: Sequence[ValidEvent | Rejection],
+    first_index: dict[str, int],
+    decided: dict[str, EventResult],
+) -> list[EventResult]:
+    """Each event's answer, in order, for a batch with rejections or an id sent twice: a later
+    occurrence of an id mirrors the first one's answer, or is a conflict if its payload differs."""
+    results: list[EventResult] = []
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, Rejection):
+            results.append(EventResult(outcome.event_id, EventStatus.REJECTED, outcome))
+            continue
+        first = first_index[outcome.id]
+        if first == index:
+            results.append(decided[outcome.id])
+            continue
+        original = outcomes[first]
+        assert isinstance(original, ValidEvent)
+        if not outcome.same_payload(original):
+            results.append(
+                EventResult(outcome.id, EventStatus.REJECTED, _conflict(outcome.id, "sent"))
+            )
+        elif decided[outcome.id].status is EventStatus.REJECTED:
+            results.append(decided[outcome.id])
+        else:
+            results.append(EventResult(outcome.id, EventStatus.DUPLICATE))
+    return results
+
+
 @dataclass(frozen=True, slots=True)
 class _Terms:
     """What ingest needs to know of an account."""
@@ -181,25 +210,10 @@ class IngestService:
                 if attempt == MAX_ATTEMPTS:
                     raise
 
-        results: list[EventResult] = []
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, Rejection):
-                results.append(EventResult(outcome.event_id, EventStatus.REJECTED, outcome))
-                continue
-            first = first_index[outcome.id]
-            if first == index:
-                results.append(decided[outcome.id])
-                continue
-            original = outcomes[first]
-            assert isinstance(original, ValidEvent)
-            if not outcome.same_payload(original):
-                results.append(
-                    EventResult(outcome.id, EventStatus.REJECTED, _conflict(outcome.id, "sent"))
-                )
-            elif decided[outcome.id].status is EventStatus.REJECTED:
-                results.append(decided[outcome.id])
-            else:
-                results.append(EventResult(outcome.id, EventStatus.DUPLICATE))
+        if len(candidates) == len(outcomes):  # every event valid, every id once: the usual
+            results = [decided[event.id] for event in candidates]
+        else:
+            results = _answers(outcomes, first_index, decided)
         if self.changes is not None and candidates:
             self.changes.accounts_changed({event.account for event in candidates})
         report = IngestReport(results)
@@ -263,19 +277,21 @@ class IngestService:
         claimed = ledger_bulk.claim_event_ids(
             connection, [(event.id, period.start) for event, _, period in placed]
         )
-        taken = [event.id for event, _, _ in placed if event.id not in claimed]
+        every_id_new = len(claimed) == len(placed)  # the usual case
+        taken = [] if every_id_new else [e.id for e, _, _ in placed if e.id not in claimed]
         taken += [event.id for event, _ in refused]
         stored = ledger_bulk.stored_events(connection, taken) if taken else {}
-        fresh: list[tuple[ValidEvent, _Terms, Period]] = []
         for event, rejection in refused:  # an id accepted before answers as a repeat
             decided[event.id] = (
                 _repeated(event, stored[event.id])
                 if event.id in stored
                 else EventResult(event.id, EventStatus.REJECTED, rejection)
             )
+        fresh: list[tuple[ValidEvent, _Terms, Period]] = placed if every_id_new else []
         for event, account, period in placed:
             if event.id in claimed:
-                fresh.append((event, account, period))
+                if not every_id_new:
+                    fresh.append((event, account, period))
                 decided[event.id] = EventResult(event.id, EventStatus.ACCEPTED)
             elif event.id in stored:
                 decided[event.id] = _repeated(event, stored[event.id])
