@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("repositories", ("repositories",)),
     ("db", ("db",)),
-    ("foundation", ("config", "catalog_file", "clock", "errors", "private_files")),
+    ("foundation", ("config", "catalog_file", "clock", "errors", "private_files", "runtime")),
     ("core", ("core", "__init__")),
 ]
 # Separate programs that ship with billsync: nothing but entry points may import them, and
