@@ -9,11 +9,16 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
     Select,
+    String,
     and_,
+    any_,
+    bindparam,
     func,
     insert,
     or_,
@@ -701,13 +706,31 @@ def mark_behind(connection: Connection, account_ids: Iterable[str]) -> None:
     """These accounts have changes Stripe does not hold yet (in the writer's transaction).
     Rows already marked are not written again: the steady state costs an index look-up."""
     ids = sorted(set(account_ids))
-    for offset in range(0, len(ids), 1000):
+    if connection.dialect.name == "postgresql":
+        # One array parameter: an IN list of a batch's hundreds of accounts made PostgreSQL
+        # plan a statement of hundreds of parameters on every batch (1.8 µs per event).
         connection.execute(
             update(account_sync)
-            .where(account_sync.c.account_id.in_(ids[offset : offset + 1000]))
+            .where(account_sync.c.account_id == any_(bindparam("ids", ids, ARRAY(String))))
             .where(account_sync.c.behind.is_(False))
             .values(behind=True)
         )
+        return
+    # SQLite: one JSON parameter read by json_each, for the same reason.
+    connection.execute(
+        update(account_sync)
+        .where(
+            account_sync.c.account_id.in_(
+                select(
+                    func.json_each(bindparam("ids", orjson.dumps(ids).decode()))
+                    .table_valued("value")
+                    .c.value
+                )
+            )
+        )
+        .where(account_sync.c.behind.is_(False))
+        .values(behind=True)
+    )
 
 
 def settle_behind(connection: Connection, account_id: str) -> bool:
