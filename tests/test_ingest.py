@@ -273,3 +273,58 @@ def test_folding_is_independent_of_order_and_batch_boundaries(
     assert sum(totals.values(), Decimal(0)) == sum(
         (Decimal(e["quantity"]) for e in events), Decimal(0)
     )
+
+
+def test_lines_read_by_their_remembered_ids_total_as_lines_read_by_key(
+    billsync: Billsync,
+) -> None:
+    """Once a line has been read, ingest reads it by its id; the totals are those of reading
+    every line by its (account, period, key), and a failed batch leaves no id behind."""
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", quantity=60, at=T0), event("acme", quantity=1, at=T0)])
+    billsync.ingest.ingest([event("acme", quantity=30, at=T0 + timedelta(seconds=1))])
+    remembered = dict(billsync.ingest._line_ids)
+    assert len(remembered) == 1  # the line, read back by the second batch
+    ref, line_id = next(iter(remembered.items()))
+    with billsync.database.read() as connection:
+        by_key = ledger_bulk.line_states(connection, [ref])
+        by_id = ledger_bulk.line_states(connection, [ref], remembered)
+    assert by_key == by_id
+    assert by_id[ref].id == line_id
+    assert by_id[ref].quantity == Decimal(91)
+    billsync.ingest.ingest([event("acme", quantity=9, at=T0 + timedelta(seconds=2))])
+    assert line_table(billsync)["machine.shared-cpu-1x.seconds"][0] == Decimal(100)
+
+
+def test_a_line_created_by_a_batch_that_rolled_back_is_not_remembered(
+    billsync: Billsync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_account(billsync)
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger_bulk, "insert_events", broken)
+        with pytest.raises(RuntimeError, match="disk full"):
+            billsync.ingest.ingest([event("acme", quantity=5, at=T0)])
+    assert billsync.ingest._line_ids == {}
+    billsync.ingest.ingest([event("acme", quantity=7, at=T0)])
+    billsync.ingest.ingest([event("acme", quantity=1, at=T0 + timedelta(seconds=1))])
+    assert line_table(billsync)["machine.shared-cpu-1x.seconds"][0] == Decimal(8)
+
+
+def test_a_remembered_id_that_is_no_longer_its_line_is_not_trusted(billsync: Billsync) -> None:
+    """Lines are never deleted by billsync, but a restore or a hand-made delete must not make
+    ingest add usage to whatever line took the id: the line is read by its key instead."""
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", quantity=60, at=T0)])
+    billsync.ingest.ingest([event("acme", quantity=1, at=T0 + timedelta(seconds=1))])
+    assert len(billsync.ingest._line_ids) == 1
+    reset(billsync)  # every line gone: the remembered id points at nothing, then elsewhere
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", 3, at=T0)])
+    billsync.ingest.ingest([event("acme", quantity=5, at=T0 + timedelta(seconds=2))])
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", 4, at=T0 + timedelta(seconds=3))])
+    table = line_table(billsync)
+    assert table["machine.shared-cpu-1x.seconds"][0] == Decimal(5)
+    assert table["ip.ipv4.hours"][0] == Decimal(7)

@@ -17,7 +17,7 @@ A test reads everything written here back through the SQLAlchemy models, on both
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -230,10 +230,19 @@ _LINE_STATE_COLUMNS = (
 )
 
 
-def line_states(connection: Connection, refs: Iterable[LineRef]) -> dict[LineRef, LineState]:
-    """Current quantity and version of the given lines (those that exist)."""
-    wanted = sorted({(ref.account, ref.period_start, ref.key) for ref in refs})
-    states: dict[LineRef, LineState] = {}
+def line_states(
+    connection: Connection, refs: Iterable[LineRef], known_ids: Mapping[LineRef, int] | None = None
+) -> dict[LineRef, LineState]:
+    """Current quantity and version of the given lines (those that exist).
+
+    ``known_ids``: lines whose id the caller already knows are read by id (their primary key),
+    the others by their (account, period, key) — a look-up in a three-column text index. A
+    line's id never changes and lines are never deleted, so an id known once stays right."""
+    known_ids = known_ids or {}
+    unique = set(refs)
+    by_id = {known_ids[ref]: ref for ref in unique if ref in known_ids}
+    states = _states_by_id(connection, by_id) if by_id else {}
+    wanted = sorted((ref.account, ref.period_start, ref.key) for ref in unique if ref not in states)
     if not wanted:
         return states
     cursor = _dbapi(connection).cursor()
@@ -262,6 +271,38 @@ def line_states(connection: Connection, refs: Iterable[LineRef]) -> dict[LineRef
                     line_id, Decimal(quantity), version, count
                 )
     cursor.close()
+    return states
+
+
+def _states_by_id(connection: Connection, by_id: Mapping[int, LineRef]) -> dict[LineRef, LineState]:
+    """The lines of these ids that are still the lines the caller knows them as (same account,
+    period and key: a line is never deleted in billsync, but an id the caller remembers must
+    never be trusted past a restore or a hand-made delete)."""
+    ids = orjson.dumps(sorted(by_id)).decode()
+    cursor = _dbapi(connection).cursor()
+    if _is_postgres(connection):
+        cursor.execute(
+            f"SELECT {_LINE_STATE_COLUMNS} FROM lines l "  # noqa: S608 - constants only
+            "JOIN jsonb_array_elements_text(%s::jsonb) AS w(v) ON l.id = w.v::bigint",
+            (ids,),
+        )
+        rows = cursor.fetchall()
+    else:
+        cursor.execute(
+            f"SELECT {_LINE_STATE_COLUMNS} FROM lines l "  # noqa: S608 - constants only
+            "WHERE l.id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )
+        rows = [
+            (i, a, date.fromisoformat(p), k, Decimal(q), v, c)
+            for i, a, p, k, q, v, c in cursor.fetchall()
+        ]
+    cursor.close()
+    states: dict[LineRef, LineState] = {}
+    for line_id, account, start, key, quantity, version, count in rows:
+        ref = by_id[line_id]
+        if LineRef(account, start, key) == ref:
+            states[ref] = LineState(line_id, quantity, version, count)
     return states
 
 

@@ -44,6 +44,8 @@ from billsync.services.event_partitions import EventPartitions
 # is run again, and then sees that id as a duplicate. Bounded, because it cannot recur for the
 # same ids.
 MAX_ATTEMPTS = 3
+# How many line ids ingest remembers (about 200 bytes each); past it, it starts afresh.
+LINE_IDS_REMEMBERED = 200_000
 
 
 class EventStatus(enum.StrEnum):
@@ -162,6 +164,8 @@ class IngestService:
         self.horizon = horizon
         self.default_anchor_day = default_anchor_day
         self._group_by = {metric.id: metric.group_by for metric in catalog.metrics.values()}
+        # Each line's id, once read: the next batches read the line by its primary key.
+        self._line_ids: dict[LineRef, int] = {}
 
     def rules(self) -> UsageRules:
         return UsageRules(self.catalog, self.clock.now(), self.horizon)
@@ -370,7 +374,12 @@ class IngestService:
             for delta in deltas.values()
             if delta.late_from is not None
         }
-        states = ledger_bulk.line_states(connection, [*deltas, *base_refs.values()])
+        states = ledger_bulk.line_states(connection, [*deltas, *base_refs.values()], self._line_ids)
+        if len(self._line_ids) > LINE_IDS_REMEMBERED:
+            self._line_ids.clear()
+        # Only lines read back (committed): a line this transaction creates is remembered
+        # the next time it is read, so a rollback can never leave a wrong id behind.
+        self._line_ids.update((ref, state.id) for ref, state in states.items())
         # Late usage of the same period already on other invoices counts as billed before.
         earlier_late = ledger_bulk.quantity_elsewhere(connection, list(base_refs))
         new_lines: list[ledger.NewLine] = []
