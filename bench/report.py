@@ -39,6 +39,12 @@ HEADINGS = {
 }  # fmt: skip
 
 
+# The command of a result whose name is not its module's.
+COMMANDS = {
+    "jetstream_ingest_batched": "python -m bench.jetstream_ingest --events-per-message 100",
+}
+
+
 def load() -> dict[str, dict[str, Any]]:
     found = {}
     for name in ORDER:
@@ -402,8 +408,9 @@ def refresh(name: str) -> Path:
         start = end = min((at for at in later if at >= 0), default=len(text))
     measured = (RESULTS / f"{name}.json").stat().st_mtime
     when = datetime.fromtimestamp(measured, UTC).strftime("%Y-%m-%d")
+    command = COMMANDS.get(name, f"python -m bench.{name}")
     fresh = fresh.replace(
-        heading, f"{heading}\n\n_Measured on its own on {when} (`python -m bench.{name}`)._", 1
+        heading, f"{heading}\n\n_Measured on its own on {when} (`{command}`)._", 1
     )
     rest = text[end:].lstrip("\n")
     REPORT.write_text(text[:start] + fresh + ("\n\n" + rest if rest else "\n"))
