@@ -36,11 +36,10 @@ from billsync.repositories import console as console_repository
 from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
-from billsync.repositories import webhooks as webhook_repository
 from billsync.repositories.accounts import get_account
 from billsync.repositories.problems import ProblemRecord
 from billsync.services.support_checks import Who, checked_text
-from billsync.services.sync import SyncService
+from billsync.services.sync import SyncService, record_totals
 from billsync.sync.budget import Lane
 from billsync.sync.port import (
     ENDPOINTS,
@@ -325,7 +324,7 @@ class InvoiceSupport:
                 connection, credit_note_values(note, account_id, start, now)
             )
             if invoice is not None:
-                record_invoice(connection, account_id, start, invoice, now)
+                record_totals(connection, account_id, start, invoice, now)
         if self.sync.changes is not None:  # the customer's page shows it at once
             self.sync.changes.accounts_changed([account_id])
 
@@ -369,7 +368,7 @@ class InvoiceSupport:
         paid = invoice.status == "paid"
         with self.database.transaction() as connection:
             if problem.period_start is not None:
-                record_invoice(connection, problem.account_id, problem.period_start, invoice, now)
+                record_totals(connection, problem.account_id, problem.period_start, invoice, now)
             if paid:
                 problem_repository.resolve(
                     connection, problem.id, f"paid after a retry by {who.actor}", self.clock.now()
@@ -456,19 +455,3 @@ def credit_note_values(
         "last_event_created": event_created,
         "updated_at": now,
     }
-
-
-def record_invoice(
-    connection: Any, account_id: str, start: date, invoice: RemoteInvoice, now: datetime
-) -> None:
-    """What Stripe answered of an invoice, in the mirror (its status and amounts)."""
-    webhook_repository.record_totals(
-        connection, invoice.id,
-        {
-            "account_id": account_id, "period_start": start, "status": invoice.status,
-            "currency": invoice.currency, "total": invoice.total, "subtotal": invoice.subtotal,
-            "discount": invoice.discount, "starting_balance": invoice.starting_balance,
-            "amount_due": invoice.amount_due, "amount_paid": invoice.amount_paid,
-            "amount_remaining": invoice.amount_remaining, "updated_at": now,
-        },
-    )  # fmt: skip

@@ -128,7 +128,7 @@ def _metadata(
     return found
 
 
-def _record_totals(
+def record_totals(
     connection: Connection, account_id: str, start: date, invoice: RemoteInvoice, now: datetime
 ) -> None:
     """What the invoice totals after a write (a coupon's discount included), kept in the
@@ -585,7 +585,7 @@ class SyncService:
         with self.database.transaction() as connection:
             repository.set_invoice(connection, account.id, start, invoice.id, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
-            _record_totals(connection, account.id, start, invoice, step.now)
+            record_totals(connection, account.id, start, invoice, step.now)
 
     def _invoice_of(self, step: _Step, start: date) -> str:
         invoice_id = step.periods[start].stripe_invoice_id
@@ -627,7 +627,7 @@ class SyncService:
                 step.now,
             )
             repository.settle_intent(connection, intent.id, "applied", step.now)
-            _record_totals(connection, step.account.id, start, result, step.now)
+            record_totals(connection, step.account.id, start, result, step.now)
 
     def _update_lines(self, step: _Step, operation: UpdateLines) -> None:
         start = operation.period_start
@@ -656,7 +656,7 @@ class SyncService:
         with self.database.transaction() as connection:
             repository.confirm_lines(connection, confirmed, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
-            _record_totals(connection, step.account.id, start, result, step.now)
+            record_totals(connection, step.account.id, start, result, step.now)
 
     def _remove_lines(self, step: _Step, operation: RemoveLines) -> None:
         start = operation.period_start
@@ -690,7 +690,7 @@ class SyncService:
             repository.mark_finalized(connection, step.account.id, start, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
             # The balance Stripe applied, or an amount under its minimum charge carried.
-            _record_totals(connection, step.account.id, start, finalized, step.now)
+            record_totals(connection, step.account.id, start, finalized, step.now)
         step.outcome.finalized.append(start)
 
     def _delete(self, step: _Step, operation: DeleteInvoice) -> None:
