@@ -47,7 +47,8 @@ def ensure_sync_rows(connection: Connection, account_ids: Sequence[str], now: da
     )
 
 
-def _free(now: datetime, owner: str) -> ColumnElement[bool]:
+def free_for(owner: str, now: datetime) -> ColumnElement[bool]:
+    """Accounts ``owner`` may take: no lease, an expired one, or its own."""
     return or_(
         account_sync.c.lease_owner.is_(None),
         account_sync.c.lease_expires_at < now,
@@ -112,7 +113,7 @@ def take_account(
     ensure_sync_rows(connection, [account_id], now)
     row = connection.execute(
         update(account_sync)
-        .where(account_sync.c.account_id == account_id, _free(now, owner))
+        .where(account_sync.c.account_id == account_id, free_for(owner, now))
         .values(
             lease_expires_at=expires_at,
             # SET reads the old row: a new holder bumps the generation, a renewal keeps it.

@@ -31,6 +31,7 @@ from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.periods import PeriodStatus
 from billsync.core.policy import retry_delay
 from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
+from billsync.repositories.leases import free_for
 from billsync.repositories.ledger import lock_accounts
 
 # Periods whose draft billsync keeps in step with the ledger.
@@ -779,13 +780,7 @@ class Claimant:
 
 
 def not_leased_elsewhere(claimant: Claimant | None) -> ColumnElement[bool]:
-    if claimant is None:
-        return true()
-    return or_(
-        account_sync.c.lease_owner.is_(None),
-        account_sync.c.lease_expires_at < claimant.now,
-        account_sync.c.lease_owner == claimant.owner,
-    )
+    return true() if claimant is None else free_for(claimant.owner, claimant.now)
 
 
 def due_by_interval(
