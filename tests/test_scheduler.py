@@ -342,6 +342,42 @@ def test_a_tick_reads_what_it_claims_not_every_account_behind(
         assert all(" LIMIT " in s.upper() for s in limited), selects
 
 
+def test_the_threshold_policy_as_the_default_weighs_the_queue_in_one_statement(
+    synced: Billsync,
+) -> None:
+    """With the threshold policy as the platform's default, the accounts behind are weighed
+    by their unsynced amounts in one grouped statement — the largest first, at most ``limit``
+    — not a read per account behind (which, at 100,000 accounts, was 100,000 reads a tick)."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    names = [f"acct-{n:03}" for n in range(40)]
+    for name in names:
+        create_account(synced, name)
+    # acct-000 owes the least, acct-039 the most; the first ten stay under the threshold.
+    synced.ingest.ingest([egress(name, str(10 * (n + 1))) for n, name in enumerate(names)])
+    with synced.database.read() as connection:
+        owed = {name: sync_repository.unsynced_amount(connection, name) for name in names}
+    threshold = owed["acct-010"]
+    assert owed["acct-009"] < threshold < owed["acct-039"]
+    scheduler.policy = SyncPolicy(Policy.THRESHOLD, threshold=threshold)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(synced.database.engine, "before_cursor_execute", count)
+    try:
+        due_now = scheduler.due_accounts(limit=12)
+    finally:
+        event.remove(synced.database.engine, "before_cursor_execute", count)
+    assert due_now == [(name, Lane.THRESHOLD) for name in reversed(names[28:])]
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) <= 3, selects  # closing, own policies, the grouped read
+    everything = dict(scheduler.due_accounts(limit=100))
+    assert set(everything) == {n for n in names if owed[n] >= threshold}
+    assert len(everything) == 30
+
+
 def test_the_month_ends_in_as_many_statements_for_300_periods_as_for_3(
     synced: Billsync, clock: ManualClock
 ) -> None:

@@ -822,6 +822,41 @@ def due_by_interval(
     )
 
 
+def due_by_threshold(
+    connection: Connection,
+    threshold: int,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    claimant: Claimant | None = None,
+) -> list[tuple[str, int]]:
+    """Accounts behind, on the platform's policy, whose unsynced amount (Σ |amount − synced
+    amount| over their pending lines, as :func:`unsynced_amount`) reached ``threshold``: the
+    largest first, at most ``limit``. One grouped statement over the pending lines of the
+    accounts in the due queue, instead of a read per account behind."""
+    behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
+    owed = func.sum(behind)
+    query = (
+        select(account_sync.c.account_id, owed.label("unsynced"))
+        .join(accounts, accounts.c.id == account_sync.c.account_id)
+        .join(lines, lines.c.account_id == account_sync.c.account_id)
+        .join(billing_periods, LINE_PERIOD)
+        .where(
+            account_sync.c.behind.is_(True),
+            accounts.c.sync_policy.is_(None),
+            billing_periods.c.status.in_(SYNCED_STATUSES),
+            pending_line(),
+            not_waiting_to_retry(now),
+            not_leased_elsewhere(claimant),
+        )
+        .group_by(account_sync.c.account_id)
+        .having(owed >= threshold)
+        .order_by(owed.desc(), account_sync.c.account_id)
+        .limit(limit)
+    )
+    return [(row[0], int(row[1])) for row in connection.execute(query)]
+
+
 def due_for_closing(
     connection: Connection,
     limit: int,

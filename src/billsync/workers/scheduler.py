@@ -47,7 +47,7 @@ BACKSTOP_INTERVAL = timedelta(minutes=5)
 
 @dataclass(order=True)
 class _Job:
-    lane: int
+    lane: Lane
     order: int
     account_id: str = field(compare=False)
 
@@ -93,7 +93,7 @@ class Scheduler:
         self.clock = clock
         self.policy = policy
         self._queue: list[_Job] = []
-        self._queued: dict[str, int] = {}  # account → best lane queued
+        self._queued: dict[str, Lane] = {}  # account → best lane queued
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._waiters: dict[str, _Waiters] = {}
@@ -130,8 +130,9 @@ class Scheduler:
         is that of the accounts returned, not of every account with usage: on the interval
         policy, one index range scan in the order syncs should go (never synced, then least
         recently synced), at most ``limit``. Accounts with a policy of their own are few and
-        are weighed one by one. With the threshold policy as the platform's default, every
-        account behind is weighed (its unsynced amount)."""
+        are weighed one by one. With the threshold policy as the platform's default, one
+        grouped statement weighs the accounts behind (their unsynced amounts), the largest
+        first, at most ``limit``."""
         now = self.clock.now()
         limit = self.claim_limit if limit is None else limit
         found: list[tuple[str, Lane]] = []
@@ -162,12 +163,12 @@ class Scheduler:
                     )
                 ]
             elif default.policy is Policy.THRESHOLD:
-                for account_id, _, last_synced_at in repository.behind_accounts(
-                    connection, with_override=False, now=now, claimant=claimant
-                ):
-                    lane = self._lane_if_due(connection, account_id, default, last_synced_at, now)
-                    if lane is not None:
-                        found.append((account_id, lane))
+                found += [
+                    (account_id, Lane.THRESHOLD)
+                    for account_id, _ in repository.due_by_threshold(
+                        connection, default.threshold, limit, now=now, claimant=claimant
+                    )
+                ]
         lanes: dict[str, Lane] = {}
         for account_id, lane in found:  # the first (most urgent) lane an account came with
             lanes.setdefault(account_id, lane)
@@ -281,7 +282,7 @@ class Scheduler:
             if best is not None and best <= lane:
                 return
             self._queued[account_id] = lane
-            heapq.heappush(self._queue, _Job(int(lane), next(self._order), account_id))
+            heapq.heappush(self._queue, _Job(lane, next(self._order), account_id))
             self._lock.notify()
 
     def depth(self) -> dict[str, int]:
@@ -300,7 +301,7 @@ class Scheduler:
                 continue  # superseded by a more urgent lane, or running already
             del self._queued[job.account_id]
             self._running.add(job.account_id)
-            return job.account_id, Lane(job.lane)
+            return job.account_id, job.lane
         return None
 
     def _take(self, timeout: float | None) -> tuple[str, Lane] | None:
@@ -327,7 +328,7 @@ class Scheduler:
                 self._again.discard(account_id)
                 lane = self._queued.pop(account_id, Lane.INTERVAL)
                 self._queued[account_id] = lane
-                heapq.heappush(self._queue, _Job(int(lane), next(self._order), account_id))
+                heapq.heappush(self._queue, _Job(lane, next(self._order), account_id))
                 self._lock.notify()
         if waiters is not None:
             waiters.outcome = outcome
