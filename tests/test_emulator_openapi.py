@@ -793,6 +793,10 @@ FAILURES = [
             lambda w: w.request("POST", "/v1/invoiceitems", {
                 "customer": w.customer()["id"], "currency": "usd", "amount": "ten"}),
             400, "invalid_request_error", "parameter_invalid_integer", "amount"),
+    Failure("amount above 8 digits",
+            lambda w: w.request("POST", "/v1/invoiceitems", {
+                "customer": w.customer()["id"], "currency": "usd", "amount": "100000000"}),
+            400, "invalid_request_error", "amount_too_large", "amount"),
     Failure("required parameter missing", _add_lines_without_lines,
             400, "invalid_request_error", "parameter_missing", "lines"),
     Failure("parameter unknown",

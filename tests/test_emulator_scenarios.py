@@ -301,6 +301,28 @@ def test_invoice_item_cap_is_250(stripe_peer: StripePeer) -> None:
     assert client.v1.invoices.retrieve(invoice.id).lines.total_count == 250  # type: ignore[attr-defined]
 
 
+def test_an_amount_above_eight_digits_is_refused_and_nothing_is_written(
+    stripe_peer: StripePeer,
+) -> None:
+    """Stripe takes amounts of at most 8 digits in the minor unit (billsync refuses larger
+    lines before sending them: core.money.MAX_STRIPE_AMOUNT)."""
+    client = stripe_peer.client
+    invoice = draft(stripe_peer, make_customer(stripe_peer))
+    for too_large in (100_000_000, -100_000_000):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1, too_large)})
+        assert refused.value.http_status == 400
+        if not stripe_peer.is_real:
+            assert refused.value.code == "amount_too_large"
+    invoice = client.v1.invoices.add_lines(invoice.id, params={"lines": lines(1, 99_999_999)})
+    (line,) = invoice.lines.data
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoices.update_lines(
+            invoice.id, params={"lines": [{"id": line.id, "amount": 100_000_000}]}
+        )
+    assert client.v1.invoices.retrieve(invoice.id).total == 99_999_999
+
+
 def test_bad_api_key_is_refused(stripe_peer: StripePeer) -> None:
     emulator = stripe_peer.need_emulator()
     bad = stripe.StripeClient("sk_test_x", base_addresses={"api": emulator.url})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from billsync.bootstrap import Billsync
@@ -14,6 +16,7 @@ from billsync.cli.main import app as cli
 from billsync.clock import ManualClock
 from billsync.core.periods import PeriodStatus
 from billsync.errors import Conflict
+from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.sync import SyncService
@@ -23,6 +26,7 @@ from billsync.sync.guard import StripeGuard
 from tests.conftest import T0
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.waiting import wait_until
 
 NOVEMBER = date(2026, 11, 1)
 AFTER_GRACE = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
@@ -103,6 +107,137 @@ def test_approve_now_finalizes_during_review(
     assert lifecycle.approve_now("acme", NOVEMBER) is True
     assert status(billsync) is PeriodStatus.FINALIZED
     assert invoice_status(billsync, running_emulator) == "open"
+
+
+def test_a_hold_that_lost_a_race_is_a_409_period_changed(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    """Status changes are conditional, never read-then-write: support's hold reads the period
+    in review while another process approves it (its transaction holds the account's ledger
+    lock); once that commits, the hold's conditional change finds the period moved on and is
+    answered ``period_changed`` — it does not overwrite the approval."""
+    if billsync.database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a read and its write cannot interleave")
+    _, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    assert status(billsync) is PeriodStatus.REVIEW
+    outcome: list[BaseException | None] = []
+    with billsync.database.transaction() as other:  # another process approves now
+        lifecycle.approve_period(other, "acme", NOVEMBER, clock.now())
+        approver = int(other.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+        def hold() -> None:
+            try:
+                lifecycle.hold("acme", NOVEMBER)
+                outcome.append(None)
+            except BaseException as error:
+                outcome.append(error)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        wait_until(lambda: blocked_by(billsync, approver), "the hold waits for the approval's lock")
+    holder.join(timeout=30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Conflict), outcome
+    assert outcome[0].code == "period_changed"
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert period is not None
+    assert period.status is PeriodStatus.REVIEW
+    assert period.finalize_requested_at is not None  # the approval stands
+
+
+def test_an_approved_period_being_finalized_cannot_be_held(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    """Approval is the last decision: between it and Stripe's finalization (the final sync),
+    a hold is refused instead of leaving a held period whose finalization was requested."""
+    _, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    with billsync.database.transaction() as connection:
+        lifecycle.approve_period(connection, "acme", NOVEMBER, clock.now())
+    with pytest.raises(Conflict) as refused:
+        lifecycle.hold("acme", NOVEMBER)
+    assert refused.value.code == "period_not_holdable"
+    assert status(billsync) is PeriodStatus.REVIEW
+    assert lifecycle.finalize_approved("acme", NOVEMBER) is True
+    assert status(billsync) is PeriodStatus.FINALIZED
+
+
+def blocked_by(billsync: Billsync, pid: int) -> bool:
+    """Whether some session waits for a lock the session ``pid`` holds."""
+    with billsync.database.engine.connect() as connection:
+        waiting = connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        ).scalar_one()
+    return int(waiting) > 0
+
+
+def test_a_finalize_stripe_refuses_is_shown_to_support_and_retried_under_a_key_of_its_own(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    """Stripe can refuse to finalize a draft (a customer's tax location it cannot use, with
+    automatic tax), and stores that answer under the idempotency key for 24 hours. The refusal
+    is a problem support sees with Stripe's words; once the cause is fixed, the next sync
+    finalizes under a key of its own (the old one would replay the refusal) and closes it."""
+    sync, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    running_emulator.control("POST", "faults", {
+        "endpoint": "POST /v1/invoices/{id}/finalize", "kind": "refuse", "count": 1,
+        "code": "customer_tax_location_invalid",
+        "message": "The customer's location isn't recognized.",
+    })  # fmt: skip
+    assert lifecycle.approve_now("acme", NOVEMBER) is False
+    assert status(billsync) is PeriodStatus.REVIEW
+    assert invoice_status(billsync, running_emulator) == "draft"
+    with billsync.database.read() as connection:
+        (problem,) = problem_repository.open_problems(connection, "acme")
+    assert problem.kind == "finalization_failed"
+    assert "location isn't recognized" in problem.detail
+    assert "customer_tax_location_invalid" in problem.detail
+    # Someone fixed the customer's address in Stripe: the next sync finalizes.
+    assert sync.sync_account("acme").ok
+    assert status(billsync) is PeriodStatus.FINALIZED
+    assert invoice_status(billsync, running_emulator) == "open"
+    with billsync.database.read() as connection:
+        assert problem_repository.open_problems(connection, "acme") == []
+        resolved = problem_repository.get(connection, problem.id)
+    assert resolved is not None
+    assert resolved.resolution == "finalized"
+
+
+def test_finalized_is_recorded_once_whoever_reports_it_again(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock
+) -> None:
+    """A period's finalization is a conditional change too: a second report of it (a recovery
+    read, a webhook, the sweep) keeps the first ``finalized_at``."""
+    _, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
+    assert lifecycle.approve_now("acme", NOVEMBER) is True
+    with billsync.database.read() as connection:
+        first = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert first is not None and first.finalized_at is not None  # noqa: PT018
+    clock.advance(timedelta(hours=5))
+    with billsync.database.transaction() as connection:
+        again = sync_repository.mark_finalized(connection, "acme", NOVEMBER, clock.now())
+    assert again is False
+    with billsync.database.read() as connection:
+        later = sync_repository.get_period(connection, "acme", NOVEMBER)
+    assert later is not None
+    assert later.finalized_at == first.finalized_at
 
 
 @pytest.mark.parametrize("delete_zero", [False, True])

@@ -360,6 +360,35 @@ def test_syncs_and_their_calls_are_counted_by_lane_and_result(
     }
 
 
+def test_each_scheduler_tick_is_timed_on_metrics_and_on_a_workers_port(
+    synced: Billsync,
+) -> None:
+    """``billsync_scheduler_tick_seconds``: one observation per tick, its time added to the
+    sum, on ``/metrics`` and on the port a worker serves (BILLSYNC_METRICS_PORT)."""
+    assert synced.sync is not None
+    scheduler = synced.sync.scheduler
+    create_account(synced, "acme")
+    synced.ingest.ingest([event("acme", at=T0)])
+    with TestClient(create_app(synced), headers=AUTH) as client:
+        before = scrape(client)
+        for _ in range(3):
+            scheduler.tick()
+        after = scrape(client)
+    count = "billsync_scheduler_tick_seconds_count"
+    assert value(after, count) - value(before, count) == 3
+    assert value(after, "billsync_scheduler_tick_seconds_sum") > value(
+        before, "billsync_scheduler_tick_seconds_sum"
+    )
+    server = serve_metrics(synced, 0, host="127.0.0.1")
+    assert server is not None
+    try:
+        served = parse(httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text)
+    finally:
+        server.close()
+    assert value(served, count) == value(after, count)
+    scheduler.drain()
+
+
 def test_budget_and_queue_are_this_processs(synced: Billsync) -> None:
     assert synced.sync is not None
     create_account(synced, "acme")

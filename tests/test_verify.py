@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,18 +15,20 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from billsync.bootstrap import Billsync
+from billsync.bootstrap import Billsync, build
 from billsync.cli.main import app as cli
 from billsync.clock import ManualClock
+from billsync.core.catalog import Catalog
 from billsync.db.database import Database
 from billsync.db.tables import lines, usage_events
 from billsync.repositories import sync as sync_repository
+from billsync.services import console_views
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.reconcile import Reconciler
 from billsync.services.sync import SyncService
 from billsync.services.verify import Verifier, VerifyReport
 from billsync.stripe_gateway import StripeGateway
-from tests.conftest import T0, cli_against_emulator
+from tests.conftest import T0, cli_against_emulator, emulator_settings
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 
@@ -366,6 +369,32 @@ def test_an_accepted_amount_is_what_the_customer_sees_stripe_charges_and_verify_
     assert world.verify().ok
 
 
+def test_an_accepted_amount_stays_explained_once_the_invoice_is_finalized(
+    world: World, database: Database, clock: ManualClock
+) -> None:
+    """The accepted difference goes onto the finalized invoice as Stripe's amount: reconcile
+    then finds the finalized total what the lines' charged amounts add up to (no new
+    ``total_differs`` for support to decide again), and verify still counts it as explained."""
+    invoice = world.synced("acme", ("iad", "cdg"))
+    first, second = world.stripe_lines(invoice)
+    world.stripe("POST", f"/v1/invoices/{invoice}/update_lines",
+                 {"lines[0][id]": first["id"], "lines[0][amount]": "7"})  # fmt: skip
+    reconciler = Reconciler(database, world.gateway, world.sync, clock)
+    (drift,) = reconciler.reconcile(repair=False).items
+    reconciler.accept_stripe(drift.problem_id or 0)
+    clock.set(datetime(2026, 12, 1, 2, 0, tzinfo=UTC))  # grace over: November in review
+    world.lifecycle.advance()
+    assert world.lifecycle.approve_now("acme", NOVEMBER) is True
+    finalized = world.stripe("GET", f"/v1/invoices/{invoice}")
+    assert finalized["status"] != "draft"
+    assert finalized["total"] == 7 + second["amount"]  # Stripe's amount, as accepted
+    after = reconciler.reconcile(repair=False)
+    assert after.items == [], [(i.kind, i.detail) for i in after.items]
+    report = world.verify()
+    assert report.ok, report.to_json()
+    assert "amount_differs" in {v.kind for v in report.accepted}
+
+
 def test_the_cli_prints_a_readable_report_and_exits_1_on_a_violation(
     world: World, database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -397,6 +426,53 @@ def test_the_cli_prints_a_readable_report_and_exits_1_on_a_violation(
     assert table.exit_code == 1
     assert "amount_differs" in table.stdout
     assert "2 violation(s)" in table.stdout
+
+
+def test_with_discounts_none_a_customers_coupon_stays_off_billsyncs_invoices(
+    tmp_path: Path,
+    database: Database,
+    clock: ManualClock,
+    example_catalog: Catalog,
+    running_emulator: RunningEmulator,
+) -> None:
+    """``BILLSYNC_STRIPE_DISCOUNTS=none``: billsync's drafts do not inherit the customer's
+    coupon, so Stripe charges the ledger's total; the customer's page shows no discount and
+    verify has nothing to explain."""
+    settings = emulator_settings(tmp_path, running_emulator, stripe_discounts="none")
+    billsync = build(settings, clock=clock, database=database, catalog=example_catalog)
+    assert billsync.sync is not None
+    try:
+        create_account(billsync, "acme")
+        customer = billsync.sync.service.ensure_customer("acme")
+        coupon = httpx.post(
+            f"{running_emulator.url}/v1/coupons", data={"percent_off": "10", "duration": "forever"},
+            headers=HEADERS, timeout=10,
+        ).json()  # fmt: skip
+        httpx.post(
+            f"{running_emulator.url}/v1/customers/{customer}", data={"coupon": coupon["id"]},
+            headers={**HEADERS, "Stripe-Version": "2025-02-24.acacia"}, timeout=10,
+        ).raise_for_status()  # fmt: skip
+        billsync.ingest.ingest(
+            [event("acme", "bandwidth.egress.na-eu.gb", "5000", at=T0, region="iad")]
+        )
+        assert billsync.sync.service.sync_account("acme").ok
+        with database.read() as connection:
+            period = sync_repository.get_period(connection, "acme", NOVEMBER)
+            assert period is not None
+            account = billsync.accounts.get(connection, "acme")
+            bill = billsync.billing.bill(connection, account)
+        draft = httpx.get(
+            f"{running_emulator.url}/v1/invoices/{period.stripe_invoice_id}",
+            headers=HEADERS, timeout=10,
+        ).json()  # fmt: skip
+        assert draft["discounts"] == []
+        assert draft["total"] == draft["subtotal"] > 0
+        assert (bill.discount, bill.total) == (0, draft["total"])
+        report = Verifier(database, billsync.sync.service.gateway).verify()
+        assert report.ok, report.to_json()
+        assert report.explained == []
+    finally:
+        billsync.close()
 
 
 def test_a_coupon_a_credit_balance_and_the_minimum_charge_agree_everywhere(
@@ -459,3 +535,22 @@ def test_a_coupon_a_credit_balance_and_the_minimum_charge_agree_everywhere(
     final = world.verify()
     assert final.ok, final.to_json()
     assert [v.kind for v in final.explained] == ["total_differs"]
+    # Support's console shows the same, each as a row of its own beside the lines.
+    with database.read() as connection:
+        seen = {
+            name: next(
+                pv.stripe_adds
+                for pv in console_views.account_view(connection, name).periods  # type: ignore[union-attr]
+                if pv.period.start == NOVEMBER
+            )
+            for name in ("acme", "tiny")
+        }
+    assert seen["acme"] == [
+        ("Discount (coupon)", -discount),
+        ("Customer balance applied", -150),
+        ("Amount due", acme["amount_due"]),
+    ]
+    assert seen["tiny"] == [
+        ("Under Stripe's minimum charge: carried to the next invoice", -tiny["total"]),
+        ("Amount due", 0),
+    ]

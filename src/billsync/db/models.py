@@ -227,7 +227,8 @@ class SyncIntent(Base):
     idempotency_key: Mapped[str] = mapped_column(String(255))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     # pending | applied | recovered | answered_5xx (Stripe stored a 5xx under the key; not read
-    # back yet) | answered_read (read back since)
+    # back yet) | answered_read (read back since) | refused (a 4xx after the endpoint started,
+    # stored under the key: nothing written)
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -215,6 +215,12 @@ class Emulator:
             try:
                 if "500_stored" in kinds:  # started, failed, wrote nothing: stored as is
                     raise StripeError(500, "An unknown error occurred.", type="api_error")
+                if "refuse" in kinds:  # started, refused, wrote nothing: stored as is
+                    rule = kinds["refuse"]
+                    raise StripeError(
+                        400, rule.message or "The request was refused (injected).",
+                        code=rule.code,
+                    )  # fmt: skip
                 status, body = 200, route.operation(state, ctx, path_args, params)
             except StripeError as error:
                 # The endpoint ran: its error is the result, replayed under the same key.

@@ -203,7 +203,17 @@ def _item_amount(params: dict[str, Any], param_prefix: str = "") -> tuple[int, i
         raise invalid(
             "You must specify either amount, price_data or pricing.", param=f"{param_prefix}amount"
         )
+    if abs(amount) > MAX_AMOUNT:
+        # Stripe takes amounts of at most 8 digits in the currency's minor unit.
+        raise invalid(
+            f"Amount must be no more than {MAX_AMOUNT:,} in the currency's smallest unit.",
+            param=f"{param_prefix}amount",
+            code="amount_too_large",
+        )
     return amount, int(quantity_decimal), format(quantity_decimal, "f"), pricing
+
+
+MAX_AMOUNT = 99_999_999
 
 
 def _new_item(  # noqa: PLR0917 - internal helper shared by three endpoints

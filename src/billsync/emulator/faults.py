@@ -25,7 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = frozenset(
-    {"429", "lock_timeout", "500", "500_stored", "503", "latency", "hang", "drop_after_commit"}
+    {
+        "429",
+        "lock_timeout",
+        "500",
+        "500_stored",
+        "503",
+        "refuse",
+        "latency",
+        "hang",
+        "drop_after_commit",
+    }
 )
 
 
@@ -38,6 +48,10 @@ class FaultRule:
     seconds: float | None = None
     skip: int = 0
     fired: int = 0
+    # "refuse": the 400's error code and message (e.g. a customer's tax location Stripe cannot
+    # use when it finalizes an invoice with automatic tax)
+    code: str | None = None
+    message: str | None = None
 
     def matches(self, endpoint: str) -> bool:
         if self.endpoint == "*":
@@ -55,6 +69,8 @@ class FaultRule:
             "seconds": self.seconds,
             "skip": self.skip,
             "fired": self.fired,
+            "code": self.code,
+            "message": self.message,
         }
 
 
@@ -79,6 +95,8 @@ class Faults:
             rate=None if rate is None else float(rate),
             seconds=None if spec.get("seconds") is None else float(spec["seconds"]),
             skip=int(spec.get("skip", 0)),
+            code=None if spec.get("code") is None else str(spec["code"]),
+            message=None if spec.get("message") is None else str(spec["message"]),
         )
         self.rules.append(rule)
         return rule

@@ -132,6 +132,12 @@ REMOVED_IN_STRIPE = "removed_in_stripe"
 AMOUNT_DIFFERS = "amount_differs"
 
 
+def finalization_failed(invoice_id: str) -> str:
+    """The fingerprint of "Stripe could not finalize this invoice", whoever saw it: billsync's
+    own finalize call, or an ``invoice.finalization_failed`` event."""
+    return f"finalization_failed:{invoice_id}"
+
+
 def removed_line_fingerprint(account_id: str, start: date, line_id: int) -> str:
     return f"drift:{REMOVED_IN_STRIPE}:{account_id}:{start.isoformat()}:{line_id}"
 

@@ -475,21 +475,6 @@ def mark_stripe_holds(connection: Connection, line_id: int, line_item_id: str, a
     )
 
 
-def set_period_status(
-    connection: Connection,
-    account_id: str,
-    start: date,
-    status: PeriodStatus,
-    now: datetime,
-    **values: Any,
-) -> None:
-    connection.execute(
-        update(billing_periods)
-        .where(billing_periods.c.account_id == account_id, billing_periods.c.start == start)
-        .values(status=status.value, status_changed_at=now, updated_at=now, **values)
-    )
-
-
 def transition(
     connection: Connection,
     account_id: str,
@@ -498,10 +483,12 @@ def transition(
     *,
     to: PeriodStatus,
     now: datetime,
+    not_finalizing: bool = False,
     **values: Any,
 ) -> bool:
-    """Move the period to ``to`` if it is still in one of ``expected``; False if another
-    process moved it first. Taken under the account's ledger lock (the one ingest holds while
+    """Move the period to ``to`` if it is still in one of ``expected`` (and, with
+    ``not_finalizing``, its finalization not requested); False if another process moved it
+    first. Taken under the account's ledger lock (the one ingest holds while
     it places usage), so that a change of whether the period accepts usage falls cleanly
     between two ingest transactions: an event is placed either before it (on this period) or
     after it (on the next one, as late usage), never in between."""
@@ -512,16 +499,24 @@ def transition(
             billing_periods.c.account_id == account_id,
             billing_periods.c.start == start,
             billing_periods.c.status.in_([state.value for state in expected]),
+            billing_periods.c.finalize_requested_at.is_(None) if not_finalizing else true(),
         )
         .values(status=to.value, status_changed_at=now, updated_at=now, **values)
     )
     return changed.rowcount == 1
 
 
-def mark_finalized(connection: Connection, account_id: str, start: date, now: datetime) -> None:
+def mark_finalized(connection: Connection, account_id: str, start: date, now: datetime) -> bool:
     """Stripe took over the period's invoice (or, under the zero-total "delete" rule, there is
-    none): billsync no longer changes it."""
-    set_period_status(connection, account_id, start, PeriodStatus.FINALIZED, now, finalized_at=now)
+    none): billsync no longer changes it. Conditional, as every status change: from any state
+    but finalized (Stripe's fact stands whatever billsync's state was), so that a second
+    report of it (a recovery, a webhook, a sweep) keeps the first ``finalized_at``; False
+    when the period was finalized already."""
+    return transition(
+        connection, account_id, start,
+        [status for status in PeriodStatus if status is not PeriodStatus.FINALIZED],
+        to=PeriodStatus.FINALIZED, now=now, finalized_at=now,
+    )  # fmt: skip
 
 
 def update_period(
@@ -576,13 +571,14 @@ UNSETTLED = ("pending", "answered_5xx")
 
 def answered_attempts(connection: Connection, account_id: str, key: str) -> int:
     """How many attempts of the write keyed ``key`` (or ``key:retry-N``) Stripe answered with
-    a 5xx — each stored under its key, so each next attempt needs a new one."""
+    a 5xx, or refused after it started — each answer stored under its key, so each next
+    attempt needs a new one."""
     count = connection.execute(
         select(func.count())
         .select_from(sync_intents)
         .where(
             sync_intents.c.account_id == account_id,
-            sync_intents.c.status.in_(["answered_5xx", "answered_read"]),
+            sync_intents.c.status.in_(["answered_5xx", "answered_read", "refused"]),
             or_(
                 sync_intents.c.idempotency_key == key,
                 sync_intents.c.idempotency_key.startswith(f"{key}:retry-", autoescape=True),

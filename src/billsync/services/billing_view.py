@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -240,7 +240,7 @@ def _invoice(row: dict[str, Any], lowered: dict[str, int]) -> PastInvoice:
         amount_paid=int(row["amount_paid"] or 0),
         attempt_count=int(row["attempt_count"] or 0),
         finalized_at=row["finalized_at"],
-        **_balance(row, lowered.get(row["stripe_invoice_id"], 0)),
+        **balance_effects(row, lowered.get(row["stripe_invoice_id"], 0)),
     )  # fmt: skip
 
 
@@ -264,7 +264,7 @@ def _choices(
     return tuple(sorted(by_start.values(), key=lambda choice: choice.start, reverse=True))
 
 
-def _balance(row: dict[str, object], lowered: int = 0) -> dict[str, int]:
+def balance_effects(row: Mapping[str, object], lowered: int = 0) -> dict[str, int]:
     """What the customer's balance did to a finalized invoice (docs.stripe.com/billing/
     customer/balance): a credit lowers the amount due down to 0 (the rest stays on the
     balance), a debit is added in full; an amount due under Stripe's minimum charge is not

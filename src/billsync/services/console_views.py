@@ -22,6 +22,7 @@ from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.problems import ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
 from billsync.services.adjustments import ADJUSTABLE
+from billsync.services.billing_view import balance_effects
 
 
 def search(connection: Connection, query: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -55,6 +56,28 @@ class PeriodView:
     # Retention removed the raw events of this finalized period: the lines are all there is.
     events_retained: bool = False
     credit_notes: list[CreditNoteRecord] = field(default_factory=list)
+
+    @property
+    def stripe_adds(self) -> list[tuple[str, int]]:
+        """What Stripe adds to the invoice besides the lines, each as its own row for support:
+        a coupon's discount, the customer's balance applied, an amount carried under Stripe's
+        minimum charge, and what is due (the customer's page shows the same)."""
+        if self.mirror is None:
+            return []
+        discount = int(self.mirror.get("discount") or 0)
+        lowered = sum(note.pre_payment_amount for note in self.credit_notes)
+        effects = balance_effects(self.mirror, lowered)
+        rows = []
+        if discount:
+            rows.append(("Discount (coupon)", -discount))
+        if effects["balance_applied"]:
+            rows.append(("Customer balance applied", effects["balance_applied"]))
+        if effects["carried"]:
+            rows.append(("Under Stripe's minimum charge: carried to the next invoice",
+                         -effects["carried"]))  # fmt: skip
+        if rows and self.mirror.get("status") != "draft":
+            rows.append(("Amount due", effects["amount_due"]))
+        return rows
 
     @property
     def adjustable(self) -> bool:

@@ -225,12 +225,18 @@ class LifecycleService:
         period = _period_in(connection, account_id, start)
         if period.status not in (PeriodStatus.OPEN, PeriodStatus.CLOSING, PeriodStatus.REVIEW):
             raise Conflict(f"a {period.status} period cannot be held", code="period_not_holdable")
+        if period.finalize_requested_at is not None:
+            raise Conflict(
+                "the period was approved and is being finalized: it can no longer be held",
+                code="period_not_holdable",
+            )
         remaining = None
         if period.review_ends_at is not None:
             remaining = max(0, int((period.review_ends_at - now).total_seconds()))
         held = repository.transition(
             connection, account_id, start, [period.status], to=PeriodStatus.HELD, now=now,
-            held_from=period.status.value, hold_remaining_seconds=remaining, review_ends_at=None,
+            not_finalizing=True, held_from=period.status.value,
+            hold_remaining_seconds=remaining, review_ends_at=None,
         )  # fmt: skip
         if not held:
             raise _changed_meanwhile(account_id, start)

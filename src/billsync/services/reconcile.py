@@ -60,7 +60,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
-from billsync.core import drift
+from billsync.core import drift, line_state
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
 from billsync.core.sync_plan import idempotency_key_for_ids
@@ -260,6 +260,8 @@ class _Check:
     invoices: int = 0
     errors: list[ReconcileError] = field(default_factory=list)
     checked: set[date] = field(default_factory=set)  # periods whose invoice was read
+    # Per line, the amount difference a person accepted: (the ledger's amount then, Stripe's).
+    accepted: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def fixed(self, item: DriftItem) -> bool:
         """Whether ``item`` (found by an earlier check) is gone in this one."""
@@ -489,7 +491,8 @@ class Reconciler:
                 if self._in_scope(period)
             ]
             lines = repository.lines_of(connection, account_id, [p.start for p in periods])
-        check = _Check(currency=account.currency if account is not None else "")
+            accepted = problem_repository.accepted_amounts(connection, account_id)
+        check = _Check(currency=account.currency if account is not None else "", accepted=accepted)
         for period in periods:
             mine = [line for line in lines if line.period_start == period.start]
             try:
@@ -564,7 +567,9 @@ class Reconciler:
                 f"ledger's lines total {self._money(check, ledger_total)}",
                 ledger_amount=ledger_total, stripe_amount=remote.total,
             )  # fmt: skip
-        elif remote.total + remote.discount != ledger_total:  # a coupon is Stripe's, not drift
+        elif remote.total + remote.discount != _charged(mine, check.accepted):
+            # A coupon is Stripe's, not drift; nor is an amount a person accepted for a line
+            # (core.line_state: Stripe charges its own amount for it).
             self._item(
                 check, period, TOTAL,
                 f"the finalized invoice ({remote.status}) totals "
@@ -947,6 +952,20 @@ def _resolved(problem: ProblemRecord) -> Conflict:
         + (f" ({problem.resolution})" if problem.resolution else ""),
         code="problem_resolved",
     )
+
+
+def _charged(mine: Sequence[SyncLine], accepted: Mapping[int, tuple[int, int]]) -> int:
+    """What Stripe charges for these lines: each line's amount, or Stripe's amount a person
+    accepted for it (``core.line_state.charged``)."""
+    return sum(
+        line_state.charged(
+            line_state.line_sync(
+                line.amount, line.version, line.synced_version, line.synced_amount,
+                accepted=accepted.get(line.id),
+            )
+        )
+        for line in mine
+    )  # fmt: skip
 
 
 def _still_accepted(earlier: ProblemRecord, item: DriftItem) -> bool:

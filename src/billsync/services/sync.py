@@ -51,7 +51,7 @@ from billsync.repositories import installation as installation_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
 from billsync.repositories import webhooks as webhook_repository
-from billsync.repositories.problems import NewProblem
+from billsync.repositories.problems import NewProblem, finalization_failed
 from billsync.repositories.sync import Confirmation, PeriodRow, SyncAccount, SyncLine
 from billsync.services.changes import Changes
 from billsync.sync.budget import Lane
@@ -169,6 +169,9 @@ class ModeMismatch(PlanError):
 # An intent whose call Stripe answered with a 5xx: that attempt is over (its answer is stored
 # under its key); the next attempt of the operation takes a key of its own.
 ANSWERED_5XX = "answered_5xx"
+# Stripe refused the write after it started (a 4xx it stores under the key): nothing written,
+# and the next attempt needs a key of its own (repositories.sync.answered_attempts).
+REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,19 +682,54 @@ class SyncService:
         invoice_id = self._invoice_of(step, start)
         key = self.key("finalize", invoice_id)
         intent = self._intent(step, start, "finalize", key, {})
-        finalized = self._call(
-            step,
-            partial(
-                self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=intent.key
-            ),
-            intent,
-        )
+        try:
+            finalized = self._call(
+                step,
+                partial(
+                    self.gateway.finalize, invoice_id, auto_advance=True, idempotency_key=intent.key
+                ),
+                intent,
+            )
+        except StripeRejected as refusal:
+            if not refusal.missing:
+                self._finalization_refused(step, start, invoice_id, intent, refusal)
+            raise
         with self.database.transaction() as connection:
             repository.mark_finalized(connection, step.account.id, start, step.now)
+            problem = problem_repository.find(connection, finalization_failed(invoice_id))
+            if problem is not None and problem.resolved_at is None:
+                problem_repository.resolve(connection, problem.id, "finalized", step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
             # The balance Stripe applied, or an amount under its minimum charge carried.
             record_totals(connection, step.account.id, start, finalized, step.now)
         step.outcome.finalized.append(start)
+
+    def _finalization_refused(
+        self, step: _Step, start: date, invoice_id: str, intent: _Intent, refusal: StripeRejected
+    ) -> None:
+        """Stripe refused to finalize (e.g. a customer's tax location it cannot use): the
+        attempt is over and wrote nothing, but Stripe stores its answer under the key and
+        replays it for 24 hours (docs.stripe.com/api/idempotent_requests), so the next attempt
+        — once someone fixed the cause — takes a key of its own. Support sees why (the same
+        problem an ``invoice.finalization_failed`` event raises); the sync fails and is
+        retried with back-off."""
+        with self.database.transaction() as connection:
+            repository.settle_intent(
+                connection, intent.id, REFUSED, step.now, f"{refusal.code}: {refusal.message}"
+            )
+            problem_repository.report(
+                connection,
+                NewProblem(
+                    kind="finalization_failed",
+                    fingerprint=finalization_failed(invoice_id),
+                    detail=f"Stripe refused to finalize invoice {invoice_id}: {refusal.message}"
+                    + (f" ({refusal.code})" if refusal.code else ""),
+                    account_id=step.account.id,
+                    period_start=start,
+                    stripe_object_id=invoice_id,
+                ),
+                step.now,
+            )
 
     def _delete(self, step: _Step, operation: DeleteInvoice) -> None:
         """A zero-total period under the "delete" rule: no invoice at all."""

@@ -417,7 +417,7 @@ class WebhookProcessor:
                 connection,
                 NewProblem(
                     kind="finalization_failed",
-                    fingerprint=f"finalization_failed:{invoice_id}",
+                    fingerprint=problems.finalization_failed(invoice_id),
                     detail=f"Stripe could not finalize invoice {invoice_id}",
                     **base,
                 ),
