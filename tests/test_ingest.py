@@ -328,3 +328,21 @@ def test_a_remembered_id_that_is_no_longer_its_line_is_not_trusted(billsync: Bil
     table = line_table(billsync)
     assert table["machine.shared-cpu-1x.seconds"][0] == Decimal(5)
     assert table["ip.ipv4.hours"][0] == Decimal(7)
+
+
+@pytest.mark.unit
+def test_the_remembered_timestamp_texts_are_exact_and_bounded() -> None:
+    """The raw events' timestamps are written as SQLite's UTC text; the texts of recent ones
+    are remembered (producers repeat "now"), never more than a bounded number of them, and an
+    instant written with another offset gets the same UTC text."""
+    from datetime import UTC, datetime, timezone  # noqa: PLC0415 - this test's own
+
+    ledger_bulk._TIMESTAMP_TEXTS.clear()
+    start = datetime(2026, 11, 5, 12, 0, 0, 250000, tzinfo=UTC)
+    for second in range(ledger_bulk._TIMESTAMP_TEXTS_KEPT + 500):
+        moment = start + timedelta(seconds=second)
+        assert ledger_bulk._event_datetime(moment) == ledger_bulk._sqlite_datetime(moment)
+        assert len(ledger_bulk._TIMESTAMP_TEXTS) <= ledger_bulk._TIMESTAMP_TEXTS_KEPT
+    paris = start.astimezone(timezone(timedelta(hours=1)))
+    assert ledger_bulk._event_datetime(paris) == "2026-11-05 12:00:00.250000"
+    assert ledger_bulk._event_datetime(start) == "2026-11-05 12:00:00.250000"

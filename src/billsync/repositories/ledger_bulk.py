@@ -45,6 +45,23 @@ def _records(rows: list[tuple[Any, ...]]) -> str:
     return orjson.dumps(rows, default=str).decode()
 
 
+# The texts of recent event timestamps. Producers report "now" on a cadence, so a timestamp
+# recurs across the events of a batch and across consecutive batches: formatting it once saves
+# a microsecond or so per event on the writer thread. Bounded: emptied when full.
+_TIMESTAMP_TEXTS: dict[datetime, str] = {}
+_TIMESTAMP_TEXTS_KEPT = 16_384
+
+
+def _event_datetime(moment: datetime) -> str:
+    """:func:`_sqlite_datetime` of an event's timestamp, remembered."""
+    text = _TIMESTAMP_TEXTS.get(moment)
+    if text is None:
+        if len(_TIMESTAMP_TEXTS) >= _TIMESTAMP_TEXTS_KEPT:
+            _TIMESTAMP_TEXTS.clear()
+        text = _TIMESTAMP_TEXTS[moment] = _sqlite_datetime(moment)
+    return text
+
+
 def _sqlite_datetime(moment: datetime) -> str:
     """SQLAlchemy's SQLite DATETIME text: ``YYYY-MM-DD HH:MM:SS.ffffff``, in UTC."""
     if moment.tzinfo is UTC:  # validated events: their ISO text without the "+00:00"
@@ -436,23 +453,19 @@ def insert_events(
                 )
     else:
         stamp = _sqlite_datetime(received_at)
-        # Producers report on a cadence: many events of a batch share a timestamp and a period.
-        texts: dict[object, str] = {}
+        periods: dict[date, str] = {}
         values = []
         for event, period_start, line_id in rows:
-            occurred = texts.get(event.timestamp)
-            if occurred is None:
-                occurred = texts[event.timestamp] = _sqlite_datetime(event.timestamp)
-            period = texts.get(period_start)
+            period = periods.get(period_start)
             if period is None:
-                period = texts[period_start] = period_start.isoformat()
+                period = periods[period_start] = period_start.isoformat()
             values.append(
                 (
                     event.id,
                     event.account,
                     event.metric,
                     str(event.quantity),
-                    occurred,
+                    _event_datetime(event.timestamp),
                     _json(event.dimensions) if event.dimensions else "{}",
                     period,
                     line_id,
