@@ -197,8 +197,46 @@ def save_portal_settings(port: int) -> None:
         raise RuntimeError(f"the emulator refused the portal settings: {response.status}")
 
 
+_REFERENCE: dict[str, Any] = {}
+
+
+def machine_reference() -> dict[str, Any]:
+    """How fast this machine runs billsync's own Python, measured now: batches of 1,000 usage
+    events decoded and validated (``core.usage.validate_body``, no store), best of 7 rounds of
+    ~0.3 s, in events per second. Every result carries it, so that ``bench.compare`` can tell
+    a slower machine (shared VMs differ by more than half from one day to the next) from a
+    slower billsync. Measured once per process, after the benchmark's own servers stopped."""
+    if not _REFERENCE:
+        from datetime import UTC, datetime, timedelta  # noqa: PLC0415 - only here
+
+        from billsync.catalog_file import load_catalog  # noqa: PLC0415
+        from billsync.config import EXAMPLE_CATALOG  # noqa: PLC0415
+        from billsync.core.usage import UsageRules, validate_body  # noqa: PLC0415
+
+        now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+        metrics = ["machine.shared-cpu-1x.seconds", "volume.gb_hours", "ip.ipv4.hours"]
+        body = json.dumps({"events": [
+            {"id": f"ref-{n}", "account": f"acct-{n % 200:04d}", "metric": metrics[n % 3],
+             "quantity": "0.001234" if n % 2 else "10",
+             "timestamp": (now - timedelta(seconds=n)).isoformat()}
+            for n in range(1000)
+        ]}).encode()  # fmt: skip
+        rules = UsageRules(load_catalog(EXAMPLE_CATALOG), now, timedelta(days=35))
+        best = float("inf")
+        for _ in range(7):
+            began, batches = time.perf_counter(), 0
+            while time.perf_counter() - began < 0.3:
+                validate_body(body, rules, 10_000)
+                batches += 1
+            best = min(best, (time.perf_counter() - began) / batches)
+        _REFERENCE["what"] = "core.usage.validate_body, 1,000 events"
+        _REFERENCE["events_per_second"] = round(1000 / best)
+    return dict(_REFERENCE)
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    payload = {**payload, "machine_reference": machine_reference()}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

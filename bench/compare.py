@@ -5,7 +5,10 @@ results committed last (``git show HEAD:bench/results/<name>.json``).
     .venv/bin/python -m bench.compare --against REV
 
 A figure that got worse by more than ``THRESHOLD`` (15 %) is printed as a WARNING line, with
-both values; the exit status stays 0 (a benchmark on a shared machine varies by ~10 % run to
+both values — worse once the machine's own change of speed is taken out: each result carries a
+``machine_reference`` (billsync's validation of a batch, timed when the result was written),
+and a figure that fell as much as the machine did is said so, not flagged. The exit status
+stays 0 (a benchmark on a shared machine varies by ~10 % run to
 run: a warning asks for a second run and a look, it does not fail a build). Figures that are
 new, or whose previous result is missing, are listed as such.
 """
@@ -93,6 +96,9 @@ class Change:
     before: float | None
     after: float
     higher_is_better: bool
+    # This machine's speed now ÷ when ``before`` was measured (``machine_reference`` in both
+    # results), or None when either result lacks it.
+    machine: float | None = None
 
     @property
     def worse_by(self) -> float:
@@ -103,17 +109,46 @@ class Change:
         return -ratio if self.higher_is_better else ratio
 
     @property
+    def worse_by_on_the_same_machine(self) -> float:
+        """:attr:`worse_by` once the machine's own change of speed is taken out: a figure that
+        fell exactly as much as the machine did is not billsync's regression."""
+        if not self.before or not self.machine:
+            return self.worse_by
+        speed = self.machine
+        expected = self.before * speed if self.higher_is_better else self.before / speed
+        ratio = (self.after - expected) / expected
+        return -ratio if self.higher_is_better else ratio
+
+    @property
     def regressed(self) -> bool:
-        return self.before is not None and self.worse_by > THRESHOLD
+        return self.before is not None and self.worse_by_on_the_same_machine > THRESHOLD
 
     def line(self) -> str:
         if self.before is None:
             return f"  new      {self.name}: {self.after:g}"
         word = "WARNING" if self.regressed else "ok"
-        return (
+        text = (
             f"  {word:<8} {self.name}: {self.before:g} → {self.after:g} "
             f"({'worse' if self.worse_by > 0 else 'better'} by {abs(self.worse_by):.0%})"
         )
+        if self.machine is not None and abs(self.machine - 1) > 0.05:
+            same = self.worse_by_on_the_same_machine
+            text += (
+                f"; the machine runs ×{self.machine:.2f} as fast as then: "
+                f"{'worse' if same > 0 else 'better'} by {abs(same):.0%} on the same machine"
+            )
+        return text
+
+
+def machine_ratio(before: dict[str, Any] | None, after: dict[str, Any]) -> float | None:
+    """How fast this machine is now against when ``before`` was measured (their
+    ``machine_reference``; None if either lacks it)."""
+    try:
+        then = float((before or {})["machine_reference"]["events_per_second"])
+        now = float(after["machine_reference"]["events_per_second"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return now / then if then > 0 else None
 
 
 def compare(benchmark: str, before: dict[str, Any] | None, after: dict[str, Any]) -> list[Change]:
@@ -122,8 +157,11 @@ def compare(benchmark: str, before: dict[str, Any] | None, after: dict[str, Any]
     if headlines is None:
         return []
     previous = {} if before is None else {f.name: f.value for f in headlines(before)}
+    machine = machine_ratio(before, after)
     return [
-        Change(figure.name, previous.get(figure.name), figure.value, figure.higher_is_better)
+        Change(
+            figure.name, previous.get(figure.name), figure.value, figure.higher_is_better, machine
+        )
         for figure in headlines(after)
     ]
 

@@ -66,3 +66,27 @@ def test_jetstream_figures_with_arrays_of_events_are_named_apart() -> None:
     ]
     assert single[0].regressed
     assert not batched[0].regressed
+
+
+def test_a_figure_that_fell_as_much_as_the_machine_is_not_a_regression() -> None:
+    """Each result carries the machine's speed (``machine_reference``): on a machine running
+    at 0.6 × the speed of the committed run, 40 % fewer events/s and a 1/0.6 longer p99 are the
+    machine's; a drop beyond the machine's is still a warning."""
+
+    def measured(rate: float, p99: float, reference: float) -> dict[str, Any]:
+        return {**ingest(rate, p99), "machine_reference": {"events_per_second": reference}}
+
+    before = measured(40_000, 100.0, 500_000)
+    slower = measured(24_000, 165.0, 300_000)
+    slower_machine = {c.name: c for c in compare("ingest", before, slower)}
+    assert slower_machine["ingest sqlite events/s"].worse_by == pytest.approx(0.40)
+    assert not slower_machine["ingest sqlite events/s"].regressed
+    assert slower_machine["ingest sqlite events/s"].worse_by_on_the_same_machine == pytest.approx(0)
+    assert not slower_machine["ingest sqlite batch p99 ms"].regressed
+    assert "as fast as then" in slower_machine["ingest sqlite events/s"].line()
+    slower_billsync = {c.name: c for c in compare("ingest", before, measured(18_000, 100, 300_000))}
+    assert slower_billsync["ingest sqlite events/s"].regressed  # 25 % below the machine's share
+    assert "WARNING" in slower_billsync["ingest sqlite events/s"].line()
+    without = compare("ingest", ingest(40_000, 100.0), measured(24_000, 100.0, 300_000))
+    assert without[0].machine is None
+    assert without[0].regressed  # no reference then: judged as measured
