@@ -132,8 +132,10 @@ def ensure_schema(database: Database, seconds: float = DATABASE_WAIT_SECONDS) ->
     between the wait and the check (a failover, a blink of the network): the whole step is
     retried within the same ``seconds``."""
     deadline = time.monotonic() + seconds
+    left = seconds  # the first wait says the whole of it ("waiting up to 30 s"), not 29.99
     while True:
-        wait_for_database(database, max(0.0, deadline - time.monotonic()))
+        wait_for_database(database, left)
+        left = max(0.0, deadline - time.monotonic())
         try:
             if database.is_sqlite:
                 migrate.upgrade(database)
