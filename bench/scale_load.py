@@ -85,11 +85,13 @@ class SimulatedClock:
     def jump(self, moment: datetime) -> None:
         with self._lock:
             self._base, self._began = moment, time.monotonic()
-        FileClock.write(self.path, moment)
+            FileClock.write(self.path, moment)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            FileClock.write(self.path, self.now())
+            with self._lock:  # never an older time written after a jump's newer one
+                moment = self._base + timedelta(seconds=time.monotonic() - self._began)
+                FileClock.write(self.path, moment)
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.event import listen as event_listen
+from sqlalchemy.event import remove as event_remove
 from typer.testing import CliRunner
 
 from billsync.bootstrap import Billsync
@@ -170,6 +175,27 @@ def test_an_approved_period_being_finalized_cannot_be_held(
     assert status(billsync) is PeriodStatus.FINALIZED
 
 
+@contextmanager
+def statements_by_transaction(billsync: Billsync) -> Iterator[list[list[str]]]:
+    """The SQL statements run meanwhile, grouped by the transaction they ran in."""
+    transactions: list[list[str]] = [[]]
+
+    def statement(*args: Any) -> None:
+        transactions[-1].append(" ".join(str(args[2]).split()))
+
+    def begin(*_: Any) -> None:
+        transactions.append([])
+
+    engine = billsync.database.engine
+    event_listen(engine, "before_cursor_execute", statement)
+    event_listen(engine, "begin", begin)
+    try:
+        yield transactions
+    finally:
+        event_remove(engine, "before_cursor_execute", statement)
+        event_remove(engine, "begin", begin)
+
+
 def blocked_by(billsync: Billsync, pid: int) -> bool:
     """Whether some session waits for a lock the session ``pid`` holds."""
     with billsync.database.engine.connect() as connection:
@@ -250,7 +276,16 @@ def test_zero_total_periods_are_finalized_at_zero_or_deleted(
     clock.set(AFTER_GRACE)
     lifecycle.advance()
     clock.advance(timedelta(hours=3))
-    assert lifecycle.advance().finalized == [("acme", NOVEMBER)]
+    with statements_by_transaction(billsync) as transactions:
+        assert lifecycle.advance().finalized == [("acme", NOVEMBER)]
+    # Every transaction that takes the account's ledger lock takes it before writing the
+    # account's rows (the order ingest keeps; the reverse deadlocks with it on PostgreSQL).
+    for statements in transactions:
+        locks = [i for i, s in enumerate(statements) if "pg_advisory_xact_lock" in s]
+        writes = [i for i, s in enumerate(statements)
+                  if s.startswith(("UPDATE billing_periods", "UPDATE lines"))]  # fmt: skip
+        if locks and writes:
+            assert locks[0] < writes[0], statements
     with billsync.database.read() as connection:
         period = sync_repository.get_period(connection, "acme", NOVEMBER)
     assert period is not None

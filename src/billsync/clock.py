@@ -76,8 +76,10 @@ class FileClock:
 
     @staticmethod
     def write(path: str, moment: datetime) -> None:
-        """Set the time for every process reading ``path`` (atomically: write, then rename)."""
-        temporary = f"{path}.{os.getpid()}.tmp"
+        """Set the time for every process reading ``path`` (atomically: write, then rename).
+        The temporary file is this thread's own: two writers in one process (a clock moved
+        forward in the background and jumped meanwhile) never rename each other's file."""
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(moment.astimezone(UTC).isoformat())
         os.replace(temporary, path)

@@ -68,6 +68,7 @@ from billsync.db.database import Database
 from billsync.errors import Conflict, NotFound
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as repository
+from billsync.repositories.ledger import lock_accounts
 from billsync.repositories.problems import NewProblem, ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
 from billsync.services.sync import SyncOutcome, SyncService
@@ -848,6 +849,9 @@ class Reconciler:
         resolution = (ACCEPTED + ACCEPT_NOTES[problem.kind])[:200]
         period = repository.get_period(connection, problem.account_id, problem.period_start)
         if problem.kind in (VOIDED, DELETED, FINALIZED_ELSEWHERE) and period is not None:
+            # The account's ledger lock before its rows, the order ingest keeps (the period
+            # stops taking usage here if it was still open).
+            lock_accounts(connection, [problem.account_id])
             if problem.kind == DELETED:
                 repository.set_invoice(
                     connection, problem.account_id, problem.period_start, None, now

@@ -94,10 +94,11 @@ def _record_deleted(
     connection: Connection, account_id: str, start: date, line_ids: list[int], now: datetime
 ) -> None:
     """A zero-total period's draft is deleted (the "delete" rule): no invoice, nothing to
-    sync, the period done."""
+    sync, the period done. Finalized first: its conditional change takes the account's
+    ledger lock, which comes before any of the account's rows (the order ingest keeps)."""
+    repository.mark_finalized(connection, account_id, start, now)
     repository.set_invoice(connection, account_id, start, None, now)
     repository.forget_lines(connection, line_ids)
-    repository.mark_finalized(connection, account_id, start, now)
 
 
 def _last_day(end: date) -> date:
