@@ -327,25 +327,27 @@ class Leases:
         """Push the expiry of our leases (all, or ``account_ids``); returns those lost."""
         with self._lock:
             ids = list(self._leases) if account_ids is None else list(account_ids)
+            # The leases as they are now: one released (a sync ended) or claimed anew while
+            # the renewal runs is not this renewal's to judge.
+            asked = {a: self._leases.get(a) for a in ids}
         if not ids:
             return set()
         _, expires = self._expiry()
         started = self._monotonic()
         with self.database.transaction() as connection:
             kept = repository.renew_accounts(connection, ids, self.owner, expires)
-        lost = set(ids) - kept
+        lost: set[str] = set()
         with self._lock:
             for account_id in ids:
                 lease = self._leases.get(account_id)
-                if lease is None:
-                    continue
+                if lease is None or lease is not asked[account_id]:
+                    continue  # given back (or claimed again) meanwhile: nothing was lost
                 if account_id in kept:
                     lease.renewed_at = started
-                else:
-                    lease.lost = True
-            for account_id in lost:  # claimed, not started: nothing to stop, just forget
-                lease = self._leases.get(account_id)
-                if lease is not None and not lease.held:
+                    continue
+                lease.lost = True
+                lost.add(account_id)
+                if not lease.held:  # claimed, not started: nothing to stop, just forget
                     del self._leases[account_id]
         for account_id in sorted(lost):
             log.warning("lease.lost", extra={"account": account_id, "owner": self.owner})
