@@ -335,6 +335,20 @@ class ChaosRun:
     # --- chaos ----------------------------------------------------------------------------
 
     def _faults_on(self) -> None:
+        self.stripe("POST", "/_emulator/webhooks/chaos", json={
+            "duplicate_rate": 0.2, "reorder_window": 4, "drop_rate": 0.1,
+            "drop_next": 2, "duplicate_next": 2,  # met whatever the rates draw
+            "seed": self.config.seed,
+        })  # fmt: skip
+        # The forced drops and duplicates take the next events: make sure there are enough of
+        # them, whatever billsync manages to write while its worker is being killed (on a
+        # slow machine, as few as one event came out during the chaos). Customers of no
+        # billsync account: their events are received, stored and ignored.
+        for n in range(6):
+            self.stripe(
+                "POST", "/v1/customers", data={"name": f"chaos bystander {n}"},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )  # fmt: skip
         self.stripe("POST", "/_emulator/faults", json={"seed": self.config.seed})
         share = self.config.fault_rate / len(FAULT_KINDS)
         for kind in FAULT_KINDS:
@@ -342,11 +356,6 @@ class ChaosRun:
             if kind != "hang":  # reads fail too, except hangs (reads have nothing to write)
                 rule["endpoint"] = "*"
             self.stripe("POST", "/_emulator/faults", json=rule)
-        self.stripe("POST", "/_emulator/webhooks/chaos", json={
-            "duplicate_rate": 0.2, "reorder_window": 4, "drop_rate": 0.1,
-            "drop_next": 2, "duplicate_next": 2,  # met whatever the rates draw
-            "seed": self.config.seed,
-        })  # fmt: skip
 
     def _faults_off(self) -> None:
         self.stripe("DELETE", "/_emulator/faults")
