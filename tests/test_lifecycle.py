@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.event import listen as event_listen
-from sqlalchemy.event import remove as event_remove
 from typer.testing import CliRunner
 
 from billsync.bootstrap import Billsync
@@ -30,6 +25,7 @@ from billsync.sync.budget import CircuitBreaker, RateBudget
 from billsync.sync.guard import StripeGuard
 from tests.conftest import T0
 from tests.factories import create_account, event
+from tests.sql_trace import assert_lock_before_writes, statements_by_transaction
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.waiting import wait_until
 
@@ -68,6 +64,15 @@ def invoice_status(billsync: Billsync, emulator: RunningEmulator) -> str:
         headers={"Authorization": f"Bearer {EMULATOR_KEY}"},
     )
     return str(response.json()["status"])
+
+
+def in_review(billsync: Billsync, lifecycle: LifecycleService, clock: ManualClock) -> None:
+    """acme's November, 1,000 IP-hours (above Stripe's minimum charge, so the invoice waits
+    for a payment), past its grace: in review."""
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
+    clock.set(AFTER_GRACE)
+    lifecycle.advance()
 
 
 def test_a_hold_stops_the_review_clock_and_release_restarts_it(
@@ -124,10 +129,7 @@ def test_a_hold_that_lost_a_race_is_a_409_period_changed(
     if billsync.database.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer at a time: a read and its write cannot interleave")
     _, lifecycle = make(billsync, running_emulator, clock)
-    create_account(billsync)
-    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
-    clock.set(AFTER_GRACE)
-    lifecycle.advance()
+    in_review(billsync, lifecycle, clock)
     assert status(billsync) is PeriodStatus.REVIEW
     outcome: list[BaseException | None] = []
     with billsync.database.transaction() as other:  # another process approves now
@@ -161,10 +163,7 @@ def test_an_approved_period_being_finalized_cannot_be_held(
     """Approval is the last decision: between it and Stripe's finalization (the final sync),
     a hold is refused instead of leaving a held period whose finalization was requested."""
     _, lifecycle = make(billsync, running_emulator, clock)
-    create_account(billsync)
-    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
-    clock.set(AFTER_GRACE)
-    lifecycle.advance()
+    in_review(billsync, lifecycle, clock)
     with billsync.database.transaction() as connection:
         lifecycle.approve_period(connection, "acme", NOVEMBER, clock.now())
     with pytest.raises(Conflict) as refused:
@@ -173,27 +172,6 @@ def test_an_approved_period_being_finalized_cannot_be_held(
     assert status(billsync) is PeriodStatus.REVIEW
     assert lifecycle.finalize_approved("acme", NOVEMBER) is True
     assert status(billsync) is PeriodStatus.FINALIZED
-
-
-@contextmanager
-def statements_by_transaction(billsync: Billsync) -> Iterator[list[list[str]]]:
-    """The SQL statements run meanwhile, grouped by the transaction they ran in."""
-    transactions: list[list[str]] = [[]]
-
-    def statement(*args: Any) -> None:
-        transactions[-1].append(" ".join(str(args[2]).split()))
-
-    def begin(*_: Any) -> None:
-        transactions.append([])
-
-    engine = billsync.database.engine
-    event_listen(engine, "before_cursor_execute", statement)
-    event_listen(engine, "begin", begin)
-    try:
-        yield transactions
-    finally:
-        event_remove(engine, "before_cursor_execute", statement)
-        event_remove(engine, "begin", begin)
 
 
 def blocked_by(billsync: Billsync, pid: int) -> bool:
@@ -214,10 +192,7 @@ def test_a_finalize_stripe_refuses_is_shown_to_support_and_retried_under_a_key_o
     is a problem support sees with Stripe's words; once the cause is fixed, the next sync
     finalizes under a key of its own (the old one would replay the refusal) and closes it."""
     sync, lifecycle = make(billsync, running_emulator, clock)
-    create_account(billsync)
-    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
-    clock.set(AFTER_GRACE)
-    lifecycle.advance()
+    in_review(billsync, lifecycle, clock)
     running_emulator.control("POST", "faults", {
         "endpoint": "POST /v1/invoices/{id}/finalize", "kind": "refuse", "count": 1,
         "code": "customer_tax_location_invalid",
@@ -248,10 +223,7 @@ def test_finalized_is_recorded_once_whoever_reports_it_again(
     """A period's finalization is a conditional change too: a second report of it (a recovery
     read, a webhook, the sweep) keeps the first ``finalized_at``."""
     _, lifecycle = make(billsync, running_emulator, clock)
-    create_account(billsync)
-    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "1000", at=T0)])
-    clock.set(AFTER_GRACE)
-    lifecycle.advance()
+    in_review(billsync, lifecycle, clock)
     assert lifecycle.approve_now("acme", NOVEMBER) is True
     with billsync.database.read() as connection:
         first = sync_repository.get_period(connection, "acme", NOVEMBER)
@@ -276,16 +248,10 @@ def test_zero_total_periods_are_finalized_at_zero_or_deleted(
     clock.set(AFTER_GRACE)
     lifecycle.advance()
     clock.advance(timedelta(hours=3))
-    with statements_by_transaction(billsync) as transactions:
+    with statements_by_transaction(billsync.database) as transactions:
         assert lifecycle.advance().finalized == [("acme", NOVEMBER)]
-    # Every transaction that takes the account's ledger lock takes it before writing the
-    # account's rows (the order ingest keeps; the reverse deadlocks with it on PostgreSQL).
-    for statements in transactions:
-        locks = [i for i, s in enumerate(statements) if "pg_advisory_xact_lock" in s]
-        writes = [i for i, s in enumerate(statements)
-                  if s.startswith(("UPDATE billing_periods", "UPDATE lines"))]  # fmt: skip
-        if locks and writes:
-            assert locks[0] < writes[0], statements
+    # The account's ledger lock before its rows, in every transaction that takes it.
+    assert_lock_before_writes(transactions, "billing_periods", "lines")
     with billsync.database.read() as connection:
         period = sync_repository.get_period(connection, "acme", NOVEMBER)
     assert period is not None

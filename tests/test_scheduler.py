@@ -30,6 +30,7 @@ from billsync.sync.leases import Leases
 from tests.conftest import T0, TEST_TOKEN, emulator_settings
 from tests.factories import create_account
 from tests.factories import event as usage_event
+from tests.sql_trace import assert_lock_before_writes, statements_by_transaction
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.waiting import wait_until
 
@@ -465,30 +466,9 @@ def test_a_sync_takes_the_ledger_lock_before_it_writes_the_accounts_rows(
     assert synced.sync is not None
     create_account(synced, "acme")
     synced.ingest.ingest([egress("acme", "1")])
-    transactions: list[list[str]] = [[]]
-
-    def statement(*args: Any) -> None:
-        transactions[-1].append(" ".join(str(args[2]).split()))
-
-    def begin(*_: Any) -> None:
-        transactions.append([])
-
-    engine = synced.database.engine
-    event.listen(engine, "before_cursor_execute", statement)
-    event.listen(engine, "begin", begin)
-    try:
+    with statements_by_transaction(synced.database) as transactions:
         assert synced.sync.service.sync_account("acme").ok
-    finally:
-        event.remove(engine, "before_cursor_execute", statement)
-        event.remove(engine, "begin", begin)
-    checked = 0
-    for statements in transactions:
-        writes = [i for i, s in enumerate(statements) if s.startswith("UPDATE account_sync")]
-        locks = [i for i, s in enumerate(statements) if "pg_advisory_xact_lock" in s]
-        if writes and locks:
-            checked += 1
-            assert locks[0] < writes[0], statements
-    assert checked >= 1
+    assert assert_lock_before_writes(transactions, "account_sync") >= 1
 
 
 def test_a_slow_periodic_job_does_not_hold_up_the_tick(synced: Billsync) -> None:

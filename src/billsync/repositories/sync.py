@@ -779,6 +779,24 @@ def not_leased_elsewhere(claimant: Claimant | None) -> ColumnElement[bool]:
     return true() if claimant is None else free_for(claimant.owner, claimant.now)
 
 
+def queued_on_the_platforms_policy(
+    now: datetime | None, claimant: Claimant | None
+) -> list[ColumnElement[bool]]:
+    """In the due queue (marked behind), on the platform's policy (no override of their own),
+    not in a retry's back-off, not leased by another worker: the accounts a policy weighs."""
+    return [
+        account_sync.c.behind.is_(True),
+        accounts.c.sync_policy.is_(None),
+        not_waiting_to_retry(now),
+        not_leased_elsewhere(claimant),
+    ]
+
+
+def _line_unsynced() -> ColumnElement[Any]:
+    """How far Stripe is behind one line: |amount − synced amount|."""
+    return func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
+
+
 def due_by_interval(
     connection: Connection,
     window_start: datetime,
@@ -797,13 +815,7 @@ def due_by_interval(
         query = (
             select(account_sync.c.account_id, account_sync.c.last_synced_at)
             .join(accounts, accounts.c.id == account_sync.c.account_id)
-            .where(
-                account_sync.c.behind.is_(True),
-                accounts.c.sync_policy.is_(None),
-                condition,
-                not_waiting_to_retry(now),
-                not_leased_elsewhere(claimant),
-            )
+            .where(*queued_on_the_platforms_policy(now, claimant), condition)
             .order_by(*order)
             .limit(room)
         )
@@ -830,20 +842,16 @@ def due_by_threshold(
     amount| over their pending lines, as :func:`unsynced_amount`) reached ``threshold``: the
     largest first, at most ``limit``. One grouped statement over the pending lines of the
     accounts in the due queue, instead of a read per account behind."""
-    behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
-    owed = func.sum(behind)
+    owed = func.sum(_line_unsynced())
     query = (
         select(account_sync.c.account_id, owed.label("unsynced"))
         .join(accounts, accounts.c.id == account_sync.c.account_id)
         .join(lines, lines.c.account_id == account_sync.c.account_id)
         .join(billing_periods, LINE_PERIOD)
         .where(
-            account_sync.c.behind.is_(True),
-            accounts.c.sync_policy.is_(None),
+            *queued_on_the_platforms_policy(now, claimant),
             billing_periods.c.status.in_(SYNCED_STATUSES),
             pending_line(),
-            not_waiting_to_retry(now),
-            not_leased_elsewhere(claimant),
         )
         .group_by(account_sync.c.account_id)
         .having(owed >= threshold)
@@ -957,9 +965,8 @@ def accounts_needing_sync(connection: Connection) -> list[str]:
 def unsynced_amount(connection: Connection, account_id: str) -> int:
     """Σ |amount − synced amount| over the account's pending lines: how far Stripe is behind
     (``core.line_state.behind``)."""
-    behind = func.abs(lines.c.amount - func.coalesce(lines.c.synced_amount, 0))
     total = connection.execute(
-        select(func.coalesce(func.sum(behind), 0))
+        select(func.coalesce(func.sum(_line_unsynced()), 0))
         .join(billing_periods, LINE_PERIOD)
         .where(
             lines.c.account_id == account_id,
