@@ -44,6 +44,10 @@ def _ingest(data: dict[str, Any]) -> Iterator[Figure]:
         store = r["store"]
         yield Figure(f"ingest {store} events/s", r["events_per_second"], True)
         yield Figure(f"ingest {store} batch p99 ms", r["batch_latency_ms"]["p99"], False)
+        if "paced" in r:
+            rate = r["paced"]["offered_events_per_second"]
+            name = f"ingest {store} paced at {rate:,.0f}/s batch p99 ms"
+            yield Figure(name, r["paced"]["batch_latency_ms"]["p99"], False)
 
 
 def _jetstream(data: dict[str, Any]) -> Iterator[Figure]:

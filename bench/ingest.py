@@ -7,7 +7,9 @@ keep-alive connections posting batches of 1,000 events over 200 accounts). Repor
 events/s, p50/p99 batch latency, the server's peak RSS and its RSS early vs late in the run
 (flat memory; after an unmeasured warm-up of ``--warmup-events`` in which the caches fill),
 plus a baseline measured in the same run: the same events posted one per request, as a
-producer without batching would. Writes bench/results/ingest.json.
+producer without batching would. Then the latency at a given throughput: ``--paced-events``
+more sent on a schedule at ``--paced-rate`` events/s (default 40,000), each batch timed from
+the moment it was due. Writes bench/results/ingest.json.
 """
 
 from __future__ import annotations
@@ -70,12 +72,18 @@ def make_batch(run: str, batch_number: int, size: int, accounts: int, now: datet
 
 def client_process(
     *, port: int, run: str, batches: int, size: int, accounts: int, connections: int,
-    queue: multiprocessing.Queue[Any],
+    queue: multiprocessing.Queue[Any], rate: float | None = None,
 ) -> None:  # fmt: skip
     """Posts ``batches`` batches over ``connections`` keep-alive connections; reports timings.
 
     Bodies are encoded before the clock starts, as a load generator prepares its requests:
-    the measured CPU is billsync's, plus the client's HTTP work."""
+    the measured CPU is billsync's, plus the client's HTTP work.
+
+    Closed loop (``rate`` None): each connection posts its next batch as soon as the last is
+    answered — the most the server can take. Paced (``rate`` events/s): batch *n* is due at
+    start + n × size / rate, whatever the answers, as a fleet of producers sends; a batch's
+    latency runs from the moment it was due, so a batch the client could only send late
+    (every connection still waiting) counts its wait too (no coordinated omission)."""
     now = datetime.now(UTC)
     bodies = [make_batch(run, number, size, accounts, now) for number in range(batches)]
     counter = itertools.count()
@@ -94,6 +102,11 @@ def client_process(
                 return
             body = bodies[number]
             started = time.perf_counter()
+            if rate is not None:
+                due = began + number * size / rate
+                if due > started:
+                    time.sleep(due - started)
+                started = due
             connection.request("POST", "/v1/usage", body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
@@ -105,7 +118,7 @@ def client_process(
                 else:
                     accepted[0] += orjson.loads(payload)["accepted"]
 
-    started = time.perf_counter()
+    began = started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(connections)]
     for thread in threads:
         thread.start()
@@ -172,6 +185,11 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
                 accounts=args.accounts, connections=args.connections,
             )  # fmt: skip
             sampler.stop()
+            paced = run_client(
+                port=port, run="paced", batches=args.paced_events // args.batch,
+                size=args.batch, accounts=args.accounts, connections=PACED_CONNECTIONS,
+                rate=args.paced_rate,
+            )  # fmt: skip
     latencies = sorted(measured["latencies"])
     events_per_second = measured["accepted"] / measured["seconds"]
     baseline_rate = baseline["accepted"] / baseline["seconds"]
@@ -183,11 +201,13 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
         "failures": measured["failures"],
         "seconds": round(measured["seconds"], 2),
         "events_per_second": round(events_per_second),
-        "batch_latency_ms": {
-            "p50": round(statistics.median(latencies) * 1000, 1),
-            "p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
-            "max": round(latencies[-1] * 1000, 1),
-            "mean": round(statistics.fmean(latencies) * 1000, 1),
+        "batch_latency_ms": latency_summary(latencies),
+        "paced": {
+            "offered_events_per_second": args.paced_rate,
+            "events": paced["accepted"],
+            "failed_batches": paced["failed"],
+            "events_per_second": round(paced["accepted"] / paced["seconds"]),
+            "batch_latency_ms": latency_summary(sorted(paced["latencies"])),
         },
         "server_rss_mib": {
             "peak": round(sampler.peak_mib(), 1),
@@ -211,6 +231,21 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
     }
 
 
+# Enough that a paced batch is never held back by a connection still waiting for an answer
+# (at 40,000 events/s a 1,000-event batch is due every 25 ms).
+PACED_CONNECTIONS = 16
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float]:
+    """p50/p99/max/mean in ms of sorted latencies in seconds."""
+    return {
+        "p50": round(statistics.median(latencies) * 1000, 1),
+        "p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
+        "max": round(latencies[-1] * 1000, 1),
+        "mean": round(statistics.fmean(latencies) * 1000, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -222,6 +257,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--baseline-events", type=int, default=5000)
     parser.add_argument("--warmup-events", type=int, default=100_000)
+    # Latency at a given throughput: batches sent on a schedule (open loop), not as fast as
+    # answers come back. In the closed loop above, latency is set by the connections in
+    # flight (Little's law: 4 connections at 40,000 events/s in batches of 1,000 wait
+    # 100 ms on average, whatever the server), so p99 there says how deep the queue is.
+    parser.add_argument("--paced-rate", type=float, default=40_000)
+    parser.add_argument("--paced-events", type=int, help="default: --events, at most 400,000")
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument(
         "--postgres-url",
@@ -230,6 +271,8 @@ def main() -> None:
         ),
     )
     args = parser.parse_args()
+    if args.paced_events is None:
+        args.paced_events = min(args.events, 400_000)
     results = []
     for store in args.stores.split(","):
         if store == "sqlite":
@@ -247,7 +290,12 @@ def main() -> None:
             f"last 10% {row['server_rss_mib']['last_10pct']})  "
             f"×{row['speedup_vs_single_event_requests']} vs one event per request "
             f"({row['baseline_single_event_requests']['events_per_second']:,}/s)  "
-            f"failed batches {row['failed_batches']}",
+            f"failed batches {row['failed_batches']}\n"
+            f"{'':>10}  paced at {row['paced']['offered_events_per_second']:,.0f} events/s: "
+            f"{row['paced']['events_per_second']:,} events/s  "
+            f"p50 {row['paced']['batch_latency_ms']['p50']} ms  "
+            f"p99 {row['paced']['batch_latency_ms']['p99']} ms  "
+            f"failed batches {row['paced']['failed_batches']}",
             flush=True,
         )
     path = write_results(

@@ -101,7 +101,30 @@ def ingest_section(data: dict[str, Any]) -> str:
         ["store", "events", "events/s", "batch p50 ms", "p99 ms", "RSS MiB first 10 %",
          "last 10 %", "change", "peak", "baseline: 1 event per request, events/s",
          "speed-up"], rows,
-    )  # fmt: skip
+    ) + paced_table(data)  # fmt: skip
+
+
+def paced_table(data: dict[str, Any]) -> str:
+    """Latency at a set throughput: the same server, batches sent on a schedule."""
+    runs = [r for r in data["results"] if "paced" in r]
+    if not runs:
+        return ""
+    rate = runs[0]["paced"]["offered_events_per_second"]
+    rows = [
+        [r["store"], n(r["paced"]["events"]), n(r["paced"]["events_per_second"]),
+         r["paced"]["batch_latency_ms"]["p50"], r["paced"]["batch_latency_ms"]["p99"],
+         r["paced"]["batch_latency_ms"]["max"], r["paced"]["failed_batches"]]
+        for r in runs
+    ]  # fmt: skip
+    return (
+        f"\n\nThen latency at a set throughput: batches sent on a schedule at {n(rate)} "
+        "events/s (open loop, 16 connections so that none is held back by an answer), each "
+        "timed from the moment it was due. A server that cannot keep up shows it here: "
+        "its queue, and so the latency, grows through the run.\n\n"
+    ) + table(
+        ["store", "events", "events/s", "batch p50 ms", "p99 ms", "max ms", "failed batches"],
+        rows,
+    )
 
 
 def sweep_reads(run: dict[str, Any]) -> int:

@@ -90,3 +90,24 @@ def test_a_figure_that_fell_as_much_as_the_machine_is_not_a_regression() -> None
     without = compare("ingest", ingest(40_000, 100.0), measured(24_000, 100.0, 300_000))
     assert without[0].machine is None
     assert without[0].regressed  # no reference then: judged as measured
+
+
+def test_the_paced_latency_is_a_figure_of_its_own_and_a_table_in_the_report() -> None:
+    from bench.report import paced_table  # noqa: PLC0415 - the report's one table here
+
+    def run(p99: float) -> dict[str, Any]:
+        data = ingest(40_000, 120.0)
+        data["results"][0]["paced"] = {
+            "offered_events_per_second": 40_000.0, "events": 400_000, "failed_batches": 0,
+            "events_per_second": 39_800, "batch_latency_ms": {"p50": 60.0, "p99": p99, "max": p99},
+        }  # fmt: skip
+        return data
+
+    changes = {c.name: c for c in compare("ingest", run(80.0), run(120.0))}
+    paced = changes["ingest sqlite paced at 40,000/s batch p99 ms"]
+    assert paced.regressed  # p99 at the same offered load up 50 %
+    assert not changes["ingest sqlite batch p99 ms"].regressed
+    section = paced_table(run(80.0))
+    assert "on a schedule at 40,000 events/s" in section
+    assert "| sqlite | 400,000 | 39,800 | 60.0 | 80.0 | 80.0 | 0 |" in section
+    assert paced_table(ingest(40_000, 120.0)) == ""  # results from before the paced run

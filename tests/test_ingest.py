@@ -180,6 +180,26 @@ def test_stored_values_read_back_identically_through_the_models(billsync: Billsy
     assert line.updated_at == T0
 
 
+def test_backslashes_quotes_and_unicode_are_stored_exactly(billsync: Billsync) -> None:
+    """PostgreSQL's raw events go in as COPY text written by hand: a backslash (its escape
+    character) must arrive as itself, in the id and inside the dimensions' JSON."""
+    create_account(billsync)
+    region = 'fra\\1 "b" \\t é 🚀'
+    event_id = 'id\\n\\\\"x"\\'
+    sent = event(
+        "acme", "bandwidth.egress.na-eu.gb", "1E-7", at=T0, event_id=event_id, region=region
+    )
+    assert billsync.ingest.ingest([sent]).accepted == 1
+    with billsync.database.read() as connection:
+        row = connection.execute(select(usage_events)).one()
+    assert row.id == event_id
+    assert row.dimensions == {"region": region}
+    assert row.quantity == Decimal("1E-7")
+    # And the id is known as taken: sent again, it is a duplicate, not a second event.
+    again = billsync.ingest.ingest([sent])
+    assert (again.accepted, again.duplicates) == (0, 1)
+
+
 # --- Properties: order, batch boundaries and re-sends do not change the ledger -----------
 
 METRICS = [
