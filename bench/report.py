@@ -96,12 +96,25 @@ def ingest_section(data: dict[str, Any]) -> str:
            "bounded caches fill (SQLite's page cache, the line-id cache). " if warm else "")
         + "A client waits for each answer before sending its next batch, so by Little's law "
         "a batch's mean latency is about connections ÷ batches per second: more connections "
-        "add waiting, not throughput, once the one writer is busy.\n\n"
+        "add waiting, not throughput, once the one writer is busy."
+        + machine_speed(data)
+        + "\n\n"
     ) + table(
         ["store", "events", "events/s", "batch p50 ms", "p99 ms", "RSS MiB first 10 %",
          "last 10 %", "change", "peak", "baseline: 1 event per request, events/s",
          "speed-up"], rows,
     ) + paced_table(data)  # fmt: skip
+
+
+def machine_speed(data: dict[str, Any]) -> str:
+    """The machine's speed when the result was written (shared VMs differ from day to day)."""
+    reference = data.get("machine_reference")
+    if not reference:
+        return ""
+    return (
+        f" This machine's speed at the time: {n(reference['events_per_second'])} events/s of "
+        "billsync's validation alone (`machine_reference`, what `bench.compare` scales by)."
+    )
 
 
 def paced_table(data: dict[str, Any]) -> str:
