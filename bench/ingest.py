@@ -185,15 +185,15 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
                 accounts=args.accounts, connections=args.connections,
             )  # fmt: skip
             sampler.stop()
-            paced = run_client(
-                port=port, run="paced", batches=args.paced_events // args.batch,
-                size=args.batch, accounts=args.accounts, connections=PACED_CONNECTIONS,
-                rate=args.paced_rate,
+            paced_batches = args.paced_events // args.batch
+            paced = None if paced_batches == 0 else run_client(
+                port=port, run="paced", batches=paced_batches, size=args.batch,
+                accounts=args.accounts, connections=PACED_CONNECTIONS, rate=args.paced_rate,
             )  # fmt: skip
     latencies = sorted(measured["latencies"])
     events_per_second = measured["accepted"] / measured["seconds"]
     baseline_rate = baseline["accepted"] / baseline["seconds"]
-    return {
+    result: dict[str, Any] = {
         "store": store,
         "events": batches * args.batch,
         "accepted": measured["accepted"],
@@ -202,13 +202,6 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
         "seconds": round(measured["seconds"], 2),
         "events_per_second": round(events_per_second),
         "batch_latency_ms": latency_summary(latencies),
-        "paced": {
-            "offered_events_per_second": args.paced_rate,
-            "events": paced["accepted"],
-            "failed_batches": paced["failed"],
-            "events_per_second": round(paced["accepted"] / paced["seconds"]),
-            "batch_latency_ms": latency_summary(sorted(paced["latencies"])),
-        },
         "server_rss_mib": {
             "peak": round(sampler.peak_mib(), 1),
             "first_10pct": round(sampler.window_mib(0.0, 0.1), 1),
@@ -229,6 +222,15 @@ def bench_store(store: str, url: str, args: argparse.Namespace) -> dict[str, Any
         },
         "speedup_vs_single_event_requests": round(events_per_second / baseline_rate, 1),
     }
+    if paced is not None:
+        result["paced"] = {
+            "offered_events_per_second": args.paced_rate,
+            "events": paced["accepted"],
+            "failed_batches": paced["failed"],
+            "events_per_second": round(paced["accepted"] / paced["seconds"]),
+            "batch_latency_ms": latency_summary(sorted(paced["latencies"])),
+        }
+    return result
 
 
 # Enough that a paced batch is never held back by a connection still waiting for an answer
@@ -262,7 +264,9 @@ def main() -> None:
     # flight (Little's law: 4 connections at 40,000 events/s in batches of 1,000 wait
     # 100 ms on average, whatever the server), so p99 there says how deep the queue is.
     parser.add_argument("--paced-rate", type=float, default=40_000)
-    parser.add_argument("--paced-events", type=int, help="default: --events, at most 400,000")
+    parser.add_argument(
+        "--paced-events", type=int, help="default: --events, at most 400,000; 0: no paced run"
+    )
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument(
         "--postgres-url",
@@ -290,14 +294,19 @@ def main() -> None:
             f"last 10% {row['server_rss_mib']['last_10pct']})  "
             f"×{row['speedup_vs_single_event_requests']} vs one event per request "
             f"({row['baseline_single_event_requests']['events_per_second']:,}/s)  "
-            f"failed batches {row['failed_batches']}\n"
-            f"{'':>10}  paced at {row['paced']['offered_events_per_second']:,.0f} events/s: "
-            f"{row['paced']['events_per_second']:,} events/s  "
-            f"p50 {row['paced']['batch_latency_ms']['p50']} ms  "
-            f"p99 {row['paced']['batch_latency_ms']['p99']} ms  "
-            f"failed batches {row['paced']['failed_batches']}",
+            f"failed batches {row['failed_batches']}",
             flush=True,
         )
+        if "paced" in row:
+            paced = row["paced"]
+            print(
+                f"{'':>10}  paced at {paced['offered_events_per_second']:,.0f} events/s: "
+                f"{paced['events_per_second']:,} events/s  "
+                f"p50 {paced['batch_latency_ms']['p50']} ms  "
+                f"p99 {paced['batch_latency_ms']['p99']} ms  "
+                f"failed batches {paced['failed_batches']}",
+                flush=True,
+            )
     path = write_results(
         "ingest",
         {
