@@ -139,13 +139,13 @@ class WalCheckpointer:
     SQLite checkpoints by default inside the commit that takes the WAL past 1,000 pages: the
     committing transaction copies those pages into the database and syncs it, and the caller
     waits. Under steady ingest that is every few transactions, and those commits are the slow
-    ones (measured with bench.ingest on SQLite, 300,000 events, 3 alternating runs each:
-    39,700 events/s and p99 141 ms on average with checkpoints in the commits, 41,600 and
-    125 ms with this thread). Here, a few milliseconds after a write transaction commits, a PASSIVE checkpoint
-    runs on the thread's own connection: it never blocks a writer or a reader (it copies what
-    no reader still needs, and the rest at a later round), and its work runs in SQLite,
-    without the GIL, on another core. If it ever falls far behind, the commit that takes the
-    WAL past ``FALLBACK_PAGES`` checkpoints itself, as SQLite does by default.
+    ones (measured with bench.ingest on SQLite, 300,000 events, 3 alternating runs each: 39,700
+    events/s and p99 141 ms on average with checkpoints in the commits, 41,600 and 125 ms with
+    this thread). Here, a few milliseconds after a write transaction commits, a PASSIVE
+    checkpoint runs on the thread's own connection: it never blocks a writer or a reader (it
+    copies what no reader still needs, and the rest at a later round), and its work runs in
+    SQLite, without the GIL, on another core. If it ever falls far behind, the commit that takes
+    the WAL past ``FALLBACK_PAGES`` checkpoints itself, as SQLite does by default.
 
     Durability is unchanged: a transaction is durable when its commit is in the WAL (synced
     with ``synchronous=FULL``); a checkpoint only moves committed pages.
