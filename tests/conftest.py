@@ -130,7 +130,11 @@ def postgres_schema_url() -> Iterator[str]:
     admin = create_engine(url)
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    # Named after the schema, so that a test can tell its own sessions from those of the
+    # other test processes sharing the database (tests.waiting.blocked_by).
+    scoped = make_url(url).update_query_dict(
+        {"options": f"-csearch_path={schema}", "application_name": schema}
+    )
     scoped_url = scoped.render_as_string(hide_password=False)
     database = Database(scoped_url)
     migrate.upgrade(database)

@@ -19,18 +19,7 @@ from billsync.services.group_commit import GroupCommitter, is_retryable
 from billsync.services.ingest import IngestReport
 from tests.conftest import T0
 from tests.factories import create_account, event
-from tests.waiting import wait_until
-
-
-def blocked_by(billsync: Billsync, holder: int) -> bool:
-    with billsync.database.read() as connection:
-        waiting = connection.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
-            ),
-            {"holder": holder},
-        ).scalar_one()
-    return bool(waiting)
+from tests.waiting import blocked_by, wait_until
 
 
 @pytest.mark.postgres
@@ -70,7 +59,9 @@ def test_a_sync_confirming_lines_and_ingest_into_them_queue_instead_of_deadlocki
         writer.start()
         # The ingest's session is seen waiting on this transaction's locks (PostgreSQL says
         # so itself: pg_blocking_pids), and it has not gone ahead.
-        wait_until(lambda: blocked_by(billsync, holder), "the ingest waits on the sync's locks")
+        wait_until(
+            lambda: blocked_by(billsync.database, holder), "the ingest waits on the sync's locks"
+        )
         assert not ingested.is_set(), "ingest went ahead while the sync held the account"
     writer.join(timeout=30)
     assert ingested.is_set()

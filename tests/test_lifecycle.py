@@ -27,7 +27,7 @@ from tests.conftest import T0
 from tests.factories import create_account, event
 from tests.sql_trace import assert_lock_before_writes, statements_by_transaction
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
-from tests.waiting import wait_until
+from tests.waiting import blocked_by, wait_until
 
 NOVEMBER = date(2026, 11, 1)
 AFTER_GRACE = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
@@ -145,7 +145,10 @@ def test_a_hold_that_lost_a_race_is_a_409_period_changed(
 
         holder = threading.Thread(target=hold)
         holder.start()
-        wait_until(lambda: blocked_by(billsync, approver), "the hold waits for the approval's lock")
+        wait_until(
+            lambda: blocked_by(billsync.database, approver),
+            "the hold waits for the approval's lock",
+        )
     holder.join(timeout=30)
     assert len(outcome) == 1
     assert isinstance(outcome[0], Conflict), outcome
@@ -172,16 +175,6 @@ def test_an_approved_period_being_finalized_cannot_be_held(
     assert status(billsync) is PeriodStatus.REVIEW
     assert lifecycle.finalize_approved("acme", NOVEMBER) is True
     assert status(billsync) is PeriodStatus.FINALIZED
-
-
-def blocked_by(billsync: Billsync, pid: int) -> bool:
-    """Whether some session waits for a lock the session ``pid`` holds."""
-    with billsync.database.engine.connect() as connection:
-        waiting = connection.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
-            {"pid": pid},
-        ).scalar_one()
-    return int(waiting) > 0
 
 
 def test_a_finalize_stripe_refuses_is_shown_to_support_and_retried_under_a_key_of_its_own(
