@@ -60,6 +60,7 @@ TABLES = (
     "account_sync",
     "usage_events",
     "usage_event_ids",
+    "distinct_values",
     "lines",
     "billing_periods",
     "accounts",

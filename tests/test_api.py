@@ -388,6 +388,8 @@ def test_catalog_lists_metrics_with_prices_as_decimal_strings(
             "eur": [{"up_to": None, "unit_price": "0.00000069"}],
             "jpy": [{"up_to": None, "unit_price": "0.000113"}],
         },
+        "aggregation": "sum",
+        "unique_by": None,
     }
     assert by_id[VOLUME]["prices"]["usd"] == [
         {"up_to": "2190", "unit_price": "0"},

@@ -24,6 +24,8 @@ def get_catalog(billsync: BillsyncDep) -> CatalogRead:
                 decimals=metric.decimals,
                 group_by=list(metric.group_by),
                 allow_negative=metric.allow_negative,
+                aggregation=metric.aggregation.value,
+                unique_by=metric.unique_by,
                 prices={
                     currency: [
                         TierRead(

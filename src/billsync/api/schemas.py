@@ -236,6 +236,13 @@ class MetricRead(BaseModel):
     group_by: list[str]
     allow_negative: bool
     prices: dict[str, list[TierRead]]
+    aggregation: Literal["sum", "max", "unique_count", "latest"] = Field(
+        description="How the metric's events make a line's quantity over the period: their sum, "
+        "the largest, the number of distinct values of `unique_by`, or the latest by timestamp."
+    )
+    unique_by: str | None = Field(
+        default=None, description="The dimension a unique_count metric counts distinct values of."
+    )
 
 
 class CatalogRead(BaseModel):

@@ -8,6 +8,7 @@ metric's fields, its prices and their tiers are each checked whatever the others
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,21 @@ class Price:
         return self.tiers[-1].unit_price
 
 
+class Aggregation(enum.StrEnum):
+    """How a metric's events make a line's quantity, over the period and the line's grouping
+    (see :mod:`billsync.core.aggregation`)."""
+
+    SUM = "sum"
+    """The quantities added up (seconds run, GB sent)."""
+    MAX = "max"
+    """The largest quantity reported (peak provisioned GB)."""
+    UNIQUE_COUNT = "unique_count"
+    """How many distinct values of the dimension ``unique_by`` (IPv4 addresses), exactly."""
+    LATEST = "latest"
+    """The quantity of the latest event by timestamp, ties broken by the greater event id
+    (the last reported seat count)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Metric:
     id: str
@@ -100,6 +116,9 @@ class Metric:
     display_unit: str | None = None
     display_per_unit: Decimal | None = None
     display_decimals: int = DEFAULT_DISPLAY_DECIMALS
+    aggregation: Aggregation = Aggregation.SUM
+    # The dimension whose distinct values a ``unique_count`` metric counts (None otherwise).
+    unique_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +221,39 @@ def _strings(raw: object, where: str) -> tuple[str, ...]:
 
 _METRIC_FIELDS = {
     "id", "unit", "description", "decimals", "group_by", "allow_negative", "price",
-    "display_unit", "display_per_unit", "display_decimals",
+    "display_unit", "display_per_unit", "display_decimals", "aggregation", "unique_by",
 }  # fmt: skip
+
+
+def _aggregation(
+    raw: Mapping[str, Any], where: str, group_by: tuple[str, ...], problems: _Problems
+) -> tuple[Aggregation, str | None]:
+    """``aggregation`` (default ``sum``) and, for ``unique_count``, the ``unique_by`` dimension."""
+    raw_aggregation = raw.get("aggregation", Aggregation.SUM.value)
+    try:
+        aggregation = Aggregation(raw_aggregation)
+    except ValueError:
+        problems.add(
+            f"{where}.aggregation: one of {', '.join(a.value for a in Aggregation)}, "
+            f"got {raw_aggregation!r}"
+        )
+        aggregation = Aggregation.SUM
+    unique_by = raw.get("unique_by")
+    if aggregation is not Aggregation.UNIQUE_COUNT:
+        if unique_by is not None:
+            problems.add(f'{where}.unique_by: only with aggregation = "unique_count"')
+        return aggregation, None
+    if not isinstance(unique_by, str) or not DIMENSION_NAME.fullmatch(unique_by):
+        problems.add(
+            f"{where}.unique_by: required with unique_count: the dimension whose distinct "
+            f'values are counted, e.g. "ip", got {unique_by!r}'
+        )
+        return aggregation, None
+    if unique_by in group_by:
+        problems.add(
+            f"{where}.unique_by: {unique_by!r} is also in group_by (each line would count 1)"
+        )
+    return aggregation, unique_by
 
 
 def _display(
@@ -330,6 +380,9 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source:
     if allow_negative and any(not price.is_flat for price in prices.values()):
         problems.add(f"{where}: allow_negative needs a flat price (tiers need totals ≥ 0)")
     display_unit, display_per_unit, display_decimals = _display(raw, where, unit, problems)
+    aggregation, unique_by = _aggregation(raw, where, group_by, problems)
+    if allow_negative and aggregation is not Aggregation.SUM:
+        problems.add(f"{where}: allow_negative is for sums only (aggregation is {aggregation})")
     problems.raise_any()
     return Metric(
         id=metric_id,
@@ -342,6 +395,8 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source:
         display_unit=display_unit,
         display_per_unit=display_per_unit,
         display_decimals=display_decimals,
+        aggregation=aggregation,
+        unique_by=unique_by,
     )
 
 

@@ -227,6 +227,13 @@ def _check_dimensions(raw: object, event_id: str, metric: Metric) -> Mapping[str
                 RejectionCode.MISSING_DIMENSION,
                 f"metric '{metric.id}' groups usage by '{name}': the event must carry it",
             )
+    if metric.unique_by is not None and metric.unique_by not in raw:
+        return Rejection(
+            event_id,
+            RejectionCode.MISSING_DIMENSION,
+            f"metric '{metric.id}' counts distinct values of '{metric.unique_by}': "
+            "the event must carry it",
+        )
     return raw
 
 

@@ -152,6 +152,11 @@ class Line(Base):
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A ``max`` or ``latest`` metric's line: the mark of its own events (core.aggregation.Mark)
+    # — the largest quantity, or the latest event's quantity, timestamp and id. NULL otherwise.
+    mark_value: Mapped[Decimal | None] = mapped_column(ExactDecimal())
+    mark_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    mark_event_id: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("account_id", "period_start", "line_key"),
@@ -164,6 +169,25 @@ class Line(Base):
         # PostgreSQL update them in place (HOT) without touching the indexes.
         {"postgresql_with": {"fillfactor": "70"}},
     )
+
+
+class DistinctValue(Base):
+    """A value a ``unique_count`` metric has counted: one row per distinct value of its
+    ``unique_by`` dimension per (account, usage period, metric and grouping), whichever line
+    counted it — the period's own or a late one on a later invoice (``counted_in``, the start of
+    that line's period). The key makes a value count once per period however often and late it
+    is reported; a line's quantity is the number of values it counted."""
+
+    __tablename__ = "distinct_values"
+
+    account_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # The period the usage happened in, and the line's key there (metric and grouping).
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
+    line_key: Mapped[str] = mapped_column(String(600), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+    counted_in: Mapped[date] = mapped_column(Date)
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class UsageEvent(Base):

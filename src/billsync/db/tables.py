@@ -14,6 +14,7 @@ from billsync.db.models import (
     ConsoleSession,
     CreditNote,
     Cursor,
+    DistinctValue,
     Installation,
     InvoiceMirror,
     JobLease,
@@ -33,6 +34,7 @@ billing_periods = cast(Table, BillingPeriod.__table__)
 lines = cast(Table, Line.__table__)
 usage_events = cast(Table, UsageEvent.__table__)
 usage_event_ids = cast(Table, UsageEventId.__table__)
+distinct_values = cast(Table, DistinctValue.__table__)
 sync_intents = cast(Table, SyncIntent.__table__)
 account_sync = cast(Table, AccountSync.__table__)
 webhook_events = cast(Table, WebhookEvent.__table__)

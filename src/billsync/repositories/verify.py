@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, select
@@ -124,6 +124,35 @@ def events(connection: Connection, account_id: str | None) -> Iterator[EventRow]
     result = connection.execution_options(yield_per=STREAM_ROWS).execute(query)
     for row in result:
         yield EventRow(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedEvent:
+    """An event of a metric that is not a sum, with what its aggregation reads."""
+
+    id: str
+    line_id: int
+    quantity: Decimal
+    occurred_at: datetime
+    dimensions: dict[str, str]
+
+
+def observed_events(
+    connection: Connection, account_id: str | None, metrics: Sequence[str]
+) -> Iterator[ObservedEvent]:
+    """The stored events of these metrics, streamed."""
+    query = select(
+        usage_events.c.id,
+        usage_events.c.line_id,
+        usage_events.c.quantity,
+        usage_events.c.occurred_at,
+        usage_events.c.dimensions,
+    ).where(usage_events.c.metric.in_(metrics))
+    if account_id is not None:
+        query = query.where(usage_events.c.account_id == account_id)
+    result = connection.execution_options(yield_per=STREAM_ROWS).execute(query)
+    for row in result:
+        yield ObservedEvent(*row)
 
 
 def accepted_differences(connection: Connection, account_id: str | None) -> AcceptedDifferences:

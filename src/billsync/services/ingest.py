@@ -20,7 +20,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from billsync.clock import Clock
-from billsync.core.catalog import Catalog
+from billsync.core.aggregation import Mark, Observation, combine, increment, mark_of
+from billsync.core.catalog import Aggregation, Catalog
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT
 from billsync.core.periods import AnchorSchedule, Period, late_usage_target
@@ -35,7 +36,7 @@ from billsync.core.usage import (
 )
 from billsync.db.database import Database
 from billsync.observability.instruments import observe_ingest
-from billsync.repositories import ledger, ledger_bulk
+from billsync.repositories import aggregates, ledger, ledger_bulk
 from billsync.repositories import sync as sync_repository
 from billsync.services.changes import Changes
 from billsync.services.event_partitions import EventPartitions
@@ -164,6 +165,12 @@ class IngestService:
         self.horizon = horizon
         self.default_anchor_day = default_anchor_day
         self._group_by = {metric.id: metric.group_by for metric in catalog.metrics.values()}
+        # The metrics whose lines are not sums (core.aggregation): their events are observed.
+        self._aggregated = {
+            metric.id: metric
+            for metric in catalog.metrics.values()
+            if metric.aggregation is not Aggregation.SUM
+        }
         # Each line's id, once read: the next batches read the line by its primary key.
         self._line_ids: dict[LineRef, int] = {}
 
@@ -319,7 +326,8 @@ class IngestService:
             ],
             self._group_by,
         )
-        line_ids = self._apply_deltas(connection, deltas, accounts, now)
+        observed = self._observe(fresh, refs) if self._aggregated else {}
+        line_ids = self._apply_deltas(connection, deltas, accounts, now, observed)
         sync_repository.mark_behind(connection, {ref.account for ref in deltas})
         ledger_bulk.insert_events(
             connection,
@@ -359,12 +367,57 @@ class IngestService:
         )
         return targets
 
+    def _observe(
+        self, fresh: list[tuple[ValidEvent, _Terms, Period]], refs: list[LineRef]
+    ) -> dict[LineRef, list[Observation]]:
+        """The events of each line of a metric that is not a sum, as its aggregation sees them."""
+        observed: dict[LineRef, list[Observation]] = {}
+        for (event, _, _), ref in zip(fresh, refs, strict=True):
+            metric = self._aggregated.get(event.metric)
+            if metric is not None:
+                value = None if metric.unique_by is None else event.dimensions[metric.unique_by]
+                observed.setdefault(ref, []).append(
+                    Observation(event.quantity, event.timestamp, event.id, value)
+                )
+        return observed
+
+    def _aggregate(
+        self,
+        connection: Connection,
+        deltas: dict[LineRef, LineDelta],
+        observed: dict[LineRef, list[Observation]],
+    ) -> tuple[dict[LineRef, int], dict[tuple[str, str], list[aggregates.MarkedLine]]]:
+        """For the lines of ``unique_count`` metrics, how many values each batch counts first
+        (claimed once per usage period); for ``max`` and ``latest``, the lines of their keys
+        with their marks (the line itself, its period's own line, earlier late lines)."""
+        claims: dict[aggregates.DistinctClaim, LineRef] = {}
+        keys: list[tuple[str, str]] = []
+        for ref, observations in observed.items():
+            delta = deltas[ref]
+            base_key = line_key(delta.metric, delta.grouping)
+            if self._aggregated[delta.metric].aggregation is Aggregation.UNIQUE_COUNT:
+                usage_period = delta.late_from or ref.period_start
+                for observation in observations:
+                    assert observation.value is not None
+                    claim = aggregates.DistinctClaim(
+                        ref.account, usage_period, base_key, observation.value, ref.period_start
+                    )
+                    claims[claim] = ref
+            else:
+                keys += [(ref.account, ref.key), (ref.account, base_key)]
+        counted: dict[LineRef, int] = {}
+        for claim in aggregates.claim_distinct(connection, list(claims)):
+            ref = claims[claim]
+            counted[ref] = counted.get(ref, 0) + 1
+        return counted, aggregates.marked_lines(connection, keys) if keys else {}
+
     def _apply_deltas(
         self,
         connection: Connection,
         deltas: dict[LineRef, LineDelta],
         accounts: dict[str, _Terms],
         now: datetime,
+        observed: dict[LineRef, list[Observation]],
     ) -> dict[LineRef, int]:
         """Add each delta to its line and re-rate the line's total: one rounding per line."""
         base_refs = {
@@ -382,6 +435,8 @@ class IngestService:
         self._line_ids.update((ref, state.id) for ref, state in states.items())
         # Late usage of the same period already on other invoices counts as billed before.
         earlier_late = ledger_bulk.quantity_elsewhere(connection, list(base_refs))
+        counted, marked = self._aggregate(connection, deltas, observed) if observed else ({}, {})
+        marks: dict[LineRef, Mark] = {}
         new_lines: list[ledger.NewLine] = []
         changes: list[ledger.LineChange] = []
         line_ids: dict[LineRef, int] = {}
@@ -395,6 +450,16 @@ class IngestService:
                 base_state = None if base_ref is None else states.get(base_ref)
                 base = Decimal(0) if base_state is None else base_state.quantity
                 base += earlier_late.get(ref, Decimal(0))
+                if ref in observed:
+                    aggregation = self._aggregated[delta.metric].aggregation
+                    if aggregation is Aggregation.UNIQUE_COUNT:
+                        quantity = (Decimal(0) if state is None else state.quantity) + counted.get(
+                            ref, 0
+                        )
+                    else:
+                        marks[ref], quantity = _marked_quantity(
+                            aggregation, delta, base, observed[ref], marked
+                        )
                 amount = late_line_amount(quantity, base, price, currency)
                 if state is None:
                     new_lines.append(
@@ -422,4 +487,37 @@ class IngestService:
                     )
         line_ids.update(ledger_bulk.insert_lines(connection, new_lines, now))
         ledger_bulk.update_lines(connection, changes, now)
+        aggregates.write_marks(connection, [(line_ids[ref], mark) for ref, mark in marks.items()])
         return line_ids
+
+
+def _marked_quantity(
+    aggregation: Aggregation,
+    delta: LineDelta,
+    billed_before: Decimal,
+    observations: list[Observation],
+    marked: dict[tuple[str, str], list[aggregates.MarkedLine]],
+) -> tuple[Mark, Decimal]:
+    """A ``max`` or ``latest`` line after a batch: its own mark (what it held, with the batch's
+    events) and its quantity — how far its events move its period's value past the lines
+    billed before it (core.aggregation). ``billed_before`` is those lines' quantity."""
+    ref = delta.ref
+    of_key = marked.get((ref.account, ref.key), [])
+    own = combine(
+        aggregation,
+        next((line.mark for line in of_key if line.period_start == ref.period_start), None),
+        mark_of(aggregation, observations),
+    )
+    assert own is not None  # the batch has events on this line
+    before: Mark | None = None
+    if delta.late_from is not None:
+        base_key = line_key(delta.metric, delta.grouping)
+        for line in marked.get((ref.account, base_key), []):
+            if line.period_start == delta.late_from:
+                before = combine(aggregation, before, line.mark)
+        for line in of_key:
+            if line.period_start < ref.period_start:
+                before = combine(aggregation, before, line.mark)
+        if before is None and billed_before:
+            before = Mark(billed_before)  # lines kept no mark (rated as sums before)
+    return own, increment(aggregation, before, own)

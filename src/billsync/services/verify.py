@@ -54,7 +54,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from billsync.core import drift
-from billsync.core.catalog import Catalog
+from billsync.core.aggregation import Observation, period_quantities
+from billsync.core.catalog import Aggregation, Catalog, Metric
 from billsync.core.event_storage import events_retained
 from billsync.core.folding import ADJUSTMENT_METRIC, line_key
 from billsync.core.installation import is_ours
@@ -216,7 +217,21 @@ class Verifier:
         report.accounts = len(accounts)
         report.periods = sum(len(p) for p in periods.values())
         report.lines = len(lines)
+        aggregated = {
+            metric.id: metric
+            for metric in (self.catalog.metrics.values() if self.catalog is not None else ())
+            if metric.aggregation is not Aggregation.SUM
+        }
         with self.database.read() as connection:
+            expected, linked = (
+                _aggregated_quantities(
+                    repository.observed_events(connection, account_id, list(aggregated)),
+                    lines,
+                    aggregated,
+                )
+                if aggregated
+                else ({}, {})
+            )
             self._check_events(
                 repository.events(connection, account_id),
                 lines,
@@ -225,6 +240,8 @@ class Verifier:
                 # removes anything, so every removal seen here is covered by what is read.
                 lambda: retention_mark(connection).retained_before,
                 report,
+                expected=expected,
+                linked=linked,
             )
         if self.catalog is not None:
             self._check_amounts(self.catalog, lines, report)
@@ -310,7 +327,15 @@ class Verifier:
         periods: dict[str, dict[date, PeriodRow]],
         retained_before_now: Callable[[], datetime | None],
         report: VerifyReport,
+        *,
+        expected: dict[int, Decimal],
+        linked: dict[int, list[int]],
     ) -> None:
+        """Every event on a line of its account and metric, in the right period; every line's
+        quantity what its events make (their sum, or what the metric's aggregation gives:
+        ``expected``) and its event count theirs. A line whose period's events retention
+        removed — or, for an aggregation, one of whose ``linked`` lines' (the same period's
+        usage on other invoices) — cannot be recomputed: counted as retained."""
         quantity: dict[int, Decimal] = defaultdict(Decimal)
         count: Counter[int] = Counter()
         for event in events:
@@ -356,22 +381,29 @@ class Verifier:
                     )
                 )
         retained_before = retained_before_now()
+        retained: set[int] = set()
         for line in lines.values():
-            if line.metric == ADJUSTMENT_METRIC and count[line.id] == 0:
-                continue
             period = periods.get(line.account_id, {}).get(line.period_start)
             if period is not None and events_retained(
                 period.status, period.finalized_at, retained_before
             ):
+                retained.add(line.id)
+        for line in lines.values():
+            if line.metric == ADJUSTMENT_METRIC and count[line.id] == 0:
+                continue
+            if line.id in retained or not retained.isdisjoint(linked.get(line.id, ())):
                 report.retained_lines += 1
                 continue
+            if line.id in expected:
+                quantity[line.id] = expected[line.id]
             if quantity[line.id] != line.quantity:
                 report.violations.append(
                     Violation(
                         LINE_QUANTITY_DIFFERS,
                         line.account_id,
-                        f"line {line.id} ({line.key}) holds {line.quantity}, its events add up "
-                        f"to {quantity[line.id]}",
+                        f"line {line.id} ({line.key}) holds {line.quantity}, its events "
+                        + ("make" if line.id in expected else "add up to")
+                        + f" {quantity[line.id]}",
                         line.period_start,
                         line_id=line.id,
                     )
@@ -674,3 +706,42 @@ def _described(
         f"line {line.id} ({line.key}): the ledger says {amount}, Stripe "
         f"{format_minor(stripe.amount, line.currency)}"
     )
+
+
+def _aggregated_quantities(
+    events: Iterable[repository.ObservedEvent],
+    lines: dict[int, LedgerLine],
+    aggregated: dict[str, Metric],
+) -> tuple[dict[int, Decimal], dict[int, list[int]]]:
+    """What each line of a metric that is not a sum should hold, recomputed from its events
+    and those of the lines carrying the same period's usage (its own line, late lines on other
+    invoices: core.aggregation.period_quantities); and, per line, the ids of those lines."""
+    observed: dict[int, list[Observation]] = defaultdict(list)
+    for event in events:
+        line = lines.get(event.line_id)
+        if line is None or line.metric not in aggregated:
+            continue  # reported by the event checks
+        unique_by = aggregated[line.metric].unique_by
+        observed[line.id].append(
+            Observation(
+                event.quantity,
+                event.occurred_at,
+                event.id,
+                None if unique_by is None else event.dimensions.get(unique_by),
+            )
+        )
+    groups: dict[tuple[str, date, str], list[LedgerLine]] = defaultdict(list)
+    for line in lines.values():
+        if line.metric in aggregated:
+            usage_period = line.late_from or line.period_start
+            groups[line.account_id, usage_period, line_key(line.metric, line.grouping)].append(line)
+    expected: dict[int, Decimal] = {}
+    linked: dict[int, list[int]] = {}
+    for group in groups.values():
+        group.sort(key=lambda line: line.period_start)
+        aggregation = aggregated[group[0].metric].aggregation
+        quantities = period_quantities(aggregation, [observed[line.id] for line in group])
+        for line, quantity in zip(group, quantities, strict=True):
+            expected[line.id] = quantity
+            linked[line.id] = [other.id for other in group if other.id != line.id]
+    return expected, linked
