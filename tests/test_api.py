@@ -154,6 +154,8 @@ V1_ROUTES = [
     ("GET", "/v1/accounts/{account_id}"),
     ("PATCH", "/v1/accounts/{account_id}"),
     ("GET", "/v1/accounts/{account_id}/lines"),
+    ("GET", "/v1/accounts/{account_id}/prices"),
+    ("PUT", "/v1/accounts/{account_id}/prices"),
     ("GET", "/v1/catalog"),
     ("POST", "/v1/usage"),
     ("GET", "/v1/accounts/{account_id}/sync"),
@@ -390,6 +392,7 @@ def test_catalog_lists_metrics_with_prices_as_decimal_strings(
         },
         "aggregation": "sum",
         "unique_by": None,
+        "price_versions": [],
     }
     assert by_id[VOLUME]["prices"]["usd"] == [
         {"up_to": "2190", "unit_price": "0"},
@@ -443,6 +446,7 @@ def test_egress_line_amount_and_format(client: TestClient, acme: str) -> None:
             "amount": 3,
             "version": 1,
             "event_count": 1,
+            "price": {"source": "catalog", "effective_from": None, "label": "catalog price"},
         }
     ]
     assert view["total"] == 3

@@ -33,7 +33,7 @@ from billsync.cli.main import app
 from billsync.config import Settings
 from billsync.core.periods import period_for_date
 from billsync.db.database import Database
-from billsync.db.tables import audit_log, billing_periods
+from billsync.db.tables import audit_log, billing_periods, lines
 from billsync.repositories import accounts as account_repository
 from billsync.services.reconcile import DriftItem, ReconcileReport
 from billsync.simulator import Simulation
@@ -805,3 +805,41 @@ def test_support_names_a_missing_account_first_and_takes_any_date_of_the_period(
     )  # fmt: skip
     assert adjusted.exit_code == 0, adjusted.output
     assert f"period starting {today.replace(day=1)}" in one_line(adjusted.stdout)
+
+
+# --- negotiated rates from the command line -------------------------------------------------
+
+
+def test_accounts_prices_sets_a_rate_card_re_rates_and_shows_which_price_applies(
+    runner: CliRunner, data_dir: Path, tmp_path: Path
+) -> None:
+    create(runner)
+    now = datetime.now(UTC)
+    ingest(runner, tmp_path, usage_event("e1", now - timedelta(minutes=5)))
+    wide = {"COLUMNS": "200"}
+    result = run(
+        runner, "accounts", "prices", "acme", "--set", f"{MACHINE}=0.0001",
+        "--set", 'volume.gb_hours={"tiers": [{"up_to": "10", "unit_price": "0"}, '
+        '{"unit_price": "0.0002"}]}',
+        "--reason", "enterprise deal", env=wide,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = one_line(result.output.replace("│", " "))
+    assert "1 line(s) of the current period re-rated" in text
+    assert f"{MACHINE} 0.0001 negotiated rate from" in text
+    assert "volume.gb_hours 0 up to 10, 0.0002 above negotiated rate from" in text
+    assert "ip.ipv4.hours 0.00274 catalog price" in text
+    # The line of the current period is rated at the negotiated price: 3,600 s × $0.0001.
+    database = ledger(data_dir)
+    with database.read() as connection:
+        amount = connection.execute(select(lines.c.amount)).scalar_one()
+    database.dispose()
+    assert amount == 36
+    shown = one_line(run(runner, "accounts", "prices", "acme", env=wide).output.replace("│", " "))
+    assert f"{MACHINE} 0.0001 negotiated rate from" in shown
+    assert_one_line_failure(
+        run(runner, "accounts", "prices", "acme", "--set", "nonsense"), "METRIC=PRICE", code=2
+    )
+    assert_one_line_failure(
+        run(runner, "accounts", "prices", "acme", "--set", "gpu.hours=1"), "no such metric"
+    )

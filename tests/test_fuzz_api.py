@@ -54,8 +54,12 @@ AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 # still counts), so the batch is not refused as a whole. The usage export's from and to must be
 # in order and at most 400 days apart (45 with hourly rows): a relation between two
 # parameters, which JSON Schema cannot state, so two schema-valid dates are most often refused
-# (422, as documented; tests/test_usage_export.py holds the valid ones to 200).
+# (422, as documented; tests/test_usage_export.py holds the valid ones to 200). A rate card
+# names metrics of the catalog, with prices the catalog's rules accept (tiers in ascending
+# order): rules of the catalog loaded, not of a schema, so most schema-valid cards are refused
+# (422 invalid_prices; tests/test_pricing.py holds the valid ones to 200).
 EXEMPT = {
+    "PUT /v1/accounts/{account_id}/prices": [checks.positive_data_acceptance],
     "POST /v1/stripe/webhook": [checks.positive_data_acceptance],
     "POST /v1/usage": [checks.negative_data_rejection],
     "GET /v1/accounts/{account_id}/usage": [checks.positive_data_acceptance],

@@ -70,6 +70,8 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/v1/accounts/{account_id}"): API,
     ("PATCH", "/v1/accounts/{account_id}"): API,
     ("GET", "/v1/accounts/{account_id}/lines"): API,
+    ("GET", "/v1/accounts/{account_id}/prices"): API,
+    ("PUT", "/v1/accounts/{account_id}/prices"): API,
     ("POST", "/v1/usage"): API,
     ("GET", "/v1/catalog"): API,
     ("GET", "/v1/accounts/{account_id}/sync"): API,

@@ -25,6 +25,7 @@ from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.lines import LineService
+from billsync.services.rates import RateService
 from billsync.services.reconcile import Reconciler
 from billsync.services.support import SupportActions
 from billsync.services.sync import SyncService
@@ -47,6 +48,7 @@ class Billsync:
     accounts: AccountService
     ingest: IngestService
     lines: LineService
+    rates: RateService
     ingest_writer: GroupCommitter
     console: ConsoleAuth
     adjustments: Adjustments
@@ -208,6 +210,7 @@ def build(
         accounts=AccountService(catalog, clock),
         ingest=ingest,
         lines=lines,
+        rates=RateService(catalog, clock, settings.billing_anchor_day),
         ingest_writer=GroupCommitter(ingest.record),
         console=ConsoleAuth(database, clock),
         adjustments=adjustments,

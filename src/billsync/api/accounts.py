@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from billsync.api.catalog import tiers_read
 from billsync.api.deps import BillsyncDep
 from billsync.api.schemas import (
     AccountCreate,
     AccountListRead,
     AccountRead,
     AccountUpdate,
+    AppliedPriceRead,
     ErrorRead,
     LineRead,
+    MetricPriceRead,
     PeriodLinesRead,
     PeriodRead,
+    PricesRead,
+    PricesUpdate,
+    RateCardRead,
     SyncPolicyRead,
     TierRead,
 )
 from billsync.core.money import decimal_text
+from billsync.core.pricing import NEGOTIATED, AppliedPrice
 from billsync.core.text import SAFE_TEXT_PATTERN
 from billsync.repositories.accounts import AccountFilter, AccountRecord
 from billsync.services.accounts import (
@@ -28,6 +35,7 @@ from billsync.services.accounts import (
     NewAccount,
 )
 from billsync.services.lines import PeriodLines, parse_period
+from billsync.services.rates import EffectivePrices
 
 router = APIRouter(tags=["accounts"])
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -146,6 +154,14 @@ def update_account(account_id: str, body: AccountUpdate, billsync: BillsyncDep) 
     return _account_read(record, billsync.settings.billing_anchor_day)
 
 
+def applied_price_read(applied: AppliedPrice) -> AppliedPriceRead:
+    return AppliedPriceRead(
+        source="negotiated" if applied.source == NEGOTIATED else "catalog",
+        effective_from=applied.effective_from,
+        label=applied.label,
+    )
+
+
 def lines_read(view: PeriodLines) -> PeriodLinesRead:
     return PeriodLinesRead(
         account=view.account,
@@ -173,6 +189,7 @@ def lines_read(view: PeriodLines) -> PeriodLinesRead:
                 amount=line.amount,
                 version=line.version,
                 event_count=line.event_count,
+                price=None if line.applied is None else applied_price_read(line.applied),
             )
             for line in view.lines
         ],
@@ -191,3 +208,67 @@ def get_lines(
         account = billsync.accounts.get(connection, account_id)
         view = billsync.lines.period_lines(connection, account, which)
     return lines_read(view)
+
+
+def _prices_read(effective: EffectivePrices, re_rated: int | None = None) -> PricesRead:
+    return PricesRead(
+        account=effective.account.id,
+        currency=effective.account.currency,
+        period=PeriodRead(start=effective.period.start_at, end=effective.period.end_at),
+        prices=[
+            MetricPriceRead(
+                metric=item.metric,
+                source="negotiated" if item.applied.source == NEGOTIATED else "catalog",
+                effective_from=item.applied.effective_from,
+                label=item.applied.label,
+                tiers=tiers_read(item.applied.price),
+            )
+            for item in effective.prices
+        ],
+        rate_cards=[
+            RateCardRead(
+                effective_from=card.effective_from,
+                prices={metric: tiers_read(price) for metric, price in card.prices.items()},
+                set_at=card.set_at,
+                set_by=card.set_by,
+            )
+            for card in effective.account.rate_cards
+        ],
+        lines_re_rated=re_rated,
+    )
+
+
+@router.get("/accounts/{account_id}/prices", responses=ERRORS)
+def get_prices(
+    account_id: str,
+    billsync: BillsyncDep,
+    period: str = Query(default="current", description="'current' or a date YYYY-MM-DD"),
+) -> PricesRead:
+    """The prices that rate the account's period — each metric's negotiated rate or catalog
+    price version in effect at the period's start — and the account's rate cards."""
+    which = parse_period(period)
+    with billsync.database.read() as connection:
+        account = billsync.accounts.get(connection, account_id)
+    return _prices_read(billsync.rates.effective(account, billsync.lines.period_of(account, which)))
+
+
+@router.put("/accounts/{account_id}/prices", responses=ERRORS)
+def put_prices(account_id: str, body: PricesUpdate, billsync: BillsyncDep) -> PricesRead:
+    """Set the account's negotiated prices from a period start on (audited as
+    ``account.prices`` by ``api``). From the current period: its lines are re-rated at once and
+    the next sync puts the new amounts on the draft invoice."""
+    with billsync.database.transaction() as connection:
+        prices = {
+            metric: price if isinstance(price, str) else price.model_dump()
+            for metric, price in body.prices.items()
+        }
+        change = billsync.rates.set(
+            connection, account_id, prices, body.effective_from, actor="api", reason=body.reason
+        )
+        account = billsync.accounts.get(connection, account_id)
+    if billsync.ingest.changes is not None:  # the bill's cache, the threshold policy's count
+        billsync.ingest.changes.accounts_changed({account_id})
+    effective = billsync.rates.effective(
+        account, billsync.lines.period_of(account, change.card.effective_from)
+    )
+    return _prices_read(effective, change.re_rated)

@@ -138,6 +138,14 @@ def _line_body(item: BillLine, bill: Bill, catalog: Catalog) -> dict[str, Any]:
         "unit_price": decimal_text(line.unit_price),
         "amount": line.amount,
         "late_from": line.late_from,
+        # Which price rates it (core.pricing): the catalog's version or a negotiated rate.
+        "price": None
+        if line.applied is None
+        else {
+            "source": line.applied.source,
+            "effective_from": line.applied.effective_from,
+            "label": line.applied.label,
+        },
         # The quantity and price in the catalog's display unit, for reading (rounded there;
         # quantity, unit and unit_price above are the ledger's, exact).
         "display": {

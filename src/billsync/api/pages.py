@@ -42,6 +42,7 @@ from billsync.core.display import (
     unit_label,
 )
 from billsync.core.periods import PeriodStatus
+from billsync.core.pricing import CATALOG
 from billsync.errors import InvalidRequest, NotFound
 from billsync.services.billing_view import Bill, BillLine
 from billsync.services.lines import parse_period
@@ -222,6 +223,11 @@ def _line(item: BillLine, catalog: Catalog, currency: str) -> dict[str, Any]:
         "dimensions": ", ".join(line.dimensions.values()) if metric is not None else "",
         "quantity": quantity,
         "unit_price": unit_price,
+        # Said when it is not the catalog's first price: a later version, a negotiated rate.
+        "price_label": ""
+        if line.applied is None
+        or (line.applied.source == CATALOG and line.applied.effective_from is None)
+        else line.applied.label,
         "amount": format_money(item.charged, currency),
     }
 

@@ -205,6 +205,17 @@ class PeriodRead(BaseModel):
     end: datetime
 
 
+class AppliedPriceRead(BaseModel):
+    source: Literal["catalog", "negotiated"] = Field(
+        description="The catalog's price, or the account's negotiated rate."
+    )
+    effective_from: date | None = Field(
+        description="The first day of the catalog's price version or of the account's rate "
+        "card; null for the catalog's first prices."
+    )
+    label: str = Field(description='e.g. "negotiated rate from 2026-12-01"')
+
+
 class LineRead(BaseModel):
     key: str
     metric: str
@@ -218,6 +229,11 @@ class LineRead(BaseModel):
     amount: int = Field(description="Minor units of the currency, rounded once per line.")
     version: int
     event_count: int
+    price: AppliedPriceRead | None = Field(
+        default=None,
+        description="Which price rates the line: the one in effect at the start of the period "
+        "its usage happened in. Null for an adjustment.",
+    )
 
 
 class PeriodLinesRead(BaseModel):
@@ -226,6 +242,11 @@ class PeriodLinesRead(BaseModel):
     currency: str
     lines: list[LineRead]
     total: int
+
+
+class PriceVersionRead(BaseModel):
+    effective_from: date
+    prices: dict[str, list[TierRead]]
 
 
 class MetricRead(BaseModel):
@@ -243,8 +264,77 @@ class MetricRead(BaseModel):
     unique_by: str | None = Field(
         default=None, description="The dimension a unique_count metric counts distinct values of."
     )
+    price_versions: list[PriceVersionRead] = Field(
+        default_factory=list,
+        description="Later prices: a period starting on or after effective_from is rated with "
+        "them (`prices` above apply before the first).",
+    )
 
 
 class CatalogRead(BaseModel):
     currencies: list[str]
     metrics: list[MetricRead]
+
+
+class TierIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    up_to: str | None = Field(
+        default=None, max_length=40, description="Cumulative, inclusive; none on the last tier."
+    )
+    unit_price: str = Field(max_length=40)
+
+
+class TieredPriceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tiers: list[TierIn] = Field(min_length=1, max_length=50)
+
+
+class PricesUpdate(BaseModel):
+    """``PUT /v1/accounts/{id}/prices``: the account's negotiated prices from a period on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prices: dict[
+        Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,99}$")],
+        Annotated[str, Field(max_length=40)] | TieredPriceIn,
+    ] = Field(
+        description="Per metric id, the price per unit in the account's currency, as the "
+        'catalog writes it: "0.01" (flat) or {"tiers": [{"up_to": "1000", "unit_price": '
+        '"0.02"}, {"unit_price": "0.01"}]}. Metrics left out are priced by the catalog; {} '
+        "returns the account to the catalog's prices.",
+        max_length=500,
+    )
+    effective_from: date | None = Field(
+        default=None,
+        description="The start of the account's period from which the prices apply: the "
+        "current one (its lines are re-rated at once) or a later one. Default: the current.",
+    )
+    reason: str | None = Field(default=None, max_length=500, description="Kept in the audit log.")
+
+
+class MetricPriceRead(BaseModel):
+    metric: str
+    source: Literal["catalog", "negotiated"]
+    effective_from: date | None
+    label: str
+    tiers: list[TierRead]
+
+
+class RateCardRead(BaseModel):
+    effective_from: date
+    prices: dict[str, list[TierRead]]
+    set_at: datetime | None
+    set_by: str | None
+
+
+class PricesRead(BaseModel):
+    account: str
+    currency: str
+    period: PeriodRead = Field(description="The period whose prices are listed.")
+    prices: list[MetricPriceRead] = Field(description="Every metric's price for that period.")
+    rate_cards: list[RateCardRead] = Field(description="The account's negotiated rate cards.")
+    lines_re_rated: int | None = Field(
+        default=None, description="PUT only: the current period's lines whose amount changed."
+    )

@@ -1,7 +1,9 @@
-"""``billsync accounts create|show|list|update``."""
+"""``billsync accounts create|show|list|update|prices``."""
 
 from __future__ import annotations
 
+import json
+from datetime import date
 from typing import Annotated, Any
 
 import typer
@@ -9,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from billsync.cli.common import console, fail, open_billsync
+from billsync.core.catalog import Price
 from billsync.core.money import decimal_text, format_minor
 from billsync.core.policy import Policy
 from billsync.errors import BillsyncError
@@ -280,3 +283,104 @@ def _differences(before: AccountRecord, after: AccountRecord, default: int) -> l
             )
         )
     return said
+
+
+def _price_text(price: Price) -> str:
+    if price.is_flat:
+        return decimal_text(price.tiers[0].unit_price)
+    return ", ".join(
+        decimal_text(tier.unit_price)
+        + (" above" if tier.up_to is None else f" up to {decimal_text(tier.up_to)}")
+        for tier in price.tiers
+    )
+
+
+@accounts_app.command("prices")
+def accounts_prices(
+    account_id: AccountId,
+    *,
+    set_prices: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="METRIC=PRICE",
+            help="A negotiated price per unit in the account's currency (repeat per metric): "
+            "METRIC=0.01, or graduated as JSON tiers, METRIC="
+            '\'{"tiers": [{"up_to": "1000", "unit_price": "0.02"}, {"unit_price": "0.01"}]}\'. '
+            "The card replaces the account's earlier one from --from on; metrics left out use "
+            "the catalog.",
+        ),
+    ] = None,
+    catalog_only: Annotated[
+        bool, typer.Option("--catalog", help="Back to the catalog's prices from --from on.")
+    ] = False,
+    effective_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="DATE",
+            help="The start of the period the prices apply from: the current one (re-rated at "
+            "once) or a later one.",
+            show_default="the current period's start",
+        ),
+    ] = None,
+    period: Annotated[str, typer.Option(metavar="DATE", help=PERIOD_HELP)] = "current",
+    reason: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Why, for the audit log.")
+    ] = None,
+    actor: Actor = "cli",
+) -> None:
+    """Show the prices that rate an account's period; with --set or --catalog, set its
+    negotiated prices (a rate card) from a period on, audited as account.prices."""
+    raw: dict[str, object] = {}
+    for item in set_prices or ():
+        metric, sep, text = item.partition("=")
+        if not sep or not metric or not text:
+            raise fail(f"--set {item!r}: write METRIC=PRICE, e.g. storage.gb=0.02", code=2)
+        try:
+            raw[metric] = json.loads(text) if text.lstrip().startswith("{") else text
+        except json.JSONDecodeError as error:
+            raise fail(f"--set {metric}: the tiers are not JSON ({error})", code=2) from None
+    if raw and catalog_only:
+        raise fail("give --set or --catalog, not both", code=2)
+    start: date | None = None
+    if effective_from is not None:
+        try:
+            start = date.fromisoformat(effective_from)
+        except ValueError:
+            raise fail(f"--from {effective_from!r}: a date YYYY-MM-DD", code=2) from None
+    billsync = open_billsync()
+    try:
+        re_rated = None
+        if raw or catalog_only:
+            with billsync.database.transaction() as connection:
+                change = billsync.rates.set(
+                    connection, account_id, raw, start, actor=actor, reason=reason
+                )
+            re_rated = change.re_rated
+            which: str | date = change.card.effective_from
+        else:
+            which = parse_period(period)
+        with billsync.database.read() as connection:
+            account = billsync.accounts.get(connection, account_id)
+        effective = billsync.rates.effective(account, billsync.lines.period_of(account, which))
+    except BillsyncError as error:
+        raise fail(error.message) from None
+    finally:
+        billsync.close()
+    if re_rated is not None:
+        console.print(
+            f"set the prices of [bold]{escape(account_id)}[/] from {effective.period.start}; "
+            f"{re_rated} line(s) of the current period re-rated"
+        )
+    table = Table(
+        title=f"{escape(account_id)}: prices of the period from {effective.period.start} "
+        f"({account.currency.upper()} per unit)"
+    )
+    for column in ("Metric", "Price", "Which"):
+        table.add_column(column)
+    for priced in effective.prices:
+        table.add_row(
+            escape(priced.metric), escape(_price_text(priced.applied.price)), priced.applied.label
+        )
+    console.print(table)

@@ -12,6 +12,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, ParamSpec, TypeVar
 
@@ -101,6 +102,15 @@ class Aggregation(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PriceVersion:
+    """A metric's prices from ``effective_from`` on: a period starting on or after that day is
+    rated with them (until a later version's day)."""
+
+    effective_from: date
+    prices: Mapping[str, Price]
+
+
+@dataclass(frozen=True, slots=True)
 class Metric:
     id: str
     unit: str
@@ -119,6 +129,27 @@ class Metric:
     aggregation: Aggregation = Aggregation.SUM
     # The dimension whose distinct values a ``unique_count`` metric counts (None otherwise).
     unique_by: str | None = None
+    # Later prices, by ascending ``effective_from``; ``prices`` apply before the first of them.
+    price_versions: tuple[PriceVersion, ...] = ()
+
+    def version_on(self, period_start: date) -> date | None:
+        """The ``effective_from`` of the price version a period starting on this day is rated
+        with; None for the metric's first prices."""
+        found = None
+        for version in self.price_versions:
+            if version.effective_from > period_start:
+                break
+            found = version.effective_from
+        return found
+
+    def prices_on(self, period_start: date) -> Mapping[str, Price]:
+        """The prices a period starting on this day is rated with, by currency."""
+        prices = self.prices
+        for version in self.price_versions:
+            if version.effective_from > period_start:
+                break
+            prices = version.prices
+        return prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +253,60 @@ def _strings(raw: object, where: str) -> tuple[str, ...]:
 _METRIC_FIELDS = {
     "id", "unit", "description", "decimals", "group_by", "allow_negative", "price",
     "display_unit", "display_per_unit", "display_decimals", "aggregation", "unique_by",
+    "price_versions",
 }  # fmt: skip
+
+
+def parse_price(raw: object, where: str) -> Price:
+    """One price as the catalog writes it (a decimal string, or a table of ``tiers``); a
+    :class:`CatalogError` names ``where``."""
+    return _price(raw, where)
+
+
+def _price_versions(
+    raw: object,
+    where: str,
+    currencies: tuple[str, ...] | None,
+    allow_negative: bool,
+    problems: _Problems,
+) -> tuple[PriceVersion, ...]:
+    """``[[metric.price_versions]]``: each with ``effective_from`` (a date, later than the one
+    before) and a ``price`` table pricing the same currencies."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.add(f"{where}.price_versions: must be a list of tables")
+        return ()
+    versions: list[PriceVersion] = []
+    previous: date | None = None
+    for index, item in enumerate(raw):
+        at = f"{where}.price_versions[{index}]"
+        if not isinstance(item, Mapping):
+            problems.add(f"{at}: must be a table with effective_from and price")
+            continue
+        unknown = set(item) - {"effective_from", "price"}
+        if unknown:
+            problems.add(f"{at}: unknown field(s) {sorted(unknown)}")
+        raw_day = item.get("effective_from")
+        day: date | None = None
+        if isinstance(raw_day, date):
+            day = raw_day  # TOML's own date literal
+        elif isinstance(raw_day, str):
+            try:
+                day = date.fromisoformat(raw_day)
+            except ValueError:
+                day = None
+        if day is None:
+            problems.add(f'{at}.effective_from: required, a date such as "2027-01-01"')
+        elif previous is not None and day <= previous:
+            problems.add(f"{at}.effective_from: must be later than the version before ({previous})")
+        prices = _prices(item.get("price"), at, currencies, problems)
+        if allow_negative and any(not price.is_flat for price in prices.values()):
+            problems.add(f"{at}: allow_negative needs a flat price (tiers need totals ≥ 0)")
+        if day is not None:
+            previous = day
+            versions.append(PriceVersion(day, prices))
+    return tuple(versions)
 
 
 def _aggregation(
@@ -381,6 +465,9 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source:
         problems.add(f"{where}: allow_negative needs a flat price (tiers need totals ≥ 0)")
     display_unit, display_per_unit, display_decimals = _display(raw, where, unit, problems)
     aggregation, unique_by = _aggregation(raw, where, group_by, problems)
+    versions = _price_versions(
+        raw.get("price_versions"), where, currencies, allow_negative, problems
+    )
     if allow_negative and aggregation is not Aggregation.SUM:
         problems.add(f"{where}: allow_negative is for sums only (aggregation is {aggregation})")
     problems.raise_any()
@@ -397,6 +484,7 @@ def _metric(raw: object, index: int, currencies: tuple[str, ...] | None, source:
         display_decimals=display_decimals,
         aggregation=aggregation,
         unique_by=unique_by,
+        price_versions=versions,
     )
 
 

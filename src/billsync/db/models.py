@@ -62,6 +62,9 @@ class Account(Base):
     # The anchor days periods followed before billing_anchor_day, each with the date it stopped
     # applying ([{"until": "2026-12-01", "anchor_day": 1}]); None: never changed.
     anchor_changes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
+    # The account's negotiated prices, each set from a period start on (core.pricing: the
+    # document of its RateCards); None: the catalog's prices.
+    rate_cards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
 
     __table_args__ = (
         CheckConstraint(

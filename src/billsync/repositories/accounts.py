@@ -12,6 +12,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from billsync.core.periods import AnchorChange, AnchorSchedule
+from billsync.core.pricing import RateCard, cards_of
 from billsync.db.tables import account_sync, accounts, billing_periods
 
 
@@ -27,6 +28,8 @@ class AccountRecord:
     sync_policy: dict[str, Any] | None = None
     # The anchor days its periods followed before ``billing_anchor_day`` (AnchorSchedule).
     anchor_changes: tuple[AnchorChange, ...] = ()
+    # Its negotiated prices (core.pricing), by ascending effective_from.
+    rate_cards: tuple[RateCard, ...] = ()
 
     def schedule(self, default_anchor_day: int) -> AnchorSchedule:
         """The account's periods (``default_anchor_day``: BILLSYNC_BILLING_ANCHOR_DAY, for an
@@ -66,6 +69,7 @@ def _record(row: RowMapping) -> AccountRecord:
         created_at=row["created_at"],
         sync_policy=row["sync_policy"],
         anchor_changes=anchor_changes_of(row["anchor_changes"]),
+        rate_cards=cards_of(row["rate_cards"]),
     )
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, select, tuple_
 
 from billsync.core.folding import LineRef
 from billsync.core.periods import AnchorChange, PeriodStatus
+from billsync.core.pricing import RateCard, cards_of
 from billsync.core.usage import ValidEvent
 from billsync.db.tables import lines
 from billsync.repositories.accounts import anchor_changes_of
@@ -88,15 +89,40 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def account_terms(
-    connection: Connection, account_ids: Iterable[str]
-) -> dict[str, tuple[str, int | None, tuple[AnchorChange, ...]]]:
-    """(currency, billing anchor day, earlier anchor days) of each existing account among
-    ``account_ids``."""
+# The rate cards read, by their stored text: an account's cards are parsed once, not per batch.
+_CARDS_KEPT = 4_096
+_cards_by_text: dict[str, tuple[RateCard, ...]] = {}
+
+
+def _cards(text: str | None) -> tuple[RateCard, ...]:
+    if text is None:
+        return ()
+    cards = _cards_by_text.get(text)
+    if cards is None:
+        if len(_cards_by_text) >= _CARDS_KEPT:
+            _cards_by_text.clear()
+        cards = _cards_by_text[text] = cards_of(orjson.loads(text))
+    return cards
+
+
+class Terms(NamedTuple):
+    """What ingest needs of an account."""
+
+    currency: str
+    anchor_day: int | None
+    anchor_changes: tuple[AnchorChange, ...]
+    rate_cards: tuple[RateCard, ...]
+
+
+def account_terms(connection: Connection, account_ids: Iterable[str]) -> dict[str, Terms]:
+    """The terms of each existing account among ``account_ids``."""
     ids = sorted(set(account_ids))
     cursor = _dbapi(connection).cursor()
-    found: dict[str, tuple[str, int | None, tuple[AnchorChange, ...]]] = {}
-    columns = "id, currency, billing_anchor_day, anchor_changes"
+    found: dict[str, Terms] = {}
+    if _is_postgres(connection):
+        columns = "id, currency, billing_anchor_day, anchor_changes, rate_cards::text"
+    else:
+        columns = "id, currency, billing_anchor_day, anchor_changes, rate_cards"
     if _is_postgres(connection):
         cursor.execute(f"SELECT {columns} FROM accounts WHERE id = ANY(%s)", (ids,))  # noqa: S608 - no input
         rows = cursor.fetchall()
@@ -110,10 +136,10 @@ def account_terms(
             )
             rows.extend(cursor.fetchall())
     cursor.close()
-    for account_id, currency, anchor, changes in rows:
+    for account_id, currency, anchor, changes, cards in rows:
         # SQLite hands the JSON document over as its text, psycopg decoded.
         document = orjson.loads(changes) if isinstance(changes, str | bytes) else changes
-        found[account_id] = (currency, anchor, anchor_changes_of(document))
+        found[account_id] = Terms(currency, anchor, anchor_changes_of(document), _cards(cards))
     return found
 
 

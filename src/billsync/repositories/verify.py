@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select
 
+from billsync.core.pricing import RateCard, cards_of
 from billsync.db.tables import accounts as accounts_table
 from billsync.db.tables import billing_periods, lines, problems, usage_events
 from billsync.repositories.problems import ACCEPTED
@@ -23,6 +24,7 @@ class AccountRow:
     id: str
     currency: str
     stripe_customer_id: str | None
+    rate_cards: tuple[RateCard, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +66,17 @@ class AcceptedDifferences:
 
 def accounts(connection: Connection, account_id: str | None) -> list[AccountRow]:
     query = select(
-        accounts_table.c.id, accounts_table.c.currency, accounts_table.c.stripe_customer_id
+        accounts_table.c.id,
+        accounts_table.c.currency,
+        accounts_table.c.stripe_customer_id,
+        accounts_table.c.rate_cards,
     ).order_by(accounts_table.c.id)
     if account_id is not None:
         query = query.where(accounts_table.c.id == account_id)
-    return [AccountRow(*row) for row in connection.execute(query)]
+    return [
+        AccountRow(account, currency, customer, cards_of(cards))
+        for account, currency, customer, cards in connection.execute(query)
+    ]
 
 
 def periods(connection: Connection, account_id: str | None) -> dict[str, dict[date, PeriodRow]]:

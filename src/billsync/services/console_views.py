@@ -13,6 +13,7 @@ from billsync.core.event_storage import events_retained
 from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.line_state import LineState, charged, line_state, line_sync
 from billsync.core.periods import PeriodStatus
+from billsync.core.pricing import applied_price
 from billsync.repositories import console, problems, webhooks
 from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import sync as sync_repository
@@ -44,6 +45,8 @@ class LineRow:
     quantity: str = ""  # in the catalog's display unit ("29.90 hours")
     # "credit" or "charge" for support's adjustments, None for usage
     kind: str | None = None
+    # Which price rates it ("catalog price", "negotiated rate from 2026-12-01"; core.pricing)
+    price: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,13 @@ def account_view(
             state = line_state(sync)
             metric = None if catalog is None else catalog.metrics.get(line.metric)
             adjustment = line.metric == ADJUSTMENT_METRIC
+            applied = (
+                None
+                if metric is None
+                else applied_price(
+                    metric, account.rate_cards, account.currency, line.late_from or period.start
+                )
+            )
             rows.append(
                 LineRow(
                     line,
@@ -172,6 +182,7 @@ def account_view(
                     line_name(line, catalog),
                     "" if adjustment else shown_quantity(line.quantity, metric).label,
                     ("credit" if line.amount < 0 else "charge") if adjustment else None,
+                    "" if applied is None else applied.label,
                 )
             )
             in_stripe += charged(sync) if state is LineState.ACCEPTED else line.synced_amount or 0

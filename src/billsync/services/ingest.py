@@ -25,6 +25,7 @@ from billsync.core.catalog import Aggregation, Catalog
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT
 from billsync.core.periods import AnchorSchedule, Period, late_usage_target
+from billsync.core.pricing import RateCard, applied_price
 from billsync.core.rating import late_line_amount
 from billsync.core.usage import (
     Rejection,
@@ -143,6 +144,7 @@ class _Terms:
     id: str
     currency: str
     periods: AnchorSchedule
+    rate_cards: tuple[RateCard, ...]
 
 
 class IngestService:
@@ -242,11 +244,12 @@ class IngestService:
         ledger.lock_accounts(connection, account_ids)
         accounts = {
             account_id: _Terms(
-                account_id, currency, AnchorSchedule(anchor or self.default_anchor_day, changes)
+                account_id,
+                terms.currency,
+                AnchorSchedule(terms.anchor_day or self.default_anchor_day, terms.anchor_changes),
+                terms.rate_cards,
             )
-            for account_id, (currency, anchor, changes) in ledger_bulk.account_terms(
-                connection, account_ids
-            ).items()
+            for account_id, terms in ledger_bulk.account_terms(connection, account_ids).items()
         }
         placed: list[tuple[ValidEvent, _Terms, Period]] = []
         refused: list[tuple[ValidEvent, Rejection]] = []
@@ -442,8 +445,17 @@ class IngestService:
         line_ids: dict[LineRef, int] = {}
         with localcontext(EXACT):
             for ref, delta in deltas.items():
-                currency = accounts[ref.account].currency
-                price = self.catalog.metrics[delta.metric].prices[currency]
+                account = accounts[ref.account]
+                currency = account.currency
+                metric = self.catalog.metrics[delta.metric]
+                # The prices in effect at the start of the period the usage happened in.
+                usage_period = delta.late_from or ref.period_start
+                if account.rate_cards or metric.price_versions:
+                    applied = applied_price(metric, account.rate_cards, currency, usage_period)
+                    assert applied is not None  # every version prices the catalog's currencies
+                    price = applied.price
+                else:
+                    price = metric.prices[currency]
                 state = states.get(ref)
                 quantity = delta.quantity if state is None else state.quantity + delta.quantity
                 base_ref = base_refs.get(ref)

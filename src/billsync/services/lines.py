@@ -12,6 +12,7 @@ from billsync.clock import Clock
 from billsync.core.catalog import Catalog, Tier
 from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.periods import Period
+from billsync.core.pricing import AppliedPrice, applied_price
 from billsync.errors import InvalidRequest
 from billsync.repositories import ledger
 from billsync.repositories.accounts import AccountRecord
@@ -31,6 +32,9 @@ class LineView:
     amount: int
     version: int
     event_count: int
+    # The price that rates it (core.pricing): None for an adjustment or a metric the catalog
+    # no longer has.
+    applied: AppliedPrice | None = None
 
     @property
     def is_period_usage(self) -> bool:
@@ -87,7 +91,17 @@ class LineService:
         views: list[LineView] = []
         for record in ledger.lines_of_period(connection, account.id, period.start):
             metric = self.catalog.metrics.get(record.metric)
-            price = None if metric is None else metric.prices.get(record.currency)
+            applied = (
+                None
+                if metric is None
+                else applied_price(
+                    metric,
+                    account.rate_cards,
+                    record.currency,
+                    record.late_from or record.period_start,
+                )
+            )
+            price = None if applied is None else applied.price
             views.append(
                 LineView(
                     key=record.key,
@@ -106,6 +120,7 @@ class LineService:
                     amount=record.amount,
                     version=record.version,
                     event_count=record.event_count,
+                    applied=applied,
                 )
             )
         return PeriodLines(account.id, period, account.currency, views)

@@ -61,6 +61,7 @@ from billsync.core.folding import ADJUSTMENT_METRIC, line_key
 from billsync.core.installation import is_ours
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
+from billsync.core.pricing import RateCard, applied_price
 from billsync.core.rating import late_line_amount
 from billsync.db.database import Database
 from billsync.repositories import installation as installation_repository
@@ -244,7 +245,8 @@ class Verifier:
                 linked=linked,
             )
         if self.catalog is not None:
-            self._check_amounts(self.catalog, lines, report)
+            cards = {account.id: account.rate_cards for account in accounts}
+            self._check_amounts(self.catalog, lines, cards, report)
         if self.gateway is not None:
             by_account: dict[str, list[LedgerLine]] = defaultdict(list)
             for line in lines.values():
@@ -279,20 +281,36 @@ class Verifier:
     # --- the ledger ---------------------------------------------------------------------
 
     def _check_amounts(
-        self, catalog: Catalog, lines: dict[int, LedgerLine], report: VerifyReport
+        self,
+        catalog: Catalog,
+        lines: dict[int, LedgerLine],
+        cards: dict[str, tuple[RateCard, ...]],
+        report: VerifyReport,
     ) -> None:
-        """Every usage line's amount is its quantity rated with the catalog, once rounded; a
-        late line at the marginal rates of its original period, after what that period billed
-        before it (its own line, and its late usage on earlier invoices)."""
+        """Every usage line's amount is its quantity rated, once rounded, with the price in
+        effect at the start of the period its usage happened in (the account's negotiated rate
+        or the catalog's version: core.pricing); a late line at the marginal rates of its
+        original period, after what that period billed before it (its own line, and its late
+        usage on earlier invoices)."""
         by_key: dict[tuple[str, str], list[LedgerLine]] = defaultdict(list)
         for line in lines.values():
             by_key[line.account_id, line.key].append(line)
         own = {(line.account_id, line.period_start, line.key): line for line in lines.values()}
         for line in lines.values():
             metric = catalog.metrics.get(line.metric)
-            price = None if metric is None else metric.prices.get(line.currency)
-            if price is None:
+            applied = (
+                None
+                if metric is None
+                else applied_price(
+                    metric,
+                    cards.get(line.account_id, ()),
+                    line.currency,
+                    line.late_from or line.period_start,
+                )
+            )
+            if applied is None:
                 continue  # an adjustment, or a metric the catalog no longer has
+            price = applied.price
             before = Decimal(0)
             if line.late_from is not None:
                 base = own.get(
