@@ -266,6 +266,8 @@ def test_create_account_returns_201_with_its_fields(client: TestClient) -> None:
         "sync_policy": None,
         "stripe_customer_id": None,
         "created_at": "2026-11-15T12:00:00Z",
+        "minimum_amount": None,
+        "minimum_amount_from": None,
     }
     fetched = client.get("/v1/accounts/acme-01")
     assert fetched.status_code == 200

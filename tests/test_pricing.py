@@ -269,7 +269,7 @@ def test_a_rate_card_from_a_later_period_leaves_the_current_one_alone(
         ),
         (
             {"prices": {CPU: "0.01"}, "effective_from": "2026-12-15"},
-            422, "invalid_effective_from", "2026-12-15 is not",
+            409, "not_a_period_start", "2026-12-15 is not",
         ),
         ({"prices": {CPU: "0.01"}, "colour": "blue"}, 422, None, "colour"),
     ],

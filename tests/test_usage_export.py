@@ -218,6 +218,7 @@ def test_late_usage_names_the_invoice_that_carries_it(
         ({"to": "2026-11-10T10:00:00"}, "invalid_range", "RFC 3339 moment with an offset"),
         ({"from": "2026-02-30"}, "invalid_range", "from must be a date"),
         ({"group_by": "day"}, "invalid_group_by", "metric,day, metric,hour, metric"),
+        ({"group_by": ""}, "invalid_group_by", "got ''"),
         ({"format": "xml"}, "invalid_format", "json or csv"),
     ],
 )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from fastapi import APIRouter, Query
 
 from billsync.api.catalog import tiers_read
@@ -23,7 +25,8 @@ from billsync.api.schemas import (
     SyncPolicyRead,
     TierRead,
 )
-from billsync.core.money import decimal_text
+from billsync.core.commitment import commitment_on
+from billsync.core.money import decimal_text, format_minor
 from billsync.core.pricing import NEGOTIATED, AppliedPrice
 from billsync.core.text import SAFE_TEXT_PATTERN
 from billsync.repositories.accounts import AccountFilter, AccountRecord
@@ -46,8 +49,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _account_read(record: AccountRecord, default_anchor_day: int) -> AccountRead:
+def _account_read(record: AccountRecord, default_anchor_day: int, today: date) -> AccountRead:
     schedule = record.schedule(default_anchor_day)
+    current = schedule.period_for_date(today).start
+    minimum = commitment_on(record.commitments, current)
+    applies = [c.effective_from for c in record.commitments if c.effective_from <= current]
     return AccountRead(
         id=record.id,
         name=record.name,
@@ -58,6 +64,8 @@ def _account_read(record: AccountRecord, default_anchor_day: int) -> AccountRead
         sync_policy=None if record.sync_policy is None else SyncPolicyRead(**record.sync_policy),
         stripe_customer_id=record.stripe_customer_id,
         created_at=record.created_at,
+        minimum_amount=None if minimum is None else format_minor(minimum, record.currency),
+        minimum_amount_from=applies[-1] if minimum is not None and applies else None,
     )
 
 
@@ -100,8 +108,10 @@ def list_accounts(
     with billsync.database.read() as connection:
         page = billsync.accounts.list(connection, wanted, cursor=cursor, limit=limit)
     default = billsync.settings.billing_anchor_day
+    today = billsync.clock.now().date()
     return AccountListRead(
-        data=[_account_read(record, default) for record in page.accounts], next=page.next
+        data=[_account_read(record, default, today) for record in page.accounts],
+        next=page.next,
     )
 
 
@@ -118,14 +128,14 @@ def create_account(body: AccountCreate, billsync: BillsyncDep) -> AccountRead:
                 billing_anchor_day=body.billing_anchor_day,
             ),
         )
-    return _account_read(record, billsync.settings.billing_anchor_day)
+    return _account_read(record, billsync.settings.billing_anchor_day, billsync.clock.now().date())
 
 
 @router.get("/accounts/{account_id}", responses=ERRORS)
 def get_account(account_id: str, billsync: BillsyncDep) -> AccountRead:
     with billsync.database.read() as connection:
         record = billsync.accounts.get(connection, account_id)
-    return _account_read(record, billsync.settings.billing_anchor_day)
+    return _account_read(record, billsync.settings.billing_anchor_day, billsync.clock.now().date())
 
 
 @router.patch("/accounts/{account_id}", responses=ERRORS)
@@ -144,6 +154,8 @@ def update_account(account_id: str, body: AccountUpdate, billsync: BillsyncDep) 
         billing_anchor_day=body.billing_anchor_day
         if "billing_anchor_day" in given and body.billing_anchor_day is not None
         else UNCHANGED,
+        minimum_amount=body.minimum_amount if "minimum_amount" in given else UNCHANGED,
+        minimum_amount_from=body.minimum_amount_from,
     )
     with billsync.database.transaction() as connection:
         record = billsync.accounts.update(
@@ -151,7 +163,7 @@ def update_account(account_id: str, body: AccountUpdate, billsync: BillsyncDep) 
             default_anchor_day=billsync.settings.billing_anchor_day,
         )  # fmt: skip
     billsync.bill_cache.forget(frozenset({account_id}))
-    return _account_read(record, billsync.settings.billing_anchor_day)
+    return _account_read(record, billsync.settings.billing_anchor_day, billsync.clock.now().date())
 
 
 def applied_price_read(applied: AppliedPrice) -> AppliedPriceRead:

@@ -119,6 +119,15 @@ def bill_body(bill: Bill, catalog: Catalog) -> dict[str, Any]:
         ],
         # Retention removed the period's raw events: its lines stand, its usage export does not.
         "usage_removed": bill.usage_removed,
+        # The account's minimum commitment for the period (core.commitment): committed, used so
+        # far, and what a close now would top up. Null without one.
+        "commitment": None
+        if bill.commitment is None
+        else {
+            "minimum_amount": bill.commitment,
+            "used": bill.used,
+            "shortfall": bill.shortfall,
+        },
     }
 
 

@@ -123,6 +123,14 @@ class AccountRead(BaseModel):
     )
     stripe_customer_id: str | None
     created_at: datetime
+    minimum_amount: str | None = Field(
+        default=None,
+        description="The minimum commitment of the current period, in the account's currency "
+        "(a decimal string); null: none.",
+    )
+    minimum_amount_from: date | None = Field(
+        default=None, description="The period start that minimum applies from."
+    )
 
 
 class AccountUpdate(BaseModel):
@@ -150,6 +158,17 @@ class AccountUpdate(BaseModel):
         default=None,
         description="For future periods: the current period keeps its dates and the next one "
         "ends on the new day.",
+    )
+    minimum_amount: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,13}(\.[0-9]{1,2})?$",
+        description='A minimum commitment per period, e.g. "500.00" in the account\'s currency: '
+        "a period that used less is topped up to it when it closes. null removes it.",
+    )
+    minimum_amount_from: date | None = Field(
+        default=None,
+        description="The start of the account's period the minimum applies from: the current "
+        "one (the default) or a later one.",
     )
 
     @model_validator(mode="before")

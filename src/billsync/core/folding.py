@@ -19,6 +19,12 @@ LATE_FROM = "late_from"
 # The metric of the lines support adds by hand (credits and charges): no catalog metric, one
 # line per adjustment.
 ADJUSTMENT_METRIC = "adjustment"
+# The metric of the line that tops a period up to the account's minimum commitment, once the
+# period stops taking usage (core.commitment): one line, key ``commitment``.
+COMMITMENT_METRIC = "commitment"
+# Lines booked by billsync or support rather than folded from usage: each described by its
+# grouping's ``description``, none counted as usage.
+BOOKED_METRICS = frozenset({ADJUSTMENT_METRIC, COMMITMENT_METRIC})
 
 
 def line_key(metric: str, grouping: Mapping[str, str], late_from: date | None = None) -> str:

@@ -65,6 +65,8 @@ class Account(Base):
     # The account's negotiated prices, each set from a period start on (core.pricing: the
     # document of its RateCards); None: the catalog's prices.
     rate_cards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
+    # Its minimum commitments per period, each from a period start on (core.commitment).
+    commitments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
 
     __table_args__ = (
         CheckConstraint(

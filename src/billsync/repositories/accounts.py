@@ -11,6 +11,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from billsync.core.commitment import Commitment, commitments_of
 from billsync.core.periods import AnchorChange, AnchorSchedule
 from billsync.core.pricing import RateCard, cards_of
 from billsync.db.tables import account_sync, accounts, billing_periods
@@ -30,6 +31,8 @@ class AccountRecord:
     anchor_changes: tuple[AnchorChange, ...] = ()
     # Its negotiated prices (core.pricing), by ascending effective_from.
     rate_cards: tuple[RateCard, ...] = ()
+    # Its minimum commitments (core.commitment), by ascending effective_from.
+    commitments: tuple[Commitment, ...] = ()
 
     def schedule(self, default_anchor_day: int) -> AnchorSchedule:
         """The account's periods (``default_anchor_day``: BILLSYNC_BILLING_ANCHOR_DAY, for an
@@ -70,6 +73,7 @@ def _record(row: RowMapping) -> AccountRecord:
         sync_policy=row["sync_policy"],
         anchor_changes=anchor_changes_of(row["anchor_changes"]),
         rate_cards=cards_of(row["rate_cards"]),
+        commitments=commitments_of(row["commitments"]),
     )
 
 

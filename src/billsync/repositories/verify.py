@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select
 
+from billsync.core.commitment import Commitment, commitments_of
 from billsync.core.pricing import RateCard, cards_of
 from billsync.db.tables import accounts as accounts_table
 from billsync.db.tables import billing_periods, lines, problems, usage_events
@@ -25,6 +26,7 @@ class AccountRow:
     currency: str
     stripe_customer_id: str | None
     rate_cards: tuple[RateCard, ...] = ()
+    commitments: tuple[Commitment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +72,13 @@ def accounts(connection: Connection, account_id: str | None) -> list[AccountRow]
         accounts_table.c.currency,
         accounts_table.c.stripe_customer_id,
         accounts_table.c.rate_cards,
+        accounts_table.c.commitments,
     ).order_by(accounts_table.c.id)
     if account_id is not None:
         query = query.where(accounts_table.c.id == account_id)
     return [
-        AccountRow(account, currency, customer, cards_of(cards))
-        for account, currency, customer, cards in connection.execute(query)
+        AccountRow(account, currency, customer, cards_of(cards), commitments_of(commitments))
+        for account, currency, customer, cards, commitments in connection.execute(query)
     ]
 
 

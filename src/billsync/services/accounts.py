@@ -5,21 +5,29 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog
-from billsync.core.money import CurrencyError, normalize_currency
-from billsync.core.periods import MAX_ANCHOR_DAY, MIN_ANCHOR_DAY
+from billsync.core.commitment import Commitment, commitments_document
+from billsync.core.money import (
+    AmountError,
+    CurrencyError,
+    format_minor,
+    normalize_currency,
+    parse_amount,
+)
+from billsync.core.periods import MAX_ANCHOR_DAY, MIN_ANCHOR_DAY, PeriodStatus
 from billsync.core.policy import PolicyError, SyncPolicy
 from billsync.core.text import UNSAFE_CHARACTERS, unsafe_character, unsafe_message
 from billsync.errors import Conflict, InvalidRequest, NotFound
 from billsync.repositories import accounts as repository
 from billsync.repositories import console as audit
 from billsync.repositories import ledger
+from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountExists, AccountFilter, AccountRecord
 
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
@@ -58,6 +66,10 @@ class AccountChanges:
     sync_policy: dict[str, Any] | Unchanged | None = UNCHANGED
     # For future periods: the current one keeps its dates (core.periods.AnchorSchedule).
     billing_anchor_day: int | Unchanged = UNCHANGED
+    # The minimum per period in major units (None: none), from ``minimum_amount_from`` (a
+    # period start; default the current period's) on: core.commitment.
+    minimum_amount: str | Unchanged | None = UNCHANGED
+    minimum_amount_from: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +197,52 @@ class AccountService:
         page = found[:limit]
         return AccountPage(page, page[-1].id if more else None)
 
+    def _commitment(
+        self,
+        connection: Connection,
+        account: AccountRecord,
+        text: str | None,
+        effective_from: date | None,
+        *,
+        default_anchor_day: int,
+        now: datetime,
+        actor: str,
+    ) -> Commitment:
+        """The minimum commitment asked for, checked: an exact amount of the account's
+        currency, from one of its period starts that is still open (core.commitment)."""
+        amount = None
+        if text is not None:
+            try:
+                amount = parse_amount(text, account.currency)
+            except AmountError as error:
+                raise InvalidRequest(f"minimum_amount: {error}", code="invalid_amount") from None
+            if amount < 0:
+                raise InvalidRequest(
+                    "minimum_amount: a minimum commitment is not negative", code="invalid_amount"
+                )
+        schedule = account.schedule(default_anchor_day)
+        current = schedule.period_for_date(now.date())
+        start = effective_from or current.start
+        if start < current.start:
+            raise Conflict(
+                f"minimum_amount_from: a commitment applies from the current period "
+                f"({current.start}) on, not from {start}",
+                code="period_not_open",
+            )
+        if schedule.period_for_date(start).start != start:
+            raise Conflict(
+                f"minimum_amount_from must be the start of one of the account's periods, e.g. "
+                f"{current.start} or {current.end}; {start} is not",
+                code="not_a_period_start",
+            )
+        period = sync_repository.get_period(connection, account.id, start)
+        if period is not None and period.status is not PeriodStatus.OPEN:
+            raise Conflict(
+                f"the period starting {start} is {period.status.value}: its commitment is settled",
+                code="period_not_open",
+            )
+        return Commitment(start, amount, now, actor)
+
     def update(
         self,
         connection: Connection,
@@ -233,9 +291,25 @@ class AccountService:
                 applies_from: date | None = changed.applies_from()
                 detail["billing_anchor_day"] = changed.anchor_day
                 detail["anchor_applies_from"] = applies_from and applies_from.isoformat()
+        now = self.clock.now()
+        if not isinstance(changes.minimum_amount, Unchanged):
+            commitment = self._commitment(
+                connection, account, changes.minimum_amount, changes.minimum_amount_from,
+                default_anchor_day=default_anchor_day, now=now, actor=actor,
+            )  # fmt: skip
+            kept = [c for c in account.commitments if c.effective_from < commitment.effective_from]
+            if [(c.effective_from, c.amount) for c in account.commitments] != [
+                (c.effective_from, c.amount) for c in (*kept, commitment)
+            ]:
+                values["commitments"] = commitments_document([*kept, commitment])
+                detail["minimum_amount"] = (
+                    None
+                    if commitment.amount is None
+                    else format_minor(commitment.amount, account.currency)
+                )
+                detail["minimum_amount_from"] = commitment.effective_from.isoformat()
         if not values:
             return account
-        now = self.clock.now()
         repository.update_account(connection, account_id, now, **values)
         if detail:
             audit.record(

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
-from billsync.core.folding import ADJUSTMENT_METRIC
+from billsync.core.commitment import commitment_on, top_up
+from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS, COMMITMENT_METRIC
 from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
 from billsync.core.periods import Period, PeriodStatus
 from billsync.repositories import credit_notes as credit_note_repository
@@ -42,9 +43,12 @@ class BillLine:
 
     @property
     def kind(self) -> str:
-        """``usage``, ``late`` (a past period's usage), ``credit`` or ``charge`` (support's)."""
+        """``usage``, ``late`` (a past period's usage), ``credit`` or ``charge`` (support's),
+        ``commitment`` (the top-up to the account's minimum commitment)."""
         if self.line.metric == ADJUSTMENT_METRIC:
             return "credit" if self.line.amount < 0 else "charge"
+        if self.line.metric == COMMITMENT_METRIC:
+            return "commitment"
         return "late" if self.line.late_from is not None else "usage"
 
 
@@ -107,6 +111,15 @@ class Bill:
     usage_removed: bool = False  # retention removed the period's raw events (lines are kept)
     # The account's credit notes (support lowers a finalized invoice with one), newest first.
     credit_notes: tuple[CreditNoteRecord, ...] = ()
+    # The account's minimum commitment for the period (minor units; None: none), and what its
+    # usage lines add up to so far (core.commitment).
+    commitment: int | None = None
+    used: int = 0
+
+    @property
+    def shortfall(self) -> int:
+        """What the period would be topped up by if it closed now."""
+        return 0 if self.commitment is None else top_up(self.commitment, self.used)
 
     @property
     def pending_lines(self) -> int:
@@ -214,6 +227,8 @@ class BillingView:
             periods=_choices(periods, mirrors, current),
             usage_removed=removed,
             credit_notes=tuple(notes),
+            commitment=commitment_on(account.commitments, period.start),
+            used=sum(line.amount for line in view.lines if line.metric not in BOOKED_METRICS),
         )
 
     def _projection(self, period: Period, total: int, usage: int) -> int:

@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 from billsync.core.catalog import Catalog
 from billsync.core.display import format_money, shown_quantity
 from billsync.core.event_storage import events_retained
-from billsync.core.folding import ADJUSTMENT_METRIC
+from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS
 from billsync.core.line_state import LineState, charged, line_state, line_sync
 from billsync.core.periods import PeriodStatus
 from billsync.core.pricing import applied_price
@@ -126,7 +126,7 @@ STATE_LABELS = {
 def line_name(line: SyncLine, catalog: Catalog | None) -> str:
     """A line as a person names it: a credit or charge by its description, usage by its
     metric's name and the values it is grouped by (a region …), late usage with its period."""
-    if line.metric == ADJUSTMENT_METRIC:
+    if line.metric in BOOKED_METRICS:
         return str(line.grouping.get("description", "Adjustment"))
     metric = None if catalog is None else catalog.metrics.get(line.metric)
     name = line.metric if metric is None else metric.description
@@ -167,6 +167,7 @@ def account_view(
             state = line_state(sync)
             metric = None if catalog is None else catalog.metrics.get(line.metric)
             adjustment = line.metric == ADJUSTMENT_METRIC
+            booked = line.metric in BOOKED_METRICS
             applied = (
                 None
                 if metric is None
@@ -180,8 +181,10 @@ def account_view(
                     STATE_LABELS[state],
                     problem,
                     line_name(line, catalog),
-                    "" if adjustment else shown_quantity(line.quantity, metric).label,
-                    ("credit" if line.amount < 0 else "charge") if adjustment else None,
+                    "" if booked else shown_quantity(line.quantity, metric).label,
+                    ("credit" if line.amount < 0 else "charge")
+                    if adjustment
+                    else ("commitment" if booked else None),
                     "" if applied is None else applied.label,
                 )
             )

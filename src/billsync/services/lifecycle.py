@@ -29,6 +29,7 @@ from billsync.core.line_state import is_pending
 from billsync.core.periods import PeriodStatus
 from billsync.db.database import Database
 from billsync.errors import Conflict, NotFound
+from billsync.repositories import commitments
 from billsync.repositories import sync as repository
 from billsync.repositories.sync import PeriodRow
 from billsync.services.sync import SyncService
@@ -111,6 +112,8 @@ class LifecycleService:
         ended_by = (now - self.settings.grace).date()
         with self.database.transaction() as connection:
             stopped = repository.stop_usage_due(connection, ended_by, now, limit)
+            # Their usage is final: minimum commitments are topped up now (core.commitment).
+            commitments.book_top_ups(connection, stopped, now)
             # Drafts Stripe already holds whole start their window now; the others once the
             # closing lane has pushed them (``drafts_completed``).
             report.review += repository.start_windows_in_step(
@@ -165,6 +168,8 @@ class LifecycleService:
                 connection, period.account_id, period.start, [PeriodStatus.CLOSING],
                 to=PeriodStatus.REVIEW, now=now, review_ends_at=None,
             )  # fmt: skip
+            if stopped:
+                commitments.book_top_ups(connection, [(period.account_id, period.start)], now)
         if stopped:
             self._complete_draft(period, now, report, inline=inline)
 
@@ -261,6 +266,8 @@ class LifecycleService:
         )  # fmt: skip
         if not released:
             raise _changed_meanwhile(account_id, start)
+        if back is PeriodStatus.REVIEW:
+            commitments.book_top_ups(connection, [(account_id, start)], now)
 
     def approve_period(
         self, connection: Connection, account_id: str, start: date, now: datetime
@@ -287,6 +294,7 @@ class LifecycleService:
         )  # fmt: skip
         if not stopped:
             raise _changed_meanwhile(account_id, start)
+        commitments.book_top_ups(connection, [(account_id, start)], now)
         repository.mark_behind(connection, [account_id])
 
     def finalize_approved(self, account_id: str, start: date) -> bool:

@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog, Tier
-from billsync.core.folding import ADJUSTMENT_METRIC
+from billsync.core.folding import BOOKED_METRICS
 from billsync.core.periods import Period
 from billsync.core.pricing import AppliedPrice, applied_price
 from billsync.errors import InvalidRequest
@@ -40,7 +40,7 @@ class LineView:
     def is_period_usage(self) -> bool:
         """Usage of this very period — not a support adjustment, not a past period's late
         usage: the part of a bill that grows with time."""
-        return self.metric != ADJUSTMENT_METRIC and self.late_from is None
+        return self.metric not in BOOKED_METRICS and self.late_from is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,10 +141,10 @@ class RateService:
                 code="period_not_open",
             )
         if schedule.period_for_date(start).start != start:
-            raise InvalidRequest(
+            raise Conflict(
                 f"effective_from must be the start of one of the account's periods, e.g. "
                 f"{current.start} or {current.end}; {start} is not",
-                code="invalid_effective_from",
+                code="not_a_period_start",
             )
         period = sync_repository.get_period(connection, account_id, start)
         if period is not None and period.status is not PeriodStatus.OPEN:

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog
-from billsync.core.folding import ADJUSTMENT_METRIC
+from billsync.core.folding import BOOKED_METRICS
 from billsync.core.installation import NAMESPACE_KEY, Mode, is_ours, mode_conflict
 from billsync.core.money import decimal_text
 from billsync.core.periods import PeriodStatus
@@ -260,7 +260,7 @@ class SyncService:
 
     def describe(self, line: SyncLine) -> str:
         """The line's text on the invoice: what, how much, and for late usage, from when."""
-        if line.metric == ADJUSTMENT_METRIC:
+        if line.metric in BOOKED_METRICS:
             return str(line.grouping.get("description", "Adjustment"))[:500]
         metric = self.catalog.metrics.get(line.metric)
         name = line.metric if metric is None else metric.description

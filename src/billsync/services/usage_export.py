@@ -93,7 +93,7 @@ def export_range(
 ) -> ExportRange:
     """The range asked for, checked: in order, within bounds; ``default`` fills what is not
     given (the account's current period)."""
-    grouping = group_by or DEFAULT_GROUPING
+    grouping = DEFAULT_GROUPING if group_by is None else group_by
     if grouping not in GROUPINGS:
         raise InvalidRequest(
             f"group_by must be one of {', '.join(GROUPINGS)}, got {grouping[:40]!r}",

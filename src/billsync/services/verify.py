@@ -56,8 +56,9 @@ from typing import Any, TypeVar
 from billsync.core import drift
 from billsync.core.aggregation import Observation, period_quantities
 from billsync.core.catalog import Aggregation, Catalog, Metric
+from billsync.core.commitment import commitment_on, top_up
 from billsync.core.event_storage import events_retained
-from billsync.core.folding import ADJUSTMENT_METRIC, line_key
+from billsync.core.folding import BOOKED_METRICS, COMMITMENT_METRIC, line_key
 from billsync.core.installation import is_ours
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
@@ -80,6 +81,7 @@ T = TypeVar("T")
 EVENT_WITHOUT_LINE = "event_without_line"
 EVENT_ON_WRONG_LINE = "event_on_wrong_line"
 LINE_QUANTITY_DIFFERS = "line_quantity_differs"
+COMMITMENT_DIFFERS = "commitment_differs"
 LINE_EVENT_COUNT_DIFFERS = "line_event_count_differs"
 LINE_AMOUNT_DIFFERS = "line_amount_differs"
 LATE_USAGE_MISPLACED = "late_usage_misplaced"
@@ -244,6 +246,7 @@ class Verifier:
                 expected=expected,
                 linked=linked,
             )
+        _check_commitments(accounts, periods, lines, report)
         if self.catalog is not None:
             cards = {account.id: account.rate_cards for account in accounts}
             self._check_amounts(self.catalog, lines, cards, report)
@@ -407,7 +410,7 @@ class Verifier:
             ):
                 retained.add(line.id)
         for line in lines.values():
-            if line.metric == ADJUSTMENT_METRIC and count[line.id] == 0:
+            if line.metric in BOOKED_METRICS and count[line.id] == 0:
                 continue
             if line.id in retained or not retained.isdisjoint(linked.get(line.id, ())):
                 report.retained_lines += 1
@@ -763,3 +766,47 @@ def _aggregated_quantities(
             expected[line.id] = quantity
             linked[line.id] = [other.id for other in group if other.id != line.id]
     return expected, linked
+
+
+def _check_commitments(
+    accounts: list[repository.AccountRow],
+    periods: dict[str, dict[date, PeriodRow]],
+    lines: dict[int, LedgerLine],
+    report: VerifyReport,
+) -> None:
+    """Each period whose usage is final (in review or finalized) of an account with a minimum
+    commitment carries the top-up the rule gives — max(0, minimum − its usage lines) — and no
+    other period carries one (core.commitment)."""
+    committed = {account.id: account for account in accounts if account.commitments}
+    used: dict[tuple[str, date], int] = defaultdict(int)
+    booked: dict[tuple[str, date], int] = defaultdict(int)
+    for line in lines.values():
+        if line.account_id not in committed:
+            continue
+        if line.metric == COMMITMENT_METRIC:
+            booked[line.account_id, line.period_start] += line.amount
+        elif line.metric not in BOOKED_METRICS:
+            used[line.account_id, line.period_start] += line.amount
+    for account_id, account in committed.items():
+        for start, period in periods.get(account_id, {}).items():
+            minimum = commitment_on(account.commitments, start)
+            final = period.status in (PeriodStatus.REVIEW, PeriodStatus.FINALIZED)
+            expected = top_up(minimum, used[account_id, start]) if minimum and final else 0
+            if booked[account_id, start] != expected:
+                report.violations.append(
+                    Violation(
+                        COMMITMENT_DIFFERS,
+                        account_id,
+                        f"the period starting {start} ({period.status.value}) tops up "
+                        f"{format_minor(booked[account_id, start], account.currency)} to its "
+                        f"minimum commitment; the rule gives "
+                        f"{format_minor(expected, account.currency)}"
+                        + (
+                            f" (minimum {format_minor(minimum, account.currency)}, used "
+                            f"{format_minor(used[account_id, start], account.currency)})"
+                            if minimum
+                            else ""
+                        ),
+                        start,
+                    )
+                )
