@@ -61,6 +61,8 @@ TABLES = (
     "usage_events",
     "usage_event_ids",
     "distinct_values",
+    "credit_grant_uses",
+    "credit_grants",
     "lines",
     "billing_periods",
     "accounts",

@@ -156,6 +156,8 @@ V1_ROUTES = [
     ("GET", "/v1/accounts/{account_id}/lines"),
     ("GET", "/v1/accounts/{account_id}/prices"),
     ("PUT", "/v1/accounts/{account_id}/prices"),
+    ("POST", "/v1/accounts/{account_id}/credit-grants"),
+    ("GET", "/v1/accounts/{account_id}/credit-grants"),
     ("GET", "/v1/catalog"),
     ("POST", "/v1/usage"),
     ("GET", "/v1/accounts/{account_id}/sync"),

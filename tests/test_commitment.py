@@ -5,7 +5,6 @@ minimum; the customer sees "committed / used so far" from the first day; verify 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
@@ -21,21 +20,13 @@ from billsync.db.tables import audit_log, lines
 from billsync.repositories import sync as sync_repository
 from billsync.services.verify import COMMITMENT_DIFFERS, Verifier
 from billsync.stripe_gateway import StripeGateway
-from tests.conftest import T0, TEST_TOKEN
+from tests.conftest import T0
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.test_lifecycle import AFTER_GRACE, make
 
 NOVEMBER = date(2026, 11, 1)
 IP_HOURS = "ip.ipv4.hours"  # $0.00274 an hour
-
-
-@pytest.fixture
-def api(billsync: Billsync) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(billsync), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
-    ) as client:
-        yield client
 
 
 def commitment_lines(billsync: Billsync) -> dict[tuple[str, date], tuple[int, str]]:
@@ -56,15 +47,15 @@ def invoice_total(billsync: Billsync, emulator: RunningEmulator, account: str) -
     return gateway.get_invoice(period.stripe_invoice_id, with_lines=False)
 
 
-def test_a_minimum_is_set_shown_and_audited(billsync: Billsync, api: TestClient) -> None:
+def test_a_minimum_is_set_shown_and_audited(billsync: Billsync, client: TestClient) -> None:
     create_account(billsync)
-    answer = api.patch("/v1/accounts/acme", json={"minimum_amount": "500.00"})
+    answer = client.patch("/v1/accounts/acme", json={"minimum_amount": "500.00"})
     assert answer.status_code == 200, answer.text
     assert (answer.json()["minimum_amount"], answer.json()["minimum_amount_from"]) == (
         "500.00",
         "2026-11-01",
     )
-    later = api.patch(
+    later = client.patch(
         "/v1/accounts/acme", json={"minimum_amount": "750", "minimum_amount_from": "2026-12-01"}
     )
     assert later.json()["minimum_amount"] == "500.00"  # still November's
@@ -77,7 +68,7 @@ def test_a_minimum_is_set_shown_and_audited(billsync: Billsync, api: TestClient)
         ("750.00", "2026-12-01"),
     ]
     assert (
-        api.patch("/v1/accounts/acme", json={"minimum_amount": None}).json()["minimum_amount"]
+        client.patch("/v1/accounts/acme", json={"minimum_amount": None}).json()["minimum_amount"]
         is None
     )
 
@@ -96,46 +87,49 @@ def test_a_minimum_is_set_shown_and_audited(billsync: Billsync, api: TestClient)
     ],
 )  # fmt: skip
 def test_a_minimum_that_cannot_be_set_is_refused(
-    billsync: Billsync, api: TestClient, body: dict[str, Any], status: int, code: str
+    billsync: Billsync, client: TestClient, body: dict[str, Any], status: int, code: str
 ) -> None:
     create_account(billsync)
-    answer = api.patch("/v1/accounts/acme", json=body)
+    answer = client.patch("/v1/accounts/acme", json=body)
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["code"] == code
-    assert api.get("/v1/accounts/acme").json()["minimum_amount"] is None
+    assert client.get("/v1/accounts/acme").json()["minimum_amount"] is None
 
 
 def test_a_minimum_is_an_exact_amount_of_the_account_currency(
-    billsync: Billsync, api: TestClient
+    billsync: Billsync, client: TestClient
 ) -> None:
     create_account(billsync, "tanaka", currency="jpy")
-    answer = api.patch("/v1/accounts/tanaka", json={"minimum_amount": "5000.5"})
+    answer = client.patch("/v1/accounts/tanaka", json={"minimum_amount": "5000.5"})
     assert answer.status_code == 422
     assert answer.json()["error"]["code"] == "invalid_amount"
     assert "JPY amounts are whole numbers" in answer.json()["error"]["message"]
     assert (
-        api.patch("/v1/accounts/tanaka", json={"minimum_amount": "5000"}).json()["minimum_amount"]
+        client.patch("/v1/accounts/tanaka", json={"minimum_amount": "5000"}).json()[
+            "minimum_amount"
+        ]
         == "5000"
     )
 
 
 def test_a_period_under_its_minimum_is_topped_up_when_it_closes_and_stripe_agrees(
-    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, api: TestClient
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, client: TestClient
 ) -> None:
     sync, lifecycle = make(billsync, running_emulator, clock)
     create_account(billsync, "acme")
     create_account(billsync, "globex")
     for account in ("acme", "globex"):
         assert (
-            api.patch(f"/v1/accounts/{account}", json={"minimum_amount": "50"}).status_code == 200
+            client.patch(f"/v1/accounts/{account}", json={"minimum_amount": "50"}).status_code
+            == 200
         )
     # acme uses $2.74 of its $50; globex $54.80, more than its minimum.
     billsync.ingest.ingest(
         [event("acme", IP_HOURS, "1000", at=T0), event("globex", IP_HOURS, "20000", at=T0)]
     )
-    shown = api.get("/v1/accounts/acme/billing").json()["commitment"]
+    shown = client.get("/v1/accounts/acme/billing").json()["commitment"]
     assert shown == {"minimum_amount": 5000, "used": 274, "shortfall": 4726}
-    token = api.post("/v1/accounts/acme/customer-tokens", json={}).json()["token"]
+    token = client.post("/v1/accounts/acme/customer-tokens", json={}).json()["token"]
     with TestClient(create_app(billsync)) as customer:
         page = customer.get(f"/billing/acme?token={token}").text
     assert "Minimum commitment: $50.00 committed, $2.74 used so far" in page
@@ -163,11 +157,11 @@ def test_a_period_under_its_minimum_is_topped_up_when_it_closes_and_stripe_agree
 
 
 def test_approving_a_closing_period_books_its_top_up_once(
-    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, api: TestClient
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, client: TestClient
 ) -> None:
     _, lifecycle = make(billsync, running_emulator, clock)
     create_account(billsync)
-    api.patch("/v1/accounts/acme", json={"minimum_amount": "10"})
+    client.patch("/v1/accounts/acme", json={"minimum_amount": "10"})
     billsync.ingest.ingest([event("acme", IP_HOURS, "1000", at=T0)])
     clock.set(AFTER_GRACE - timedelta(hours=1, minutes=30))  # Dec 1, 00:30: in its grace
     lifecycle.advance()  # ended, in its grace: closing
@@ -183,11 +177,11 @@ def test_approving_a_closing_period_books_its_top_up_once(
 
 
 def test_verify_reports_a_top_up_that_differs_from_the_rule(
-    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, api: TestClient
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, client: TestClient
 ) -> None:
     _, lifecycle = make(billsync, running_emulator, clock)
     create_account(billsync)
-    api.patch("/v1/accounts/acme", json={"minimum_amount": "50"})
+    client.patch("/v1/accounts/acme", json={"minimum_amount": "50"})
     billsync.ingest.ingest([event("acme", IP_HOURS, "1000", at=T0)])
     clock.set(AFTER_GRACE)
     lifecycle.advance()

@@ -57,8 +57,11 @@ AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 # (422, as documented; tests/test_usage_export.py holds the valid ones to 200). A rate card
 # names metrics of the catalog, with prices the catalog's rules accept (tiers in ascending
 # order): rules of the catalog loaded, not of a schema, so most schema-valid cards are refused
-# (422 invalid_prices; tests/test_pricing.py holds the valid ones to 200).
+# (422 invalid_prices; tests/test_pricing.py holds the valid ones to 200). A credit grant is in
+# the account's own currency and expires after billsync's clock: most schema-valid grants are
+# refused (422; tests/test_credits.py holds the valid ones to 201).
 EXEMPT = {
+    "POST /v1/accounts/{account_id}/credit-grants": [checks.positive_data_acceptance],
     "PUT /v1/accounts/{account_id}/prices": [checks.positive_data_acceptance],
     "POST /v1/stripe/webhook": [checks.positive_data_acceptance],
     "POST /v1/usage": [checks.negative_data_rejection],

@@ -6,7 +6,6 @@ page, the lines API and the console say which price applied."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,7 +26,6 @@ from billsync.repositories import ledger
 from billsync.services import console_views
 from billsync.services.verify import Verifier
 from tests.conftest import T0 as NOW
-from tests.conftest import TEST_TOKEN
 from tests.factories import create_account, event
 
 T0 = NOW - timedelta(hours=6)
@@ -77,14 +75,6 @@ def billsync(
     built = build(settings, clock=clock, database=database, catalog=catalog)
     create_account(built, "acme")
     return built
-
-
-@pytest.fixture
-def api(billsync: Billsync) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(billsync), headers={"Authorization": f"Bearer {TEST_TOKEN}"}
-    ) as client:
-        yield client
 
 
 def amounts(billsync: Billsync) -> dict[tuple[date, str], tuple[Decimal, int, int]]:
@@ -150,7 +140,7 @@ def test_a_wrong_price_version_is_named(versions: list[dict[str, Any]], problem:
 
 
 def test_each_period_is_rated_with_the_version_in_effect_at_its_start(
-    billsync: Billsync, clock: ManualClock, catalog: Catalog, api: TestClient
+    billsync: Billsync, clock: ManualClock, catalog: Catalog, client: TestClient
 ) -> None:
     october = T0 - timedelta(days=31)
     billsync.ingest.ingest([event("acme", CPU, 1000, at=october), event("acme", CPU, 1000, at=T0)])
@@ -163,7 +153,7 @@ def test_each_period_is_rated_with_the_version_in_effect_at_its_start(
     assert found[NOVEMBER, f"{CPU}[late_from=2026-10-01]"][1] == 50
     assert violations(billsync, catalog) == []
     shown = {
-        line["key"]: line["price"] for line in api.get("/v1/accounts/acme/lines").json()["lines"]
+        line["key"]: line["price"] for line in client.get("/v1/accounts/acme/lines").json()["lines"]
     }
     assert shown[CPU] == {
         "source": "catalog",
@@ -171,7 +161,7 @@ def test_each_period_is_rated_with_the_version_in_effect_at_its_start(
         "label": "catalog price from 2026-11-01",
     }
     assert shown[f"{CPU}[late_from=2026-10-01]"]["label"] == "catalog price"
-    listed = {m["id"]: m for m in api.get("/v1/catalog").json()["metrics"]}
+    listed = {m["id"]: m for m in client.get("/v1/catalog").json()["metrics"]}
     assert listed[CPU]["price_versions"] == [
         {
             "effective_from": "2026-11-01",
@@ -187,11 +177,11 @@ def test_each_period_is_rated_with_the_version_in_effect_at_its_start(
 
 
 def test_negotiated_rates_re_rate_the_current_period_and_rate_what_comes(
-    billsync: Billsync, catalog: Catalog, api: TestClient
+    billsync: Billsync, catalog: Catalog, client: TestClient
 ) -> None:
     billsync.ingest.ingest([event("acme", CPU, 1000, at=T0), event("acme", GB, "150", at=T0)])
     assert amounts(billsync)[NOVEMBER, CPU][1:] == (200, 1)
-    answer = api.put(
+    answer = client.put(
         "/v1/accounts/acme/prices",
         json={
             "prices": {
@@ -228,33 +218,33 @@ def test_negotiated_rates_re_rate_the_current_period_and_rate_what_comes(
     assert audit[0]["detail"]["lines_re_rated"] == 2
     assert audit[0]["detail"]["prices"][CPU] == {"tiers": [{"up_to": None, "unit_price": "0.0015"}]}
     # GET says the same; the lines say which price applies.
-    assert api.get("/v1/accounts/acme/prices").json()["prices"] == body["prices"]
-    shown = {line["key"]: line for line in api.get("/v1/accounts/acme/lines").json()["lines"]}
+    assert client.get("/v1/accounts/acme/prices").json()["prices"] == body["prices"]
+    shown = {line["key"]: line for line in client.get("/v1/accounts/acme/lines").json()["lines"]}
     assert shown[CPU]["price"]["label"] == "negotiated rate from 2026-11-01"
     assert shown[CPU]["unit_price"] == "0.0015"
 
 
 def test_a_rate_card_from_a_later_period_leaves_the_current_one_alone(
-    billsync: Billsync, api: TestClient
+    billsync: Billsync, client: TestClient
 ) -> None:
     billsync.ingest.ingest([event("acme", CPU, 1000, at=T0)])
-    answer = api.put(
+    answer = client.put(
         "/v1/accounts/acme/prices", json={"prices": {CPU: "0.0001"}, "effective_from": "2026-12-01"}
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["lines_re_rated"] == 0
     assert amounts(billsync)[NOVEMBER, CPU][1:] == (200, 1)
-    current = {p["metric"]: p for p in api.get("/v1/accounts/acme/prices").json()["prices"]}
+    current = {p["metric"]: p for p in client.get("/v1/accounts/acme/prices").json()["prices"]}
     assert current[CPU]["source"] == "catalog"
-    december = api.get("/v1/accounts/acme/prices", params={"period": "2026-12-05"}).json()
+    december = client.get("/v1/accounts/acme/prices", params={"period": "2026-12-05"}).json()
     assert {p["metric"]: p["source"] for p in december["prices"]} == {
         CPU: "negotiated",
         GB: "catalog",
     }
     # A card from the current period replaces none of the later ones' earlier days, and an
     # empty card returns the account to the catalog from its day on.
-    assert api.put("/v1/accounts/acme/prices", json={"prices": {}}).status_code == 200
-    cards = api.get("/v1/accounts/acme/prices").json()["rate_cards"]
+    assert client.put("/v1/accounts/acme/prices", json={"prices": {}}).status_code == 200
+    cards = client.get("/v1/accounts/acme/prices").json()["rate_cards"]
     assert [(c["effective_from"], c["prices"]) for c in cards] == [("2026-11-01", {})]
 
 
@@ -276,38 +266,38 @@ def test_a_rate_card_from_a_later_period_leaves_the_current_one_alone(
 )  # fmt: skip
 def test_a_rate_card_that_cannot_be_set_is_refused_with_a_reason(  # noqa: PLR0917
     billsync: Billsync,
-    api: TestClient,
+    client: TestClient,
     body: dict[str, Any],
     status: int,
     code: str | None,
     message: str,
 ) -> None:
-    answer = api.put("/v1/accounts/acme/prices", json=body)
+    answer = client.put("/v1/accounts/acme/prices", json=body)
     assert answer.status_code == status, answer.text
     error = answer.json()["error"]
     if code is not None:
         assert error["code"] == code
     assert message in error["message"] or message in answer.text
-    assert api.get("/v1/accounts/acme/prices").json()["rate_cards"] == []
-    assert api.put("/v1/accounts/nobody/prices", json={"prices": {}}).status_code == 404
+    assert client.get("/v1/accounts/acme/prices").json()["rate_cards"] == []
+    assert client.put("/v1/accounts/nobody/prices", json={"prices": {}}).status_code == 404
 
 
 def test_a_period_whose_invoice_is_being_made_is_never_re_rated(
-    billsync: Billsync, clock: ManualClock, api: TestClient
+    billsync: Billsync, clock: ManualClock, client: TestClient
 ) -> None:
     billsync.ingest.ingest([event("acme", CPU, 1000, at=T0)])
     set_status(billsync, clock, NOVEMBER, PeriodStatus.CLOSING)
-    answer = api.put("/v1/accounts/acme/prices", json={"prices": {CPU: "0.0001"}})
+    answer = client.put("/v1/accounts/acme/prices", json={"prices": {CPU: "0.0001"}})
     assert answer.status_code == 409
     assert "closing" in answer.json()["error"]["message"]
     assert amounts(billsync)[NOVEMBER, CPU][1:] == (200, 1)
 
 
 def test_verify_holds_lines_to_the_negotiated_rate(
-    billsync: Billsync, catalog: Catalog, api: TestClient
+    billsync: Billsync, catalog: Catalog, client: TestClient
 ) -> None:
     billsync.ingest.ingest([event("acme", CPU, 1000, at=T0)])
-    api.put("/v1/accounts/acme/prices", json={"prices": {CPU: "0.0015"}})
+    client.put("/v1/accounts/acme/prices", json={"prices": {CPU: "0.0015"}})
     assert violations(billsync, catalog) == []
     with billsync.database.transaction() as connection:
         connection.execute(lines.update().values(amount=200))  # the catalog's price, wrongly
@@ -316,16 +306,16 @@ def test_verify_holds_lines_to_the_negotiated_rate(
 
 
 def test_the_console_and_the_customer_page_say_which_price_applied(
-    billsync: Billsync, catalog: Catalog, api: TestClient
+    billsync: Billsync, catalog: Catalog, client: TestClient
 ) -> None:
     billsync.ingest.ingest([event("acme", CPU, 1000, at=T0), event("acme", GB, "1", at=T0)])
-    api.put("/v1/accounts/acme/prices", json={"prices": {GB: "0.2"}})
+    client.put("/v1/accounts/acme/prices", json={"prices": {GB: "0.2"}})
     with billsync.database.read() as connection:
         view = console_views.account_view(connection, "acme", catalog)
     assert view is not None
     shown = {row.line.key: row.price for row in view.periods[0].lines}
     assert shown == {CPU: "catalog price from 2026-11-01", GB: "negotiated rate from 2026-11-01"}
-    token = api.post("/v1/accounts/acme/customer-tokens", json={}).json()["token"]
+    token = client.post("/v1/accounts/acme/customer-tokens", json={}).json()["token"]
     with TestClient(create_app(billsync)) as customer:
         page = customer.get(f"/billing/acme?token={token}")
         assert page.status_code == 200, page.text[:300]

@@ -72,6 +72,8 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/v1/accounts/{account_id}/lines"): API,
     ("GET", "/v1/accounts/{account_id}/prices"): API,
     ("PUT", "/v1/accounts/{account_id}/prices"): API,
+    ("POST", "/v1/accounts/{account_id}/credit-grants"): API,
+    ("GET", "/v1/accounts/{account_id}/credit-grants"): API,
     ("POST", "/v1/usage"): API,
     ("GET", "/v1/catalog"): API,
     ("GET", "/v1/accounts/{account_id}/sync"): API,

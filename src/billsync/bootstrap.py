@@ -20,6 +20,7 @@ from billsync.services.adjustments import Adjustments
 from billsync.services.billing_view import BillCache, BillingView
 from billsync.services.changes import Changes
 from billsync.services.console_auth import ConsoleAuth
+from billsync.services.credits import CreditGrants
 from billsync.services.event_retention import EventRetention
 from billsync.services.group_commit import GroupCommitter
 from billsync.services.ingest import IngestService
@@ -49,6 +50,7 @@ class Billsync:
     ingest: IngestService
     lines: LineService
     rates: RateService
+    credits: CreditGrants
     ingest_writer: GroupCommitter
     console: ConsoleAuth
     adjustments: Adjustments
@@ -211,6 +213,7 @@ def build(
         ingest=ingest,
         lines=lines,
         rates=RateService(catalog, clock, settings.billing_anchor_day),
+        credits=CreditGrants(clock),
         ingest_writer=GroupCommitter(ingest.record),
         console=ConsoleAuth(database, clock),
         adjustments=adjustments,

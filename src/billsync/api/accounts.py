@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from fastapi import APIRouter, Query
 
@@ -14,6 +14,10 @@ from billsync.api.schemas import (
     AccountRead,
     AccountUpdate,
     AppliedPriceRead,
+    CreditGrantCreate,
+    CreditGrantListRead,
+    CreditGrantRead,
+    CreditUseRead,
     ErrorRead,
     LineRead,
     MetricPriceRead,
@@ -29,7 +33,9 @@ from billsync.core.commitment import commitment_on
 from billsync.core.money import decimal_text, format_minor
 from billsync.core.pricing import NEGOTIATED, AppliedPrice
 from billsync.core.text import SAFE_TEXT_PATTERN
+from billsync.repositories import credits as credit_repository
 from billsync.repositories.accounts import AccountFilter, AccountRecord
+from billsync.repositories.credits import GrantRecord
 from billsync.services.accounts import (
     ACCOUNT_ID_PATTERN,
     MAX_PAGE,
@@ -284,3 +290,47 @@ def put_prices(account_id: str, body: PricesUpdate, billsync: BillsyncDep) -> Pr
         account, billsync.lines.period_of(account, change.card.effective_from)
     )
     return _prices_read(effective, change.re_rated)
+
+
+def _grant_read(grant: GrantRecord, now: datetime) -> CreditGrantRead:
+    return CreditGrantRead(
+        id=grant.id,
+        amount=grant.amount,
+        remaining=grant.remaining,
+        currency=grant.currency,
+        expires_at=grant.expires_at,
+        expired=grant.expires_at <= now,
+        reason=grant.reason,
+        created_by=grant.created_by,
+        created_at=grant.created_at,
+        uses=[CreditUseRead(period_start=start, amount=amount) for start, amount in grant.uses],
+    )
+
+
+@router.post("/accounts/{account_id}/credit-grants", status_code=201, responses=ERRORS)
+def create_credit_grant(
+    account_id: str, body: CreditGrantCreate, billsync: BillsyncDep
+) -> CreditGrantRead:
+    """Grant the account prepaid credit (audited as ``credit_grant.created`` by ``api``): its
+    periods draw it down when they close, the grant expiring first first."""
+    with billsync.database.transaction() as connection:
+        grant = billsync.credits.grant(
+            connection, account_id, amount=body.amount, currency=body.currency,
+            expires_at=body.expires_at, reason=body.reason, actor="api",
+        )  # fmt: skip
+    if billsync.ingest.changes is not None:
+        billsync.ingest.changes.accounts_changed({account_id})
+    return _grant_read(grant, billsync.clock.now())
+
+
+@router.get("/accounts/{account_id}/credit-grants", responses=ERRORS)
+def list_credit_grants(account_id: str, billsync: BillsyncDep) -> CreditGrantListRead:
+    """The account's grants, what each period drew from them, and the balance left."""
+    now = billsync.clock.now()
+    with billsync.database.read() as connection:
+        billsync.accounts.get(connection, account_id)  # 404 for an unknown account
+        grants = credit_repository.grants_of(connection, account_id)
+    return CreditGrantListRead(
+        data=[_grant_read(grant, now) for grant in grants],
+        balance=credit_repository.balance(grants, now),
+    )

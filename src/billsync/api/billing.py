@@ -121,6 +121,8 @@ def bill_body(bill: Bill, catalog: Catalog) -> dict[str, Any]:
         "usage_removed": bill.usage_removed,
         # The account's minimum commitment for the period (core.commitment): committed, used so
         # far, and what a close now would top up. Null without one.
+        # What the account's prepaid credit grants have left (null: it has none).
+        "credit_balance": bill.credit_balance,
         "commitment": None
         if bill.commitment is None
         else {

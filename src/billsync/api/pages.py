@@ -204,7 +204,7 @@ def _line(item: BillLine, catalog: Catalog, currency: str) -> dict[str, Any]:
     metric: Metric | None = (
         catalog.metrics.get(line.metric) if item.kind in ("usage", "late") else None
     )
-    if item.kind in ("credit", "charge", "commitment"):
+    if item.kind in ("credit", "charge", "commitment", "prepaid"):
         quantity = unit_price = ""
         description = line.description
         for prefix in ("Credit: ", "Charge: "):

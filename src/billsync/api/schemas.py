@@ -357,3 +357,42 @@ class PricesRead(BaseModel):
     lines_re_rated: int | None = Field(
         default=None, description="PUT only: the current period's lines whose amount changed."
     )
+
+
+class CreditGrantCreate(BaseModel):
+    """``POST /v1/accounts/{id}/credit-grants``: prepaid credit for the account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: str = Field(
+        pattern=r"^[0-9]{1,13}(\.[0-9]{1,2})?$",
+        description='In the account\'s currency, e.g. "100.00": drawn down when its periods close.',
+    )
+    currency: str = Field(min_length=3, max_length=3, description="The account's currency.")
+    expires_at: datetime = Field(
+        description="Periods that begin before it may draw on the grant; later ones may not."
+    )
+    reason: str | None = Field(default=None, max_length=500, description="Kept in the audit log.")
+
+
+class CreditUseRead(BaseModel):
+    period_start: date
+    amount: int
+
+
+class CreditGrantRead(BaseModel):
+    id: int
+    amount: int = Field(description="Minor units, as granted.")
+    remaining: int = Field(description="Minor units not drawn yet.")
+    currency: str
+    expires_at: datetime
+    expired: bool = Field(description="Past its expiry: later periods do not draw on it.")
+    reason: str | None
+    created_by: str
+    created_at: datetime
+    uses: list[CreditUseRead] = Field(description="What each period drew from it.")
+
+
+class CreditGrantListRead(BaseModel):
+    data: list[CreditGrantRead]
+    balance: int = Field(description="What is left to draw on, of the grants not expired yet.")

@@ -22,9 +22,12 @@ ADJUSTMENT_METRIC = "adjustment"
 # The metric of the line that tops a period up to the account's minimum commitment, once the
 # period stops taking usage (core.commitment): one line, key ``commitment``.
 COMMITMENT_METRIC = "commitment"
+# The metric of the line that draws the account's prepaid credit grants down when a period's
+# usage is final (core.credits): one line, key ``credits``, negative.
+CREDIT_METRIC = "prepaid_credit"
 # Lines booked by billsync or support rather than folded from usage: each described by its
 # grouping's ``description``, none counted as usage.
-BOOKED_METRICS = frozenset({ADJUSTMENT_METRIC, COMMITMENT_METRIC})
+BOOKED_METRICS = frozenset({ADJUSTMENT_METRIC, COMMITMENT_METRIC, CREDIT_METRIC})
 
 
 def line_key(metric: str, grouping: Mapping[str, str], late_from: date | None = None) -> str:

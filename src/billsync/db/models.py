@@ -396,6 +396,36 @@ class InvoiceMirror(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class CreditGrant(Base):
+    """Prepaid credit an account draws down when its periods close (core.credits)."""
+
+    __tablename__ = "credit_grants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units, as granted
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # When its expiry was recorded (and audited) with something left.
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CreditGrantUse(Base):
+    """What one period drew from one grant when it closed."""
+
+    __tablename__ = "credit_grant_uses"
+
+    grant_id: Mapped[int] = mapped_column(BigId, ForeignKey("credit_grants.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(255), index=True)
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class CreditNote(Base):
     """A credit note of one of billsync's finalized invoices, as Stripe reports it: what it took
     off the amount still to pay, and what it refunded or credited to the customer's balance."""

@@ -12,6 +12,8 @@ from billsync.db.models import (
     AuditEntry,
     BillingPeriod,
     ConsoleSession,
+    CreditGrant,
+    CreditGrantUse,
     CreditNote,
     Cursor,
     DistinctValue,
@@ -40,6 +42,8 @@ account_sync = cast(Table, AccountSync.__table__)
 webhook_events = cast(Table, WebhookEvent.__table__)
 invoice_mirror = cast(Table, InvoiceMirror.__table__)
 credit_notes = cast(Table, CreditNote.__table__)
+credit_grants = cast(Table, CreditGrant.__table__)
+credit_grant_uses = cast(Table, CreditGrantUse.__table__)
 problems = cast(Table, Problem.__table__)
 cursors = cast(Table, Cursor.__table__)
 users = cast(Table, User.__table__)

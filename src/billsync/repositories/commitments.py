@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
-from decimal import Decimal
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, select
 
 from billsync.core.commitment import COMMITMENT_KEY, commitment_on, commitments_of, top_up
 from billsync.core.folding import BOOKED_METRICS, COMMITMENT_METRIC
 from billsync.core.money import format_minor
 from billsync.db.tables import accounts, lines
+from billsync.repositories.booked import book_line, has_line
 from billsync.repositories.sync import mark_behind
 
 _CHUNK = 5_000
@@ -61,45 +61,18 @@ def book_top_ups(
             commitments = commitments_of(document)
             for start in by_account[account_id]:
                 minimum = commitment_on(commitments, start)
-                if not minimum or _has_line(connection, account_id, start):
+                if not minimum or has_line(connection, account_id, start, COMMITMENT_KEY):
                     continue
                 spent = used(connection, account_id, start)
                 amount = top_up(minimum, spent)
                 if amount == 0:
                     continue
-                connection.execute(
-                    insert(lines),
-                    {
-                        "account_id": account_id,
-                        "period_start": start,
-                        "line_key": COMMITMENT_KEY,
-                        "metric": COMMITMENT_METRIC,
-                        "grouping": {"description": description(minimum, spent, currency)},
-                        "late_from": None,
-                        "currency": currency,
-                        "quantity": Decimal(1),
-                        "amount": amount,
-                        "version": 1,
-                        "event_count": 0,
-                        "synced_version": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
+                book_line(
+                    connection, account_id=account_id, start=start, key=COMMITMENT_KEY,
+                    metric=COMMITMENT_METRIC, description=description(minimum, spent, currency),
+                    amount=amount, currency=currency, now=now,
+                )  # fmt: skip
                 booked.append((account_id, start, amount))
     if booked:
         mark_behind(connection, {account_id for account_id, _, _ in booked})
     return booked
-
-
-def _has_line(connection: Connection, account_id: str, start: date) -> bool:
-    return (
-        connection.execute(
-            select(lines.c.id).where(
-                lines.c.account_id == account_id,
-                lines.c.period_start == start,
-                lines.c.line_key == COMMITMENT_KEY,
-            )
-        ).first()
-        is not None
-    )

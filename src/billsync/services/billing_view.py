@@ -16,10 +16,16 @@ from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.commitment import commitment_on, top_up
-from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS, COMMITMENT_METRIC
+from billsync.core.folding import (
+    ADJUSTMENT_METRIC,
+    BOOKED_METRICS,
+    COMMITMENT_METRIC,
+    CREDIT_METRIC,
+)
 from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
 from billsync.core.periods import Period, PeriodStatus
 from billsync.repositories import credit_notes as credit_note_repository
+from billsync.repositories import credits as credit_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks
@@ -49,6 +55,8 @@ class BillLine:
             return "credit" if self.line.amount < 0 else "charge"
         if self.line.metric == COMMITMENT_METRIC:
             return "commitment"
+        if self.line.metric == CREDIT_METRIC:
+            return "prepaid"
         return "late" if self.line.late_from is not None else "usage"
 
 
@@ -115,6 +123,8 @@ class Bill:
     # usage lines add up to so far (core.commitment).
     commitment: int | None = None
     used: int = 0
+    # What the account's prepaid credit grants have left (not expired); None: it has none.
+    credit_balance: int | None = None
 
     @property
     def shortfall(self) -> int:
@@ -197,6 +207,7 @@ class BillingView:
         ]
         due = [i for i in invoices if i.status in ("open", "uncollectible")]
         failed = next((i.last_payment_error for i in due if i.last_payment_error), None)
+        grants = credit_repository.grants_of(connection, account.id)
         chart: dict[str, dict[str, Decimal]] = {}
         if daily:
             chart, removed = self.exports.daily(connection, account, period)
@@ -228,6 +239,7 @@ class BillingView:
             usage_removed=removed,
             credit_notes=tuple(notes),
             commitment=commitment_on(account.commitments, period.start),
+            credit_balance=credit_repository.balance(grants, self.clock.now()) if grants else None,
             used=sum(line.amount for line in view.lines if line.metric not in BOOKED_METRICS),
         )
 

@@ -10,7 +10,12 @@ from sqlalchemy import Connection
 from billsync.core.catalog import Catalog
 from billsync.core.display import format_money, shown_quantity
 from billsync.core.event_storage import events_retained
-from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS
+from billsync.core.folding import (
+    ADJUSTMENT_METRIC,
+    BOOKED_METRICS,
+    COMMITMENT_METRIC,
+    CREDIT_METRIC,
+)
 from billsync.core.line_state import LineState, charged, line_state, line_sync
 from billsync.core.periods import PeriodStatus
 from billsync.core.pricing import applied_price
@@ -123,6 +128,10 @@ STATE_LABELS = {
 }
 
 
+# What support's console calls the lines billsync books itself.
+BOOKED_KINDS = {COMMITMENT_METRIC: "commitment", CREDIT_METRIC: "prepaid"}
+
+
 def line_name(line: SyncLine, catalog: Catalog | None) -> str:
     """A line as a person names it: a credit or charge by its description, usage by its
     metric's name and the values it is grouped by (a region …), late usage with its period."""
@@ -184,7 +193,7 @@ def account_view(
                     "" if booked else shown_quantity(line.quantity, metric).label,
                     ("credit" if line.amount < 0 else "charge")
                     if adjustment
-                    else ("commitment" if booked else None),
+                    else BOOKED_KINDS.get(line.metric),
                     "" if applied is None else applied.label,
                 )
             )

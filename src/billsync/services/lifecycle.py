@@ -29,7 +29,7 @@ from billsync.core.line_state import is_pending
 from billsync.core.periods import PeriodStatus
 from billsync.db.database import Database
 from billsync.errors import Conflict, NotFound
-from billsync.repositories import commitments
+from billsync.repositories import commitments, credits
 from billsync.repositories import sync as repository
 from billsync.repositories.sync import PeriodRow
 from billsync.services.sync import SyncService
@@ -86,6 +86,7 @@ class LifecycleService:
         report = AdvanceReport()
         with self.database.transaction() as connection:
             report.closing += repository.start_closing(connection, now.date(), now, limit)
+            credits.expire_due(connection, now)  # prepaid credit past its expiry: audited
         if not sync:
             self._advance_states(now, limit, report)
             return report
@@ -112,8 +113,9 @@ class LifecycleService:
         ended_by = (now - self.settings.grace).date()
         with self.database.transaction() as connection:
             stopped = repository.stop_usage_due(connection, ended_by, now, limit)
-            # Their usage is final: minimum commitments are topped up now (core.commitment).
-            commitments.book_top_ups(connection, stopped, now)
+            # Their usage is final: minimum commitments are topped up, then prepaid credit
+            # drawn down (core.commitment, core.credits).
+            book_closing_lines(connection, stopped, now)
             # Drafts Stripe already holds whole start their window now; the others once the
             # closing lane has pushed them (``drafts_completed``).
             report.review += repository.start_windows_in_step(
@@ -169,7 +171,7 @@ class LifecycleService:
                 to=PeriodStatus.REVIEW, now=now, review_ends_at=None,
             )  # fmt: skip
             if stopped:
-                commitments.book_top_ups(connection, [(period.account_id, period.start)], now)
+                book_closing_lines(connection, [(period.account_id, period.start)], now)
         if stopped:
             self._complete_draft(period, now, report, inline=inline)
 
@@ -267,7 +269,7 @@ class LifecycleService:
         if not released:
             raise _changed_meanwhile(account_id, start)
         if back is PeriodStatus.REVIEW:
-            commitments.book_top_ups(connection, [(account_id, start)], now)
+            book_closing_lines(connection, [(account_id, start)], now)
 
     def approve_period(
         self, connection: Connection, account_id: str, start: date, now: datetime
@@ -294,7 +296,7 @@ class LifecycleService:
         )  # fmt: skip
         if not stopped:
             raise _changed_meanwhile(account_id, start)
-        commitments.book_top_ups(connection, [(account_id, start)], now)
+        book_closing_lines(connection, [(account_id, start)], now)
         repository.mark_behind(connection, [account_id])
 
     def finalize_approved(self, account_id: str, start: date) -> bool:
@@ -319,6 +321,16 @@ class LifecycleService:
         with self.database.transaction() as connection:
             self.approve_period(connection, account_id, start, self.clock.now())
         return self.finalize_approved(account_id, start)
+
+
+def book_closing_lines(
+    connection: Connection, periods: list[tuple[str, date]], now: datetime
+) -> None:
+    """The lines a period gets when its usage becomes final, in this order: the top-up to the
+    account's minimum commitment, then the prepaid credit drawn against the whole (each once;
+    in the transaction that moves the periods to review)."""
+    commitments.book_top_ups(connection, periods, now)
+    credits.draw_credits(connection, periods, now)
 
 
 def _period_in(connection: Connection, account_id: str, start: date) -> PeriodRow:

@@ -48,7 +48,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
@@ -58,13 +58,14 @@ from billsync.core.aggregation import Observation, period_quantities
 from billsync.core.catalog import Aggregation, Catalog, Metric
 from billsync.core.commitment import commitment_on, top_up
 from billsync.core.event_storage import events_retained
-from billsync.core.folding import BOOKED_METRICS, COMMITMENT_METRIC, line_key
+from billsync.core.folding import BOOKED_METRICS, COMMITMENT_METRIC, CREDIT_METRIC, line_key
 from billsync.core.installation import is_ours
 from billsync.core.money import format_minor
 from billsync.core.periods import PeriodStatus
 from billsync.core.pricing import RateCard, applied_price
 from billsync.core.rating import late_line_amount
 from billsync.db.database import Database
+from billsync.repositories import credits as credit_repository
 from billsync.repositories import installation as installation_repository
 from billsync.repositories import verify as repository
 from billsync.repositories.event_storage import retention_mark
@@ -82,6 +83,7 @@ EVENT_WITHOUT_LINE = "event_without_line"
 EVENT_ON_WRONG_LINE = "event_on_wrong_line"
 LINE_QUANTITY_DIFFERS = "line_quantity_differs"
 COMMITMENT_DIFFERS = "commitment_differs"
+CREDIT_DIFFERS = "credit_differs"
 LINE_EVENT_COUNT_DIFFERS = "line_event_count_differs"
 LINE_AMOUNT_DIFFERS = "line_amount_differs"
 LATE_USAGE_MISPLACED = "late_usage_misplaced"
@@ -247,6 +249,9 @@ class Verifier:
                 linked=linked,
             )
         _check_commitments(accounts, periods, lines, report)
+        with self.database.read() as connection:
+            grants = credit_repository.grants_by_account(connection, account_id)
+        _check_credits(grants, lines, report)
         if self.catalog is not None:
             cards = {account.id: account.rate_cards for account in accounts}
             self._check_amounts(self.catalog, lines, cards, report)
@@ -810,3 +815,72 @@ def _check_commitments(
                         start,
                     )
                 )
+
+
+def _check_credits(
+    grants: dict[str, list[credit_repository.GrantRecord]],
+    lines: dict[int, LedgerLine],
+    report: VerifyReport,
+) -> None:
+    """Prepaid credit (core.credits): what a grant has left is what it was granted less what
+    periods drew; each period's credit line is what it drew, from grants whose expiry came
+    after the period began, and never more than the period's other lines."""
+    drawn: dict[tuple[str, date], int] = defaultdict(int)
+    for account_id, records in grants.items():
+        for grant in records:
+            taken = sum(amount for _, amount in grant.uses)
+            if grant.amount - taken != grant.remaining or grant.remaining < 0:
+                report.violations.append(
+                    Violation(
+                        CREDIT_DIFFERS,
+                        account_id,
+                        f"credit grant {grant.id} of {format_minor(grant.amount, grant.currency)}"
+                        f" has {format_minor(grant.remaining, grant.currency)} left; its uses "
+                        f"leave {format_minor(grant.amount - taken, grant.currency)}",
+                    )
+                )
+            for start, amount in grant.uses:
+                drawn[account_id, start] += amount
+                if datetime.combine(start, time(), tzinfo=UTC) >= grant.expires_at:
+                    report.violations.append(
+                        Violation(
+                            CREDIT_DIFFERS,
+                            account_id,
+                            f"the period starting {start} drew on credit grant {grant.id}, "
+                            f"which expired at {grant.expires_at.isoformat()}, before it began",
+                            start,
+                        )
+                    )
+    booked: dict[tuple[str, date], int] = defaultdict(int)
+    others: dict[tuple[str, date], int] = defaultdict(int)
+    currency: dict[str, str] = {}
+    for line in lines.values():
+        currency[line.account_id] = line.currency
+        if line.metric == CREDIT_METRIC:
+            booked[line.account_id, line.period_start] -= line.amount
+        else:
+            others[line.account_id, line.period_start] += line.amount
+    for key in sorted(set(drawn) | set(booked)):
+        account_id, start = key
+        code = currency.get(account_id, "usd")
+        if booked[key] != drawn[key]:
+            report.violations.append(
+                Violation(
+                    CREDIT_DIFFERS,
+                    account_id,
+                    f"the period starting {start} credits {format_minor(booked[key], code)} of "
+                    f"prepaid credit; its grants say it drew {format_minor(drawn[key], code)}",
+                    start,
+                )
+            )
+        elif booked[key] > max(others[key], 0):
+            report.violations.append(
+                Violation(
+                    CREDIT_DIFFERS,
+                    account_id,
+                    f"the period starting {start} credits {format_minor(booked[key], code)} of "
+                    "prepaid credit, more than its other lines "
+                    f"({format_minor(others[key], code)})",
+                    start,
+                )
+            )
