@@ -34,11 +34,11 @@ def book_line(
     amount: int,
     currency: str,
     now: datetime,
-) -> None:
+) -> int:
     """A line of its own on the period's invoice, described for the customer, pushed like any
-    (the caller marks the account behind)."""
-    connection.execute(
-        insert(lines),
+    (the caller marks the account behind); returns its id."""
+    result = connection.execute(
+        insert(lines).returning(lines.c.id),
         {
             "account_id": account_id,
             "period_start": start,
@@ -56,3 +56,4 @@ def book_line(
             "updated_at": now,
         },
     )
+    return int(result.scalar_one())

@@ -31,6 +31,7 @@ from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.periods import PeriodStatus
 from billsync.core.policy import retry_delay
 from billsync.db.tables import account_sync, accounts, billing_periods, lines, sync_intents
+from billsync.repositories.booked import book_line
 from billsync.repositories.leases import free_for
 from billsync.repositories.ledger import lock_accounts
 
@@ -1001,26 +1002,11 @@ def add_adjustment_line(
 ) -> int:
     """A credit (negative) or charge added by support: a line of its own, pushed like any."""
     mark_behind(connection, [account_id])
-    result = connection.execute(
-        insert(lines).returning(lines.c.id),
-        {
-            "account_id": account_id,
-            "period_start": period_start,
-            "line_key": key,
-            "metric": ADJUSTMENT_METRIC,
-            "grouping": {"description": description},
-            "late_from": None,
-            "currency": currency,
-            "quantity": Decimal(1),
-            "amount": amount,
-            "version": 1,
-            "event_count": 0,
-            "synced_version": 0,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    return int(result.scalar_one())
+    return book_line(
+        connection, account_id=account_id, start=period_start, key=key,
+        metric=ADJUSTMENT_METRIC, description=description, amount=amount, currency=currency,
+        now=now,
+    )  # fmt: skip
 
 
 def count_adjustments(connection: Connection, account_id: str, period_start: date) -> int:
