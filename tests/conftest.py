@@ -63,6 +63,8 @@ TABLES = (
     "distinct_values",
     "credit_grant_uses",
     "credit_grants",
+    "alert_crossings",
+    "spend_alerts",
     "lines",
     "billing_periods",
     "accounts",

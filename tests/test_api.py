@@ -158,6 +158,9 @@ V1_ROUTES = [
     ("PUT", "/v1/accounts/{account_id}/prices"),
     ("POST", "/v1/accounts/{account_id}/credit-grants"),
     ("GET", "/v1/accounts/{account_id}/credit-grants"),
+    ("POST", "/v1/accounts/{account_id}/alerts"),
+    ("GET", "/v1/accounts/{account_id}/alerts"),
+    ("DELETE", "/v1/accounts/{account_id}/alerts/{alert_id}"),
     ("GET", "/v1/catalog"),
     ("POST", "/v1/usage"),
     ("GET", "/v1/accounts/{account_id}/sync"),
@@ -189,7 +192,7 @@ def request_for(method: str, path: str) -> dict[str, Any]:
         "/v1/accounts": {"id": "intruder", "currency": "usd"},
         "/v1/usage": {"events": [event("acme", at=AN_HOUR_AGO, event_id="sneaky")]},
     }
-    url = path.format(account_id="acme")
+    url = path.format(account_id="acme", alert_id=1)
     return {"method": method, "url": url, "json": bodies.get(path)}
 
 

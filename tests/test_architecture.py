@@ -202,6 +202,8 @@ OWN_TRANSACTIONS = {
     "services/support.py": "calls Stripe: each support action commits with its audit entry, "
     "then calls Stripe with none open and settles the outcome onto the entry",
     "services/console_auth.py": "console sign-in: sessions and users, each action with audit",
+    "services/alerts.py": "calls the platform: records each crossing, then sends its webhook "
+    "with no transaction open and settles the outcome",
     "services/invoice_support.py": "calls Stripe: a credit note or a payment retry commits its "
     "audit entry, calls Stripe with none open, then settles the outcome onto the entry",
 }

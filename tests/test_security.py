@@ -74,6 +74,9 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("PUT", "/v1/accounts/{account_id}/prices"): API,
     ("POST", "/v1/accounts/{account_id}/credit-grants"): API,
     ("GET", "/v1/accounts/{account_id}/credit-grants"): API,
+    ("POST", "/v1/accounts/{account_id}/alerts"): API,
+    ("GET", "/v1/accounts/{account_id}/alerts"): API,
+    ("DELETE", "/v1/accounts/{account_id}/alerts/{alert_id}"): API,
     ("POST", "/v1/usage"): API,
     ("GET", "/v1/catalog"): API,
     ("GET", "/v1/accounts/{account_id}/sync"): API,
@@ -106,7 +109,7 @@ TABLE: dict[tuple[str, str], Expected] = {
 # Concrete requests for each route: harmless ones (an unknown problem, a disabled nobody,
 # an action on acme that changes nothing lasting) so the matrix can run every cell.
 PATH_VALUES = {"account_id": "acme", "action": "sync", "problem_id": "999999",
-               "decision": "accept", "name": "nobody"}  # fmt: skip
+               "decision": "accept", "name": "nobody", "alert_id": "999999"}  # fmt: skip
 FORMS = {
     "/console/accounts/acme/adjustments": {"amount": "1.00", "description": "test",
                                            "reason": "matrix", "confirm": "1.00"},

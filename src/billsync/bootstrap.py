@@ -17,6 +17,7 @@ from billsync.db.database import Database
 from billsync.private_files import write_private
 from billsync.services.accounts import AccountService
 from billsync.services.adjustments import Adjustments
+from billsync.services.alerts import AlertService
 from billsync.services.billing_view import BillCache, BillingView
 from billsync.services.changes import Changes
 from billsync.services.console_auth import ConsoleAuth
@@ -51,6 +52,7 @@ class Billsync:
     lines: LineService
     rates: RateService
     credits: CreditGrants
+    alerts: AlertService
     ingest_writer: GroupCommitter
     console: ConsoleAuth
     adjustments: Adjustments
@@ -204,6 +206,13 @@ def build(
         lifecycle=syncing.lifecycle if syncing else None,
         reconciler=syncing.reconciler if syncing else None,
     )  # fmt: skip
+    alerts = AlertService(
+        database, clock, settings.billing_anchor_day,
+        url=settings.platform_webhook_url, secret=settings.platform_webhook_secret,
+    )  # fmt: skip
+    if syncing is not None:  # the scheduler weighs the alerts and sends their webhooks
+        syncing.scheduler.every(timedelta(seconds=5), "alerts.evaluate", alerts.evaluate)
+        syncing.scheduler.every(timedelta(seconds=2), "alerts.deliver", alerts.deliver)
     return Billsync(
         settings=settings,
         database=database,
@@ -214,6 +223,7 @@ def build(
         lines=lines,
         rates=RateService(catalog, clock, settings.billing_anchor_day),
         credits=CreditGrants(clock),
+        alerts=alerts,
         ingest_writer=GroupCommitter(ingest.record),
         console=ConsoleAuth(database, clock),
         adjustments=adjustments,

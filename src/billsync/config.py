@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         description="whsec_… signing secret(s) of the webhook endpoint, comma-separated to rotate.",
     )
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    platform_webhook_url: str | None = Field(
+        default=None,
+        description="Where spend alerts are sent (POST, signed with platform_webhook_secret); "
+        "unset: alerts are recorded and listed, not sent.",
+    )
+    platform_webhook_secret: str | None = Field(
+        default=None,
+        description="Signs the platform webhooks (Billsync-Signature: t=…,v1=HMAC-SHA256).",
+    )
     sweep_interval_seconds: int = Field(
         default=300, ge=1, description="How often GET /v1/events is swept for missed webhooks."
     )

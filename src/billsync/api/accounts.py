@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from fastapi import APIRouter, Query
+from fastapi import Path as ApiPath
 
 from billsync.api.catalog import tiers_read
 from billsync.api.deps import BillsyncDep
@@ -13,11 +14,15 @@ from billsync.api.schemas import (
     AccountListRead,
     AccountRead,
     AccountUpdate,
+    AlertCreate,
+    AlertListRead,
+    AlertRead,
     AppliedPriceRead,
     CreditGrantCreate,
     CreditGrantListRead,
     CreditGrantRead,
     CreditUseRead,
+    CrossingRead,
     ErrorRead,
     LineRead,
     MetricPriceRead,
@@ -29,12 +34,14 @@ from billsync.api.schemas import (
     SyncPolicyRead,
     TierRead,
 )
+from billsync.core.alerts import Alert
 from billsync.core.commitment import commitment_on
 from billsync.core.money import decimal_text, format_minor
 from billsync.core.pricing import NEGOTIATED, AppliedPrice
 from billsync.core.text import SAFE_TEXT_PATTERN
 from billsync.repositories import credits as credit_repository
 from billsync.repositories.accounts import AccountFilter, AccountRecord
+from billsync.repositories.alerts import Crossing, alerts_of, crossings_of
 from billsync.repositories.credits import GrantRecord
 from billsync.services.accounts import (
     ACCOUNT_ID_PATTERN,
@@ -334,3 +341,64 @@ def list_credit_grants(account_id: str, billsync: BillsyncDep) -> CreditGrantLis
         data=[_grant_read(grant, now) for grant in grants],
         balance=credit_repository.balance(grants, now),
     )
+
+
+def _alert_read(alert: Alert, crossings: list[Crossing]) -> AlertRead:
+    return AlertRead(
+        id=alert.id,
+        name=alert.name,
+        amount=alert.amount,
+        percent_of_commitment=alert.percent_of_commitment,
+        budget=alert.budget,
+        percents=list(alert.percents),
+        grouping=dict(alert.grouping),
+        crossings=[
+            CrossingRead(
+                period_start=c.period_start,
+                threshold_label=c.threshold_label,
+                threshold=c.threshold,
+                spent=c.spent,
+                crossed_at=c.crossed_at,
+                event_id=c.event_id,
+                webhook=c.state,
+                attempts=c.attempts,
+                last_error=c.last_error,
+            )
+            for c in crossings
+            if c.alert_id == alert.id
+        ],
+    )
+
+
+@router.post("/accounts/{account_id}/alerts", status_code=201, responses=ERRORS)
+def create_alert(account_id: str, body: AlertCreate, billsync: BillsyncDep) -> AlertRead:
+    """A spend alert or budget (audited as ``alert.created`` by ``api``): each threshold the
+    period's spend reaches is sent once to BILLSYNC_PLATFORM_WEBHOOK_URL, signed."""
+    with billsync.database.transaction() as connection:
+        alert = billsync.alerts.create(
+            connection, account_id, name=body.name, amount=body.amount,
+            percent_of_commitment=body.percent_of_commitment, budget=body.budget,
+            percents=body.percents, grouping=body.grouping, actor="api",
+        )  # fmt: skip
+    return _alert_read(alert, [])
+
+
+@router.get("/accounts/{account_id}/alerts", responses=ERRORS)
+def list_alerts(account_id: str, billsync: BillsyncDep) -> AlertListRead:
+    """The account's alerts, each with the thresholds crossed and their webhooks' state."""
+    with billsync.database.read() as connection:
+        billsync.accounts.get(connection, account_id)  # 404 for an unknown account
+        crossings = crossings_of(connection, account_id)
+        alerts = alerts_of(connection, account_id)
+    return AlertListRead(data=[_alert_read(alert, crossings) for alert in alerts])
+
+
+@router.delete("/accounts/{account_id}/alerts/{alert_id}", status_code=204, responses=ERRORS)
+def delete_alert(
+    account_id: str,
+    billsync: BillsyncDep,
+    alert_id: int = ApiPath(ge=1, le=2**63 - 1, description="The alert's id."),
+) -> None:
+    """Remove an alert and its record of crossings (audited as ``alert.deleted``)."""
+    with billsync.database.transaction() as connection:
+        billsync.alerts.delete(connection, account_id, alert_id, actor="api")

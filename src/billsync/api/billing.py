@@ -123,6 +123,8 @@ def bill_body(bill: Bill, catalog: Catalog) -> dict[str, Any]:
         # far, and what a close now would top up. Null without one.
         # What the account's prepaid credit grants have left (null: it has none).
         "credit_balance": bill.credit_balance,
+        # The account's spend alerts, each with the thresholds crossed in this period.
+        "alerts": [{"alert": what, "crossed": list(crossed)} for what, crossed in bill.alerts],
         "commitment": None
         if bill.commitment is None
         else {

@@ -161,7 +161,7 @@ class AccountUpdate(BaseModel):
     )
     minimum_amount: str | None = Field(
         default=None,
-        pattern=r"^[0-9]{1,13}(\.[0-9]{1,2})?$",
+        pattern=r"^[0-9]{1,6}(\.[0-9]{1,2})?$",
         description='A minimum commitment per period, e.g. "500.00" in the account\'s currency: '
         "a period that used less is topped up to it when it closes. null removes it.",
     )
@@ -365,7 +365,7 @@ class CreditGrantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     amount: str = Field(
-        pattern=r"^[0-9]{1,13}(\.[0-9]{1,2})?$",
+        pattern=r"^[0-9]{1,6}(\.[0-9]{1,2})?$",
         description='In the account\'s currency, e.g. "100.00": drawn down when its periods close.',
     )
     currency: str = Field(min_length=3, max_length=3, description="The account's currency.")
@@ -396,3 +396,59 @@ class CreditGrantRead(BaseModel):
 class CreditGrantListRead(BaseModel):
     data: list[CreditGrantRead]
     balance: int = Field(description="What is left to draw on, of the grants not expired yet.")
+
+
+class AlertCreate(BaseModel):
+    """``POST /v1/accounts/{id}/alerts``: one of ``amount``, ``percent_of_commitment`` or
+    ``budget`` with ``percents``; ``grouping`` limits it to the lines of those dimension
+    values (a budget per app)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200)
+    amount: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,6}(\.[0-9]{1,2})?$",
+        description="A threshold on the period's spend, in the account's currency.",
+    )
+    percent_of_commitment: int | None = Field(
+        default=None, ge=1, le=1000, description="A percentage of the period's commitment."
+    )
+    budget: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,6}(\.[0-9]{1,2})?$",
+        description="A budget per period, told at each of ``percents``.",
+    )
+    percents: list[Annotated[int, Field(ge=1, le=1000)]] | None = Field(
+        default=None, max_length=10, description="e.g. [50, 80, 100]"
+    )
+    grouping: dict[str, Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=4, description='e.g. {"app": "web"}'
+    )
+
+
+class CrossingRead(BaseModel):
+    period_start: date
+    threshold_label: str
+    threshold: int
+    spent: int
+    crossed_at: datetime
+    event_id: str
+    webhook: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+
+
+class AlertRead(BaseModel):
+    id: int
+    name: str | None
+    amount: int | None
+    percent_of_commitment: int | None
+    budget: int | None
+    percents: list[int]
+    grouping: dict[str, str]
+    crossings: list[CrossingRead]
+
+
+class AlertListRead(BaseModel):
+    data: list[AlertRead]

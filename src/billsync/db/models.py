@@ -426,6 +426,47 @@ class CreditGrantUse(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class SpendAlert(Base):
+    """A threshold on an account's spend per period (core.alerts)."""
+
+    __tablename__ = "spend_alerts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    percent_of_commitment: Mapped[int | None] = mapped_column(Integer)
+    budget: Mapped[int | None] = mapped_column(BigInteger)
+    percents: Mapped[list[int] | None] = mapped_column(JSONDocument)
+    grouping: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The last time the alert was weighed against the account's lines.
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AlertCrossing(Base):
+    """One threshold of an alert reached in one period, and its webhook: recorded once (the
+    key), sent until the platform takes it or retries run out."""
+
+    __tablename__ = "alert_crossings"
+
+    alert_id: Mapped[int] = mapped_column(BigId, ForeignKey("spend_alerts.id"), primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
+    threshold_label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(255), index=True)
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    spent: Mapped[int] = mapped_column(BigInteger)
+    crossed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    given_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+
 class CreditNote(Base):
     """A credit note of one of billsync's finalized invoices, as Stripe reports it: what it took
     off the amount still to pay, and what it refunded or credited to the customer's balance."""

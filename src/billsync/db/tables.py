@@ -9,6 +9,7 @@ from sqlalchemy import Table
 from billsync.db.models import (
     Account,
     AccountSync,
+    AlertCrossing,
     AuditEntry,
     BillingPeriod,
     ConsoleSession,
@@ -24,6 +25,7 @@ from billsync.db.models import (
     Problem,
     RateBudget,
     SignInFailure,
+    SpendAlert,
     SyncIntent,
     UsageEvent,
     UsageEventId,
@@ -44,6 +46,8 @@ invoice_mirror = cast(Table, InvoiceMirror.__table__)
 credit_notes = cast(Table, CreditNote.__table__)
 credit_grants = cast(Table, CreditGrant.__table__)
 credit_grant_uses = cast(Table, CreditGrantUse.__table__)
+spend_alerts = cast(Table, SpendAlert.__table__)
+alert_crossings = cast(Table, AlertCrossing.__table__)
 problems = cast(Table, Problem.__table__)
 cursors = cast(Table, Cursor.__table__)
 users = cast(Table, User.__table__)

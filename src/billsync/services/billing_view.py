@@ -30,6 +30,7 @@ from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories import webhooks
 from billsync.repositories.accounts import AccountRecord
+from billsync.repositories.alerts import alerts_of, crossings_of
 from billsync.repositories.credit_notes import CreditNoteRecord
 from billsync.services.lines import LineService, LineView
 from billsync.services.usage_export import UsageExports
@@ -125,6 +126,8 @@ class Bill:
     used: int = 0
     # What the account's prepaid credit grants have left (not expired); None: it has none.
     credit_balance: int | None = None
+    # The account's spend alerts: (what it is, the thresholds crossed in this period).
+    alerts: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def shortfall(self) -> int:
@@ -208,6 +211,7 @@ class BillingView:
         due = [i for i in invoices if i.status in ("open", "uncollectible")]
         failed = next((i.last_payment_error for i in due if i.last_payment_error), None)
         grants = credit_repository.grants_of(connection, account.id)
+        crossings = crossings_of(connection, account.id)
         chart: dict[str, dict[str, Decimal]] = {}
         if daily:
             chart, removed = self.exports.daily(connection, account, period)
@@ -240,6 +244,17 @@ class BillingView:
             credit_notes=tuple(notes),
             commitment=commitment_on(account.commitments, period.start),
             credit_balance=credit_repository.balance(grants, self.clock.now()) if grants else None,
+            alerts=tuple(
+                (
+                    alert.describe(account.currency),
+                    tuple(
+                        c.threshold_label
+                        for c in crossings
+                        if c.alert_id == alert.id and c.period_start == period.start
+                    ),
+                )
+                for alert in alerts_of(connection, account.id)
+            ),
             used=sum(line.amount for line in view.lines if line.metric not in BOOKED_METRICS),
         )
 

@@ -23,6 +23,7 @@ from billsync.repositories import console, problems, webhooks
 from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord, get_account
+from billsync.repositories.alerts import Crossing, alerts_of, crossings_of
 from billsync.repositories.credit_notes import CreditNoteRecord
 from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.problems import ProblemRecord
@@ -118,6 +119,9 @@ class AccountView:
     credit_notes: list[CreditNoteRecord] = field(default_factory=list)
     # Per open problem, the latest audit entry that noted the customer was contacted.
     contacted: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # The spend alerts (what each is) and every threshold crossed, with its webhook's state.
+    alerts: dict[int, str] = field(default_factory=dict)
+    crossings: list[Crossing] = field(default_factory=list)
 
 
 STATE_LABELS = {
@@ -233,6 +237,8 @@ def account_view(
         ],
         credit_notes=notes,
         contacted=contacted,
+        alerts={a.id: a.describe(account.currency) for a in alerts_of(connection, account_id)},
+        crossings=crossings_of(connection, account_id),
     )
 
 
