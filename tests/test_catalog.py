@@ -59,6 +59,7 @@ def test_example_catalog_loads() -> None:
         "bandwidth.egress.apac-sa.gb",
         "bandwidth.egress.africa-india.gb",
         "ip.ipv4.hours",
+        "volume.snapshots.peak_gb",
     ]
     for metric in catalog.metrics.values():
         assert set(metric.prices) == {"usd", "eur", "jpy"}, metric.id

@@ -162,7 +162,7 @@ def test_accounts_show_bad_period_fails(runner: CliRunner) -> None:
 def test_catalog_check_example(runner: CliRunner) -> None:
     result = run(runner, "catalog", "check", str(EXAMPLE_CATALOG))
     assert result.exit_code == 0, result.output
-    assert f"{EXAMPLE_CATALOG}: 10 metrics in usd, eur, jpy" in one_line(result.stdout)
+    assert f"{EXAMPLE_CATALOG}: 11 metrics in usd, eur, jpy" in one_line(result.stdout)
     assert MACHINE in result.stdout
     assert "volume.gb_hours per GB-hour" in one_line(result.stdout)
 

@@ -48,6 +48,10 @@ def test_the_demo_month_ends_finalized_paid_and_equal_to_stripe(tmp_path: Path) 
     assert summary.late_lines == 1
     assert summary.duplicates > 0
     assert summary.events_accepted == summary.naive_calls + 1  # + the late event after close
+    # The platform's pricing: a negotiated rate and a minimum, a prepaid credit, an alert that
+    # fires and reaches the platform's endpoint with a valid signature.
+    assert len(summary.pricing) == 3
+    assert summary.alerts_received >= 1
     assert 0 < summary.stripe_calls < summary.naive_calls / 10
     assert len(seen) > 700  # one progress report per simulated hour, at least
     assert page.status_code == 200

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from billsync.bootstrap import Billsync, build
 from billsync.clock import ManualClock
 from billsync.config import Settings
 from billsync.core import customer_tokens
+from billsync.core.alerts import SIGNATURE_HEADER, verify_signature
 from billsync.core.periods import PeriodStatus
 from billsync.db import migrate
 from billsync.db.database import Database
@@ -59,6 +61,34 @@ def _serve(app: Any, host: str, port: int) -> _Server:
     return server
 
 
+class _Platform:
+    """The demo platform's webhook endpoint: counts the spend alerts whose signature holds."""
+
+    def __init__(self, host: str, secret: str) -> None:
+        self.verified = 0
+        platform = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                signature = self.headers.get(SIGNATURE_HEADER, "")
+                good = verify_signature(secret, signature, body, int(time.time()))
+                platform.verified += good
+                self.send_response(200 if good else 400)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/billing-alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class DemoOptions:
     data_dir: Path
@@ -85,6 +115,10 @@ class DemoSummary:
     invoices_paid: int = 0
     payment_failed: int = 0
     late_lines: int = 0
+    # The pricing the demo's platform sets up: what it is, and the alert webhooks the platform
+    # received with a valid signature.
+    pricing: list[str] = field(default_factory=list)
+    alerts_received: int = 0
     mismatches: list[str] = field(default_factory=list)
     phase: str = "starting"
 
@@ -103,6 +137,9 @@ class Demo:
         self.url = f"http://{options.host}:{options.port}"
         self.api_token = secrets.token_urlsafe(24)
         self.password = secrets.token_urlsafe(9)
+        self.platform_secret = secrets.token_urlsafe(24)
+        self._platform: _Platform | None = None
+        self._snapshot_reports = 0
         self.declined_account = ""
         self._cards_set: set[str] = set()
         self._servers: list[_Server] = []
@@ -118,6 +155,8 @@ class Demo:
         if options.data_dir.exists():
             shutil.rmtree(options.data_dir)  # every demo starts from nothing
         options.data_dir.mkdir(parents=True)
+        # The platform's webhook endpoint, and the secret the spend alerts are signed with.
+        self._platform = platform = _Platform(options.host, self.platform_secret)
         config = EmulatorConfig(public_url=self.emulator_url)
         config.rate_limit_test = 100
         emulator = create_emulator(config, {DEMO_KEY})
@@ -135,6 +174,8 @@ class Demo:
             webhook_tolerance_seconds=7 * 86400,  # the clocks jump by hours between deliveries
             sweep_interval_seconds=6 * 3600,
             reconcile_interval_seconds=24 * 3600,
+            platform_webhook_url=platform.url,
+            platform_webhook_secret=self.platform_secret,
         )
         database = Database(settings.resolved_database_url())
         migrate.upgrade(database)
@@ -185,6 +226,7 @@ class Demo:
         )
         for account in simulation.accounts:
             http.post("/v1/accounts", json=account.as_json()).raise_for_status()
+        self._pricing(http, simulation)
         step = timedelta(hours=1)
         pause = 1 / self.options.hours_per_second
         late_sent = False
@@ -197,6 +239,7 @@ class Demo:
             self._emulator_clock()
             if target <= self.month_end:
                 hour = [e for d in simulation.deliveries(target) for e in d.events]
+                hour += self._snapshots(simulation, target)
                 self._send(http, hour)  # the hour's reports in one request
                 if target == self.month_end:
                     last = simulation.flush_late()
@@ -217,6 +260,7 @@ class Demo:
         self._wait_for_webhooks()
         self.scheduler.tick()
         self._observe(simulation)
+        self.summary.alerts_received = self._platform.verified if self._platform else 0
         self._check()
         self.summary.phase = "done" if not self.summary.mismatches else "done, with mismatches"
         if on_progress:
@@ -268,6 +312,56 @@ class Demo:
             "timestamp": moment.isoformat().replace("+00:00", "Z"),
         }
 
+    def _pricing(self, http: httpx.Client, simulation: Simulation) -> None:
+        """What a platform sells beyond list prices: an enterprise account with negotiated
+        rates, a minimum commitment and a budget; a prepaid credit; a spend alert."""
+        accounts = simulation.accounts
+        enterprise, prepaid, watched = accounts[0], accounts[1 % len(accounts)], accounts[-1]
+        rate = {"usd": "0.035", "eur": "0.032"}.get(enterprise.currency, "5")
+        http.put(
+            f"/v1/accounts/{enterprise.id}/prices",
+            json={"prices": {"volume.snapshots.peak_gb": rate}, "reason": "enterprise deal"},
+        ).raise_for_status()
+        http.patch(
+            f"/v1/accounts/{enterprise.id}", json={"minimum_amount": "500.00"}
+        ).raise_for_status()
+        http.post(
+            f"/v1/accounts/{enterprise.id}/alerts",
+            json={"name": "monthly budget", "budget": "500", "percents": [50, 80, 100]},
+        ).raise_for_status()
+        expires = (self.month_end + timedelta(days=60)).isoformat().replace("+00:00", "Z")
+        http.post(
+            f"/v1/accounts/{prepaid.id}/credit-grants",
+            json={"amount": "10.00", "currency": prepaid.currency, "expires_at": expires,
+                  "reason": "welcome credit"},
+        ).raise_for_status()  # fmt: skip
+        http.post(
+            f"/v1/accounts/{watched.id}/alerts", json={"name": "first dollar", "amount": "1.00"}
+        ).raise_for_status()
+        self.summary.pricing = [
+            f"{enterprise.id}: negotiated rate, 500.00 {enterprise.currency.upper()} minimum, "
+            "budget alerts",
+            f"{prepaid.id}: 10.00 {prepaid.currency.upper()} prepaid credit",
+            f"{watched.id}: alert at 1.00 {watched.currency.upper()}",
+        ]
+
+    def _snapshots(self, simulation: Simulation, at: datetime) -> list[dict[str, Any]]:
+        """Hourly snapshot sizes of the first accounts' volumes: growing, pruned each week
+        (volume.snapshots.peak_gb is billed on the period's peak)."""
+        hours = int((at - self.month_start).total_seconds() // 3600)
+        stamp = at.isoformat().replace("+00:00", "Z")
+        self._snapshot_reports += min(4, len(simulation.accounts))
+        return [
+            {
+                "id": f"{account.id}:snapshots:{int(at.timestamp())}",
+                "account": account.id,
+                "metric": "volume.snapshots.peak_gb",
+                "quantity": f"{(index + 1) * 5 + (hours % 168) * 0.25:.2f}",
+                "timestamp": stamp,
+            }
+            for index, account in enumerate(simulation.accounts[:4])
+        ]
+
     def _give_cards(self) -> None:
         """The platform collects a card from each customer once Stripe knows them."""
         assert self.billsync is not None
@@ -301,7 +395,8 @@ class Demo:
         stats = self._stats()
         self.summary.simulated_now = self.clock.now()
         self.summary.stripe_calls = int(stats["total"])
-        self.summary.naive_calls = simulation.stats.events  # one Stripe call per usage report
+        # One Stripe call per usage report: the simulated platform's and the snapshot sizes.
+        self.summary.naive_calls = simulation.stats.events + self._snapshot_reports
         with self.billsync.database.read() as connection:
             periods = sync_repository.periods_with_status(connection, list(PeriodStatus))
         month = [p for p in periods if p.start == self.month_start.date()]
@@ -387,4 +482,6 @@ class Demo:
             server.should_exit = True
         if self.billsync is not None:
             self.billsync.close()
+        if self._platform is not None:
+            self._platform.close()
         self.stripe.close()

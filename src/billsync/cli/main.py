@@ -520,6 +520,10 @@ def demo_table(summary: DemoSummary) -> Table:
     )
     if summary.late_lines:
         table.add_row("late usage", f"{summary.late_lines} line(s) carried to the next invoice")
+    for index, item in enumerate(summary.pricing):
+        table.add_row("pricing" if index == 0 else "", item)
+    if summary.pricing:
+        table.add_row("alerts", f"{summary.alerts_received} signed webhook(s) the platform took")
     return table
 
 
