@@ -20,6 +20,7 @@ from billsync.db.tables import audit_log, credit_grants, lines
 from billsync.repositories import sync as sync_repository
 from billsync.services.verify import CREDIT_DIFFERS, Verifier
 from billsync.stripe_gateway import StripeGateway
+from billsync.sync.lanes import CLOSING
 from tests.conftest import T0
 from tests.factories import create_account, event
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
@@ -197,3 +198,45 @@ def test_verify_reports_credit_that_does_not_add_up(
     ]
     assert any("has 0.50 left; its uses leave 0.00" in v for v in found), found
     assert any("credits 1.50 of prepaid credit; its grants say it drew 1.00" in v for v in found)
+
+
+def test_a_commitment_and_a_credit_cost_one_add_lines_call_at_close(
+    billsync: Billsync, running_emulator: RunningEmulator, clock: ManualClock, client: TestClient
+) -> None:
+    """The lines billsync books at close are invoice lines like any other, not Stripe objects
+    of their own (no coupon, credit note or balance transaction): an account with a minimum
+    commitment and a prepaid credit closes with one call more than one without — the
+    ``add_lines`` that carries both lines."""
+    sync, lifecycle = make(billsync, running_emulator, clock)
+    create_account(billsync, "acme")
+    create_account(billsync, "globex")
+    client.patch("/v1/accounts/globex", json={"minimum_amount": "20"})
+    client.post(
+        "/v1/accounts/globex/credit-grants",
+        json={"amount": "5.00", "currency": "usd", "expires_at": NEW_YEAR},
+    )
+    for account in ("acme", "globex"):
+        billsync.ingest.ingest([event(account, IP_HOURS, "1000", at=T0)])
+        assert sync.sync_account(account).ok  # the draft, as the interval policy makes it
+    clock.set(AFTER_GRACE)
+    lifecycle.advance(sync=False)  # usage stops: globex's top-up and credit are booked
+    stats = running_emulator.emulator.state.stats
+    calls = {}
+    for account in ("acme", "globex"):
+        before = stats.total
+        assert sync.sync_account(account, lane=CLOSING).ok
+        calls[account] = stats.total - before
+    assert calls["globex"] == calls["acme"] + 1
+    gateway = StripeGateway(EMULATOR_KEY, api_base=running_emulator.url, timeout=5)
+    with billsync.database.read() as connection:
+        period = sync_repository.get_period(connection, "globex", NOVEMBER)
+    assert period is not None
+    assert period.stripe_invoice_id is not None
+    assert gateway.get_invoice(period.stripe_invoice_id, with_lines=False).total == 1500
+    with billsync.database.read() as connection:
+        amounts = dict(
+            connection.execute(
+                select(lines.c.line_key, lines.c.amount).where(lines.c.account_id == "globex")
+            ).all()
+        )
+    assert amounts == {IP_HOURS: 274, "commitment": 1726, "credits": -500}
