@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -79,6 +79,10 @@ class Alert:
         if self.grouping:
             text += " (" + ", ".join(f"{k} {v}" for k, v in sorted(self.grouping.items())) + ")"
         return f"{self.name}: {text}" if self.name else text
+
+    def spent(self, usage: Sequence[tuple[Mapping[str, str], int]]) -> int:
+        """What the usage lines it watches ((grouping, amount) each) add up to."""
+        return sum(amount for grouping, amount in usage if self.watches(grouping))
 
     def watches(self, grouping: Mapping[str, str]) -> bool:
         """Whether a line of this grouping counts towards the alert."""

@@ -82,17 +82,19 @@ def crossings_of(connection: Connection, account_id: str) -> list[Crossing]:
     ]
 
 
-def spent(connection: Connection, account_id: str, start: date, alert: Alert) -> int:
-    """What the period's usage lines the alert watches add up to (core.alerts)."""
-    total = 0
-    for metric, grouping, amount in connection.execute(
-        select(lines.c.metric, lines.c.grouping, lines.c.amount).where(
-            lines.c.account_id == account_id, lines.c.period_start == start
+def usage_lines(
+    connection: Connection, account_id: str, start: date
+) -> list[tuple[Mapping[str, str], int]]:
+    """(grouping, amount) of each usage line of the period — what alerts weigh (core.alerts)."""
+    return [
+        (grouping or {}, amount)
+        for metric, grouping, amount in connection.execute(
+            select(lines.c.metric, lines.c.grouping, lines.c.amount).where(
+                lines.c.account_id == account_id, lines.c.period_start == start
+            )
         )
-    ):
-        if metric not in BOOKED_METRICS and alert.watches(grouping or {}):
-            total += amount
-    return total
+        if metric not in BOOKED_METRICS
+    ]
 
 
 def count(connection: Connection, account_id: str) -> int:

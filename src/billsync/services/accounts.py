@@ -20,15 +20,15 @@ from billsync.core.money import (
     normalize_currency,
     parse_amount,
 )
-from billsync.core.periods import MAX_ANCHOR_DAY, MIN_ANCHOR_DAY, PeriodStatus
+from billsync.core.periods import MAX_ANCHOR_DAY, MIN_ANCHOR_DAY
 from billsync.core.policy import PolicyError, SyncPolicy
 from billsync.core.text import UNSAFE_CHARACTERS, unsafe_character, unsafe_message
 from billsync.errors import Conflict, InvalidRequest, NotFound
 from billsync.repositories import accounts as repository
 from billsync.repositories import console as audit
 from billsync.repositories import ledger
-from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountExists, AccountFilter, AccountRecord
+from billsync.services.rates import changeable_from
 
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
 # No "@", no white space, none of the characters no text may carry (core.text), on either
@@ -220,27 +220,10 @@ class AccountService:
                 raise InvalidRequest(
                     "minimum_amount: a minimum commitment is not negative", code="invalid_amount"
                 )
-        schedule = account.schedule(default_anchor_day)
-        current = schedule.period_for_date(now.date())
-        start = effective_from or current.start
-        if start < current.start:
-            raise Conflict(
-                f"minimum_amount_from: a commitment applies from the current period "
-                f"({current.start}) on, not from {start}",
-                code="period_not_open",
-            )
-        if schedule.period_for_date(start).start != start:
-            raise Conflict(
-                f"minimum_amount_from must be the start of one of the account's periods, e.g. "
-                f"{current.start} or {current.end}; {start} is not",
-                code="not_a_period_start",
-            )
-        period = sync_repository.get_period(connection, account.id, start)
-        if period is not None and period.status is not PeriodStatus.OPEN:
-            raise Conflict(
-                f"the period starting {start} is {period.status.value}: its commitment is settled",
-                code="period_not_open",
-            )
+        _, start = changeable_from(
+            connection, account, default_anchor_day, now, effective_from,
+            field="minimum_amount_from", what="minimum commitment",
+        )  # fmt: skip
         return Commitment(start, amount, now, actor)
 
     def update(

@@ -170,11 +170,16 @@ class AlertService:
             (c.alert_id, c.period_start, c.threshold_label)
             for c in repository.crossings_of(connection, account_id)
         }
+        # Each period's usage lines read once, whatever the number of alerts.
+        usage = {
+            p.start: repository.usage_lines(connection, account_id, p.start)
+            for p in (before, current)
+        }
         recorded = 0
         for alert in repository.alerts_of(connection, account_id):
             for period in (before, current):
                 commitment = commitment_on(account.commitments, period.start)
-                total = repository.spent(connection, account_id, period.start, alert)
+                total = alert.spent(usage[period.start])
                 for label, threshold in crossed(alert, total, commitment):
                     if (alert.id, period.start, label) in known:
                         continue

@@ -65,6 +65,45 @@ class RateChange:
     re_rated: int  # lines of the current period whose amount changed
 
 
+def changeable_from(
+    connection: Connection,
+    account: AccountRecord,
+    default_anchor_day: int,
+    now: datetime,
+    start: date | None,
+    *,
+    field: str,
+    what: str,
+) -> tuple[Period, date]:
+    """The account's current period, and the period start a change of its terms (``what``:
+    its prices, its minimum) applies from: ``start``, or by default the current period's. It
+    must be a start of one of the account's periods, not before the current one, and that
+    period open — one closing or finalized keeps what it is being billed with."""
+    schedule = account.schedule(default_anchor_day)
+    current = schedule.period_for_date(now.date())
+    start = start or current.start
+    if start < current.start:
+        raise Conflict(
+            f"{field}: {what} can change from the current period ({current.start}) on, not from "
+            f"{start}: earlier periods keep what they were billed with",
+            code="period_not_open",
+        )
+    if schedule.period_for_date(start).start != start:
+        raise Conflict(
+            f"{field} must be the start of one of the account's periods, e.g. "
+            f"{current.start} or {current.end}; {start} is not",
+            code="not_a_period_start",
+        )
+    period = sync_repository.get_period(connection, account.id, start)
+    if period is not None and period.status is not PeriodStatus.OPEN:
+        raise Conflict(
+            f"the period starting {start} is {period.status.value}: its invoice is being made, "
+            f"so its {what} cannot change",
+            code="period_not_open",
+        )
+    return current, start
+
+
 class RateService:
     def __init__(self, catalog: Catalog, clock: Clock, default_anchor_day: int) -> None:
         self.catalog = catalog
@@ -130,29 +169,11 @@ class RateService:
         if account is None:
             raise NotFound(f"account '{account_id}' does not exist", code="account_not_found")
         prices = self._checked_prices(raw_prices, account.currency)
-        schedule = account.schedule(self.default_anchor_day)
         now = self.clock.now()
-        current = schedule.period_for_date(now.date())
-        start = effective_from or current.start
-        if start < current.start:
-            raise Conflict(
-                f"prices can change from the current period ({current.start}) on, not from "
-                f"{start}: earlier periods keep the prices they were billed with",
-                code="period_not_open",
-            )
-        if schedule.period_for_date(start).start != start:
-            raise Conflict(
-                f"effective_from must be the start of one of the account's periods, e.g. "
-                f"{current.start} or {current.end}; {start} is not",
-                code="not_a_period_start",
-            )
-        period = sync_repository.get_period(connection, account_id, start)
-        if period is not None and period.status is not PeriodStatus.OPEN:
-            raise Conflict(
-                f"the period starting {start} is {period.status.value}: its invoice is being "
-                "made, so its prices cannot change",
-                code="period_not_open",
-            )
+        current, start = changeable_from(
+            connection, account, self.default_anchor_day, now, effective_from,
+            field="effective_from", what="prices",
+        )  # fmt: skip
         card = RateCard(start, prices, now, actor)
         cards = (*[c for c in account.rate_cards if c.effective_from < start], card)
         account_repository.update_account(
