@@ -120,6 +120,7 @@ def build_syncing(
         changes=changes, leases=leases, lease_wait=settings.on_demand_wait_seconds,
         namespace=settings.stripe_namespace, stripe_mode=key_mode(settings.stripe_api_key or ""),
         inherit_discounts=settings.stripe_discounts == "inherit",
+        statement_url=settings.statement_template(),
     )  # fmt: skip
     lifecycle = LifecycleService(
         database,

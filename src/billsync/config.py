@@ -172,6 +172,14 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Where customers reach billsync (portal return links)."
     )
+    statement_url: str | None = Field(
+        default=None,
+        description="The link each Stripe invoice carries to the period's detailed statement "
+        "(a custom field; every line, also those the invoice rolls up): a template with "
+        "{account} and {period} (the period's first day), e.g. "
+        "https://platform.example/billing/{account}?period={period}. Unset: public_url's "
+        "billing page; no link when neither is set.",
+    )
     trusted_proxies: str = Field(
         default="",
         description="Comma-separated addresses or networks of the proxies in front of billsync "
@@ -312,6 +320,14 @@ class Settings(BaseSettings):
         if not self.stripe_webhook_secrets:
             return []
         return [s.strip() for s in self.stripe_webhook_secrets.split(",") if s.strip()]
+
+    def statement_template(self) -> str | None:
+        """The statement link's template (``statement_url``, else public_url's page)."""
+        if self.statement_url:
+            return self.statement_url
+        if self.public_url:
+            return self.public_url.rstrip("/") + "/billing/{account}?period={period}"
+        return None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -62,6 +62,10 @@ from billsync.sync.port import (
 
 # Pinned explicitly: the SDK's types, the emulator and billsync's expectations all follow it.
 STRIPE_API_VERSION = "2026-10-28.endive"
+# The invoice's link to billsync's detailed statement of the period (core.rollup).
+STATEMENT_FIELD = "Detailed statement"
+STATEMENT_FIELD_MAX = 140
+
 # Stripe's largest page; one invoice holds at most 250 items, so at most 3 pages of lines.
 PAGE_LIMIT = 100
 # Path segments of Stripe's API that are names, not ids: any other segment is an object's id.
@@ -176,6 +180,7 @@ class StripeGateway:
         metadata: Mapping[str, str],
         idempotency_key: str,
         inherit_discounts: bool = True,
+        statement_url: str | None = None,
     ) -> RemoteInvoice:
         params: InvoiceCreateParams = {
             "customer": customer,
@@ -186,6 +191,14 @@ class StripeGateway:
             "collection_method": "charge_automatically",
             "pending_invoice_items_behavior": "exclude",
         }
+        if statement_url is not None:
+            # A custom field shows under the invoice's header, on the PDF and the hosted page;
+            # its value may be up to 140 characters (docs.stripe.com/api/invoices/create
+            # #create_invoice-custom_fields) — a longer link goes in the footer.
+            if len(statement_url) <= STATEMENT_FIELD_MAX:
+                params["custom_fields"] = [{"name": STATEMENT_FIELD, "value": statement_url}]
+            else:
+                params["footer"] = f"{STATEMENT_FIELD}: {statement_url}"
         if not inherit_discounts:
             # "If not specified, inherits the discount from the invoice's customer. Pass an
             # empty string to avoid inheriting any discounts." (docs.stripe.com/api/invoices/

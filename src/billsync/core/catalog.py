@@ -157,6 +157,9 @@ class Catalog:
     currencies: tuple[str, ...]
     metrics: Mapping[str, Metric]
     source: str
+    # ``[invoice] rollup``: the dimensions each roll-up level keeps besides the metric, finest
+    # first, for invoices whose lines do not fit Stripe's 250 items (core.rollup).
+    rollup: tuple[tuple[str, ...], ...] = ()
 
 
 def _decimal(value: object, where: str, what: str = "") -> Decimal:
@@ -492,7 +495,7 @@ def parse_catalog(data: Mapping[str, Any], source: str) -> Catalog:
     """Validate a decoded catalog document (the TOML's tables) into a :class:`Catalog`; a
     :class:`CatalogError` lists every problem found."""
     problems = _Problems()
-    unknown = set(data) - {"catalog", "metric"}
+    unknown = set(data) - {"catalog", "metric", "invoice"}
     if unknown:
         problems.add(f"{source}: unknown table(s) {sorted(unknown)}")
     currencies: tuple[str, ...] | None = None
@@ -516,9 +519,42 @@ def parse_catalog(data: Mapping[str, Any], source: str) -> Catalog:
         if metric.id in metrics:
             problems.add(f"{source}: metric '{metric.id}' is defined twice")
         metrics[metric.id] = metric
+    rollup = problems.check(_rollup, data.get("invoice", {}), metrics, source) or ()
     problems.raise_any()
     assert currencies is not None
-    return Catalog(currencies=currencies, metrics=metrics, source=source)
+    return Catalog(currencies=currencies, metrics=metrics, source=source, rollup=rollup)
+
+
+def _rollup(raw: object, metrics: Mapping[str, Metric], source: str) -> tuple[tuple[str, ...], ...]:
+    """``[invoice] rollup = [["region"], []]``: each level the dimensions it keeps besides the
+    metric, finest first — each keeps a subset of the one before, and every dimension named
+    is one some metric groups by (a typo would silently roll everything up)."""
+    where = f"{source}: invoice"
+    if not isinstance(raw, Mapping):
+        raise CatalogError(f"{where}: must be a table")
+    unknown = set(raw) - {"rollup"}
+    if unknown:
+        raise CatalogError(f"{where}: unknown field(s) {sorted(unknown)}")
+    levels = raw.get("rollup", [])
+    if not isinstance(levels, list):
+        raise CatalogError(f'{where}.rollup: must be a list of levels, e.g. [["region"], []]')
+    grouped_by = {name for metric in metrics.values() for name in metric.group_by}
+    found: list[tuple[str, ...]] = []
+    for index, level in enumerate(levels):
+        dimensions = _strings(level, f"{where}.rollup[{index}]")
+        strange = sorted(set(dimensions) - grouped_by)
+        if strange:
+            raise CatalogError(
+                f"{where}.rollup[{index}]: {strange} is not a group_by dimension of any metric"
+            )
+        if found and not set(dimensions) < set(found[-1]):
+            raise CatalogError(
+                f"{where}.rollup[{index}]: each level keeps fewer dimensions than the one "
+                f"before it (finest first); {list(dimensions)} does not come after "
+                f"{list(found[-1])}"
+            )
+        found.append(dimensions)
+    return tuple(found)
 
 
 def _currencies(header: Mapping[str, Any], source: str) -> tuple[str, ...]:

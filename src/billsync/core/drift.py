@@ -18,15 +18,24 @@ For each ledger line, what Stripe shows is read against what billsync last confi
 Lines billsync did not put there (no metadata, or another installation's namespace) are
 *extra_in_stripe*; a line of billsync's naming a line this period does not have is
 *line_of_another_period*.
+
+A roll-up item (core.rollup: an invoice whose lines do not fit Stripe's 250 items) is compared
+as one line: the ledger lines confirmed in it make one, named by its first line, whose amount
+is theirs summed and which is pending while any of them is; the Stripe item names it by its
+roll-up key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 from billsync.core.installation import NAMESPACE_KEY, is_ours
 from billsync.core.line_state import is_pending
+
+# A roll-up item's metadata key (services.sync writes it): which item of the period it is.
+ROLLUP_METADATA = "billsync_rollup"
 
 MISSING_IN_STRIPE = "missing_in_stripe"
 REMOVED_IN_STRIPE = "removed_in_stripe"
@@ -51,6 +60,8 @@ class OurLine:
     synced_version: int
     synced_amount: int | None
     stripe_line_item_id: str | None
+    rollup_key: str | None = None
+    members: tuple[int, ...] = ()  # a roll-up item's lines (made by _rolled_up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,7 @@ class TheirLine:
     version: int | None
     description: str = ""
     namespace: str = ""  # the installation whose metadata it carries ("" if none)
+    rollup: str | None = None  # a roll-up item's key (core.rollup), when billsync's
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,55 @@ def compare_lines(
 ) -> LineComparison:
     """``complete``: the period's draft should hold every line (in review, held, finalized);
     ``final``: the invoice is finalized (nothing is pending any more)."""
+    ours, theirs = _rolled_up(ours, theirs)
+    found = _compare(ours, theirs, complete=complete, final=final)
+    members = {line.id: line.members for line in ours if line.members}
+    found.in_step = {i for line_id in found.in_step for i in members.get(line_id, (line_id,))}
+    return found
+
+
+def _rolled_up(
+    ours: Sequence[OurLine], theirs: Sequence[TheirLine]
+) -> tuple[list[OurLine], list[TheirLine]]:
+    """Roll-up items as single lines on both sides (see the module's note)."""
+    single = [line for line in ours if line.rollup_key is None or line.stripe_line_item_id is None]
+    items: dict[str, list[OurLine]] = {}
+    for line in ours:
+        if line.rollup_key is not None and line.stripe_line_item_id is not None:
+            items.setdefault(line.stripe_line_item_id, []).append(line)
+    named: dict[str, int] = {}
+    for line_item_id, members in items.items():
+        first = min(members, key=lambda m: m.id)
+        pending = any(
+            is_pending(m.version, m.synced_version, m.amount, m.synced_amount) for m in members
+        )
+        synced = sum(m.synced_amount or 0 for m in members)
+        single.append(
+            OurLine(
+                first.id,
+                sum(m.amount for m in members),
+                2 if pending else 1,
+                1,
+                synced,
+                line_item_id,
+                first.rollup_key,
+                tuple(sorted(m.id for m in members)),
+            )
+        )
+        assert first.rollup_key is not None
+        named.setdefault(first.rollup_key, first.id)
+    read = [
+        replace(line, line_id=named.get(line.rollup), version=1)
+        if line.rollup is not None
+        else line
+        for line in theirs
+    ]
+    return single, read
+
+
+def _compare(
+    ours: Sequence[OurLine], theirs: Sequence[TheirLine], *, complete: bool, final: bool
+) -> LineComparison:
     found = LineComparison()
     ledger = {line.id for line in ours}
     copies: dict[int, list[TheirLine]] = {}
@@ -139,6 +200,24 @@ def _compare_present(line: OurLine, copy: TheirLine, final: bool, found: LineCom
             found.in_step.add(line.id)
 
 
+class _Named(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Named)
+
+
+def as_item(ledger: Mapping[int, L], line: OurLine) -> L:
+    """The ledger line a difference names — for a roll-up item, its first line standing for
+    the item: the items's amounts, and a key that says so."""
+    found = ledger[line.id]
+    if not line.members:
+        return found
+    key = f"{found.key} and {len(line.members) - 1} more lines (one roll-up item)"
+    return replace(found, amount=line.amount, synced_amount=line.synced_amount, key=key)  # type: ignore[type-var]
+
+
 def their_line(
     line_item_id: str, amount: int, metadata: Mapping[str, str], description: str, namespace: str
 ) -> TheirLine:
@@ -146,6 +225,11 @@ def their_line(
     metadata when this installation (``namespace``) wrote it."""
     raw_id = metadata.get("billsync_line_id", "")
     raw_version = metadata.get("billsync_version", "")
+    rollup = metadata.get(ROLLUP_METADATA)
+    if rollup is not None and is_ours(metadata, namespace):
+        return TheirLine(
+            line_item_id, amount, None, None, description, metadata.get(NAMESPACE_KEY, ""), rollup
+        )
     ours = is_ours(metadata, namespace) and raw_id.isdigit()
     return TheirLine(
         line_item_id,

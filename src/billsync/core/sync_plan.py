@@ -15,9 +15,8 @@ from datetime import date
 from typing import TypeVar
 
 from billsync.core.money import MAX_STRIPE_AMOUNT
+from billsync.core.rollup import MAX_INVOICE_ITEMS
 
-# Stripe's cap on invoice items per invoice; the catalog's grouping keeps billsync far below.
-MAX_INVOICE_ITEMS = 250
 # Lines per bulk call: a sync is one or two calls per account whatever its line count.
 LINES_PER_CALL = 100
 
@@ -28,22 +27,41 @@ class PlanError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DesiredLine:
+    """An item the invoice should carry: one ledger line, or a roll-up of lines (``key``, see
+    core.rollup; ``line_id`` its first line, ``members`` each line's (id, version))."""
+
     line_id: int
     amount: int  # minor units
     description: str
     version: int
     period_start: int  # unix seconds
     period_end: int
+    key: str | None = None
+    members: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def item(self) -> str:
+        return self.key if self.key is not None else f"line:{self.line_id}"
+
+    @property
+    def versions(self) -> tuple[tuple[int, int], ...]:
+        """The (line id, version) pairs the item carries: what its writes' keys are made of."""
+        return self.members or ((self.line_id, self.version),)
 
 
 @dataclass(frozen=True, slots=True)
 class ObservedLine:
-    """A line as billsync last confirmed it in Stripe."""
+    """An item as billsync last confirmed it in Stripe (a line, or a roll-up: ``key``)."""
 
     line_id: int
     line_item_id: str  # il_…
     amount: int
     version: int
+    key: str | None = None
+
+    @property
+    def item(self) -> str:
+        return self.key if self.key is not None else f"line:{self.line_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +141,10 @@ def plan_period(state: PeriodState) -> list[Operation]:
     """Operations that bring one period's Stripe invoice in line with the ledger."""
     if state.finalized:
         return []
-    if len(state.desired) > MAX_INVOICE_ITEMS:
+    if len(state.desired) > MAX_INVOICE_ITEMS:  # core.rollup keeps them under it
         raise PlanError(
-            f"period {state.period_start} has {len(state.desired)} lines; a Stripe invoice holds "
-            f"at most {MAX_INVOICE_ITEMS}: group the catalog's metrics more coarsely"
+            f"period {state.period_start} has {len(state.desired)} items; a Stripe invoice holds "
+            f"at most {MAX_INVOICE_ITEMS}"
         )
     too_large = [line for line in state.desired if abs(line.amount) > MAX_STRIPE_AMOUNT]
     if too_large:
@@ -149,17 +167,17 @@ def plan_period(state: PeriodState) -> list[Operation]:
         if not state.desired and not state.finalize:
             return []
         operations.append(CreateInvoice(state.period_start))
-    observed = {line.line_id: line for line in state.observed}
-    desired_ids = {line.line_id for line in state.desired}
-    to_add = [line for line in state.desired if line.line_id not in observed]
+    observed = {line.item: line for line in state.observed}
+    desired_items = {line.item for line in state.desired}
+    to_add = [line for line in state.desired if line.item not in observed]
     to_update = [
-        (line, observed[line.line_id].line_item_id)
+        (line, observed[line.item].line_item_id)
         for line in state.desired
-        if line.line_id in observed
-        and (observed[line.line_id].version != line.version
-             or observed[line.line_id].amount != line.amount)
+        if line.item in observed
+        and (observed[line.item].version != line.version
+             or observed[line.item].amount != line.amount)
     ]  # fmt: skip
-    to_remove = [line.line_item_id for line in state.observed if line.line_id not in desired_ids]
+    to_remove = [line.line_item_id for line in state.observed if line.item not in desired_items]
     if to_remove:
         operations += [
             RemoveLines(state.period_start, chunk) for chunk in _chunks(to_remove, LINES_PER_CALL)
@@ -190,14 +208,14 @@ class _Simulated:
     reason about plans): an in-memory model of the Stripe draft."""
 
     invoice_id: str | None
-    lines: dict[int, ObservedLine] = field(default_factory=dict)
+    lines: dict[str, ObservedLine] = field(default_factory=dict)
     finalized: bool = False
     deleted: bool = False
 
 
 def apply(state: PeriodState, operations: Sequence[Operation]) -> PeriodState:
     """The period's observed state once ``operations`` succeeded (pure simulation)."""
-    model = _Simulated(state.invoice_id, {line.line_id: line for line in state.observed})
+    model = _Simulated(state.invoice_id, {line.item: line for line in state.observed})
     for operation in operations:
         if getattr(operation, "period_start", None) != state.period_start:
             continue
@@ -205,13 +223,13 @@ def apply(state: PeriodState, operations: Sequence[Operation]) -> PeriodState:
             model.invoice_id = f"in_sim_{state.period_start.isoformat()}"
         elif isinstance(operation, AddLines):
             for line in operation.lines:
-                model.lines[line.line_id] = ObservedLine(
-                    line.line_id, f"il_sim_{line.line_id}", line.amount, line.version
+                model.lines[line.item] = ObservedLine(
+                    line.line_id, f"il_sim_{line.item}", line.amount, line.version, line.key
                 )
         elif isinstance(operation, UpdateLines):
             for line, item_id in operation.changes:
-                model.lines[line.line_id] = ObservedLine(
-                    line.line_id, item_id, line.amount, line.version
+                model.lines[line.item] = ObservedLine(
+                    line.line_id, item_id, line.amount, line.version, line.key
                 )
         elif isinstance(operation, RemoveLines):
             gone = set(operation.line_item_ids)
@@ -223,7 +241,7 @@ def apply(state: PeriodState, operations: Sequence[Operation]) -> PeriodState:
     return replace(
         state,
         invoice_id=model.invoice_id,
-        observed=tuple(sorted(model.lines.values(), key=lambda line: line.line_id)),
+        observed=tuple(sorted(model.lines.values(), key=lambda line: line.item)),
         finalized=model.finalized or model.deleted,
     )
 
@@ -234,16 +252,27 @@ def _prefix(namespace: str) -> str:
 
 
 def idempotency_key(
-    kind: str, scope: str, lines: Iterable[tuple[int, int]] = (), *, namespace: str = ""
+    kind: str,
+    scope: str,
+    lines: Iterable[tuple[int, int]] = (),
+    *,
+    namespace: str = "",
+    items: Iterable[str] = (),
 ) -> str:
     """Deterministic key from billsync's own ids: the same operation on the same line versions
     always carries the same key, so a retry (or a re-run after a crash) is replayed by Stripe
     instead of applied twice. ``lines`` are (line id, version) pairs. The installation's
-    ``namespace`` keeps two installations on one Stripe account from sharing keys."""
+    ``namespace`` keeps two installations on one Stripe account from sharing keys. ``items``:
+    the roll-up items (core.rollup) the lines are written as — the same lines rolled up at
+    another level are another write."""
     pairs = sorted(lines)
     if not pairs:
         return f"{_prefix(namespace)}{kind}:{scope}"
-    digest = hashlib.sha256(",".join(f"{i}:{v}" for i, v in pairs).encode()).hexdigest()[:24]
+    text = ",".join(f"{i}:{v}" for i, v in pairs)
+    rolled = sorted(items)
+    if rolled:
+        text += "|" + ",".join(rolled)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     return f"{_prefix(namespace)}{kind}:{scope}:{digest}"
 
 

@@ -154,6 +154,9 @@ class Line(Base):
     synced_amount: Mapped[int | None] = mapped_column(BigInteger)
     stripe_line_item_id: Mapped[str | None] = mapped_column(String(255))  # il_…
     stripe_invoice_item_id: Mapped[str | None] = mapped_column(String(255))  # ii_…
+    # The roll-up item carrying the line on a Stripe invoice too long for one item per line
+    # (core.rollup); NULL: the line is its own item. Its il_/ii_ are then the roll-up item's.
+    rollup_key: Mapped[str | None] = mapped_column(String(64))
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -27,6 +27,47 @@ from billsync.emulator.state import State, created_filter, new_id, paginate
 UPDATABLE_WHEN_FINAL = {"metadata", "description", "footer", "auto_advance", "expand"}
 
 
+# "You can pass up to 4 custom fields"; "The name of the custom field. This may be up to 40
+# characters"; "The value of the custom field. This may be up to 140 characters"
+# (docs.stripe.com/api/invoices/create#create_invoice-custom_fields).
+MAX_CUSTOM_FIELDS = 4
+MAX_CUSTOM_FIELD_NAME = 40
+MAX_CUSTOM_FIELD_VALUE = 140
+
+
+def custom_fields(raw: object) -> list[dict[str, str]] | None:
+    """An invoice's ``custom_fields`` as Stripe checks them ("" clears them)."""
+    if raw in ("", None):
+        return None
+    fields = list(raw.values()) if isinstance(raw, dict) else raw
+    if not isinstance(fields, list) or len(fields) > MAX_CUSTOM_FIELDS:
+        raise invalid(
+            f"You can pass at most {MAX_CUSTOM_FIELDS} custom fields.", param="custom_fields"
+        )
+    found = []
+    for index, field in enumerate(fields):
+        name = field.get("name") if isinstance(field, dict) else None
+        value = field.get("value") if isinstance(field, dict) else None
+        if not isinstance(name, str) or not isinstance(value, str) or not name or not value:
+            raise invalid(
+                "Each custom field needs a name and a value.", param=f"custom_fields[{index}]"
+            )
+        if len(name) > MAX_CUSTOM_FIELD_NAME:
+            raise invalid(
+                f"Invalid custom_fields[{index}][name]: must be at most "
+                f"{MAX_CUSTOM_FIELD_NAME} characters",
+                param=f"custom_fields[{index}][name]",
+            )
+        if len(value) > MAX_CUSTOM_FIELD_VALUE:
+            raise invalid(
+                f"Invalid custom_fields[{index}][value]: must be at most "
+                f"{MAX_CUSTOM_FIELD_VALUE} characters",
+                param=f"custom_fields[{index}][value]",
+            )
+        found.append({"name": name, "value": value})
+    return found
+
+
 def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if "customer" not in params:
         raise StripeError(
@@ -67,7 +108,7 @@ def create_invoice(state: State, ctx: Context, params: dict[str, Any]) -> dict[s
         "confirmation_secret": None,
         "created": now,
         "currency": currency,
-        "custom_fields": None,
+        "custom_fields": custom_fields(params.get("custom_fields")),
         "customer": customer["id"],
         "customer_account": None,
         "customer_address": None,
@@ -183,6 +224,8 @@ def update_invoice(
     ):
         if key in params:
             invoice[key] = params[key] if params[key] != "" else None
+    if "custom_fields" in params:
+        invoice["custom_fields"] = custom_fields(params["custom_fields"])
     if "days_until_due" in params:
         invoice["due_date"] = invoice["created"] + 86400 * params["days_until_due"]
     if "metadata" in params:

@@ -3,7 +3,7 @@ lifecycle columns of billing periods."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -89,17 +89,20 @@ class SyncLine:
     synced_amount: int | None
     stripe_line_item_id: str | None
     stripe_invoice_item_id: str | None
+    rollup_key: str | None = None  # the roll-up item carrying it (core.rollup); None: its own
 
 
 @dataclass(frozen=True, slots=True)
 class Confirmation:
-    """Stripe holds this line at this amount and version."""
+    """Stripe holds this line at this amount and version — as its own item, or (``rollup_key``)
+    in the roll-up item ``line_item_id``."""
 
     line_id: int
     line_item_id: str | None
     invoice_item_id: str | None
     amount: int
     version: int
+    rollup_key: str | None = None
 
 
 def get_account(connection: Connection, account_id: str) -> SyncAccount | None:
@@ -384,6 +387,7 @@ def lines_of(connection: Connection, account_id: str, starts: Sequence[date]) ->
             lines.c.synced_amount,
             lines.c.stripe_line_item_id,
             lines.c.stripe_invoice_item_id,
+            lines.c.rollup_key,
         )
         .where(lines.c.account_id == account_id, lines.c.period_start.in_(list(starts)))
         .order_by(lines.c.period_start, lines.c.late_from.is_not(None), lines.c.line_key)
@@ -432,6 +436,8 @@ def _mark_owners_behind(connection: Connection, line_ids: Sequence[int]) -> None
 def confirm_lines(
     connection: Connection, confirmations: Sequence[Confirmation], now: datetime
 ) -> None:
+    """Record what Stripe holds; a line confirmed with its item id is its own item or the
+    roll-up item ``rollup_key`` (both set: a line moves between the two with its item)."""
     _lock_owners(connection, [confirmation.line_id for confirmation in confirmations])
     for confirmation in sorted(confirmations, key=lambda c: c.line_id):
         values: dict[str, Any] = {
@@ -441,6 +447,7 @@ def confirm_lines(
         }
         if confirmation.line_item_id is not None:
             values["stripe_line_item_id"] = confirmation.line_item_id
+            values["rollup_key"] = confirmation.rollup_key
         if confirmation.invoice_item_id is not None:
             values["stripe_invoice_item_id"] = confirmation.invoice_item_id
         connection.execute(update(lines).where(lines.c.id == confirmation.line_id).values(**values))
@@ -459,9 +466,30 @@ def forget_lines(connection: Connection, line_ids: Sequence[int]) -> None:
                 synced_amount=None,
                 stripe_line_item_id=None,
                 stripe_invoice_item_id=None,
+                rollup_key=None,
                 synced_at=None,
             )
         )
+
+
+def lines_in_items(
+    connection: Connection,
+    account_id: str,
+    start: date,
+    line_item_ids: Collection[str],
+    carried: Collection[int],
+) -> list[int]:
+    """The period's lines confirmed in these Stripe items, other than ``carried``."""
+    if not line_item_ids:
+        return []
+    rows = connection.execute(
+        select(lines.c.id).where(
+            lines.c.account_id == account_id,
+            lines.c.period_start == start,
+            lines.c.stripe_line_item_id.in_(sorted(line_item_ids)),
+        )
+    )
+    return [row.id for row in rows if row.id not in carried]
 
 
 def mark_stripe_holds(connection: Connection, line_id: int, line_item_id: str, amount: int) -> None:
@@ -570,16 +598,19 @@ def settle_intent(
 UNSETTLED = ("pending", "answered_5xx")
 
 
-def answered_attempts(connection: Connection, account_id: str, key: str) -> int:
+def answered_attempts(
+    connection: Connection, account_id: str, key: str, *, applied: bool = False
+) -> int:
     """How many attempts of the write keyed ``key`` (or ``key:retry-N``) Stripe answered with
     a 5xx, or refused after it started — each answer stored under its key, so each next
-    attempt needs a new one."""
+    attempt needs a new one. ``applied``: those applied too (the same write made again)."""
+    statuses = ["answered_5xx", "answered_read", "refused"] + (["applied"] if applied else [])
     count = connection.execute(
         select(func.count())
         .select_from(sync_intents)
         .where(
             sync_intents.c.account_id == account_id,
-            sync_intents.c.status.in_(["answered_5xx", "answered_read", "refused"]),
+            sync_intents.c.status.in_(statuses),
             or_(
                 sync_intents.c.idempotency_key == key,
                 sync_intents.c.idempotency_key.startswith(f"{key}:retry-", autoescape=True),

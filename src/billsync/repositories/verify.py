@@ -46,6 +46,7 @@ class LedgerLine:
     synced_version: int
     synced_amount: int | None
     stripe_line_item_id: str | None
+    rollup_key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ def ledger_lines(connection: Connection, account_id: str | None) -> dict[int, Le
         lines.c.synced_version,
         lines.c.synced_amount,
         lines.c.stripe_line_item_id,
+        lines.c.rollup_key,
     )
     if account_id is not None:
         query = query.where(lines.c.account_id == account_id)

@@ -303,10 +303,12 @@ class _RepairKeys:
         metadata: Mapping[str, str],
         idempotency_key: str,
         inherit_discounts: bool = True,
+        statement_url: str | None = None,
     ) -> RemoteInvoice:
         return self._gateway.create_draft_invoice(
             customer=customer, currency=currency, description=description, metadata=metadata,
             idempotency_key=self._key(idempotency_key), inherit_discounts=inherit_discounts,
+            statement_url=statement_url,
         )  # fmt: skip
 
     def find_draft_invoices(
@@ -625,7 +627,7 @@ class Reconciler:
         compared = drift.compare_lines(
             [
                 drift.OurLine(line.id, line.amount, line.version, line.synced_version,
-                              line.synced_amount, line.stripe_line_item_id)
+                              line.synced_amount, line.stripe_line_item_id, line.rollup_key)
                 for line in mine
             ],
             [
@@ -649,7 +651,7 @@ class Reconciler:
         check: _Check,
     ) -> None:
         money = partial(self._money, check)
-        line = None if difference.line is None else ledger[difference.line.id]
+        line = None if difference.line is None else drift.as_item(ledger, difference.line)
         stripe = difference.stripe
         kind = difference.kind
         if kind in (EXTRA, FOREIGN):
@@ -846,6 +848,23 @@ class Reconciler:
             )
         assert problem.account_id is not None
         assert problem.period_start is not None
+        if problem.kind == AMOUNT and problem.line_id is not None:
+            named = [
+                line
+                for line in repository.lines_of(
+                    connection, problem.account_id, [problem.period_start]
+                )
+                if line.id == problem.line_id
+            ]
+            if named and named[0].rollup_key is not None:
+                # Stripe's amount for an item of many lines says nothing of each line's: the
+                # ledger cannot keep it line by line (core.rollup).
+                raise Conflict(
+                    "the edited item rolls up many ledger lines: Stripe's amount cannot be "
+                    "kept for each of them — re-push the ledger, or correct it with an "
+                    "adjustment",
+                    code="rolled_up_item",
+                )
         resolution = (ACCEPTED + ACCEPT_NOTES[problem.kind])[:200]
         period = repository.get_period(connection, problem.account_id, problem.period_start)
         if problem.kind in (VOIDED, DELETED, FINALIZED_ELSEWHERE) and period is not None:

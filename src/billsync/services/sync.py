@@ -12,21 +12,24 @@ again from what is really there: nothing is ever created twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import partial
 from time import time as unix_now
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.catalog import Catalog
-from billsync.core.folding import BOOKED_METRICS
+from billsync.core.drift import ROLLUP_METADATA
+from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS
 from billsync.core.installation import NAMESPACE_KEY, Mode, is_ours, mode_conflict
 from billsync.core.money import decimal_text
 from billsync.core.periods import PeriodStatus
+from billsync.core.rollup import Item, Rollup, RollupError, roll_up
 from billsync.core.sync_plan import (
     AddLines,
     CloseWithoutInvoice,
@@ -163,6 +166,61 @@ def _confirmations(invoice: RemoteInvoice, namespace: str) -> list[Confirmation]
     return found
 
 
+# A roll-up item's version in the plan: observed items are in step at it or behind (0).
+ROLLUP_VERSION = 1
+
+
+def _observed(
+    lines: list[SyncLine], rollup: Rollup, desired: dict[int, SyncLine]
+) -> tuple[ObservedLine, ...]:
+    """What Stripe was last seen to hold for a period, as items: lines confirmed as their own
+    items, and roll-up items with the lines confirmed in them. ``lines``: all of the period's
+    (those left out of the draft too: a roll-up item still counts them until rewritten);
+    ``desired``: those the draft should carry. A roll-up item is in step when it carries
+    exactly its desired lines, each confirmed at its version and amount; a second Stripe item
+    claiming a key (left by a crash) is not desired, and the plan removes it."""
+    found: list[ObservedLine] = []
+    items: dict[str, list[SyncLine]] = {}
+    for line in lines:
+        if line.stripe_line_item_id is None:
+            continue
+        if line.rollup_key is None:
+            if line.synced_version > 0 and line.id in desired:
+                found.append(
+                    ObservedLine(
+                        line.id,
+                        line.stripe_line_item_id,
+                        line.synced_amount or 0,
+                        line.synced_version,
+                    )
+                )
+        else:
+            items.setdefault(line.stripe_line_item_id, []).append(line)
+    wanted = {item.key: item for item in rollup.items if item.key is not None}
+    claimed: set[str] = set()
+    for line_item_id, members in sorted(items.items(), key=lambda i: min(m.id for m in i[1])):
+        key = min(members, key=lambda m: m.id).rollup_key
+        assert key is not None
+        target = wanted.get(key)
+        in_step = (
+            target is not None
+            and key not in claimed
+            and {m.id for m in members} == set(target.line_ids)
+            and all(m.synced_version == m.version and m.synced_amount == m.amount for m in members)
+        )
+        found.append(
+            ObservedLine(
+                min(m.id for m in members),
+                line_item_id,
+                sum(m.synced_amount or 0 for m in members),
+                ROLLUP_VERSION if in_step else 0,
+                key if key not in claimed else f"{key}@{line_item_id}",
+            )
+        )
+        claimed.add(key)
+    return tuple(found)
+
+
 class ModeMismatch(PlanError):
     """The ledger was synced in the other Stripe mode than the configured key's."""
 
@@ -209,8 +267,11 @@ class SyncService:
         namespace: str | None = None,
         stripe_mode: Mode | None = None,
         inherit_discounts: bool = True,
+        statement_url: str | None = None,
     ) -> None:
         self.changes = changes
+        # The template of each invoice's link to its detailed statement ({account}, {period}).
+        self.statement_url = statement_url
         # The installation's namespace (core.installation): configured, or the database's own
         # (read at first use: the database may be migrated after this is built).
         self._namespace = namespace
@@ -248,9 +309,16 @@ class SyncService:
             raise ModeMismatch(problem)
         self._mode_checked = True
 
-    def key(self, kind: str, scope: str, lines: list[tuple[int, int]] | None = None) -> str:
+    def key(
+        self,
+        kind: str,
+        scope: str,
+        lines: list[tuple[int, int]] | None = None,
+        items: list[str | None] | None = None,
+    ) -> str:
         """An idempotency key of this installation (core.sync_plan.idempotency_key)."""
-        return idempotency_key(kind, scope, lines or (), namespace=self.namespace)
+        rolled = [item for item in items or () if item is not None]
+        return idempotency_key(kind, scope, lines or (), namespace=self.namespace, items=rolled)
 
     def metadata(self, **values: str) -> dict[str, str]:
         """Metadata of an object billsync creates: what it is, and whose (the namespace)."""
@@ -271,6 +339,32 @@ class SyncService:
             text += f" — late usage from the period starting {line.late_from.isoformat()}"
         return text[:500]
 
+    def describe_item(self, item: Item, members: list[SyncLine]) -> str:
+        """A roll-up item's text: what it sums and how many lines it carries, each itemised in
+        the detailed statement the invoice links to. One line: that line's own text."""
+        if len(members) == 1:
+            return self.describe(members[0])
+        metric = self.catalog.metrics.get(item.metric)
+        if item.metric in BOOKED_METRICS:
+            name = "Adjustments" if item.metric == ADJUSTMENT_METRIC else item.metric
+        else:
+            name = item.metric if metric is None else metric.description
+        kept = ", ".join(f"{k} {v}" for k, v in item.kept)
+        text = f"{name}{f' ({kept})' if kept else ''}"
+        if metric is not None and metric.aggregation == "sum":
+            text += f": {decimal_text(item.quantity)} {metric.unit}"
+        text += f" — {len(members)} lines, itemised in the detailed statement"
+        if item.late_from is not None:
+            text += f" — late usage from the period starting {item.late_from.isoformat()}"
+        return text[:500]
+
+    def rollup(self, lines: list[SyncLine]) -> Rollup:
+        """The items of a period's invoice (core.rollup): its lines, or their roll-up."""
+        try:
+            return roll_up(lines, self.catalog.rollup)
+        except RollupError as error:
+            raise PlanError(str(error)) from None
+
     def _states(
         self, connection: Connection, account: SyncAccount, *, closing_only: bool = False
     ) -> tuple[list[PeriodState], dict[date, PeriodRow], dict[int, SyncLine]]:
@@ -285,34 +379,20 @@ class SyncService:
             if not closing_only or p.status is not PeriodStatus.OPEN
         }
         left_out = problem_repository.lines_left_out(connection, account.id)
-        all_lines = [
-            line
-            for line in repository.lines_of(connection, account.id, list(periods))
-            if line.id not in left_out
-        ]
+        every = repository.lines_of(connection, account.id, list(periods))
+        all_lines = [line for line in every if line.id not in left_out]
         states: list[PeriodState] = []
         for start, period in periods.items():
             mine = [line for line in all_lines if line.period_start == start]
-            desired = tuple(
-                DesiredLine(
-                    line.id,
-                    line.amount,
-                    self.describe(line),
-                    line.version,
-                    _unix(period.start),
-                    # Stripe's line period end is inclusive ("This value is inclusive",
-                    # docs.stripe.com/api/invoices/add_lines): the period's last second, so
-                    # that neighbouring invoices do not overlap by one.
-                    _unix(period.end) - 1,
-                )
-                for line in mine
-            )
-            observed = tuple(
-                ObservedLine(
-                    line.id, line.stripe_line_item_id, line.synced_amount or 0, line.synced_version
-                )
-                for line in mine
-                if line.stripe_line_item_id is not None and line.synced_version > 0
+            # Stripe's line period end is inclusive ("This value is inclusive",
+            # docs.stripe.com/api/invoices/add_lines): the period's last second, so that
+            # neighbouring invoices do not overlap by one.
+            bounds = (_unix(period.start), _unix(period.end) - 1)
+            rollup = self.rollup(mine)
+            by_id = {line.id: line for line in mine}
+            desired = tuple(self._desired(item, by_id, bounds) for item in rollup.items)
+            observed = _observed(
+                [line for line in every if line.period_start == start], rollup, by_id
             )
             states.append(
                 PeriodState(
@@ -326,6 +406,23 @@ class SyncService:
                 )
             )
         return states, periods, {line.id: line for line in all_lines}
+
+    def _desired(
+        self, item: Item, lines: dict[int, SyncLine], bounds: tuple[int, int]
+    ) -> DesiredLine:
+        members = [lines[line_id] for line_id in item.line_ids]
+        if item.key is None:
+            line = members[0]
+            return DesiredLine(line.id, line.amount, self.describe(line), line.version, *bounds)
+        return DesiredLine(
+            item.representative,
+            item.amount,
+            self.describe_item(item, members),
+            ROLLUP_VERSION,
+            *bounds,
+            key=item.key,
+            members=tuple((line.id, line.version) for line in members),
+        )
 
     def plan_account(self, account_id: str) -> list[Operation]:
         """The operations the next sync would make (``billsync sync --dry-run``)."""
@@ -370,10 +467,11 @@ class SyncService:
                 if account is not None:
                     settled, _, _ = self._states(connection, account)
         outcome.pending_lines = sum(
-            1
+            len(line.versions)
             for state in settled or ()
             for line in state.desired
-            if (line.line_id, line.version) not in {(o.line_id, o.version) for o in state.observed}
+            if (line.item, line.version, line.amount)
+            not in {(o.item, o.version, o.amount) for o in state.observed}
         )
         return outcome
 
@@ -530,15 +628,21 @@ class SyncService:
         payload: dict[str, Any],
         *,
         renewable: bool = True,
+        reused: bool = False,
     ) -> _Intent:
         """Record the write before making it; its idempotency key is ``key``, or, when Stripe
         answered an earlier attempt with a 5xx it stores under the key and replays for 24 h,
         ``key:retry-N`` — that attempt is over and was read back (``_recover``) before this
         one is planned, so the new key cannot write twice. Not ``renewable``: a create that
-        recovery cannot find by reading (the customer) keeps its key."""
+        recovery cannot find by reading (the customer) keeps its key. ``reused``: a line write
+        whose same key was applied before is another write of the same lines (added, removed,
+        added again — e.g. an invoice rolled up, then back to its lines): Stripe would replay
+        the first answer for 24 hours, so it takes a key of its own too."""
         with self.database.transaction() as connection:
             if renewable:
-                answered = repository.answered_attempts(connection, step.account.id, key)
+                answered = repository.answered_attempts(
+                    connection, step.account.id, key, applied=reused
+                )
                 if answered:
                     key = f"{key}:retry-{answered}"
             intent = repository.record_intent(
@@ -583,6 +687,7 @@ class SyncService:
                 metadata=self.metadata(billsync_account=account.id, billsync_period=scope),
                 idempotency_key=intent.key,
                 inherit_discounts=self.inherit_discounts,
+                statement_url=self.statement_link(account.id, start),
             ),
             intent,
         )
@@ -591,16 +696,71 @@ class SyncService:
             repository.settle_intent(connection, intent.id, "applied", step.now)
             record_totals(connection, account.id, start, invoice, step.now)
 
+    def statement_link(self, account_id: str, start: date) -> str | None:
+        """The address of the period's detailed statement, for its invoice."""
+        if self.statement_url is None:
+            return None
+        return self.statement_url.replace("{account}", quote(account_id, safe="")).replace(
+            "{period}", start.isoformat()
+        )
+
     def _invoice_of(self, step: _Step, start: date) -> str:
         invoice_id = step.periods[start].stripe_invoice_id
         assert invoice_id is not None, "the plan creates the draft before touching its lines"
         return invoice_id
 
+    def _item_metadata(self, account_id: str, start: date, line: DesiredLine) -> dict[str, str]:
+        """A line's metadata (``_metadata``), or a roll-up item's: its key and line count —
+        no ``billsync_line_id``, so that nothing reads it as one ledger line."""
+        if line.key is None:
+            return _metadata(account_id, start, line.line_id, line.version, self.namespace)
+        found = {
+            ROLLUP_METADATA: line.key,
+            "billsync_lines": str(len(line.members)),
+            "billsync_account": account_id,
+            "billsync_period": _scope(account_id, start),
+        }
+        if self.namespace:
+            found[NAMESPACE_KEY] = self.namespace
+        return found
+
+    def _members(
+        self, step: _Step, item: DesiredLine, line_item_id: str, invoice_item_id: str | None
+    ) -> list[Confirmation]:
+        """Stripe holds the roll-up item ``line_item_id`` at ``item``'s amount: each of its
+        lines is in Stripe, at its own amount and version, within it."""
+        return [
+            Confirmation(
+                line_id,
+                line_item_id,
+                invoice_item_id,
+                step.lines[line_id].amount,
+                version,
+                rollup_key=item.key,
+            )
+            for line_id, version in item.members
+        ]
+
+    def _release_others(
+        self,
+        connection: Connection,
+        step: _Step,
+        start: date,
+        items: Iterable[tuple[str, str | None]],
+        rolled: dict[str, DesiredLine],
+    ) -> None:
+        """Lines confirmed earlier in a roll-up item that no longer carries them (left out of
+        the draft since, or moved to another item): Stripe's item no longer counts them."""
+        ids = {item for item, _ in items}
+        carried = {line_id for line in rolled.values() for line_id, _ in line.members}
+        stale = repository.lines_in_items(connection, step.account.id, start, ids, carried)
+        repository.forget_lines(connection, stale)
+
     def _add_lines(self, step: _Step, operation: AddLines) -> None:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
-        versions = [(line.line_id, line.version) for line in operation.lines]
-        key = self.key("add", invoice_id, versions)
+        versions = [pair for line in operation.lines for pair in line.versions]
+        key = self.key("add", invoice_id, versions, [line.key for line in operation.lines])
         new = [
             NewLine(
                 line.line_id,
@@ -608,56 +768,74 @@ class SyncService:
                 line.description,
                 line.period_start,
                 line.period_end,
-                _metadata(step.account.id, start, line.line_id, line.version, self.namespace),
+                self._item_metadata(step.account.id, start, line),
             )
             for line in operation.lines
         ]
-        intent = self._intent(step, start, "add_lines", key, {"lines": [i for i, _ in versions]})
+        intent = self._intent(
+            step, start, "add_lines", key, {"lines": [i for i, _ in versions]}, reused=True
+        )
         result = self._call(
             step,
             partial(self.gateway.add_lines, invoice_id, new, idempotency_key=intent.key),
             intent,
         )
-        wanted = {line.line_id for line in operation.lines}
+        wanted = {line.line_id for line in operation.lines if line.key is None}
+        rolled = {line.key: line for line in operation.lines if line.key is not None}
         if not result.lines_complete:
             # The response embeds only an invoice's first lines: read the rest once.
             result = self._call(
                 step, partial(self.gateway.get_invoice, invoice_id, with_lines=True)
             )
+        confirmed = [c for c in _confirmations(result, self.namespace) if c.line_id in wanted]
+        added: dict[str, tuple[str, str | None]] = {}
+        for remote in result.lines:
+            rollup_key = remote.metadata.get(ROLLUP_METADATA)
+            if rollup_key in rolled and is_ours(remote.metadata, self.namespace):
+                added.setdefault(rollup_key, (remote.line_item_id, remote.invoice_item_id))
+        for rollup_key, (item, invoice_item) in added.items():
+            confirmed += self._members(step, rolled[rollup_key], item, invoice_item)
         with self.database.transaction() as connection:
-            repository.confirm_lines(
-                connection,
-                [c for c in _confirmations(result, self.namespace) if c.line_id in wanted],
-                step.now,
-            )
+            self._release_others(connection, step, start, added.values(), rolled)
+            repository.confirm_lines(connection, confirmed, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
             record_totals(connection, step.account.id, start, result, step.now)
 
     def _update_lines(self, step: _Step, operation: UpdateLines) -> None:
         start = operation.period_start
         invoice_id = self._invoice_of(step, start)
-        versions = [(line.line_id, line.version) for line, _ in operation.changes]
-        key = self.key("update", invoice_id, versions)
+        versions = [pair for line, _ in operation.changes for pair in line.versions]
+        key = self.key("update", invoice_id, versions, [line.key for line, _ in operation.changes])
         changes = [
             LineChange(
                 item,
                 line.amount,
                 line.description,
-                _metadata(step.account.id, start, line.line_id, line.version, self.namespace),
+                self._item_metadata(step.account.id, start, line),
             )
             for line, item in operation.changes
         ]
-        intent = self._intent(step, start, "update_lines", key, {"lines": [i for i, _ in versions]})
+        intent = self._intent(
+            step, start, "update_lines", key, {"lines": [i for i, _ in versions]}, reused=True
+        )
         result = self._call(
             step,
             partial(self.gateway.update_lines, invoice_id, changes, idempotency_key=intent.key),
             intent,
         )
-        confirmed = [
-            Confirmation(line.line_id, item, None, line.amount, line.version)
-            for line, item in operation.changes
-        ]
+        confirmed: list[Confirmation] = []
+        rolled = {line.key: line for line, _ in operation.changes if line.key is not None}
+        for line, item in operation.changes:
+            if line.key is None:
+                confirmed.append(Confirmation(line.line_id, item, None, line.amount, line.version))
+            else:
+                confirmed += self._members(step, line, item, None)
         with self.database.transaction() as connection:
+            self._release_others(
+                connection, step, start,
+                [(item, None) for line, item in operation.changes if line.key is not None],
+                rolled,
+            )  # fmt: skip
             repository.confirm_lines(connection, confirmed, step.now)
             repository.settle_intent(connection, intent.id, "applied", step.now)
             record_totals(connection, step.account.id, start, result, step.now)
@@ -781,6 +959,53 @@ class SyncService:
         outcome.finalized.append(start)
         return None
 
+    def _found(
+        self, remote: RemoteInvoice, mine: list[SyncLine], left_out: set[int]
+    ) -> tuple[dict[int, Confirmation], list[str], list[str]]:
+        """What a draft read back says of the period's lines: the confirmations of those it
+        holds (as their own items, or in the roll-up item the ledger makes of them now), the
+        copies of a line (duplicates), and the roll-up items the ledger no longer makes
+        (orphans: written before a crash at another level) — both to remove. A line found in a
+        roll-up item is confirmed at its recorded version only if it was confirmed in that
+        very item; otherwise at version 0, so that the next sync rewrites the item's amount
+        (absolute, so that is always safe)."""
+        ids = {line.id for line in mine}
+        seen: dict[int, Confirmation] = {}
+        duplicates: list[str] = []
+        for confirmation in _confirmations(remote, self.namespace):
+            if confirmation.line_id in seen and confirmation.line_item_id is not None:
+                duplicates.append(confirmation.line_item_id)
+            elif confirmation.line_id in ids:
+                seen[confirmation.line_id] = confirmation
+        wanted = {
+            item.key: item
+            for item in self.rollup([line for line in mine if line.id not in left_out]).items
+            if item.key is not None
+        }
+        by_id = {line.id: line for line in mine}
+        orphans: list[str] = []
+        for remote_line in remote.lines:
+            key = remote_line.metadata.get(ROLLUP_METADATA)
+            if key is None or not is_ours(remote_line.metadata, self.namespace):
+                continue
+            item = wanted.pop(key, None)
+            if item is None:  # another level's item, or a second copy of one
+                orphans.append(remote_line.line_item_id)
+                continue
+            for line_id in item.line_ids:
+                line = by_id[line_id]
+                own = seen.get(line_id)
+                if own is not None and own.rollup_key is None and own.line_item_id is not None:
+                    orphans.append(own.line_item_id)  # its own item too: the roll-up carries it
+                same = line.stripe_line_item_id == remote_line.line_item_id
+                same = same and line.rollup_key == key
+                seen[line_id] = Confirmation(
+                    line_id, remote_line.line_item_id, remote_line.invoice_item_id,
+                    (line.synced_amount or 0) if same else 0, line.synced_version if same else 0,
+                    rollup_key=key,
+                )  # fmt: skip
+        return seen, duplicates, orphans
+
     def _recover(self, account_id: str, lane: Lane, outcome: SyncOutcome) -> None:
         """Make observed state what Stripe really holds: adopt drafts created before a crash,
         confirm lines found by their metadata, forget lines Stripe does not have, and remove
@@ -796,6 +1021,7 @@ class SyncService:
                 for _, operation, start in repository.pending_intents(connection, account_id)
                 if operation == "delete_invoice"
             }
+            left_out = problem_repository.lines_left_out(connection, account_id)
         for period in periods:
             invoice_id = period.stripe_invoice_id
             scope = _scope(account_id, period.start)
@@ -826,19 +1052,17 @@ class SyncService:
             )  # fmt: skip
             if remote is None:
                 continue
-            confirmations = _confirmations(remote, self.namespace)
-            seen: dict[int, Confirmation] = {}
-            duplicates: list[str] = []
-            for confirmation in confirmations:
-                if confirmation.line_id in seen and confirmation.line_item_id is not None:
-                    duplicates.append(confirmation.line_item_id)
-                else:
-                    seen[confirmation.line_id] = confirmation
             mine = [line for line in lines if line.period_start == period.start]
+            seen, duplicates, orphans = self._found(remote, mine, left_out)
+            on_invoice = {line.line_item_id for line in remote.lines}
             missing = [line for line in mine if line.id not in seen]
             with self.database.transaction() as connection:
                 for line in missing:
-                    if line.stripe_line_item_id is not None and line.synced_version > 0:
+                    if (
+                        line.stripe_line_item_id is not None
+                        and line.synced_version > 0
+                        and line.stripe_line_item_id not in on_invoice
+                    ):
                         # Stripe held it and no longer does: someone removed it. A person
                         # decides; until then the line stays off the draft.
                         problem_repository.report(
@@ -860,18 +1084,11 @@ class SyncService:
                             now,
                         )
                 repository.forget_lines(connection, [line.id for line in missing])
-                repository.confirm_lines(
-                    connection,
-                    [c for c in seen.values() if c.line_id in {line.id for line in mine}],
-                    now,
-                )
-            if duplicates and remote.status == "draft":
-                key = idempotency_key_for_ids(
-                    "dedupe", invoice_id, duplicates, namespace=self.namespace
-                )
-                remove = partial(
-                    self.gateway.remove_lines, invoice_id, duplicates, idempotency_key=key
-                )
+                repository.confirm_lines(connection, list(seen.values()), now)
+            if (duplicates or orphans) and remote.status == "draft":
+                extra = duplicates + orphans
+                key = idempotency_key_for_ids("dedupe", invoice_id, extra, namespace=self.namespace)
+                remove = partial(self.gateway.remove_lines, invoice_id, extra, idempotency_key=key)
                 self._call((outcome, lane), remove)
             if remote.status != "draft" and period.status is not PeriodStatus.FINALIZED:
                 with self.database.transaction() as connection:

@@ -587,7 +587,7 @@ class Verifier:
         compared = drift.compare_lines(
             [
                 drift.OurLine(line.id, line.amount, line.version, line.synced_version,
-                              line.synced_amount, line.stripe_line_item_id)
+                              line.synced_amount, line.stripe_line_item_id, line.rollup_key)
                 for line in mine
             ],
             theirs,
@@ -701,7 +701,7 @@ def _described(
 ) -> tuple[str, str]:
     """The kind and a sentence for a person, for one line-level difference."""
     kind, stripe = difference.kind, difference.stripe
-    line = None if difference.line is None else ledger[difference.line.id]
+    line = None if difference.line is None else drift.as_item(ledger, difference.line)
     if kind == drift.EXTRA_IN_STRIPE:
         assert stripe is not None
         whose = (

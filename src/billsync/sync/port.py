@@ -200,10 +200,12 @@ class StripePort(Protocol):
         metadata: Mapping[str, str],
         idempotency_key: str,
         inherit_discounts: bool = True,
+        statement_url: str | None = None,
     ) -> RemoteInvoice:
         """A draft with ``auto_advance=false``, ``collection_method=charge_automatically``,
         ``pending_invoice_items_behavior=exclude``; the customer's discount applies to it
-        unless ``inherit_discounts`` is false."""
+        unless ``inherit_discounts`` is false; ``statement_url``: the link to the period's
+        detailed statement, shown on the invoice."""
         ...
 
     def find_draft_invoices(
