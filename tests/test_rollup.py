@@ -4,6 +4,8 @@ HTTP (which refuses a 251st item as Stripe does)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -13,12 +15,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from playwright.sync_api import sync_playwright
 
+from billsync.api.app import create_app
 from billsync.bootstrap import Billsync, build
 from billsync.clock import ManualClock
 from billsync.config import Settings
+from billsync.core import customer_tokens
 from billsync.core.catalog import Catalog, CatalogError, parse_catalog
 from billsync.core.rollup import DETAIL, MAX_INVOICE_ITEMS, RollupError, levels_with_last, roll_up
 from billsync.db.database import Database
@@ -29,7 +35,9 @@ from billsync.services.verify import Verifier
 from billsync.stripe_gateway import STATEMENT_FIELD, StripeGateway
 from tests.conftest import T0
 from tests.factories import create_account, event
+from tests.served import serve
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
+from tests.test_customer_view import launch, needs_chromium
 
 NOVEMBER = date(2026, 11, 1)
 HEADERS = {"Authorization": f"Bearer {EMULATOR_KEY}"}
@@ -435,3 +443,57 @@ def test_verify_reads_a_rolled_up_item_as_its_lines_and_finds_it_edited(
     assert sync.sync_account("acme").calls == 1
     assert_carried_once(billsync, running_emulator)
     assert verifier.verify().ok
+
+
+# --- the customer's statement: the detail beside the roll-up --------------------------------
+
+
+@needs_chromium
+def test_the_page_and_the_statement_show_each_line_beside_its_invoice_item_to_the_same_cents(
+    billsync: Billsync,
+    sync: SyncService,
+    running_emulator: RunningEmulator,
+    clock: ManualClock,
+) -> None:
+    ingest(billsync, usage(range(26), 10))
+    ingest(billsync, [event("acme", EGRESS, "2.5", at=T0, region="r00")])
+    assert sync.sync_account("acme").ok
+    items = assert_carried_once(billsync, running_emulator)
+    token = customer_tokens.issue(
+        billsync.customer_token_secret, "acme", clock.now(), timedelta(minutes=15)
+    )
+    with serve(billsync) as url, sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page()
+        page.goto(f"{url}/billing/acme?token={token}")
+        shown = page.locator("#invoice-items tbody tr")
+        assert shown.count() == len(items) == 11  # 10 regions of CPU, the egress line
+        assert page.locator("#items-total").inner_text() == page.locator("#total").inner_text()
+        assert page.locator("#invoice-items tbody td:nth-child(2)").all_inner_texts() == [
+            item["description"] for item in items
+        ]
+        rows = page.locator("#lines tbody tr")
+        assert rows.count() == 261
+        placed = page.locator("#lines .invoice-item").all_inner_texts()
+        assert len(placed) == 261
+        assert Counter(placed)["in item 1"] == 26
+        browser.close()
+    with TestClient(create_app(billsync)) as browser_client:
+        assert browser_client.get("/billing/acme/statement.csv").status_code == 401
+        browser_client.get(f"/billing/acme?token={token}")  # the page's cookie
+        answer = browser_client.get("/billing/acme/statement.csv", params={"period": "2026-11-01"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "text/csv; charset=utf-8"
+    table = list(csv.DictReader(io.StringIO(answer.text)))
+    assert len(table) == 261
+    lines_total = sum(Decimal(row["amount"]) for row in table)
+    by_item: dict[str, list[Decimal]] = {}
+    for row in table:
+        by_item.setdefault(row["invoice_item"], []).append(Decimal(row["amount"]))
+    item_amounts = {row["invoice_item"]: Decimal(row["invoice_item_amount"]) for row in table}
+    assert {k: sum(v) for k, v in by_item.items()} == item_amounts  # each item: its lines
+    invoice = stripe_get(running_emulator, f"/v1/invoices/{invoice_of(billsync)}")
+    assert lines_total == sum(item_amounts.values()) == Decimal(invoice["total"]) / 100
+    assert {row["invoice_item_description"] for row in table} == {
+        item["description"] for item in items
+    }

@@ -7,6 +7,7 @@ any period line by line; ``/billing/{account}/usage.csv?period=`` downloads its 
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -46,6 +47,7 @@ from billsync.core.pricing import CATALOG
 from billsync.errors import InvalidRequest, NotFound
 from billsync.services.billing_view import Bill, BillLine
 from billsync.services.lines import parse_period
+from billsync.services.statement import statement_csv
 from billsync.services.usage_export import UsageRemoved
 
 router = APIRouter(include_in_schema=False)
@@ -249,6 +251,7 @@ def _render(bill: Bill, catalog: Catalog, token: str, message: str | None = None
         return format_money(amount, currency)
 
     page = page_path(bill.account.id)
+    query = urlencode({"period": bill.period.start.isoformat()})
     return TEMPLATES.get_template("billing.html").render(
         bill=bill, money=money, charts=_chart(bill, catalog), token=token,
         currency=currency.upper(), message=message, page=page,
@@ -257,7 +260,8 @@ def _render(bill: Bill, catalog: Catalog, token: str, message: str | None = None
         period_state=None if bill.status is None else PERIOD_STATES[bill.status],
         states=PERIOD_STATES,
         box={"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": RIGHT},
-        csv_url=f"{page}/usage.csv?{urlencode({'period': bill.period.start.isoformat()})}",
+        csv_url=f"{page}/usage.csv?{query}", statement_url=f"{page}/statement.csv?{query}",
+        item_of=bill.item_of(),
     )  # fmt: skip
 
 
@@ -336,6 +340,30 @@ async def billing_usage_csv(
     except InvalidRequest as refused:
         return _message("No such period", f"{refused.message}.", 422, page_path(account_id))
     return export_response(billsync, opened, "csv")
+
+
+@router.get("/billing/{account_id}/statement.csv")
+async def billing_statement_csv(
+    account_id: str, request: Request, billsync: BillsyncDep, period: str = "current"
+) -> Response:
+    """The page's "Download statement": the period's lines with their amounts, beside the
+    Stripe invoice's item carrying each (services.statement), opened with the page's cookie."""
+    if _allowed(billsync, account_id, request, request.query_params.get("token")) is None:
+        return _refused()
+    try:
+        which = parse_period(period)
+        bill = await run_in_threadpool(load_bill, billsync, account_id, which)
+    except NotFound:
+        return _message("No such account", "There is no billing account at this address.", 404)
+    except InvalidRequest as refused:
+        return _message("No such period", f"{refused.message}.", 422, page_path(account_id))
+    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", account_id)
+    name = f"statement-{safe_id}-{bill.period.start.isoformat()}.csv"
+    return Response(
+        statement_csv(bill),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @router.post("/billing/{account_id}/portal")

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
+from billsync.core import invoice_text
 from billsync.core.commitment import commitment_on, top_up
 from billsync.core.folding import (
     ADJUSTMENT_METRIC,
@@ -24,6 +25,7 @@ from billsync.core.folding import (
 )
 from billsync.core.line_state import LineState, behind, charged, line_state, line_sync
 from billsync.core.periods import Period, PeriodStatus
+from billsync.core.rollup import DETAIL, RollupError
 from billsync.repositories import credit_notes as credit_note_repository
 from billsync.repositories import credits as credit_repository
 from billsync.repositories import problems as problem_repository
@@ -32,6 +34,7 @@ from billsync.repositories import webhooks
 from billsync.repositories.accounts import AccountRecord
 from billsync.repositories.alerts import alerts_of, crossings_of
 from billsync.repositories.credit_notes import CreditNoteRecord
+from billsync.repositories.sync import SyncLine
 from billsync.services.lines import LineService, LineView
 from billsync.services.usage_export import UsageExports
 
@@ -59,6 +62,16 @@ class BillLine:
         if self.line.metric == CREDIT_METRIC:
             return "prepaid"
         return "late" if self.line.late_from is not None else "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class StatementItem:
+    """One item of the period's Stripe invoice: a line, or a roll-up of lines (core.rollup)."""
+
+    number: int  # 1, 2, … in the invoice's order
+    description: str  # the item's text on the invoice
+    lines: tuple[str, ...]  # the keys of the ledger lines it carries
+    amount: int  # their amounts summed
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,18 @@ class Bill:
     credit_balance: int | None = None
     # The account's spend alerts: (what it is, the thresholds crossed in this period).
     alerts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The items of the period's Stripe invoice (core.rollup): each line its own (``detail``)
+    # or, past Stripe's 250 items, the roll-up level named.
+    rollup_level: str = DETAIL
+    items: tuple[StatementItem, ...] = ()
+
+    @property
+    def rolled_up(self) -> bool:
+        return self.rollup_level != DETAIL
+
+    def item_of(self) -> dict[str, StatementItem]:
+        """Each line's (by key) item on the invoice."""
+        return {key: item for item in self.items for key in item.lines}
 
     @property
     def shortfall(self) -> int:
@@ -163,6 +188,7 @@ class BillingView:
             line.key: line
             for line in sync_repository.lines_of(connection, account.id, [period.start])
         }
+        level, items = self._items(connection, account, list(synced.values()))
         accepted = problem_repository.accepted_amounts(connection, account.id)
         bill_lines = []
         for line in view.lines:
@@ -256,6 +282,31 @@ class BillingView:
                 for alert in alerts_of(connection, account.id)
             ),
             used=sum(line.amount for line in view.lines if line.metric not in BOOKED_METRICS),
+            rollup_level=level,
+            items=items,
+        )
+
+    def _items(
+        self, connection: Connection, account: AccountRecord, lines: list[SyncLine]
+    ) -> tuple[str, tuple[StatementItem, ...]]:
+        """The period's invoice items as the sync engine makes them (the lines left out of
+        the draft are not on it)."""
+        left_out = problem_repository.lines_left_out(connection, account.id)
+        carried = [line for line in lines if line.id not in left_out]
+        catalog = self.lines.catalog
+        try:
+            rollup = invoice_text.invoice_items(catalog, carried)
+        except RollupError:
+            return DETAIL, ()
+        by_id = {line.id: line for line in carried}
+        return rollup.level, tuple(
+            StatementItem(
+                number,
+                invoice_text.item_text(catalog, item, [by_id[i] for i in item.line_ids]),
+                tuple(by_id[i].key for i in item.line_ids),
+                item.amount,
+            )
+            for number, item in enumerate(rollup.items, start=1)
         )
 
     def _projection(self, period: Period, total: int, usage: int) -> int:

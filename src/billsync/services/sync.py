@@ -23,13 +23,12 @@ from urllib.parse import quote
 from sqlalchemy import Connection
 
 from billsync.clock import Clock
+from billsync.core import invoice_text
 from billsync.core.catalog import Catalog
 from billsync.core.drift import ROLLUP_METADATA
-from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS
 from billsync.core.installation import NAMESPACE_KEY, Mode, is_ours, mode_conflict
-from billsync.core.money import decimal_text
 from billsync.core.periods import PeriodStatus
-from billsync.core.rollup import Item, Rollup, RollupError, roll_up
+from billsync.core.rollup import Item, Rollup, RollupError
 from billsync.core.sync_plan import (
     AddLines,
     CloseWithoutInvoice,
@@ -327,41 +326,17 @@ class SyncService:
     # --- reading state ------------------------------------------------------------------
 
     def describe(self, line: SyncLine) -> str:
-        """The line's text on the invoice: what, how much, and for late usage, from when."""
-        if line.metric in BOOKED_METRICS:
-            return str(line.grouping.get("description", "Adjustment"))[:500]
-        metric = self.catalog.metrics.get(line.metric)
-        name = line.metric if metric is None else metric.description
-        unit = "" if metric is None else f" {metric.unit}"
-        grouping = ", ".join(f"{k} {v}" for k, v in sorted(line.grouping.items()))
-        text = f"{name}{f' ({grouping})' if grouping else ''}: {decimal_text(line.quantity)}{unit}"
-        if line.late_from is not None:
-            text += f" — late usage from the period starting {line.late_from.isoformat()}"
-        return text[:500]
+        """The line's text on the invoice (core.invoice_text)."""
+        return invoice_text.line_text(self.catalog, line)
 
     def describe_item(self, item: Item, members: list[SyncLine]) -> str:
-        """A roll-up item's text: what it sums and how many lines it carries, each itemised in
-        the detailed statement the invoice links to. One line: that line's own text."""
-        if len(members) == 1:
-            return self.describe(members[0])
-        metric = self.catalog.metrics.get(item.metric)
-        if item.metric in BOOKED_METRICS:
-            name = "Adjustments" if item.metric == ADJUSTMENT_METRIC else item.metric
-        else:
-            name = item.metric if metric is None else metric.description
-        kept = ", ".join(f"{k} {v}" for k, v in item.kept)
-        text = f"{name}{f' ({kept})' if kept else ''}"
-        if metric is not None and metric.aggregation == "sum":
-            text += f": {decimal_text(item.quantity)} {metric.unit}"
-        text += f" — {len(members)} lines, itemised in the detailed statement"
-        if item.late_from is not None:
-            text += f" — late usage from the period starting {item.late_from.isoformat()}"
-        return text[:500]
+        """A roll-up item's text on the invoice (core.invoice_text)."""
+        return invoice_text.item_text(self.catalog, item, members)
 
     def rollup(self, lines: list[SyncLine]) -> Rollup:
         """The items of a period's invoice (core.rollup): its lines, or their roll-up."""
         try:
-            return roll_up(lines, self.catalog.rollup)
+            return invoice_text.invoice_items(self.catalog, lines)
         except RollupError as error:
             raise PlanError(str(error)) from None
 
