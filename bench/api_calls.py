@@ -20,6 +20,11 @@ measure.
 The default run checks the default budget (20 calls/s, the emulator enforcing Stripe's 25/s
 sandbox limit in real time) with the 15-minute policy; the other policies run with a raised
 budget so the benchmark finishes sooner (their call counts do not depend on the budget).
+With ``--priced``, each policy runs a second time with every other account sold the way
+platforms sell (a negotiated rate, a minimum commitment above its usage, a prepaid credit and a
+spend alert): the difference in Stripe calls is what those features cost — a commitment
+top-up and a credit are lines on the invoice, not calls of their own.
+
 Writes bench/results/api_calls.json.
 """
 
@@ -36,8 +41,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fastapi.testclient import TestClient
+
 from bench.common import free_port, start_emulator, write_results
-from billsync.bootstrap import build
+from billsync.api.app import create_app
+from billsync.bootstrap import Billsync, build
 from billsync.clock import ManualClock
 from billsync.config import Settings
 from billsync.core.periods import PeriodStatus
@@ -119,11 +127,33 @@ def stream(
     return sorted(chunks.items())
 
 
+def sell(billsync: Billsync, accounts: int, expires: datetime) -> int:
+    """Every other account: a negotiated rate, a minimum commitment, a prepaid credit and a
+    spend alert, through the platform API. Returns how many accounts."""
+    token = {"Authorization": f"Bearer {billsync.settings.api_token}"}
+    sold = 0
+    with TestClient(create_app(billsync), headers=token) as api:
+        for account in range(0, accounts, 2):
+            path = f"/v1/accounts/acct-{account:03d}"
+            for method, url, body in (
+                ("PUT", f"{path}/prices", {"prices": {METRICS[0][0]: "0.0000006"}}),
+                ("PATCH", path, {"minimum_amount": "1000.00"}),
+                ("POST", f"{path}/credit-grants",
+                 {"amount": "5.00", "currency": "usd", "expires_at": expires.isoformat()}),
+                ("POST", f"{path}/alerts", {"amount": "0.01"}),
+            ):  # fmt: skip
+                api.request(method, url, json=body).raise_for_status()
+            sold += 1
+    return sold
+
+
 def measure(
     run: Run,
     args: argparse.Namespace,
     events: list[tuple[datetime, list[dict[str, Any]]]],
     start: datetime,
+    *,
+    priced: bool = False,
 ) -> dict[str, Any]:
     port = free_port()
     emulator = start_emulator(port, run.emulator_rate)
@@ -150,6 +180,7 @@ def measure(
             with database.transaction() as connection:
                 for account in range(args.accounts):
                     billsync.accounts.create(connection, NewAccount(f"acct-{account:03d}", "usd"))
+            sold = sell(billsync, args.accounts, PERIOD_END + timedelta(days=90)) if priced else 0
             accepted = 0
             changed: dict[str, set[datetime]] = defaultdict(set)
             interval = timedelta(minutes=run.interval_minutes)
@@ -209,6 +240,7 @@ def measure(
         "rate_limited": stats["rate_limited"],
         "by_endpoint": stats["by_endpoint"],
         "periods_finalized": done,
+        "priced_accounts": sold,
         "seconds": round(elapsed, 1),
     }
 
@@ -218,6 +250,9 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--policies", default=",".join(RUNS))
+    parser.add_argument(
+        "--priced", action="store_true", help="also run each policy with priced accounts"
+    )
     args = parser.parse_args()
     start = PERIOD_END - timedelta(hours=args.hours)
     events = stream(args.accounts, args.hours, start)
@@ -237,6 +272,24 @@ def main() -> None:
             f"  finalized {result['periods_finalized']}/{args.accounts}  {result['seconds']} s",
             flush=True,
         )
+        if args.priced:
+            priced = measure(RUNS[name], args, events, start, priced=True)
+            extra = priced["stripe_calls"]["billsync"] - calls["billsync"]
+            result["priced"] = {
+                "accounts": priced["priced_accounts"],
+                "stripe_calls": priced["stripe_calls"]["billsync"],
+                "extra_calls": extra,
+                "extra_calls_per_priced_account": round(extra / priced["priced_accounts"], 3),
+                "by_endpoint": priced["by_endpoint"],
+                "periods_finalized": priced["periods_finalized"],
+            }
+            print(
+                f"{'':>12}  with {priced['priced_accounts']} accounts priced (rate, minimum, "
+                f"credit, alert): billsync {priced['stripe_calls']['billsync']:>7,}  "
+                f"extra {extra} ({result['priced']['extra_calls_per_priced_account']} per priced "
+                f"account)  finalized {priced['periods_finalized']}/{args.accounts}",
+                flush=True,
+            )
     path = write_results(
         "api_calls",
         {
