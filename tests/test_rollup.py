@@ -497,3 +497,18 @@ def test_the_page_and_the_statement_show_each_line_beside_its_invoice_item_to_th
     assert {row["invoice_item_description"] for row in table} == {
         item["description"] for item in items
     }
+
+
+def test_a_statement_link_longer_than_a_custom_field_goes_in_the_footer(
+    billsync: Billsync, gateway: StripeGateway, running_emulator: RunningEmulator
+) -> None:
+    template = "https://platform.example/" + "x" * 120 + "/billing/{account}?period={period}"
+    sync = SyncService(
+        billsync.database, gateway, billsync.catalog, billsync.clock, statement_url=template
+    )
+    ingest(billsync, usage(range(1), 1))
+    assert sync.sync_account("acme").ok
+    invoice = stripe_get(running_emulator, f"/v1/invoices/{invoice_of(billsync)}")
+    link = template.replace("{account}", "acme").replace("{period}", "2026-11-01")
+    assert invoice["custom_fields"] is None
+    assert invoice["footer"] == f"{STATEMENT_FIELD}: {link}"

@@ -54,3 +54,35 @@ def test_a_lines_period_end_is_kept_as_sent_inclusive(stripe_peer: StripePeer) -
     added = client.v1.invoices.add_lines(invoice.id, {"lines": [line]})
     (item,) = added.lines.data
     assert (item.period.start, item.period.end) == (start, end)
+
+
+def test_an_invoice_custom_field_holds_140_characters_and_refuses_more(
+    stripe_peer: StripePeer,
+) -> None:
+    """The link to the detailed statement goes in a custom field when it fits — "The value of
+    the custom field. This may be up to 140 characters" (docs.stripe.com/api/invoices/create
+    #create_invoice-custom_fields) — and in the footer otherwise (stripe_gateway)."""
+    customer = make_customer(stripe_peer)
+    link = "https://platform.example/billing/" + "a" * (140 - 33)
+    assert len(link) == 140
+    invoice = stripe_peer.client.v1.invoices.create(
+        params={
+            "customer": customer.id,
+            "auto_advance": False,
+            "currency": "usd",
+            "custom_fields": [{"name": "Detailed statement", "value": link}],
+        }
+    )
+    assert [(f.name, f.value) for f in invoice.custom_fields or []] == [
+        ("Detailed statement", link)
+    ]
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        stripe_peer.client.v1.invoices.create(
+            params={
+                "customer": customer.id,
+                "auto_advance": False,
+                "currency": "usd",
+                "custom_fields": [{"name": "Detailed statement", "value": link + "a"}],
+            }
+        )
+    assert refused.value.http_status == 400
