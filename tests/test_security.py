@@ -89,6 +89,7 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("GET", "/billing/{account_id}"): BILLING_PAGE,
     ("POST", "/billing/{account_id}/portal"): BILLING_PAGE,
     ("GET", "/billing/{account_id}/usage.csv"): BILLING_PAGE,
+    ("GET", "/billing/{account_id}/statement.csv"): BILLING_PAGE,
     ("GET", "/console/login"): PUBLIC,
     # Without the sign-in form's own CSRF token: refused (a wrong password is tested below).
     ("POST", "/console/login"): dict.fromkeys(CALLERS, 403),
