@@ -194,8 +194,13 @@ class WalCheckpointer:
                 if not self._stopping.is_set():
                     self._stopping.wait(self.DELAY_SECONDS)
                 self._pending.clear()
+                # Read after the clear: a stop() that lands during this checkpoint sets
+                # `_pending` again, and the loop runs one more checkpoint for the writes that
+                # committed meanwhile; one that landed before the clear is seen here, and this
+                # checkpoint is already after them.
+                stopping = self._stopping.is_set()
                 self._checkpoint(connection)
-                if self._stopping.is_set():
+                if stopping:
                     return
         finally:
             connection.close()
