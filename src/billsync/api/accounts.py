@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi import Path as ApiPath
 
 from billsync.api.catalog import tiers_read
 from billsync.api.deps import BillsyncDep
+from billsync.api.idempotency import IdempotencyKey, key_of, replay
 from billsync.api.schemas import (
     AccountCreate,
     AccountListRead,
@@ -38,7 +39,9 @@ from billsync.core.alerts import Alert
 from billsync.core.commitment import commitment_on
 from billsync.core.money import decimal_text, format_minor
 from billsync.core.pricing import NEGOTIATED, AppliedPrice
+from billsync.core.request_keys import DuplicateRequest
 from billsync.core.text import SAFE_TEXT_PATTERN
+from billsync.errors import Conflict
 from billsync.repositories import credits as credit_repository
 from billsync.repositories.accounts import AccountFilter, AccountRecord
 from billsync.repositories.alerts import Crossing, alerts_of, crossings_of
@@ -316,15 +319,30 @@ def _grant_read(grant: GrantRecord, now: datetime) -> CreditGrantRead:
 
 @router.post("/accounts/{account_id}/credit-grants", status_code=201, responses=ERRORS)
 def create_credit_grant(
-    account_id: str, body: CreditGrantCreate, billsync: BillsyncDep
+    account_id: str,
+    body: CreditGrantCreate,
+    billsync: BillsyncDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> CreditGrantRead:
     """Grant the account prepaid credit (audited as ``credit_grant.created`` by ``api``): its
-    periods draw it down when they close, the grant expiring first first."""
-    with billsync.database.transaction() as connection:
-        grant = billsync.credits.grant(
-            connection, account_id, amount=body.amount, currency=body.currency,
-            expires_at=body.expires_at, reason=body.reason, actor="api",
-        )  # fmt: skip
+    periods draw it down when they close, the grant expiring first first. With an
+    ``Idempotency-Key``, a request sent again grants nothing more and answers with the grant
+    the first one made (``Idempotent-Replayed: true``)."""
+    request = key_of(idempotency_key, f"credit_grant:{account_id}", body.model_dump(mode="json"))
+    try:
+        with billsync.database.transaction() as connection:
+            grant = billsync.credits.grant(
+                connection, account_id, amount=body.amount, currency=body.currency,
+                expires_at=body.expires_at, reason=body.reason, actor="api", request=request,
+            )  # fmt: skip
+    except DuplicateRequest as duplicate:
+        assert request is not None
+        prior = replay(billsync, duplicate, request, response)
+        with billsync.database.read() as connection:
+            grants = credit_repository.grants_of(connection, account_id)
+        return _grant_read(next(g for g in grants if g.id == prior.detail["grant"]),
+                           billsync.clock.now())  # fmt: skip
     if billsync.ingest.changes is not None:
         billsync.ingest.changes.accounts_changed({account_id})
     return _grant_read(grant, billsync.clock.now())
@@ -371,15 +389,37 @@ def _alert_read(alert: Alert, crossings: list[Crossing]) -> AlertRead:
 
 
 @router.post("/accounts/{account_id}/alerts", status_code=201, responses=ERRORS)
-def create_alert(account_id: str, body: AlertCreate, billsync: BillsyncDep) -> AlertRead:
+def create_alert(
+    account_id: str,
+    body: AlertCreate,
+    billsync: BillsyncDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> AlertRead:
     """A spend alert or budget (audited as ``alert.created`` by ``api``): each threshold the
-    period's spend reaches is sent once to BILLSYNC_PLATFORM_WEBHOOK_URL, signed."""
-    with billsync.database.transaction() as connection:
-        alert = billsync.alerts.create(
-            connection, account_id, name=body.name, amount=body.amount,
-            percent_of_commitment=body.percent_of_commitment, budget=body.budget,
-            percents=body.percents, grouping=body.grouping, actor="api",
-        )  # fmt: skip
+    period's spend reaches is sent once to BILLSYNC_PLATFORM_WEBHOOK_URL, signed. With an
+    ``Idempotency-Key``, a request sent again creates no second alert and answers with the
+    first's (``Idempotent-Replayed: true``; 409 ``alert_deleted`` if it was deleted since)."""
+    request = key_of(idempotency_key, f"alert:{account_id}", body.model_dump(mode="json"))
+    try:
+        with billsync.database.transaction() as connection:
+            alert = billsync.alerts.create(
+                connection, account_id, name=body.name, amount=body.amount,
+                percent_of_commitment=body.percent_of_commitment, budget=body.budget,
+                percents=body.percents, grouping=body.grouping, actor="api", request=request,
+            )  # fmt: skip
+    except DuplicateRequest as duplicate:
+        assert request is not None
+        prior = replay(billsync, duplicate, request, response)
+        with billsync.database.read() as connection:
+            first = [a for a in alerts_of(connection, account_id) if a.id == prior.detail["alert"]]
+            crossings = crossings_of(connection, account_id)
+        if not first:
+            raise Conflict(
+                f"this request created alert {prior.detail['alert']}, which was deleted since",
+                code="alert_deleted",
+            ) from None
+        return _alert_read(first[0], crossings)
     return _alert_read(alert, [])
 
 

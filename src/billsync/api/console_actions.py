@@ -31,6 +31,7 @@ async def act(
     billsync: BillsyncDep,
     *,
     csrf: str = Form(default=""),
+    submission: str = Form(default=""),
     reason: str = Form(default=""),
     period: str = Form(default=""),
 ) -> Response:
@@ -45,11 +46,12 @@ async def act(
                 account_id,
                 actor=allowed.name,
                 reason=reason,
+                submission=submission or None,
                 period=period or None,
             )
         )
     except BillsyncError as error:
-        return web.message(error.status_code, allowed, "Not done", error.message)
+        return web.not_done(request, billsync, allowed, error, f"/console/accounts/{account_id}")
     outcome, start = done.outcome, done.period_start
     said = {
         "sync": f"Synced: {outcome.get('calls', 0)} Stripe call(s)"
@@ -73,6 +75,7 @@ async def adjust(
     billsync: BillsyncDep,
     *,
     csrf: str = Form(default=""),
+    submission: str = Form(default=""),
     kind: str = Form(default="credit"),
     amount: str = Form(default=""),
     confirm_amount: str = Form(default=""),
@@ -102,11 +105,12 @@ async def adjust(
                 description=description,
                 actor=allowed.name,
                 reason=reason,
+                submission=submission or None,
                 period=period or None,
             )
         )
     except BillsyncError as error:
-        return web.message(error.status_code, allowed, "Not done", error.message)
+        return web.not_done(request, billsync, allowed, error, f"/console/accounts/{account_id}")
     status = "" if adjusted.period_status is None else f" ({adjusted.period_status.value})"
     said = (
         f"{adjusted.kind.title()} of {format_money(abs(adjusted.amount), adjusted.currency)} "
@@ -129,6 +133,7 @@ async def credit_note(
     billsync: BillsyncDep,
     *,
     csrf: str = Form(default=""),
+    submission: str = Form(default=""),
     period: str = Form(default=""),
     line: str = Form(default=""),
     amount: str = Form(default=""),
@@ -156,6 +161,7 @@ async def credit_note(
                 period,
                 actor=allowed.name,
                 reason=reason,
+                submission=submission or None,
                 amount=amount or None,
                 line_id=line_id,
                 reason_code=stripe_reason or None,
@@ -164,7 +170,7 @@ async def credit_note(
             )
         )
     except BillsyncError as error:
-        return web.message(error.status_code, allowed, "Not done", error.message)
+        return web.not_done(request, billsync, allowed, error, f"/console/accounts/{account_id}")
     return web.done(request, billsync, allowed, f"/console/accounts/{account_id}", issued.summary())
 
 
@@ -176,6 +182,7 @@ async def problem_action(
     billsync: BillsyncDep,
     *,
     csrf: str = Form(default=""),
+    submission: str = Form(default=""),
     reason: str = Form(default=""),
     account: str = Form(default=""),
 ) -> Response:
@@ -194,11 +201,12 @@ async def problem_action(
                 action,
                 actor=allowed.name,
                 reason=reason,
+                submission=submission or None,
                 account_id=account or None,
             )
         )
     except BillsyncError as error:
-        return web.message(error.status_code, allowed, "Not done", error.message)
+        return web.not_done(request, billsync, allowed, error, "/console")
     return web.done(
         request, billsync, allowed, f"/console/accounts/{acted.account_id}", acted.message
     )
@@ -211,6 +219,7 @@ def set_policy(
     billsync: BillsyncDep,
     *,
     csrf: str = Form(default=""),
+    submission: str = Form(default=""),
     policy: str = Form(default=""),
     interval_seconds: str = Form(default=""),
     threshold: str = Form(default=""),
@@ -229,8 +238,11 @@ def set_policy(
                     return web.message(422, allowed, "Not done", f"{name} must be a whole number")
                 override[name] = int(text)
     try:
-        billsync.support.set_policy(account_id, override, actor=allowed.name, reason=reason)
+        billsync.support.set_policy(
+            account_id, override, actor=allowed.name, reason=reason,
+            submission=submission or None,
+        )  # fmt: skip
     except BillsyncError as error:
-        return web.message(error.status_code, allowed, "Not done", error.message)
+        return web.not_done(request, billsync, allowed, error, f"/console/accounts/{account_id}")
     said = f"Sync policy set: {override}." if override else "Sync policy back to the default."
     return web.done(request, billsync, allowed, f"/console/accounts/{account_id}", said)

@@ -6,8 +6,10 @@ Dashboard. The routes are ``api.console`` (sign-in and the pages) and ``api.cons
 from __future__ import annotations
 
 import hmac
+import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -24,6 +26,9 @@ from billsync.api.console_display import (
 )
 from billsync.api.web_security import root, secure_cookies, url
 from billsync.bootstrap import Billsync
+from billsync.core.request_keys import DuplicateRequest
+from billsync.errors import BillsyncError
+from billsync.repositories.console import prior_request
 from billsync.services.console_auth import Signed
 
 # The console's one router: the pages (api.console) and the forms (api.console_actions).
@@ -33,6 +38,9 @@ TEMPLATES = Environment(
     autoescape=select_autoescape(["html"]),
 )
 TEMPLATES.globals["root"] = root  # links and forms under the prefix billsync is served at
+# Each form rendered carries a key of its own: sent twice (a double click, a re-post), the
+# action is carried out once (billsync.core.request_keys).
+TEMPLATES.globals["submission"] = lambda: secrets.token_urlsafe(18)
 SESSION = "billsync_console"
 
 
@@ -77,6 +85,30 @@ def done(
 def message(status: int, user: Signed | None, title: str, text: str) -> HTMLResponse:
     """The console's one-message page: a refusal, or why an action was not done."""
     return page("console_message.html", status, user=user, title=title, message=text)
+
+
+def not_done(
+    request: Request, billsync: Billsync, signed: Signed, error: BillsyncError, location: str
+) -> Response:
+    """Why an action was not done. A form sent again after it was carried out (a double click,
+    the browser's re-post) goes back to its account's page, saying when it was done — once."""
+    if not isinstance(error, DuplicateRequest):
+        return message(error.status_code, signed, "Not done", error.message)
+    with billsync.database.read() as connection:
+        prior = prior_request(connection, error.actor, error.key)
+    if prior is None:  # cannot be: the key is on a committed entry
+        return message(error.status_code, signed, "Not done", error.message)
+    outcome = prior.detail.get("outcome")
+    failed = isinstance(outcome, dict) and outcome.get("error")
+    said = (
+        f"This form was sent more than once: it was carried out once, at "
+        f"{moment(prior.at, zone_of(request))} (audit entry {prior.entry_id}, "
+        f"{prior.action}), and not again."
+        + (f" It ended with: {failed}. Fill in the form anew to try again." if failed else "")
+    )
+    if prior.account_id is not None:
+        location = f"/console/accounts/{quote(prior.account_id, safe='')}"
+    return done(request, billsync, signed, location, said)
 
 
 def signed_in(billsync: Billsync, request: Request) -> Signed | None:

@@ -584,5 +584,19 @@ class AuditEntry(Base):
     period_start: Mapped[date | None] = mapped_column(Date)
     reason: Mapped[str | None] = mapped_column(String(2000))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    # The client's key for the request that did this (billsync.core.request_keys), unique per
+    # actor: the same request sent twice is carried out once.
+    request_key: Mapped[str | None] = mapped_column(String(255))
+    request_digest: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_audit_log_account_id_at", "account_id", "at"),)
+    __table_args__ = (
+        Index("ix_audit_log_account_id_at", "account_id", "at"),
+        Index(
+            "ux_audit_log_actor_request_key",
+            "actor",
+            "request_key",
+            unique=True,
+            sqlite_where=text("request_key IS NOT NULL"),
+            postgresql_where=text("request_key IS NOT NULL"),
+        ),
+    )

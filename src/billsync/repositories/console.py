@@ -7,7 +7,9 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from billsync.core.request_keys import DuplicateRequest, RequestKey
 from billsync.db.tables import (
     accounts,
     audit_log,
@@ -121,21 +123,57 @@ def record(
     period_start: date | None = None,
     reason: str | None = None,
     detail: dict[str, Any] | None = None,
+    request: RequestKey | None = None,
 ) -> int:
-    """Write an audit entry; returns its id."""
-    result = connection.execute(
-        insert(audit_log).returning(audit_log.c.id),
-        {
-            "at": now,
-            "actor": actor,
-            "action": action,
-            "account_id": account_id,
-            "period_start": period_start,
-            "reason": reason,
-            "detail": detail or {},
-        },
-    )
+    """Write an audit entry; returns its id. With the client's ``request`` key, raises
+    :class:`DuplicateRequest` if the actor's key is on an entry already — the caller's
+    transaction then rolls back, and nothing of the action is done a second time."""
+    if request is not None and prior_request(connection, actor, request.key) is not None:
+        raise DuplicateRequest(actor, request.key)
+    try:
+        result = connection.execute(
+            insert(audit_log).returning(audit_log.c.id),
+            {
+                "at": now,
+                "actor": actor,
+                "action": action,
+                "account_id": account_id,
+                "period_start": period_start,
+                "reason": reason,
+                "detail": detail or {},
+                "request_key": None if request is None else request.key,
+                "request_digest": None if request is None else request.digest,
+            },
+        )
+    except IntegrityError:
+        # The same key committed by a concurrent send (PostgreSQL waited for it, then refused
+        # this insert at the unique index).
+        if request is None:
+            raise
+        raise DuplicateRequest(actor, request.key) from None
     return int(result.scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class PriorRequest:
+    """The audit entry a request key was first carried out as."""
+
+    entry_id: int
+    at: datetime
+    action: str
+    account_id: str | None
+    digest: str | None
+    detail: dict[str, Any]
+
+
+def prior_request(connection: Connection, actor: str, key: str) -> PriorRequest | None:
+    row = connection.execute(
+        select(
+            audit_log.c.id, audit_log.c.at, audit_log.c.action, audit_log.c.account_id,
+            audit_log.c.request_digest, audit_log.c.detail,
+        ).where(audit_log.c.actor == actor, audit_log.c.request_key == key)
+    ).first()  # fmt: skip
+    return None if row is None else PriorRequest(*row)
 
 
 def settle(connection: Connection, entry_id: int, outcome: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from billsync.clock import Clock
 from billsync.core.display import format_money
 from billsync.core.money import MAX_STRIPE_AMOUNT
 from billsync.core.periods import PeriodStatus
+from billsync.core.request_keys import RequestKey
 from billsync.db.database import Database
 from billsync.errors import Conflict, InvalidRequest, NotFound
 from billsync.repositories import adjustments as adjustment_repository
@@ -65,6 +66,7 @@ class Adjustments:
         actor: str,
         reason: str,
         period_start: date | None = None,
+        request: RequestKey | None = None,
     ) -> Added:
         """Add a credit (amount < 0) or a charge (> 0) in minor units to the invoice of the
         period starting ``period_start`` (default: the account's oldest period not finalized,
@@ -129,6 +131,7 @@ class Adjustments:
                     "period": period.start.isoformat(),
                     "period_status": period.status.value,
                 },
+                request=request,
             )
         return Added(line_id, amount, account.currency, period.start, period.status, entry)
 

@@ -27,6 +27,7 @@ from billsync.core.alerts import (
 )
 from billsync.core.commitment import commitment_on
 from billsync.core.money import AmountError, format_minor, parse_amount
+from billsync.core.request_keys import RequestKey
 from billsync.db.database import Database
 from billsync.errors import InvalidRequest, NotFound
 from billsync.repositories import alerts as repository
@@ -72,6 +73,7 @@ class AlertService:
         percents: Sequence[int] | None,
         grouping: Mapping[str, str] | None,
         actor: str,
+        request: RequestKey | None = None,
     ) -> Alert:
         account = get_account(connection, account_id)
         if account is None:
@@ -117,6 +119,7 @@ class AlertService:
         audit.record(
             connection, actor=actor, action="alert.created", now=now, account_id=account_id,
             detail={"alert": alert_id, **{k: v for k, v in values.items() if v is not None}},
+            request=request,
         )  # fmt: skip
         return next(a for a in repository.alerts_of(connection, account_id) if a.id == alert_id)
 

@@ -8,6 +8,7 @@ from sqlalchemy import Connection
 
 from billsync.clock import Clock
 from billsync.core.money import AmountError, format_minor, normalize_currency, parse_amount
+from billsync.core.request_keys import RequestKey
 from billsync.errors import InvalidRequest, NotFound
 from billsync.repositories import console as audit
 from billsync.repositories import credits as repository
@@ -30,8 +31,10 @@ class CreditGrants:
         expires_at: datetime,
         reason: str | None,
         actor: str,
+        request: RequestKey | None = None,
     ) -> GrantRecord:
-        """Grant the account prepaid credit, audited as ``credit_grant.created``."""
+        """Grant the account prepaid credit, audited as ``credit_grant.created``; a ``request``
+        key already carried out raises :class:`DuplicateRequest` (nothing granted twice)."""
         ledger.lock_accounts(connection, [account_id])
         account = get_account(connection, account_id)
         if account is None:
@@ -71,5 +74,6 @@ class CreditGrants:
             account_id=account_id, reason=reason,
             detail={"grant": grant_id, "amount": format_minor(minor, code), "currency": code,
                     "expires_at": expires_at.isoformat()},
+            request=request,
         )  # fmt: skip
         return next(g for g in repository.grants_of(connection, account_id) if g.id == grant_id)

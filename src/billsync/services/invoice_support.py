@@ -171,6 +171,7 @@ class InvoiceSupport:
                     "reason_code": reason_code, "destination": destination, "memo": memo,
                     "pre_payment": split.pre, "refund": split.refund, "credit": split.credit,
                 },
+                request=who.request,
             )  # fmt: skip
         line_item = target.line_item_id
         create = partial(
@@ -346,6 +347,7 @@ class InvoiceSupport:
                 connection, actor=who.actor, action="payment.retry", now=now,
                 account_id=problem.account_id, period_start=problem.period_start,
                 reason=who.reason, detail={"problem": problem.id, "invoice": invoice_id},
+                request=who.request,
             )  # fmt: skip
         key = self.sync.key("pay", f"{invoice_id}:{entry}")
         done = partial(PaymentRetried, problem.account_id, problem.period_start, invoice_id)

@@ -64,6 +64,7 @@ from billsync.services.support_checks import (
     checked_text,
     checked_who,
     configured,
+    first_time,
     period_start,
 )
 from billsync.services.sync import SyncService
@@ -193,6 +194,7 @@ class SupportActions:
         actor: str,
         reason: str,
         period: str | date | None = None,
+        submission: str | None = None,
     ) -> Done:
         """``sync`` the account now, or ``hold``, ``release`` or ``approve`` (finalize now) its
         period starting ``period`` (YYYY-MM-DD)."""
@@ -201,7 +203,10 @@ class SupportActions:
                 f"there is no action {action!r} (one of {', '.join(ACTIONS)})",
                 code="unknown_action",
             )
-        who = checked_who(actor, reason)
+        who = first_time(self.database, checked_who(
+            actor, reason, submission=submission, action=f"account.{action}",
+            parameters={"account": account_id, "period": str(period)},
+        ))  # fmt: skip
         if action == "sync":
             return self._sync(account_id, who)
         lifecycle = configured(self.lifecycle)
@@ -241,6 +246,7 @@ class SupportActions:
         reason: str,
         kind: str | None = None,
         period: str | date | None = None,
+        submission: str | None = None,
     ) -> Adjusted:
         """A credit or a charge on the invoice of the period starting ``period`` (YYYY-MM-DD; by
         default the account's oldest period not finalized). ``amount`` is typed in the account's
@@ -248,8 +254,13 @@ class SupportActions:
         ('credit' or 'charge') a positive amount, without it a signed one (negative: a credit).
         The line and its audit entry commit together (``Adjustments.add``); then, with a Stripe
         key, the account is synced at once so that the period's draft shows it, and what the
-        sync did is settled onto the entry."""
-        who = checked_who(actor, reason)
+        sync did is settled onto the entry. ``submission``: the client's key for this request
+        (the console form's): sent again, it adds nothing (:class:`DuplicateRequest`)."""
+        who = first_time(self.database, checked_who(
+            actor, reason, submission=submission, action="adjustment",
+            parameters={"account": account_id, "amount": amount, "description": description,
+                        "kind": kind, "period": str(period)},
+        ))  # fmt: skip
         if kind is not None and kind not in KINDS:
             raise InvalidRequest("choose credit or charge", code="invalid_kind")
         description = checked_text("description", description, 200)
@@ -269,7 +280,7 @@ class SupportActions:
             minor = -minor if kind == "credit" else minor
         added = self.adjustments.add(
             account_id, amount=minor, description=description, actor=who.actor,
-            reason=who.reason, period_start=start,
+            reason=who.reason, period_start=start, request=who.request,
         )  # fmt: skip
         adjusted = Adjusted(
             account_id, added.line_id, minor, added.currency, added.period_start,
@@ -311,14 +322,21 @@ class SupportActions:
         reason_code: str | None = None,
         destination: str = "credit",
         memo: str | None = None,
+        submission: str | None = None,
     ) -> IssuedCreditNote:
         """Lower the finalized invoice of the period starting ``period`` with a credit note in
         Stripe: the whole invoice or its line ``line_id``, by ``amount`` (typed in the account's
         currency; empty: all that can still be credited). What is still due is lowered first;
         the part already paid goes to ``destination``: ``credit`` (the customer's balance) or
         ``refund``. ``reason_code`` is Stripe's (order_change, product_unsatisfactory,
-        duplicate, fraudulent); ``memo`` is printed on the credit note."""
-        who = checked_who(actor, reason)
+        duplicate, fraudulent); ``memo`` is printed on the credit note. ``submission``: the
+        client's key for this request; sent again, it issues nothing."""
+        who = first_time(self.database, checked_who(
+            actor, reason, submission=submission, action="credit_note",
+            parameters={"account": account_id, "period": str(period), "amount": amount,
+                        "line": line_id, "reason_code": reason_code,
+                        "destination": destination, "memo": memo},
+        ))  # fmt: skip
         start = period_start(period)
         invoices = configured(self.invoices)
         return invoices.issue_credit_note(
@@ -327,11 +345,20 @@ class SupportActions:
         )  # fmt: skip
 
     def set_policy(
-        self, account_id: str, override: dict[str, Any] | None, *, actor: str, reason: str
+        self,
+        account_id: str,
+        override: dict[str, Any] | None,
+        *,
+        actor: str,
+        reason: str,
+        submission: str | None = None,
     ) -> Done:
         """The account's own sync policy (``{"policy", "interval_seconds", "threshold"}``), or
         back to the default with ``None``."""
-        who = checked_who(actor, reason)
+        who = first_time(self.database, checked_who(
+            actor, reason, submission=submission, action="sync_policy",
+            parameters={"account": account_id, "override": override},
+        ))  # fmt: skip
         if override is not None:
             override = checked_policy(override)  # the API's bounds: no interval past 31 days
         with self.database.transaction() as connection:
@@ -353,6 +380,7 @@ class SupportActions:
         actor: str,
         reason: str,
         account_id: str | None = None,
+        submission: str | None = None,
     ) -> Decided:
         """``accept`` Stripe's version of a drift problem, or ``repush`` the ledger. The
         decision is audited under the problem's account and period; a caller that names an
@@ -362,7 +390,10 @@ class SupportActions:
                 f"there is no decision {decision!r} (one of {', '.join(DECISIONS)})",
                 code="unknown_decision",
             )
-        who = checked_who(actor, reason)
+        who = first_time(self.database, checked_who(
+            actor, reason, submission=submission, action=f"problem.{decision}",
+            parameters={"problem": problem_id, "account": account_id},
+        ))  # fmt: skip
         reconciler = configured(self.reconciler)
         now = self.clock.now()
         with self.database.transaction() as connection:
@@ -400,6 +431,7 @@ class SupportActions:
         actor: str,
         reason: str,
         account_id: str | None = None,
+        submission: str | None = None,
     ) -> Acted:
         """Act on a problem with one of the actions that fit its kind (:func:`problem_actions`):
         ``accept``/``repush`` (drift, see :meth:`decide`), ``retry_payment`` (a failed payment,
@@ -413,8 +445,9 @@ class SupportActions:
             )
         if action in DECISIONS:
             decided = self.decide(
-                problem_id, action, actor=actor, reason=reason, account_id=account_id
-            )
+                problem_id, action, actor=actor, reason=reason, account_id=account_id,
+                submission=submission,
+            )  # fmt: skip
             done = (
                 "resolved"
                 if decided.decision.resolved
@@ -424,7 +457,10 @@ class SupportActions:
                 decided.account_id, decided.period_start, problem_id, action,
                 decided.decision.resolved, f"{PROBLEM_ACTIONS[action]}: {done}.",
             )  # fmt: skip
-        who = checked_who(actor, reason)
+        who = first_time(self.database, checked_who(
+            actor, reason, submission=submission, action=f"problem.{action}",
+            parameters={"problem": problem_id, "account": account_id},
+        ))  # fmt: skip
         with self.database.read() as connection:
             problem = _open_problem(connection, problem_id, action, account_id)
         assert problem.account_id is not None
@@ -468,6 +504,7 @@ class SupportActions:
         return console_repository.record(
             connection, actor=who.actor, action=action, now=now,
             account_id=account_id, period_start=start, reason=who.reason, detail=detail,
+            request=who.request,
         )  # fmt: skip
 
     def _settle(self, entry: int, outcome: dict[str, Any]) -> None:

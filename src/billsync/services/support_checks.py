@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from billsync.core.request_keys import DuplicateRequest, RequestKey, request_key
 from billsync.core.text import unsafe_character, unsafe_message
+from billsync.db.database import Database
 from billsync.errors import BillsyncError, InvalidRequest
+from billsync.repositories.console import prior_request
 
 # The audit log's columns.
 ACTOR_LIMIT = 100
@@ -28,6 +31,9 @@ class Who:
 
     actor: str
     reason: str
+    # The client's key for this request (the console form's one-time submission): the action
+    # is carried out once however often the form is sent (billsync.core.request_keys).
+    request: RequestKey | None = None
 
 
 def checked_text(name: str, value: str, limit: int) -> str:
@@ -44,15 +50,36 @@ def checked_text(name: str, value: str, limit: int) -> str:
     return text
 
 
-def checked_who(actor: str, reason: str) -> Who:
-    """Every action needs who acts and why."""
+def checked_who(
+    actor: str,
+    reason: str,
+    *,
+    submission: str | None = None,
+    action: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> Who:
+    """Every action needs who acts and why; ``submission`` is the client's key for this
+    ``action`` with these ``parameters``, if it sent one."""
     if not reason.strip():
         raise InvalidRequest(
             "every action needs a reason, for the audit log", code="reason_required"
         )
     return Who(
-        checked_text("actor", actor, ACTOR_LIMIT), checked_text("reason", reason, REASON_LIMIT)
+        checked_text("actor", actor, ACTOR_LIMIT),
+        checked_text("reason", reason, REASON_LIMIT),
+        request_key(submission, action, {"reason": reason, **(parameters or {})}),
     )
+
+
+def first_time(database: Database, who: Who) -> Who:
+    """``who``, if its request was not carried out before; else :class:`DuplicateRequest` at
+    once, before anything is read from Stripe (the audit entry's unique key is what makes it
+    once; this only says so before the action's own checks speak of its aftermath)."""
+    if who.request is not None:
+        with database.read() as connection:
+            if prior_request(connection, who.actor, who.request.key) is not None:
+                raise DuplicateRequest(who.actor, who.request.key)
+    return who
 
 
 def period_start(period: str | date | None) -> date:
