@@ -20,8 +20,9 @@ from sqlalchemy import func, select, text
 from billsync.api.app import create_app
 from billsync.bootstrap import Billsync
 from billsync.clock import ManualClock
-from billsync.core.request_keys import DuplicateRequest, RequestKey
+from billsync.core.request_keys import RequestKey
 from billsync.db.tables import audit_log, credit_grants, lines, spend_alerts
+from billsync.errors import DuplicateRequest
 from billsync.repositories import console as console_repository
 from billsync.repositories import credit_notes as credit_note_repository
 from tests.conftest import T0

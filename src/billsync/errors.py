@@ -36,6 +36,20 @@ class Conflict(BillsyncError):
     code = "conflict"
 
 
+class DuplicateRequest(Conflict):
+    """The client's key names a request already carried out (billsync.core.request_keys):
+    nothing was done this time."""
+
+    code = "duplicate_request"
+
+    def __init__(self, actor: str, key: str) -> None:
+        super().__init__(
+            f"the request with key {key!r} was already carried out; it was not done again"
+        )
+        self.actor = actor
+        self.key = key
+
+
 class RequestTimeout(BillsyncError):
     status_code = 408
     code = "request_timeout"

@@ -39,9 +39,8 @@ from billsync.core.alerts import Alert
 from billsync.core.commitment import commitment_on
 from billsync.core.money import decimal_text, format_minor
 from billsync.core.pricing import NEGOTIATED, AppliedPrice
-from billsync.core.request_keys import DuplicateRequest
 from billsync.core.text import SAFE_TEXT_PATTERN
-from billsync.errors import Conflict
+from billsync.errors import Conflict, DuplicateRequest
 from billsync.repositories import credits as credit_repository
 from billsync.repositories.accounts import AccountFilter, AccountRecord
 from billsync.repositories.alerts import Crossing, alerts_of, crossings_of

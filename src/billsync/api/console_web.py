@@ -26,8 +26,7 @@ from billsync.api.console_display import (
 )
 from billsync.api.web_security import root, secure_cookies, url
 from billsync.bootstrap import Billsync
-from billsync.core.request_keys import DuplicateRequest
-from billsync.errors import BillsyncError
+from billsync.errors import BillsyncError, DuplicateRequest
 from billsync.repositories.console import prior_request
 from billsync.services.console_auth import Signed
 

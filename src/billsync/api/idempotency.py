@@ -10,9 +10,10 @@ from typing import Annotated, Any
 from fastapi import Header, Response
 
 from billsync.bootstrap import Billsync
-from billsync.core.request_keys import KEY_LIMIT, DuplicateRequest, RequestKey, request_key
-from billsync.errors import Conflict, InvalidRequest
+from billsync.core.request_keys import KEY_LIMIT, RequestKey
+from billsync.errors import Conflict, DuplicateRequest, InvalidRequest
 from billsync.repositories.console import PriorRequest, prior_request
+from billsync.services.support_checks import checked_request
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -31,7 +32,7 @@ IdempotencyKey = Annotated[
 
 def key_of(key: str | None, what: str, parameters: dict[str, Any]) -> RequestKey | None:
     """The request's key, checked, with the digest of what it asks for."""
-    return request_key(key, what, parameters)
+    return checked_request(key, what, parameters)
 
 
 def replay(

@@ -4,8 +4,8 @@ A client that sends a request again (its answer was lost; a person clicked twice
 re-posted a form) names it with a key: the API's ``Idempotency-Key`` header, the console's
 one-time ``submission`` field in each form. The key is written on the action's audit entry, in
 the same transaction as what the action changes, under a unique index on (actor, key): of two
-sends, one commits and the other is refused as :class:`DuplicateRequest` with nothing done, and
-the caller answers with what the first one did.
+sends, one commits and the other is refused (``billsync.errors.DuplicateRequest``) with
+nothing done, and the caller answers with what the first one did.
 
 As Stripe's own keys (https://docs.stripe.com/idempotency): at most 255 characters, compared
 with the request's parameters (a key sent again with other parameters is an error, not a
@@ -23,8 +23,6 @@ from typing import Any
 
 import orjson
 
-from billsync.errors import Conflict, InvalidRequest
-
 KEY_LIMIT = 255
 # Visible ASCII: a key is an opaque token (a UUID, a random string), printed in audit logs.
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
@@ -38,17 +36,8 @@ class RequestKey:
     digest: str
 
 
-class DuplicateRequest(Conflict):
-    """The key names a request that was already carried out: nothing was done this time."""
-
-    code = "duplicate_request"
-
-    def __init__(self, actor: str, key: str) -> None:
-        super().__init__(
-            f"the request with key {key!r} was already carried out; it was not done again"
-        )
-        self.actor = actor
-        self.key = key
+class InvalidKey(ValueError):
+    """A key that is not 1 to 255 visible ASCII characters."""
 
 
 def request_key(key: str | None, what: str, parameters: dict[str, Any]) -> RequestKey | None:
@@ -57,9 +46,8 @@ def request_key(key: str | None, what: str, parameters: dict[str, Any]) -> Reque
     if key is None or key == "":
         return None
     if not KEY_PATTERN.fullmatch(key):
-        raise InvalidRequest(
-            f"an idempotency key is 1 to {KEY_LIMIT} visible ASCII characters (a UUID will do)",
-            code="invalid_idempotency_key",
+        raise InvalidKey(
+            f"an idempotency key is 1 to {KEY_LIMIT} visible ASCII characters (a UUID will do)"
         )
     body = orjson.dumps(
         {"what": what, "parameters": parameters}, option=orjson.OPT_SORT_KEYS, default=str

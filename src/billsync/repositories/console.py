@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from billsync.core.request_keys import DuplicateRequest, RequestKey
+from billsync.core.request_keys import RequestKey
 from billsync.db.tables import (
     accounts,
     audit_log,
@@ -19,6 +19,7 @@ from billsync.db.tables import (
     users,
     webhook_events,
 )
+from billsync.errors import DuplicateRequest
 
 
 @dataclass(frozen=True, slots=True)

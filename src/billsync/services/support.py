@@ -40,7 +40,7 @@ from billsync.clock import Clock
 from billsync.core.money import AmountError, parse_amount
 from billsync.core.periods import PeriodStatus
 from billsync.db.database import Database
-from billsync.errors import Conflict, InvalidRequest, NotFound
+from billsync.errors import Conflict, DuplicateRequest, InvalidRequest, NotFound
 from billsync.repositories import console as console_repository
 from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
@@ -64,7 +64,6 @@ from billsync.services.support_checks import (
     checked_text,
     checked_who,
     configured,
-    first_time,
     period_start,
 )
 from billsync.services.sync import SyncService
@@ -203,7 +202,7 @@ class SupportActions:
                 f"there is no action {action!r} (one of {', '.join(ACTIONS)})",
                 code="unknown_action",
             )
-        who = first_time(self.database, checked_who(
+        who = self._first_time(checked_who(
             actor, reason, submission=submission, action=f"account.{action}",
             parameters={"account": account_id, "period": str(period)},
         ))  # fmt: skip
@@ -256,7 +255,7 @@ class SupportActions:
         key, the account is synced at once so that the period's draft shows it, and what the
         sync did is settled onto the entry. ``submission``: the client's key for this request
         (the console form's): sent again, it adds nothing (:class:`DuplicateRequest`)."""
-        who = first_time(self.database, checked_who(
+        who = self._first_time(checked_who(
             actor, reason, submission=submission, action="adjustment",
             parameters={"account": account_id, "amount": amount, "description": description,
                         "kind": kind, "period": str(period)},
@@ -331,7 +330,7 @@ class SupportActions:
         ``refund``. ``reason_code`` is Stripe's (order_change, product_unsatisfactory,
         duplicate, fraudulent); ``memo`` is printed on the credit note. ``submission``: the
         client's key for this request; sent again, it issues nothing."""
-        who = first_time(self.database, checked_who(
+        who = self._first_time(checked_who(
             actor, reason, submission=submission, action="credit_note",
             parameters={"account": account_id, "period": str(period), "amount": amount,
                         "line": line_id, "reason_code": reason_code,
@@ -355,7 +354,7 @@ class SupportActions:
     ) -> Done:
         """The account's own sync policy (``{"policy", "interval_seconds", "threshold"}``), or
         back to the default with ``None``."""
-        who = first_time(self.database, checked_who(
+        who = self._first_time(checked_who(
             actor, reason, submission=submission, action="sync_policy",
             parameters={"account": account_id, "override": override},
         ))  # fmt: skip
@@ -390,7 +389,7 @@ class SupportActions:
                 f"there is no decision {decision!r} (one of {', '.join(DECISIONS)})",
                 code="unknown_decision",
             )
-        who = first_time(self.database, checked_who(
+        who = self._first_time(checked_who(
             actor, reason, submission=submission, action=f"problem.{decision}",
             parameters={"problem": problem_id, "account": account_id},
         ))  # fmt: skip
@@ -457,7 +456,7 @@ class SupportActions:
                 decided.account_id, decided.period_start, problem_id, action,
                 decided.decision.resolved, f"{PROBLEM_ACTIONS[action]}: {done}.",
             )  # fmt: skip
-        who = first_time(self.database, checked_who(
+        who = self._first_time(checked_who(
             actor, reason, submission=submission, action=f"problem.{action}",
             parameters={"problem": problem_id, "account": account_id},
         ))  # fmt: skip
@@ -489,6 +488,17 @@ class SupportActions:
         )  # fmt: skip
 
     # --- the audit entry ----------------------------------------------------------------
+
+    def _first_time(self, who: Who) -> Who:
+        """``who``, if its request was not carried out before; else :class:`DuplicateRequest`
+        at once, before anything is read from Stripe (the audit entry's unique key is what
+        makes it once; this only says so before the action's own checks speak of its
+        aftermath)."""
+        if who.request is not None:
+            with self.database.read() as connection:
+                if console_repository.prior_request(connection, who.actor, who.request.key):
+                    raise DuplicateRequest(who.actor, who.request.key)
+        return who
 
     def _audit(
         self,

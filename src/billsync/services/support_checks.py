@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, TypeVar
 
-from billsync.core.request_keys import DuplicateRequest, RequestKey, request_key
+from billsync.core.request_keys import InvalidKey, RequestKey, request_key
 from billsync.core.text import unsafe_character, unsafe_message
-from billsync.db.database import Database
 from billsync.errors import BillsyncError, InvalidRequest
-from billsync.repositories.console import prior_request
 
 # The audit log's columns.
 ACTOR_LIMIT = 100
@@ -67,19 +65,17 @@ def checked_who(
     return Who(
         checked_text("actor", actor, ACTOR_LIMIT),
         checked_text("reason", reason, REASON_LIMIT),
-        request_key(submission, action, {"reason": reason, **(parameters or {})}),
+        checked_request(submission, action, {"reason": reason, **(parameters or {})}),
     )
 
 
-def first_time(database: Database, who: Who) -> Who:
-    """``who``, if its request was not carried out before; else :class:`DuplicateRequest` at
-    once, before anything is read from Stripe (the audit entry's unique key is what makes it
-    once; this only says so before the action's own checks speak of its aftermath)."""
-    if who.request is not None:
-        with database.read() as connection:
-            if prior_request(connection, who.actor, who.request.key) is not None:
-                raise DuplicateRequest(who.actor, who.request.key)
-    return who
+def checked_request(key: str | None, what: str, parameters: dict[str, Any]) -> RequestKey | None:
+    """The client's key for a request (billsync.core.request_keys), or a 422 that says what a
+    key may be."""
+    try:
+        return request_key(key, what, parameters)
+    except InvalidKey as error:
+        raise InvalidRequest(str(error), code="invalid_idempotency_key") from None
 
 
 def period_start(period: str | date | None) -> date:
