@@ -6,14 +6,14 @@ late usage carried by later invoices at the marginal rates after what was billed
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from billsync.bootstrap import Billsync, build
 from billsync.clock import ManualClock
@@ -31,6 +31,7 @@ from billsync.db.tables import (
     usage_events,
 )
 from billsync.repositories import ledger
+from billsync.services.event_retention import EventRetention, RetentionReport
 from billsync.services.verify import LINE_QUANTITY_DIFFERS, Verifier
 from tests.conftest import T0 as NOW
 from tests.factories import create_account, event
@@ -452,3 +453,59 @@ def test_the_catalog_endpoint_says_how_each_metric_aggregates(
     )
     assert metrics[SEATS]["aggregation"] == "latest"
     assert metrics["requests"]["aggregation"] == "sum"
+
+
+# --- released once no event can reach their period ------------------------------------------
+
+
+def distinct_rows(billsync: Billsync) -> dict[date, int]:
+    with billsync.database.read() as connection:
+        rows = connection.execute(
+            select(distinct_values.c.period_start, func.count())
+            .group_by(distinct_values.c.period_start)
+        ).all()  # fmt: skip
+    return {row.period_start: int(row[1]) for row in rows}
+
+
+def test_distinct_values_are_released_once_no_event_can_reach_their_period(
+    billsync: Billsync, settings: Settings, clock: ManualClock, database: Database
+) -> None:
+    """Released a month at a time, past the usage horizon (45 days), whatever the raw events'
+    retention (off here); a later build with a longer horizon accepts no usage into a released
+    period — a value counted there once would be counted again."""
+    october = T0 - timedelta(days=20)
+    billsync.ingest.ingest([
+        event("acme", ADDRESSES, 1, at=october, ip="10.0.0.9"),
+        *(event(a, ADDRESSES, 1, at=T0, ip=ip) for a in ("acme", "globex")
+          for ip in ("10.0.0.1", "10.0.0.2")),
+    ])  # fmt: skip
+    assert distinct_rows(billsync) == {OCTOBER: 1, NOVEMBER: 4}
+
+    def run(**options: Any) -> RetentionReport:
+        return EventRetention.from_settings(settings, database, clock).run(**options)
+
+    first = run()  # 15 November: September's periods are the oldest an event can reach
+    assert (first.distinct_released_before, first.distinct_values_released) == (date(2026, 9, 1), 0)
+    clock.set(datetime(2027, 1, 20, tzinfo=UTC))  # 45 days back: 6 December, November open
+    dry = run(dry_run=True)
+    assert (dry.distinct_released_before, dry.distinct_values_released) == (NOVEMBER, 1)
+    assert distinct_rows(billsync) == {OCTOBER: 1, NOVEMBER: 4}
+    released = run()
+    assert (released.distinct_released_before, released.distinct_values_released) == (NOVEMBER, 1)
+    assert distinct_rows(billsync) == {NOVEMBER: 4}
+    assert run().distinct_released_before is None  # done for the month: not walked again
+    clock.set(datetime(2027, 2, 20, tzinfo=UTC))
+    assert run().distinct_values_released == 4
+    assert distinct_rows(billsync) == {}
+
+    longer = build(
+        settings.model_copy(update={"usage_horizon_days": 400}), clock=clock, database=database,
+        catalog=billsync.catalog,
+    )  # fmt: skip
+    report = longer.ingest.ingest([
+        event("acme", ADDRESSES, 1, at=T0 + timedelta(hours=1), ip="10.0.0.1"),  # November
+        event("acme", ADDRESSES, 1, at=datetime(2027, 1, 2, tzinfo=UTC), ip="10.0.0.1"),
+    ])  # fmt: skip
+    assert [r.error.code.value for r in report.results if r.error] == ["timestamp_too_old"]
+    assert report.accepted == 1
+    assert distinct_rows(billsync) == {date(2027, 1, 1): 1}

@@ -49,6 +49,13 @@ def print_report(report: RetentionReport, store: str) -> None:
             f"{report.events_removed:,} in all",
             highlight=False,
         )
+    if report.distinct_released_before is not None:
+        console.print(
+            f"  {report.distinct_values_released:,} distinct value(s) of unique_count metrics "
+            f"{would}released: usage periods starting before "
+            f"{report.distinct_released_before:%Y-%m-%d}, which no event can reach any more",
+            highlight=False,
+        )
     for error in report.errors:
         errors.print(f"[red]not done:[/] {escape(error)} (the next run tries again)")
     if report.dry_run:
@@ -62,8 +69,9 @@ def retention_command(
 ) -> None:
     """Remove the raw usage events of periods finalized more than BILLSYNC_EVENT_RETENTION_DAYS
     ago (lines, the invoiced totals, are kept) and, on PostgreSQL, create the coming months'
-    event partitions. Safe to run at any time and repeatedly; exit 1 if part of it could not be
-    done (it is retried by the next run)."""
+    event partitions. Release the distinct values unique_count metrics kept for usage periods
+    past the usage horizon. Safe to run at any time and repeatedly; exit 1 if part of it could
+    not be done (it is retried by the next run)."""
     billsync = open_billsync()
     try:
         retention = EventRetention.from_settings(

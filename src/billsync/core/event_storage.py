@@ -10,7 +10,7 @@ closed for good, and only they may be dropped whole.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from billsync.core.periods import PeriodStatus
 
@@ -47,6 +47,18 @@ def months_for_usage(oldest: datetime, newest: datetime) -> list[date]:
     """The months that events timestamped between ``oldest`` and ``newest`` can be stored
     under, whatever their accounts' anchor days."""
     return months(shift_months(month_of(oldest.date()), -1), newest.date())
+
+
+def accepted_horizon(now: datetime, horizon: timedelta, released_before: date | None) -> timedelta:
+    """The usage horizon ingest applies: the configured one, shortened if it reaches a usage
+    period whose distinct values were released (:func:`writable_from` of an earlier, shorter
+    horizon) — a value of such a period, counted once already, would be counted again. An
+    event at or after the month after ``released_before`` is stored under a period that starts
+    on or after it."""
+    if released_before is None:
+        return horizon
+    floor = datetime.combine(shift_months(released_before, 1), time.min, tzinfo=UTC)
+    return max(min(horizon, now - floor), timedelta(0))
 
 
 def retention_cutoff(now: datetime, retention_days: int) -> datetime | None:

@@ -11,10 +11,10 @@ from datetime import date
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
 
 from billsync.core.aggregation import Mark
-from billsync.db.tables import lines
+from billsync.db.tables import distinct_values, lines
 
 # SQLite allows 32,766 bound variables per statement; stay well below.
 _SQLITE_ROWS = 5_000
@@ -140,3 +140,46 @@ def claim_distinct(connection: Connection, claims: Sequence[DistinctClaim]) -> l
     finally:
         cursor.close()
     return [c for c in unique if (c.account, c.period_start, c.line_key, c.value) in claimed]
+
+
+# --- released once no event can reach their period (services.event_retention) ------------
+
+
+def accounts_with_distinct_before(
+    connection: Connection, before: date, after: str | None, limit: int
+) -> list[str]:
+    """Up to ``limit`` accounts, after ``after`` in id order, with distinct values of usage
+    periods starting before ``before`` (a walk of the primary key, which leads with the
+    account: the whole release is one pass over it)."""
+    query = (
+        select(distinct_values.c.account_id)
+        .where(distinct_values.c.period_start < before)
+        .distinct()
+        .order_by(distinct_values.c.account_id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(distinct_values.c.account_id > after)
+    return list(connection.execute(query).scalars())
+
+
+def count_distinct_before(connection: Connection, accounts: Sequence[str], before: date) -> int:
+    return int(
+        connection.execute(
+            select(func.count()).where(
+                distinct_values.c.account_id.in_(accounts),
+                distinct_values.c.period_start < before,
+            )
+        ).scalar_one()
+    )
+
+
+def delete_distinct_before(connection: Connection, accounts: Sequence[str], before: date) -> int:
+    """Delete these accounts' distinct values of usage periods starting before ``before``."""
+    result = connection.execute(
+        delete(distinct_values).where(
+            distinct_values.c.account_id.in_(accounts),
+            distinct_values.c.period_start < before,
+        )
+    )
+    return int(result.rowcount or 0)

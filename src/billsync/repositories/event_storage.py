@@ -31,6 +31,9 @@ COLUMNS = (
     "id, account_id, metric, quantity, occurred_at, dimensions, period_start, line_id, received_at"
 )
 RETENTION_CURSOR = "usage_events.retention"
+# The distinct values of unique_count metrics were released for usage periods starting before
+# this date (services.event_retention): no event may be accepted into those periods again.
+DISTINCT_RELEASE_CURSOR = "distinct_values.released_before"
 _RANGE = re.compile(r"FOR VALUES FROM \('(\d{4}-\d\d-\d\d)'\) TO \('(\d{4}-\d\d-\d\d)'\)")
 
 
@@ -245,6 +248,28 @@ def set_retention_mark(connection: Connection, mark: RetentionMark, now: datetim
         )
     }
     set_cursor(connection, RETENTION_CURSOR, json.dumps(value, sort_keys=True), now)
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctRelease:
+    """Distinct values are (being) released for usage periods starting before ``before``;
+    ``done``: every one of them is gone."""
+
+    before: date
+    done: bool
+
+
+def distinct_release(connection: Connection) -> DistinctRelease | None:
+    value = get_cursor(connection, DISTINCT_RELEASE_CURSOR)
+    if value is None:
+        return None
+    data = json.loads(value)
+    return DistinctRelease(date.fromisoformat(data["before"]), bool(data["done"]))
+
+
+def set_distinct_release(connection: Connection, release: DistinctRelease, now: datetime) -> None:
+    value = json.dumps({"before": release.before.isoformat(), "done": release.done})
+    set_cursor(connection, DISTINCT_RELEASE_CURSOR, value, now)
 
 
 def finalized_periods(

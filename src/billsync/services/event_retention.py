@@ -14,6 +14,14 @@ How (one run, :meth:`EventRetention.run`):
    horizon allows) and whose every event qualifies is dropped whole — no row-by-row delete;
 4. the rest is deleted in bounded chunks, one short transaction each, period by period; the
    next run starts from the periods finalized after this run's cutoff.
+
+Whatever the retention setting, the distinct values ``unique_count`` metrics keep to count each
+value once per period (``distinct_values``) are released for the usage periods no event can
+reach any more (they start before :func:`writable_from` of the usage horizon): once a month,
+one pass over the table's key, chunk by chunk. The date is recorded, and ingest never accepts
+usage into those periods again, even under a horizon lengthened since
+(:func:`billsync.core.event_storage.accepted_horizon`): a value counted there would be counted
+twice.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -30,8 +38,9 @@ from billsync.clock import Clock
 from billsync.config import Settings
 from billsync.core.event_storage import retention_cutoff, writable_from
 from billsync.db.database import Database
+from billsync.repositories import aggregates
 from billsync.repositories import event_storage as repository
-from billsync.repositories.event_storage import Partition, RetentionMark
+from billsync.repositories.event_storage import DistinctRelease, Partition, RetentionMark
 from billsync.services.event_partitions import EventPartitions, PartitionChange
 
 log = logging.getLogger("billsync.event_storage")
@@ -40,6 +49,7 @@ T = TypeVar("T")
 CHUNK_EVENTS = 5_000  # raw events deleted per transaction
 CHUNK_PERIODS = 200  # periods whose lines are looked up at once
 CHUNK_LINES = 500  # lines whose events one delete statement targets
+CHUNK_ACCOUNTS = 500  # accounts whose released distinct values one transaction deletes
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,9 @@ class RetentionReport:
     periods: int = 0
     events_deleted: int = 0  # by chunks, besides the dropped partitions' events
     errors: list[str] = field(default_factory=list)
+    # unique_count's distinct values released, of usage periods starting before this date.
+    distinct_released_before: date | None = None
+    distinct_values_released: int = 0
 
     @property
     def events_removed(self) -> int:
@@ -101,6 +114,7 @@ class EventRetention:
         maintenance = self.partitions.maintain(now, dry_run=dry_run)
         report.partitions_created = maintenance.created
         report.errors += maintenance.errors
+        self._release_distinct_values(now, report)
         cutoff = retention_cutoff(now, self.retention_days)
         if cutoff is None:
             return report
@@ -136,6 +150,54 @@ class EventRetention:
             },
         )
         return report
+
+    def _release_distinct_values(self, now: datetime, report: RetentionReport) -> None:
+        """Delete the distinct values of usage periods no event can reach any more, once per
+        month (when :func:`writable_from` moves past the date released before)."""
+        before = writable_from(now, self.partitions.horizon)
+        with self.database.read() as connection:
+            released = repository.distinct_release(connection)
+        if released is not None and released.done and released.before >= before:
+            return
+        if released is not None and released.before > before:  # the horizon was lengthened
+            before = released.before
+        report.distinct_released_before = before
+        after: str | None = None
+        try:
+            if not report.dry_run:  # first: ingest is held off these periods from now on
+                with self.database.transaction() as connection:
+                    repository.set_distinct_release(
+                        connection, DistinctRelease(before, done=False), now
+                    )
+            while True:
+                with self.database.read() as connection:
+                    accounts = aggregates.accounts_with_distinct_before(
+                        connection, before, after, CHUNK_ACCOUNTS
+                    )
+                    if report.dry_run and accounts:
+                        report.distinct_values_released += aggregates.count_distinct_before(
+                            connection, accounts, before
+                        )
+                if not accounts:
+                    break
+                if not report.dry_run:
+                    with self.database.transaction() as connection:
+                        report.distinct_values_released += aggregates.delete_distinct_before(
+                            connection, accounts, before
+                        )
+                after = accounts[-1]
+            if not report.dry_run:
+                with self.database.transaction() as connection:
+                    repository.set_distinct_release(
+                        connection, DistinctRelease(before, done=True), now
+                    )
+        except DBAPIError as error:  # the next run starts over; what was deleted stays so
+            report.errors.append(f"releasing distinct values: {error.orig or error}")
+        log.info(
+            "distinct_values.released",
+            extra={"before": before.isoformat(), "rows": report.distinct_values_released,
+                   "dry_run": report.dry_run},
+        )  # fmt: skip
 
     def _drop_partitions(
         self, now: datetime, cutoff: datetime, report: RetentionReport

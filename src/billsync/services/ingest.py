@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from billsync.clock import Clock
 from billsync.core.aggregation import Mark, Observation, combine, increment, mark_of
 from billsync.core.catalog import Aggregation, Catalog
+from billsync.core.event_storage import accepted_horizon
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT
 from billsync.core.periods import AnchorSchedule, Period, late_usage_target
@@ -39,6 +40,7 @@ from billsync.db.database import Database
 from billsync.observability.instruments import observe_ingest
 from billsync.repositories import aggregates, ledger, ledger_bulk
 from billsync.repositories import sync as sync_repository
+from billsync.repositories.event_storage import distinct_release
 from billsync.services.changes import Changes
 from billsync.services.event_partitions import EventPartitions
 
@@ -175,9 +177,23 @@ class IngestService:
         }
         # Each line's id, once read: the next batches read the line by its primary key.
         self._line_ids: dict[LineRef, int] = {}
+        # Usage periods whose distinct values were released (services.event_retention), read
+        # again every RELEASE_REFRESH: no event is accepted into them, whatever the horizon.
+        self._released_before: date | None = None
+        self._release_read_at: datetime | None = None
+
+    RELEASE_REFRESH = timedelta(minutes=10)
 
     def rules(self) -> UsageRules:
-        return UsageRules(self.catalog, self.clock.now(), self.horizon)
+        now = self.clock.now()
+        if self._release_read_at is None or now - self._release_read_at >= self.RELEASE_REFRESH:
+            with self.database.read() as connection:
+                release = distinct_release(connection)
+            self._released_before = None if release is None else release.before
+            self._release_read_at = now
+        return UsageRules(
+            self.catalog, now, accepted_horizon(now, self.horizon, self._released_before)
+        )
 
     def ingest(self, raw_events: Sequence[Any]) -> IngestReport:
         """Ingest generically decoded events (dicts), e.g. lines of a JSONL file."""
