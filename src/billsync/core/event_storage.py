@@ -49,16 +49,15 @@ def months_for_usage(oldest: datetime, newest: datetime) -> list[date]:
     return months(shift_months(month_of(oldest.date()), -1), newest.date())
 
 
-def accepted_horizon(now: datetime, horizon: timedelta, released_before: date | None) -> timedelta:
-    """The usage horizon ingest applies: the configured one, shortened if it reaches a usage
-    period whose distinct values were released (:func:`writable_from` of an earlier, shorter
-    horizon) — a value of such a period, counted once already, would be counted again. An
-    event at or after the month after ``released_before`` is stored under a period that starts
-    on or after it."""
+def released_floor(released_before: date | None) -> datetime | None:
+    """The oldest usage ingest may take once the distinct values of the usage periods starting
+    before ``released_before`` were released (:func:`writable_from` of the horizon then): older
+    usage, under a horizon lengthened since, could land in such a period, where a value counted
+    once already would be counted again. An event at or after the month after
+    ``released_before`` is stored under a period that starts on or after it."""
     if released_before is None:
-        return horizon
-    floor = datetime.combine(shift_months(released_before, 1), time.min, tzinfo=UTC)
-    return max(min(horizon, now - floor), timedelta(0))
+        return None
+    return datetime.combine(shift_months(released_before, 1), time.min, tzinfo=UTC)
 
 
 def retention_cutoff(now: datetime, retention_days: int) -> datetime | None:

@@ -20,7 +20,7 @@ value once per period (``distinct_values``) are released for the usage periods n
 reach any more (they start before :func:`writable_from` of the usage horizon): once a month,
 one pass over the table's key, chunk by chunk. The date is recorded, and ingest never accepts
 usage into those periods again, even under a horizon lengthened since
-(:func:`billsync.core.event_storage.accepted_horizon`): a value counted there would be counted
+(:func:`billsync.core.event_storage.released_floor`): a value counted there would be counted
 twice.
 """
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from billsync.clock import Clock
 from billsync.core.aggregation import Mark, Observation, combine, increment, mark_of
 from billsync.core.catalog import Aggregation, Catalog
-from billsync.core.event_storage import accepted_horizon
+from billsync.core.event_storage import released_floor
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT
 from billsync.core.periods import AnchorSchedule, Period, late_usage_target
@@ -185,15 +185,37 @@ class IngestService:
     RELEASE_REFRESH = timedelta(minutes=10)
 
     def rules(self) -> UsageRules:
-        now = self.clock.now()
+        return UsageRules(self.catalog, self.clock.now(), self.horizon)
+
+    def _released_floor(self, now: datetime) -> datetime | None:
+        """The oldest usage that may still be taken (core.event_storage.released_floor), read
+        in the write path: a database that is away fails it as it fails the write."""
         if self._release_read_at is None or now - self._release_read_at >= self.RELEASE_REFRESH:
             with self.database.read() as connection:
                 release = distinct_release(connection)
             self._released_before = None if release is None else release.before
             self._release_read_at = now
-        return UsageRules(
-            self.catalog, now, accepted_horizon(now, self.horizon, self._released_before)
-        )
+        return released_floor(self._released_before)
+
+    def _after_floor(
+        self, outcomes: Sequence[ValidEvent | Rejection], now: datetime
+    ) -> Sequence[ValidEvent | Rejection]:
+        """Usage older than the released floor, refused. Nothing to look at while the floor is
+        older than the horizon (the usual: validation refused all such usage already)."""
+        floor = self._released_floor(now)
+        if floor is None or floor <= now - self.horizon:
+            return outcomes
+        return [
+            Rejection(
+                outcome.id,
+                RejectionCode.TIMESTAMP_TOO_OLD,
+                f"timestamp is before {floor:%Y-%m-%d}: the usage periods before it are closed "
+                "for good (their unique counts were released)",
+            )
+            if isinstance(outcome, ValidEvent) and outcome.timestamp < floor
+            else outcome
+            for outcome in outcomes
+        ]
 
     def ingest(self, raw_events: Sequence[Any]) -> IngestReport:
         """Ingest generically decoded events (dicts), e.g. lines of a JSONL file."""
@@ -215,6 +237,7 @@ class IngestService:
 
     def record(self, outcomes: Sequence[ValidEvent | Rejection], now: datetime) -> IngestReport:
         """Store the valid events of a validated batch in one transaction; report every event."""
+        outcomes = self._after_floor(outcomes, now)
 
         # The first occurrence of an id in the batch is the candidate; later ones mirror it.
         first_index: dict[str, int] = {}
