@@ -104,6 +104,8 @@ TABLE: dict[tuple[str, str], Expected] = {
     ("POST", "/console/problems/{problem_id}/{action}"): CONSOLE_ACT,
     ("GET", "/console/timezone"): CONSOLE_PAGE,
     ("POST", "/console/accounts/{account_id}/policy"): CONSOLE_ADMIN_ACT,
+    ("POST", "/console/accounts/{account_id}/commitment"): CONSOLE_ADMIN_ACT,
+    ("POST", "/console/accounts/{account_id}/credit_grants"): CONSOLE_ADMIN_ACT,
     ("POST", "/console/users"): CONSOLE_ADMIN_ACT,
     ("POST", "/console/users/{name}/disable"): CONSOLE_ADMIN_ACT,
 }
@@ -115,6 +117,9 @@ FORMS = {
     "/console/accounts/acme/adjustments": {"amount": "1.00", "description": "test",
                                            "reason": "matrix", "confirm": "1.00"},
     "/console/accounts/acme/policy": {"policy": "interval", "reason": "matrix"},
+    "/console/accounts/acme/commitment": {"amount": "", "reason": "matrix"},
+    "/console/accounts/acme/credit_grants": {"amount": "x", "confirm_amount": "x",
+                                             "expires_on": "2027-01-01", "reason": "matrix"},
     "/console/accounts/acme/credit_notes": {"period": "2026-11-01", "reason": "matrix"},
     "/console/users": {"name": "matrix-user", "role": "viewer", "password": PASSWORD},
     "/console/login": {"name": "nobody", "password": "wrong"},

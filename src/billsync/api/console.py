@@ -27,6 +27,7 @@ from billsync.api.deps import BillsyncDep
 from billsync.api.web_security import root, secure_cookies, url
 from billsync.config import Settings
 from billsync.core.capacity import capacity
+from billsync.core.commitment import commitment_on
 from billsync.core.credit_notes import DESTINATIONS, REASONS
 from billsync.core.display import format_money
 from billsync.core.periods import PeriodStatus
@@ -127,11 +128,16 @@ def account(request: Request, account_id: str, billsync: BillsyncDep, period: st
     signed = web.require(billsync, request)
     if isinstance(signed, RedirectResponse):
         return signed
+    now = billsync.clock.now()
     with billsync.database.read() as connection:
-        view = account_view(connection, account_id, billsync.catalog)
+        view = account_view(connection, account_id, billsync.catalog, now)
     if view is None:
         return web.message(404, signed, "No such account", f"There is no account {account_id!r}.")
     currency = view.account.currency
+    # The period starts a change of terms can take effect from: the current one, the next.
+    current = view.account.schedule(billsync.settings.billing_anchor_day).period_for_date(
+        now.date()
+    )
 
     def money(amount: int | None) -> str:
         return "—" if amount is None else format_money(amount, currency)
@@ -144,6 +150,8 @@ def account(request: Request, account_id: str, billsync: BillsyncDep, period: st
         problem_actions=problem_actions, action_labels=PROBLEM_ACTIONS,
         reasons=REASONS, destinations=DESTINATIONS,
         describe=lambda entry: describe_entry(entry, currency),
+        now=now, term_starts=[current.start, current.end],
+        minimum_now=commitment_on(view.account.commitments, current.start),
     )  # fmt: skip
 
 

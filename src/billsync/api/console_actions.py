@@ -6,6 +6,7 @@ done and audited once), and returns to the account's page saying what it did."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime, time
 from functools import partial
 from typing import Any
 
@@ -15,9 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from billsync.api import console_web as web
 from billsync.api.deps import BillsyncDep
+from billsync.core.commitment import commitment_on
 from billsync.core.display import format_money
-from billsync.errors import BillsyncError
+from billsync.errors import BillsyncError, InvalidRequest
+from billsync.services.accounts import AccountChanges
 from billsync.services.console_auth import Signed
+from billsync.services.support_checks import checked_who, period_start
 
 router = web.router
 WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # a policy's seconds or minor units, in ASCII digits
@@ -246,3 +250,103 @@ def set_policy(
         return web.not_done(request, billsync, allowed, error, f"/console/accounts/{account_id}")
     said = f"Sync policy set: {override}." if override else "Sync policy back to the default."
     return web.done(request, billsync, allowed, f"/console/accounts/{account_id}", said)
+
+
+@router.post("/accounts/{account_id}/commitment")
+def set_commitment(
+    request: Request,
+    account_id: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    submission: str = Form(default=""),
+    amount: str = Form(default=""),
+    effective_from: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    """Admins set the account's minimum per period (empty: none) from the current or the next
+    period on, as ``PATCH /v1/accounts/{id}`` does (audited as ``account.update``). Setting
+    what is already set changes nothing, so a form sent twice needs no key of its own."""
+    allowed = web.refusal(billsync, request, csrf, "admin")
+    if not isinstance(allowed, Signed):
+        return allowed
+    location = f"/console/accounts/{account_id}"
+    try:
+        who = checked_who(allowed.name, reason)
+        start = period_start(effective_from) if effective_from.strip() else None
+        changes = AccountChanges(minimum_amount=amount.strip() or None, minimum_amount_from=start)
+        with billsync.database.transaction() as connection:
+            account = billsync.accounts.update(
+                connection, account_id, changes, actor=who.actor, reason=who.reason,
+                default_anchor_day=billsync.settings.billing_anchor_day,
+            )  # fmt: skip
+    except BillsyncError as error:
+        return web.not_done(request, billsync, allowed, error, location)
+    billsync.bill_cache.forget(frozenset({account_id}))
+    set_from = (
+        start
+        or account.schedule(billsync.settings.billing_anchor_day)
+        .period_for_date(billsync.clock.now().date())
+        .start
+    )
+    minimum = commitment_on(account.commitments, set_from)
+    said = f"Minimum commitment from the period starting {set_from}: " + (
+        "none." if minimum is None else f"{format_money(minimum, account.currency)} a period."
+    )
+    return web.done(request, billsync, allowed, location, said)
+
+
+@router.post("/accounts/{account_id}/credit_grants")
+def grant_credit(
+    request: Request,
+    account_id: str,
+    billsync: BillsyncDep,
+    *,
+    csrf: str = Form(default=""),
+    submission: str = Form(default=""),
+    amount: str = Form(default=""),
+    confirm_amount: str = Form(default=""),
+    expires_on: str = Form(default=""),
+    reason: str = Form(default=""),
+) -> Response:
+    """Admins grant prepaid credit, as ``POST /v1/accounts/{id}/credit-grants`` does (audited as
+    ``credit_grant.created``); the amount is typed twice, and the form's one-time key grants it
+    once however often the form is sent. It expires at 00:00 UTC of the day given."""
+    allowed = web.refusal(billsync, request, csrf, "admin")
+    if not isinstance(allowed, Signed):
+        return allowed
+    location = f"/console/accounts/{account_id}"
+    if amount.strip() != confirm_amount.strip():
+        return web.message(
+            422,
+            allowed,
+            "Not done",
+            "the two amounts differ: type the same amount twice to confirm",
+        )
+    try:
+        who = checked_who(
+            allowed.name, reason, submission=submission or None, action="credit_grant",
+            parameters={"account": account_id, "amount": amount, "expires_on": expires_on},
+        )  # fmt: skip
+        try:
+            expires_at = datetime.combine(date.fromisoformat(expires_on.strip()), time.min, UTC)
+        except ValueError:
+            raise InvalidRequest(
+                f"the expiry is a day, YYYY-MM-DD, not {expires_on.strip()!r}",
+                code="invalid_expiry",
+            ) from None
+        with billsync.database.transaction() as connection:
+            account = billsync.accounts.get(connection, account_id)
+            grant = billsync.credits.grant(
+                connection, account_id, amount=amount.strip(), currency=account.currency,
+                expires_at=expires_at, reason=who.reason, actor=who.actor, request=who.request,
+            )  # fmt: skip
+    except BillsyncError as error:
+        return web.not_done(request, billsync, allowed, error, location)
+    if billsync.ingest.changes is not None:
+        billsync.ingest.changes.accounts_changed({account_id})
+    said = (
+        f"Prepaid credit of {format_money(grant.amount, grant.currency)} granted, expiring "
+        f"{grant.expires_at:%Y-%m-%d %H:%M} UTC: each period's close draws on it."
+    )
+    return web.done(request, billsync, allowed, location, said)

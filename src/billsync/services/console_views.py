@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -21,10 +22,12 @@ from billsync.core.periods import PeriodStatus
 from billsync.core.pricing import applied_price
 from billsync.repositories import console, problems, webhooks
 from billsync.repositories import credit_notes as credit_note_repository
+from billsync.repositories import credits as credit_repository
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord, get_account
 from billsync.repositories.alerts import Crossing, alerts_of, crossings_of
 from billsync.repositories.credit_notes import CreditNoteRecord
+from billsync.repositories.credits import GrantRecord
 from billsync.repositories.event_storage import retention_mark
 from billsync.repositories.problems import ProblemRecord
 from billsync.repositories.sync import PeriodRow, SyncLine
@@ -122,6 +125,9 @@ class AccountView:
     # The spend alerts (what each is) and every threshold crossed, with its webhook's state.
     alerts: dict[int, str] = field(default_factory=dict)
     crossings: list[Crossing] = field(default_factory=list)
+    # Prepaid credit: every grant (oldest first) and what is left to draw on.
+    grants: list[GrantRecord] = field(default_factory=list)
+    credit_left: int = 0
 
 
 STATE_LABELS = {
@@ -151,7 +157,10 @@ def line_name(line: SyncLine, catalog: Catalog | None) -> str:
 
 
 def account_view(
-    connection: Connection, account_id: str, catalog: Catalog | None = None
+    connection: Connection,
+    account_id: str,
+    catalog: Catalog | None = None,
+    now: datetime | None = None,
 ) -> AccountView | None:
     account = get_account(connection, account_id)
     if account is None:
@@ -217,6 +226,7 @@ def account_view(
             )
         )
     audit = console.trail(connection, account_id, limit=50)
+    grants = credit_repository.grants_of(connection, account_id)
     contacted: dict[int, dict[str, Any]] = {}
     for entry in reversed(audit):  # oldest first: the latest one stays
         if entry["action"] == "problem.contacted":
@@ -239,6 +249,8 @@ def account_view(
         contacted=contacted,
         alerts={a.id: a.describe(account.currency) for a in alerts_of(connection, account_id)},
         crossings=crossings_of(connection, account_id),
+        grants=grants,
+        credit_left=0 if now is None else credit_repository.balance(grants, now),
     )
 
 
@@ -261,6 +273,16 @@ def describe_entry(entry: dict[str, Any], currency: str) -> str:
         elif outcome.get("error"):
             text += f" — not issued: {outcome['error']}"
         return text
+    if action == "credit_grant.created":
+        return f"Prepaid credit of {detail.get('amount', '?')} {currency.upper()} granted, " + (
+            f"expiring {str(detail.get('expires_at', '?'))[:10]}"
+        )
+    if action == "account.update" and "minimum_amount_from" in detail:
+        minimum = detail.get("minimum_amount")
+        return (
+            f"Minimum commitment {'none' if minimum is None else f'{minimum} {currency.upper()}'}"
+            f" from the period starting {detail['minimum_amount_from']}"
+        )
     if action == "payment.retry":
         if outcome.get("paid"):
             return "Payment retried: paid"
