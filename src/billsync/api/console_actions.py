@@ -27,6 +27,15 @@ router = web.router
 WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # a policy's seconds or minor units, in ASCII digits
 
 
+def unconfirmed(signed: Signed, amount: str, confirm: str) -> Response | None:
+    """The refusal of an amount typed twice differently (forms that move money ask twice)."""
+    if amount.strip() == confirm.strip():
+        return None
+    return web.message(
+        422, signed, "Not done", "the two amounts differ: type the same amount twice to confirm"
+    )
+
+
 @router.post("/accounts/{account_id}/actions/{action}")
 async def act(
     request: Request,
@@ -92,13 +101,8 @@ async def adjust(
     allowed = web.refusal(billsync, request, csrf, "agent")
     if not isinstance(allowed, Signed):
         return allowed
-    if amount.strip() != confirm_amount.strip():
-        return web.message(
-            422,
-            allowed,
-            "Not done",
-            "the two amounts differ: type the same amount twice to confirm",
-        )
+    if (differ := unconfirmed(allowed, amount, confirm_amount)) is not None:
+        return differ
     try:
         adjusted = await run_in_threadpool(
             partial(
@@ -316,13 +320,8 @@ def grant_credit(
     if not isinstance(allowed, Signed):
         return allowed
     location = f"/console/accounts/{account_id}"
-    if amount.strip() != confirm_amount.strip():
-        return web.message(
-            422,
-            allowed,
-            "Not done",
-            "the two amounts differ: type the same amount twice to confirm",
-        )
+    if (differ := unconfirmed(allowed, amount, confirm_amount)) is not None:
+        return differ
     try:
         who = checked_who(
             allowed.name, reason, submission=submission or None, action="credit_grant",
