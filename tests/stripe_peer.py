@@ -52,7 +52,13 @@ def emulator_server() -> Iterator[RunningEmulator]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     emulator = create_app(EmulatorConfig(public_url=url))
-    server = _Server(uvicorn.Config(emulator, host="127.0.0.1", port=port, log_level="error"))
+    # At the session's end, connections still open (an SDK's pooled keep-alive, a request the
+    # "hang" fault holds) get a second to finish, not the join's whole backstop.
+    server = _Server(
+        uvicorn.Config(
+            emulator, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=1
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, "the emulator starts")
