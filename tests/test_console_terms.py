@@ -17,6 +17,7 @@ from billsync.api.app import create_app
 from billsync.bootstrap import Billsync
 from billsync.db.tables import audit_log
 from billsync.repositories import credits as credit_repository
+from billsync.repositories.accounts import get_account
 from tests.served import serve
 from tests.test_console import PASSWORD, console_as, support  # noqa: F401 - the fixture
 from tests.test_customer_view import ARTIFACTS, CHROMIUM
@@ -82,6 +83,9 @@ def test_a_grant_form_is_refused_with_a_reason_a_person_can_act_on(
             "has passed": {"amount": "10.00", "confirm_amount": "10.00",
                            "expires_on": "2026-11-01"},
             "a grant is a positive amount": {"amount": "-5", "confirm_amount": "-5"},
+            # The grant keeps its reason in 500 characters (PostgreSQL would refuse more).
+            "reason: at most 500 characters": {"amount": "10.00", "confirm_amount": "10.00",
+                                               "reason": "x" * 501},
         }  # fmt: skip
         for message, fields in cases.items():
             refused = client.post("/console/accounts/acme/credit_grants", data=base | fields)
@@ -122,21 +126,36 @@ def test_an_admin_sets_the_minimum_commitment_from_this_period_or_the_next(
             "Minimum commitment from the period starting 2026-12-01: $500.00 a period."
         )
         assert re.search(r'id="minimum-now">none<', from_next.text)  # this period: none yet
+        # Another look at the page, another form: this period on, $300.00.
+        again = form_of(from_next.text, "/commitment") | {"reason": "enterprise deal"}
         now = client.post(
-            "/console/accounts/acme/commitment", data=form | {"effective_from": "2026-11-01"}
+            "/console/accounts/acme/commitment",
+            data=again | {"amount": "300.00", "effective_from": "2026-11-01"},
         )
-        assert re.search(r'id="minimum-now">\$500\.00<', now.text)
+        assert re.search(r'id="minimum-now">\$300\.00<', now.text)
         wrong = client.post(
-            "/console/accounts/acme/commitment", data=form | {"effective_from": "2026-11-15"}
+            "/console/accounts/acme/commitment",
+            data=form_of(now.text, "/commitment")
+            | {"amount": "1.00", "effective_from": "2026-11-15", "reason": "typo"},
         )
         assert wrong.status_code == 409
         assert "must be the start of one of the account's periods" in html.unescape(wrong.text)
+        # The first form sent again (the browser re-posting it): it does not put $500.00 back
+        # over the $300.00 set since.
+        stale = client.post(
+            "/console/accounts/acme/commitment", data=form | {"effective_from": "2026-12-01"}
+        )
+        assert "carried out once" in flash(stale.text)
+    with support.database.read() as connection:
+        account = get_account(connection, "acme")
+    assert account is not None
+    assert [(c.effective_from, c.amount) for c in account.commitments] == [(NOVEMBER, 30000)]
     entries = audit(support, "account.update")
     assert [(e["actor"], e["reason"]) for e in entries] == [("ada", "enterprise deal")] * 2
     details = [e["detail"] for e in entries]
     assert [(d["minimum_amount"], d["minimum_amount_from"]) for d in details] == [  # type: ignore[index]
         ("500.00", "2026-12-01"),
-        ("500.00", "2026-11-01"),
+        ("300.00", "2026-11-01"),
     ]
 
 

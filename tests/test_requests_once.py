@@ -107,6 +107,26 @@ def test_an_adjustment_form_sent_twice_adds_one_credit(service: Billsync) -> Non
     assert count(service, audit_log, audit_log.c.action == "adjustment.credit") == 2
 
 
+def test_a_form_sent_again_with_other_values_does_nothing_and_says_so(
+    service: Billsync,
+) -> None:
+    create_account(service)
+    service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    with TestClient(create_app(service)) as client:
+        signed_in(client)
+        form = form_of(client.get("/console/accounts/acme").text, "/adjustments") | {
+            "kind": "credit", "amount": "5.00", "confirm_amount": "5.00",
+            "description": "Goodwill", "reason": "outage",
+        }  # fmt: skip
+        client.post("/console/accounts/acme/adjustments", data=form)
+        other = form | {"amount": "7.00", "confirm_amount": "7.00"}
+        refused = client.post("/console/accounts/acme/adjustments", data=other)
+    assert refused.status_code == 409
+    assert "This form was already used for another request" in refused.text
+    assert "nothing was done with these values" in refused.text
+    assert adjustment_lines(service) == 1
+
+
 def test_a_form_refused_for_its_input_can_be_corrected_and_sent_again(service: Billsync) -> None:
     create_account(service)
     service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])

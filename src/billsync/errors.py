@@ -42,12 +42,13 @@ class DuplicateRequest(Conflict):
 
     code = "duplicate_request"
 
-    def __init__(self, actor: str, key: str) -> None:
+    def __init__(self, actor: str, key: str, digest: str) -> None:
         super().__init__(
             f"the request with key {key!r} was already carried out; it was not done again"
         )
         self.actor = actor
         self.key = key
+        self.digest = digest  # what this request asked for: the same as the first's, or not
 
 
 class RequestTimeout(BillsyncError):

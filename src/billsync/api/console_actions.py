@@ -269,20 +269,23 @@ def set_commitment(
     reason: str = Form(default=""),
 ) -> Response:
     """Admins set the account's minimum per period (empty: none) from the current or the next
-    period on, as ``PATCH /v1/accounts/{id}`` does (audited as ``account.update``). Setting
-    what is already set changes nothing, so a form sent twice needs no key of its own."""
+    period on, as ``PATCH /v1/accounts/{id}`` does (audited as ``account.update``; a form sent
+    again after it changed the minimum changes nothing, even if someone set another since)."""
     allowed = web.refusal(billsync, request, csrf, "admin")
     if not isinstance(allowed, Signed):
         return allowed
     location = f"/console/accounts/{account_id}"
     try:
-        who = checked_who(allowed.name, reason)
+        who = checked_who(
+            allowed.name, reason, submission=submission or None, action="commitment",
+            parameters={"account": account_id, "amount": amount, "from": effective_from},
+        )  # fmt: skip
         start = period_start(effective_from) if effective_from.strip() else None
         changes = AccountChanges(minimum_amount=amount.strip() or None, minimum_amount_from=start)
         with billsync.database.transaction() as connection:
             account = billsync.accounts.update(
                 connection, account_id, changes, actor=who.actor, reason=who.reason,
-                default_anchor_day=billsync.settings.billing_anchor_day,
+                default_anchor_day=billsync.settings.billing_anchor_day, request=who.request,
             )  # fmt: skip
     except BillsyncError as error:
         return web.not_done(request, billsync, allowed, error, location)

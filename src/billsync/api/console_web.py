@@ -97,6 +97,14 @@ def not_done(
         prior = prior_request(connection, error.actor, error.key)
     if prior is None:  # cannot be: the key is on a committed entry
         return message(error.status_code, signed, "Not done", error.message)
+    if prior.digest != error.digest:  # the same form, sent again with other values
+        return message(
+            409, signed, "Not done",
+            f"This form was already used for another request at "
+            f"{moment(prior.at, zone_of(request))} (audit entry {prior.entry_id}, "
+            f"{prior.action}): nothing was done with these values. Reload the page and fill "
+            "the form in again.",
+        )  # fmt: skip
     outcome = prior.detail.get("outcome")
     failed = isinstance(outcome, dict) and outcome.get("error")
     said = (

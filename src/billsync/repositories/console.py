@@ -130,7 +130,7 @@ def record(
     :class:`DuplicateRequest` if the actor's key is on an entry already — the caller's
     transaction then rolls back, and nothing of the action is done a second time."""
     if request is not None and prior_request(connection, actor, request.key) is not None:
-        raise DuplicateRequest(actor, request.key)
+        raise DuplicateRequest(actor, request.key, request.digest)
     try:
         result = connection.execute(
             insert(audit_log).returning(audit_log.c.id),
@@ -151,7 +151,7 @@ def record(
         # this insert at the unique index).
         if request is None:
             raise
-        raise DuplicateRequest(actor, request.key) from None
+        raise DuplicateRequest(actor, request.key, request.digest) from None
     return int(result.scalar_one())
 
 

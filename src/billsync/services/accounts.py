@@ -22,6 +22,7 @@ from billsync.core.money import (
 )
 from billsync.core.periods import MAX_ANCHOR_DAY, MIN_ANCHOR_DAY
 from billsync.core.policy import PolicyError, SyncPolicy
+from billsync.core.request_keys import RequestKey
 from billsync.core.text import UNSAFE_CHARACTERS, unsafe_character, unsafe_message
 from billsync.errors import Conflict, InvalidRequest, NotFound
 from billsync.repositories import accounts as repository
@@ -235,11 +236,12 @@ class AccountService:
         actor: str,
         default_anchor_day: int,
         reason: str | None = None,
+        request: RequestKey | None = None,
     ) -> AccountRecord:
         """Change the account and audit what changed (``account.update``), in the caller's
-        transaction. A new anchor day applies to future periods: the one running now keeps its
-        dates (so does a later one that already holds usage), the next one ends on the new
-        day."""
+        transaction; a ``request`` key already carried out raises :class:`DuplicateRequest`. A
+        new anchor day applies to future periods: the one running now keeps its dates (so does
+        a later one that already holds usage), the next one ends on the new day."""
         values: dict[str, Any] = {}
         if not isinstance(changes.name, Unchanged):
             values["name"] = _checked_name(changes.name)
@@ -297,7 +299,7 @@ class AccountService:
         if detail:
             audit.record(
                 connection, actor=actor, action="account.update", now=now, account_id=account_id,
-                reason=reason, detail=detail,
+                reason=reason, detail=detail, request=request,
             )  # fmt: skip
         updated = repository.get_account(connection, account_id)
         assert updated is not None

@@ -16,6 +16,8 @@ from billsync.repositories import ledger
 from billsync.repositories.accounts import get_account
 from billsync.repositories.credits import GrantRecord
 
+REASON_LIMIT = 500  # credit_grants.reason
+
 
 class CreditGrants:
     def __init__(self, clock: Clock) -> None:
@@ -35,6 +37,11 @@ class CreditGrants:
     ) -> GrantRecord:
         """Grant the account prepaid credit, audited as ``credit_grant.created``; a ``request``
         key already carried out raises :class:`DuplicateRequest` (nothing granted twice)."""
+        if reason is not None and len(reason) > REASON_LIMIT:
+            raise InvalidRequest(
+                f"reason: at most {REASON_LIMIT} characters (it is kept with the grant)",
+                code="invalid_reason",
+            )
         ledger.lock_accounts(connection, [account_id])
         account = get_account(connection, account_id)
         if account is None:

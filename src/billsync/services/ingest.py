@@ -177,45 +177,9 @@ class IngestService:
         }
         # Each line's id, once read: the next batches read the line by its primary key.
         self._line_ids: dict[LineRef, int] = {}
-        # Usage periods whose distinct values were released (services.event_retention), read
-        # again every RELEASE_REFRESH: no event is accepted into them, whatever the horizon.
-        self._released_before: date | None = None
-        self._release_read_at: datetime | None = None
-
-    RELEASE_REFRESH = timedelta(minutes=10)
 
     def rules(self) -> UsageRules:
         return UsageRules(self.catalog, self.clock.now(), self.horizon)
-
-    def _released_floor(self, now: datetime) -> datetime | None:
-        """The oldest usage that may still be taken (core.event_storage.released_floor), read
-        in the write path: a database that is away fails it as it fails the write."""
-        if self._release_read_at is None or now - self._release_read_at >= self.RELEASE_REFRESH:
-            with self.database.read() as connection:
-                release = distinct_release(connection)
-            self._released_before = None if release is None else release.before
-            self._release_read_at = now
-        return released_floor(self._released_before)
-
-    def _after_floor(
-        self, outcomes: Sequence[ValidEvent | Rejection], now: datetime
-    ) -> Sequence[ValidEvent | Rejection]:
-        """Usage older than the released floor, refused. Nothing to look at while the floor is
-        older than the horizon (the usual: validation refused all such usage already)."""
-        floor = self._released_floor(now)
-        if floor is None or floor <= now - self.horizon:
-            return outcomes
-        return [
-            Rejection(
-                outcome.id,
-                RejectionCode.TIMESTAMP_TOO_OLD,
-                f"timestamp is before {floor:%Y-%m-%d}: the usage periods before it are closed "
-                "for good (their unique counts were released)",
-            )
-            if isinstance(outcome, ValidEvent) and outcome.timestamp < floor
-            else outcome
-            for outcome in outcomes
-        ]
 
     def ingest(self, raw_events: Sequence[Any]) -> IngestReport:
         """Ingest generically decoded events (dicts), e.g. lines of a JSONL file."""
@@ -237,7 +201,6 @@ class IngestService:
 
     def record(self, outcomes: Sequence[ValidEvent | Rejection], now: datetime) -> IngestReport:
         """Store the valid events of a validated batch in one transaction; report every event."""
-        outcomes = self._after_floor(outcomes, now)
 
         # The first occurrence of an id in the batch is the candidate; later ones mirror it.
         first_index: dict[str, int] = {}
@@ -273,6 +236,15 @@ class IngestService:
         observe_ingest(report.accepted, report.duplicates, report.rejected)
         return report
 
+    def _released_floor(self, connection: Connection, now: datetime) -> datetime | None:
+        """The oldest usage still taken once distinct values were released
+        (core.event_storage.released_floor), read in the batch's own transaction: a release
+        recorded before it began is seen. None while the floor is older than the horizon (the
+        usual: validation refused all such usage already)."""
+        release = distinct_release(connection)
+        floor = released_floor(None if release is None else release.before)
+        return None if floor is None or floor <= now - self.horizon else floor
+
     def _store(
         self, connection: Connection, events: list[ValidEvent], now: datetime
     ) -> dict[str, EventResult]:
@@ -281,6 +253,7 @@ class IngestService:
             return decided
         account_ids = {event.account for event in events}
         ledger.lock_accounts(connection, account_ids)
+        floor = self._released_floor(connection, now)
         accounts = {
             account_id: _Terms(
                 account_id,
@@ -304,6 +277,19 @@ class IngestService:
                             RejectionCode.UNKNOWN_ACCOUNT,
                             f"account '{event.account}' does not exist "
                             "(POST /v1/accounts creates it)",
+                        ),
+                    )
+                )
+                continue
+            if floor is not None and event.timestamp < floor:
+                refused.append(
+                    (
+                        event,
+                        Rejection(
+                            event.id,
+                            RejectionCode.TIMESTAMP_TOO_OLD,
+                            f"timestamp is before {floor:%Y-%m-%d}: the usage periods before it "
+                            "are closed for good (their unique counts were released)",
                         ),
                     )
                 )

@@ -497,7 +497,7 @@ class SupportActions:
         if who.request is not None:
             with self.database.read() as connection:
                 if console_repository.prior_request(connection, who.actor, who.request.key):
-                    raise DuplicateRequest(who.actor, who.request.key)
+                    raise DuplicateRequest(who.actor, who.request.key, who.request.digest)
         return who
 
     def _audit(
