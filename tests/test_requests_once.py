@@ -61,6 +61,20 @@ def count(billsync: Billsync, table: Any, *where: Any) -> int:
                    .scalar_one())  # fmt: skip
 
 
+def with_usage(billsync: Billsync) -> None:
+    """acme, with $13.70 of usage this period: room for a few credits."""
+    create_account(billsync)
+    billsync.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+
+
+def credit_form(client: TestClient, amount: str) -> dict[str, str]:
+    """The adjustment form of a fresh look at acme's page, filled in for a credit."""
+    return form_of(client.get("/console/accounts/acme").text, "/adjustments") | {
+        "kind": "credit", "amount": amount, "confirm_amount": amount,
+        "description": "Goodwill", "reason": "outage",
+    }  # fmt: skip
+
+
 def adjustment_lines(billsync: Billsync) -> int:
     adjustment = lines.c.line_key.like("adjustment%")
     return count(billsync, lines, lines.c.account_id == "acme", adjustment)
@@ -83,8 +97,7 @@ def test_each_rendered_form_carries_a_submission_of_its_own(service: Billsync) -
 
 
 def test_an_adjustment_form_sent_twice_adds_one_credit(service: Billsync) -> None:
-    create_account(service)
-    service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    with_usage(service)
     with TestClient(create_app(service)) as client:
         signed_in(client)
         page = client.get("/console/accounts/acme").text
@@ -110,14 +123,10 @@ def test_an_adjustment_form_sent_twice_adds_one_credit(service: Billsync) -> Non
 def test_a_form_sent_again_with_other_values_does_nothing_and_says_so(
     service: Billsync,
 ) -> None:
-    create_account(service)
-    service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    with_usage(service)
     with TestClient(create_app(service)) as client:
         signed_in(client)
-        form = form_of(client.get("/console/accounts/acme").text, "/adjustments") | {
-            "kind": "credit", "amount": "5.00", "confirm_amount": "5.00",
-            "description": "Goodwill", "reason": "outage",
-        }  # fmt: skip
+        form = credit_form(client, "5.00")
         client.post("/console/accounts/acme/adjustments", data=form)
         other = form | {"amount": "7.00", "confirm_amount": "7.00"}
         refused = client.post("/console/accounts/acme/adjustments", data=other)
@@ -128,14 +137,10 @@ def test_a_form_sent_again_with_other_values_does_nothing_and_says_so(
 
 
 def test_a_form_refused_for_its_input_can_be_corrected_and_sent_again(service: Billsync) -> None:
-    create_account(service)
-    service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    with_usage(service)
     with TestClient(create_app(service)) as client:
         signed_in(client)
-        form = form_of(client.get("/console/accounts/acme").text, "/adjustments") | {
-            "kind": "credit", "amount": "5.001", "confirm_amount": "5.001",
-            "description": "Goodwill", "reason": "outage",
-        }  # fmt: skip
+        form = credit_form(client, "5.001")
         refused = client.post("/console/accounts/acme/adjustments", data=form)
         assert refused.status_code == 422
         corrected = form | {"amount": "5.00", "confirm_amount": "5.00"}
@@ -169,8 +174,7 @@ def test_a_credit_note_form_sent_twice_issues_one_credit_note(
 def test_two_sends_at_the_same_moment_carry_out_one(service: Billsync) -> None:
     """Both past the early look-up before either commits: the audit entry's unique key decides
     (on PostgreSQL the second insert waits for the first's commit, then is refused)."""
-    create_account(service)
-    service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    with_usage(service)
     start = threading.Barrier(4)
     outcomes: list[str] = []
 
@@ -232,8 +236,7 @@ def test_the_unique_key_decides_between_two_uncommitted_sends(
 
 
 def test_keys_are_per_person(service: Billsync) -> None:
-    create_account(service)
-    service.ingest.ingest([event("acme", "ip.ipv4.hours", "5000", at=T0)])
+    with_usage(service)
     for actor in ("alex", "sam"):
         service.support.adjust(
             "acme", "1.00", kind="credit", description="Goodwill", actor=actor,

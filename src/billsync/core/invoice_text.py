@@ -4,10 +4,7 @@ so that both always say the same."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import date
-from decimal import Decimal
-from typing import Protocol
+from collections.abc import Sequence
 
 from billsync.core.catalog import Catalog
 from billsync.core.folding import ADJUSTMENT_METRIC, BOOKED_METRICS
@@ -15,23 +12,12 @@ from billsync.core.money import decimal_text
 from billsync.core.rollup import Item, RolledLine, Rollup, roll_up
 
 
-class DescribedLine(Protocol):
-    @property
-    def metric(self) -> str: ...
-    @property
-    def grouping(self) -> Mapping[str, str]: ...
-    @property
-    def late_from(self) -> date | None: ...
-    @property
-    def quantity(self) -> Decimal: ...
-
-
 def invoice_items(catalog: Catalog, lines: Sequence[RolledLine]) -> Rollup:
     """The items of a period's invoice: its lines, or their roll-up at the catalog's levels."""
     return roll_up(lines, catalog.rollup)
 
 
-def line_text(catalog: Catalog, line: DescribedLine) -> str:
+def line_text(catalog: Catalog, line: RolledLine) -> str:
     """A line's text on the invoice: what, how much, and for late usage, from when."""
     if line.metric in BOOKED_METRICS:
         return str(line.grouping.get("description", "Adjustment"))[:500]
@@ -45,7 +31,7 @@ def line_text(catalog: Catalog, line: DescribedLine) -> str:
     return text[:500]
 
 
-def item_text(catalog: Catalog, item: Item, members: Sequence[DescribedLine]) -> str:
+def item_text(catalog: Catalog, item: Item, members: Sequence[RolledLine]) -> str:
     """A roll-up item's text: what it sums and how many lines it carries, each itemised in the
     detailed statement the invoice links to. One line: that line's own text."""
     if len(members) == 1:

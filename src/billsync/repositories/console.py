@@ -129,8 +129,6 @@ def record(
     """Write an audit entry; returns its id. With the client's ``request`` key, raises
     :class:`DuplicateRequest` if the actor's key is on an entry already — the caller's
     transaction then rolls back, and nothing of the action is done a second time."""
-    if request is not None and prior_request(connection, actor, request.key) is not None:
-        raise DuplicateRequest(actor, request.key, request.digest)
     try:
         result = connection.execute(
             insert(audit_log).returning(audit_log.c.id),
@@ -147,8 +145,8 @@ def record(
             },
         )
     except IntegrityError:
-        # The same key committed by a concurrent send (PostgreSQL waited for it, then refused
-        # this insert at the unique index).
+        # The unique index on (actor, request_key): the key is on a committed entry, or on one
+        # a concurrent send is committing (PostgreSQL waits for it, then refuses this insert).
         if request is None:
             raise
         raise DuplicateRequest(actor, request.key, request.digest) from None
