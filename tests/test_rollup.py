@@ -28,6 +28,7 @@ from billsync.core import customer_tokens
 from billsync.core.catalog import Catalog, CatalogError, parse_catalog
 from billsync.core.rollup import DETAIL, MAX_INVOICE_ITEMS, RollupError, levels_with_last, roll_up
 from billsync.db.database import Database
+from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 from billsync.services.lifecycle import LifecycleService, LifecycleSettings
 from billsync.services.sync import SyncService
@@ -38,6 +39,7 @@ from tests.factories import create_account, event
 from tests.served import serve
 from tests.stripe_peer import EMULATOR_KEY, RunningEmulator
 from tests.test_customer_view import launch, needs_chromium
+from tests.waiting import wait_until
 
 NOVEMBER = date(2026, 11, 1)
 HEADERS = {"Authorization": f"Bearer {EMULATOR_KEY}"}
@@ -384,6 +386,51 @@ def test_a_lost_answer_to_a_rolled_up_write_is_read_back_and_nothing_is_billed_t
     if not outcome.ok:
         outcome = sync.sync_account("acme")
     assert outcome.ok, outcome.error
+    items = assert_carried_once(billsync, running_emulator)
+    assert len(items) == 10
+    assert sync.sync_account("acme").calls == 0
+
+
+def test_our_removal_that_lands_after_the_client_gave_up_is_not_taken_for_someone_elses(
+    billsync: Billsync, running_emulator: RunningEmulator
+) -> None:
+    """Rolling up removes the lines' own items. The removal times out, the draft is read back
+    while Stripe is still at it (the items are there), and it lands later: the next read finds
+    the items gone — by our own hand, so nothing is reported as removed in Stripe and every
+    line goes into its roll-up item."""
+    fast = StripeGateway(
+        EMULATOR_KEY, api_base=running_emulator.url, timeout=0.5, max_network_retries=0
+    )
+    sync = SyncService(billsync.database, fast, billsync.catalog, billsync.clock)
+    ingest(billsync, usage(range(10), 10))
+    assert sync.sync_account("acme").ok
+    ingest(billsync, usage(range(10, 26), 10))
+    running_emulator.control(
+        "POST",
+        "faults",
+        {
+            "endpoint": "POST /v1/invoices/{id}/remove_lines",
+            "kind": "hang",
+            "count": 1,
+            "seconds": 2.0,
+        },
+    )
+    # The removal times out; the draft read back still has the items, and the removal sent
+    # again is refused while the first is running (the same idempotency key).
+    sync.sync_account("acme")
+    invoice_id = invoice_of(billsync)
+    wait_until(
+        lambda: (
+            not any(
+                "billsync_line_id" in item["metadata"]
+                for item in stripe_items(running_emulator, invoice_id)
+            )
+        )
+    )
+    outcome = sync.sync_account("acme")
+    assert outcome.ok, outcome.error
+    with billsync.database.read() as connection:
+        assert problem_repository.open_problems(connection, "acme") == []
     items = assert_carried_once(billsync, running_emulator)
     assert len(items) == 10
     assert sync.sync_account("acme").calls == 0

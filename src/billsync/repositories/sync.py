@@ -631,6 +631,28 @@ def pending_intents(connection: Connection, account_id: str) -> list[tuple[int, 
     return [(row.id, row.operation, row.period_start) for row in rows]
 
 
+def items_removed_by_us(
+    connection: Connection, account_id: str, start: date, item_ids: Iterable[str]
+) -> set[str]:
+    """Of ``item_ids``, those a ``remove_lines`` write of ours for the period named — whatever
+    became of its answer. A removal whose answer was lost (a timeout while Stripe went on, or
+    a request still running when the draft was read back) is ours, not someone's in Stripe."""
+    wanted = set(item_ids)
+    if not wanted:
+        return set()
+    rows = connection.execute(
+        select(sync_intents.c.payload).where(
+            sync_intents.c.account_id == account_id,
+            sync_intents.c.period_start == start,
+            sync_intents.c.operation == "remove_lines",
+        )
+    )
+    named: set[str] = set()
+    for row in rows:
+        named.update(str(item) for item in (row.payload or {}).get("line_items", []))
+    return wanted & named
+
+
 def settle_pending(connection: Connection, account_id: str, status: str, now: datetime) -> None:
     """Stripe was read back: the unsettled intents are settled (``status``); those answered
     5xx become ``answered_read`` — still counted as attempts whose key Stripe keeps."""

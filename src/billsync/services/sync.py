@@ -1032,11 +1032,20 @@ class SyncService:
             on_invoice = {line.line_item_id for line in remote.lines}
             missing = [line for line in mine if line.id not in seen]
             with self.database.transaction() as connection:
+                gone = {
+                    line.stripe_line_item_id
+                    for line in missing
+                    if line.stripe_line_item_id is not None
+                    and line.stripe_line_item_id not in on_invoice
+                }
+                # Our own removal whose answer was lost (it timed out and Stripe went on, or
+                # it was still running when the draft was read before): nobody else's doing.
+                ours = repository.items_removed_by_us(connection, account_id, period.start, gone)
                 for line in missing:
                     if (
-                        line.stripe_line_item_id is not None
+                        line.stripe_line_item_id in gone
+                        and line.stripe_line_item_id not in ours
                         and line.synced_version > 0
-                        and line.stripe_line_item_id not in on_invoice
                     ):
                         # Stripe held it and no longer does: someone removed it. A person
                         # decides; until then the line stays off the draft.
