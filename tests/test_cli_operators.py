@@ -267,6 +267,36 @@ def test_the_wait_is_as_long_as_it_says(monkeypatch: pytest.MonkeyPatch) -> None
     database.dispose()
 
 
+def test_a_slow_first_try_does_not_eat_the_wait(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first try slower than the whole wait (a busy host, a connect timeout) still leads to
+    the wait announced: it counts from the first failure."""
+    database = Database(f"postgresql+psycopg://billsync@127.0.0.1:{free_port()}/ledger")
+    now = [0.0]
+    waited: list[float] = []
+    ping = database.ping
+
+    def slow_ping() -> None:
+        try:
+            ping()
+        finally:
+            now[0] += 1.0 if not waited else 0.0  # the first try takes a second
+
+    def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(database, "ping", slow_ping)
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    with pytest.raises(typer.Exit):
+        common.wait_for_database(database, 0.3)
+    assert sum(waited) == pytest.approx(0.3)
+    assert "waiting up to 0.3 s" in one_line(capsys.readouterr().err)
+    database.dispose()
+
+
 @pytest.fixture
 def missing_database_url() -> str:
     url = os.environ.get(PG_URL_VARIABLE)

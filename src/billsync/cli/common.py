@@ -94,8 +94,10 @@ def _seconds(seconds: float) -> str:
 def wait_for_database(database: Database, seconds: float) -> None:
     """A process starting while its database restarts (or the network blinks) waits for it,
     retrying with back-off, instead of dying; it says what it waits for and how long, and
-    after ``seconds`` fails with the reason. A refusal no wait cures fails at once."""
-    deadline = time.monotonic() + seconds
+    after ``seconds`` fails with the reason. A refusal no wait cures fails at once. The wait
+    counts from the first failed try: that try may itself be slow (a busy host, a connect
+    timeout), and the wait announced is then still the wait made."""
+    deadline: float | None = None
     delay = 0.1
     announced = False
     while True:
@@ -106,6 +108,8 @@ def wait_for_database(database: Database, seconds: float) -> None:
             reason, transient = database_problem(error)
             if not transient:
                 raise fail(f"{describe_database(database)}: {reason}") from None
+            if deadline is None:
+                deadline = time.monotonic() + seconds
             left = deadline - time.monotonic()
             if left <= 0:
                 raise fail(
