@@ -49,6 +49,7 @@ TABLES = (
     "rate_budgets",
     "job_leases",
     "audit_log",
+    "catalog_pricings",
     "console_sessions",
     "users",
     "webhook_events",

@@ -206,6 +206,8 @@ OWN_TRANSACTIONS = {
     "with no transaction open and settles the outcome",
     "services/invoice_support.py": "calls Stripe: a credit note or a payment retry commits its "
     "audit entry, calls Stripe with none open, then settles the outcome onto the entry",
+    "services/catalog_prices.py": "a job: records the new pricing, then re-rates the open "
+    "periods 500 accounts per transaction",
 }
 OPENERS = {"transaction", "read"}  # Database's two doors
 ENGINE_DOORS = {"commit", "rollback", "begin", "begin_nested", "connect"}

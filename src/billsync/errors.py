@@ -64,3 +64,12 @@ class PayloadTooLarge(BillsyncError):
 class Unauthorized(BillsyncError):
     status_code = 401
     code = "unauthorized"
+
+
+class CatalogOutdated(BillsyncError):
+    """This process rates with a catalog whose prices are no longer the ones applied to the
+    ledger (``billsync catalog apply``; core.catalog_pricing): nothing was recorded, and the
+    client retries (reaching a process with the applied catalog)."""
+
+    status_code = 503
+    code = "catalog_outdated"

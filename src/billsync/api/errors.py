@@ -36,6 +36,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BillsyncError)
     async def _billsync_error(_request: Request, error: BillsyncError) -> JSONBody:
         headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        if error.status_code == 503:
+            headers = {"Retry-After": "1"}
         return error_response(error.status_code, error.code, error.message, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -38,6 +38,12 @@ from billsync.core.catalog import CatalogError
 from billsync.db import migrate
 from billsync.db.database import Database
 from billsync.repositories import accounts as account_repository
+from billsync.services.catalog_prices import (
+    CatalogChangeRefused,
+    CatalogPrices,
+    PricingPlan,
+    refusal_message,
+)
 
 console = Console()
 # An error names files and ids a person copies: never broken across lines by the console.
@@ -189,8 +195,10 @@ def open_billsync(
     clock: Clock | None = None,
     *,
     wait: float | None = None,
+    catalog_check: bool = True,
 ) -> Billsync:
-    """billsync wired from the settings, its database answering with the current schema.
+    """billsync wired from the settings, its database answering with the current schema and
+    its catalog's prices applied (``ensure_catalog``; not for ``billsync catalog apply``).
     ``wait``: how long to wait for an unreachable database (default
     ``COMMAND_DATABASE_WAIT_SECONDS``; ``DATABASE_WAIT_SECONDS`` for the processes that keep
     running)."""
@@ -202,7 +210,64 @@ def open_billsync(
     except OSError as error:  # SQLite: the data directory cannot be written
         raise fail(f"cannot create the SQLite ledger: {database_problem(error)[0]}") from None
     ensure_schema(billsync.database, COMMAND_DATABASE_WAIT_SECONDS if wait is None else wait)
+    if catalog_check:
+        try:
+            ensure_catalog(billsync)
+        except typer.Exit:
+            billsync.close()
+            raise
     return billsync
+
+
+def describe_pricing_plan(plan: PricingPlan, source: str) -> None:
+    """What applying the catalog does, in a few lines."""
+    if plan.kind == "unchanged":
+        console.print(f"{source}: its prices are the ones applied to the ledger", highlight=False)
+        return
+    if plan.kind == "adopt":
+        console.print(f"{source}: no catalog applied yet: its prices are recorded", highlight=False)
+        return
+    what = "finishes re-rating" if plan.kind == "resume" else "changes"
+    console.print(
+        f"{source} {what}: {len(plan.spans)} price(s), {plan.open_periods} period(s) to re-rate",
+        highlight=False,
+    )
+    for span in plan.spans:
+        console.print(f"  {span.describe()}", highlight=False)
+
+
+def ensure_catalog(billsync: Billsync) -> None:
+    """The catalog's prices are the ones applied to the ledger (services.catalog_prices).
+    SQLite (one process owns it) applies them on the spot; PostgreSQL too when the change
+    re-prices no existing period (a version from a later date, a new metric or currency).
+    Otherwise PostgreSQL, shared by processes that may still run the old catalog, needs an
+    explicit ``billsync catalog apply``, which re-rates the open periods once."""
+    prices = CatalogPrices(billsync.database, billsync.catalog, billsync.clock)
+    plan = prices.plan()
+    if plan.kind == "unchanged":
+        return
+    if plan.refused:
+        raise fail(refusal_message(plan))
+    if not (billsync.database.is_sqlite or plan.kind == "adopt" or not plan.touched):
+        spans = "; ".join(span.describe() for span in plan.spans)
+        raise fail(
+            f"the catalog {billsync.catalog.source} prices {plan.open_periods} open period(s) "
+            f"otherwise than the catalog applied to the ledger ({spans}): run `billsync catalog "
+            "apply` with it first (it re-rates them once), then start billsync with it"
+        )
+    try:
+        result = prices.apply()
+    except CatalogChangeRefused as refused:  # a period closed in between
+        raise fail(refused.message) from None
+    if result.lines_re_rated:
+        errors.print(
+            escape(
+                f"catalog {billsync.catalog.source}: new prices applied, "
+                f"{result.lines_re_rated} line(s) of {result.accounts_re_rated} account(s) "
+                "re-rated"
+            ),
+            highlight=False,
+        )
 
 
 def fail_with_problems(problems: tuple[str, ...]) -> typer.Exit:

@@ -38,6 +38,7 @@ from billsync.cli.common import (
     DATABASE_WAIT_SECONDS,
     BillsyncGroup,
     console,
+    describe_pricing_plan,
     errors,
     fail,
     load_settings,
@@ -55,6 +56,7 @@ from billsync.errors import BillsyncError
 from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
 from billsync.observability.metrics import MULTIPROCESS_DIR
 from billsync.private_files import write_private
+from billsync.services.catalog_prices import CatalogChangeRefused, CatalogPrices, refusal_message
 
 if TYPE_CHECKING:
     from billsync.demo import DemoSummary
@@ -148,6 +150,41 @@ def catalog_check(
     )
     for metric in catalog.metrics.values():
         console.print(escape(f"  {metric.id}  per {metric.unit}"), highlight=False)
+
+
+@catalog_app.command("apply")
+def catalog_apply(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what applying would do; change nothing.")
+    ] = False,
+) -> None:
+    """Apply the configured catalog's prices (BILLSYNC_CATALOG) to the ledger: record them,
+    and re-rate the open periods they price differently from the catalog applied before. Refused
+    (nothing changed) if they re-price a period that is closing, in review or finalized."""
+    billsync = open_billsync(catalog_check=False)
+    try:
+        prices = CatalogPrices(billsync.database, billsync.catalog, billsync.clock)
+        plan = prices.plan()
+        describe_pricing_plan(plan, billsync.catalog.source)
+        if dry_run or plan.kind == "unchanged":
+            return
+        if plan.refused:
+            raise fail(refusal_message(plan))
+
+        def progress(lines: int, accounts: int) -> None:
+            console.print(f"  re-rated {lines} line(s) of {accounts} account(s)…", highlight=False)
+
+        try:
+            result = prices.apply(actor="cli", progress=progress)
+        except CatalogChangeRefused as refused:
+            raise fail(refused.message) from None
+    finally:
+        billsync.close()
+    console.print(
+        f"applied (pricing {result.pricing_id}): {result.lines_re_rated} line(s) of "
+        f"{result.accounts_re_rated} account(s) re-rated; the sync puts them on the drafts",
+        highlight=False,
+    )
 
 
 @app.command("ingest")

@@ -571,6 +571,26 @@ class SignInFailure(Base):
     last_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class CatalogPricing(Base):
+    """A catalog pricing the ledger was rated with (billsync.core.catalog_pricing), newest
+    last: every metric's prices and price versions, as applied by ``billsync catalog apply``
+    (or a SQLite process's start). ``completed_at`` is set once the open periods it prices
+    differently from ``previous_id``'s were re-rated."""
+
+    __tablename__ = "catalog_pricings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    previous_id: Mapped[int | None] = mapped_column(BigId)
+    source: Mapped[str] = mapped_column(String(1000))
+    applied_by: Mapped[str] = mapped_column(String(100))
+    applied_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lines_re_rated: Mapped[int] = mapped_column(Integer, server_default="0")
+    accounts_re_rated: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
 class AuditEntry(Base):
     """Who did what, when and why: every support action and every state transition."""
 

@@ -12,6 +12,7 @@ from billsync.db.models import (
     AlertCrossing,
     AuditEntry,
     BillingPeriod,
+    CatalogPricing,
     ConsoleSession,
     CreditGrant,
     CreditGrantUse,
@@ -53,6 +54,7 @@ cursors = cast(Table, Cursor.__table__)
 users = cast(Table, User.__table__)
 console_sessions = cast(Table, ConsoleSession.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+catalog_pricings = cast(Table, CatalogPricing.__table__)
 rate_budgets = cast(Table, RateBudget.__table__)
 job_leases = cast(Table, JobLease.__table__)
 installation = cast(Table, Installation.__table__)

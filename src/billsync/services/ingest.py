@@ -41,6 +41,7 @@ from billsync.observability.instruments import observe_ingest
 from billsync.repositories import aggregates, ledger, ledger_bulk
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.event_storage import distinct_release
+from billsync.services.catalog_prices import PricingGuard
 from billsync.services.changes import Changes
 from billsync.services.event_partitions import EventPartitions
 
@@ -165,6 +166,8 @@ class IngestService:
         self.database = database
         self.partitions = partitions or EventPartitions(database, horizon=horizon)
         self.catalog = catalog
+        # The applied catalog pricing is this process's, for the periods each batch rates.
+        self.pricing = PricingGuard(catalog)
         self.clock = clock
         self.horizon = horizon
         self.default_anchor_day = default_anchor_day
@@ -463,6 +466,13 @@ class IngestService:
         self._line_ids.update((ref, state.id) for ref, state in states.items())
         # Late usage of the same period already on other invoices counts as billed before.
         earlier_late = ledger_bulk.quantity_elsewhere(connection, list(base_refs))
+        self.pricing.check(
+            connection,
+            {
+                (delta.metric, accounts[ref.account].currency, delta.late_from or ref.period_start)
+                for ref, delta in deltas.items()
+            },
+        )
         counted, marked = self._aggregate(connection, deltas, observed) if observed else ({}, {})
         marks: dict[LineRef, Mark] = {}
         new_lines: list[ledger.NewLine] = []

@@ -27,6 +27,7 @@ from billsync.core.catalog import Catalog, CatalogError, Price, parse_price
 from billsync.core.folding import ADJUSTMENT_METRIC
 from billsync.core.periods import Period, PeriodStatus
 from billsync.core.pricing import (
+    CATALOG,
     AppliedPrice,
     RateCard,
     applied_price,
@@ -40,6 +41,7 @@ from billsync.repositories import console as audit
 from billsync.repositories import ledger, ledger_bulk
 from billsync.repositories import sync as sync_repository
 from billsync.repositories.accounts import AccountRecord
+from billsync.services.catalog_prices import PricingGuard
 
 MAX_NEGOTIATED = 500  # metrics on one rate card
 
@@ -109,6 +111,7 @@ class RateService:
         self.catalog = catalog
         self.clock = clock
         self.default_anchor_day = default_anchor_day
+        self.pricing = PricingGuard(catalog)
 
     def effective(self, account: AccountRecord, period: Period) -> EffectivePrices:
         prices = []
@@ -207,6 +210,8 @@ class RateService:
             applied = applied_price(metric, account.rate_cards, line.currency, start)
             if applied is None:
                 continue
+            if applied.source == CATALOG:
+                self.pricing.check(connection, [(line.metric, line.currency, start)])
             amount = line_amount(line.quantity, applied.price, line.currency)
             if amount != line.amount:
                 changes.append(
