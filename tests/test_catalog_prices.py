@@ -7,6 +7,7 @@ otherwise, nothing recorded."""
 
 from __future__ import annotations
 
+import threading
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import typer
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from typer.testing import CliRunner
 
 from billsync.api.app import create_app
@@ -31,11 +32,13 @@ from billsync.db.tables import account_sync, audit_log, catalog_pricings, lines
 from billsync.errors import CatalogOutdated
 from billsync.repositories import catalog_pricings as pricing_repository
 from billsync.repositories import ledger
+from billsync.repositories import problems as problem_repository
 from billsync.services import catalog_prices
 from billsync.services.catalog_prices import CatalogChangeRefused, CatalogPrices
 from billsync.services.verify import Verifier
 from tests.conftest import T0, TEST_TOKEN
 from tests.factories import create_account, event
+from tests.waiting import blocked_by, wait_until
 
 OCTOBER = date(2026, 10, 1)
 NOVEMBER = date(2026, 11, 1)
@@ -112,8 +115,7 @@ def test_the_spans_a_change_re_prices() -> None:
         "edited.toml",
     )
     assert changed_spans(new, pricing_document(edited)) == [Span(CPU, "usd", None, NOVEMBER)]
-    # A version from a later date, and a new metric, price nothing that existed before them
-    # otherwise — only periods from that date on.
+    # A version from a later date prices only periods from that date on otherwise.
     later = parse_catalog(
         document([{"effective_from": "2027-01-01", "price": {"usd": "0.003", "eur": "0.0027"}}]),
         "later.toml",
@@ -121,6 +123,10 @@ def test_the_spans_a_change_re_prices() -> None:
     spans = changed_spans(old, pricing_document(later))
     assert [(s.since, s.until) for s in spans] == [(date(2027, 1, 1), None)] * 2
     assert not spans[0].holds(DECEMBER)
+    # A new metric priced nothing before; the same price written otherwise is the same price.
+    more = document(price={"usd": "0.0010", "eur": "0.00090"})
+    more["metric"].append({"id": "api.calls", "unit": "call", "price": {"usd": "1", "eur": "1"}})
+    assert changed_spans(old, pricing_document(parse_catalog(more, "more.toml"))) == []
 
 
 def test_a_version_from_the_open_period_re_rates_each_of_its_lines_once(
@@ -262,33 +268,203 @@ def test_a_process_still_running_the_old_catalog_cannot_rate_with_it(
     assert cpu_amounts(current)[("acme", NOVEMBER)] == (300, 1)
 
 
-def test_a_process_start_applies_on_sqlite_and_asks_for_apply_on_postgresql(
+def test_a_process_starts_only_with_the_applied_prices(
     billsync: Billsync, settings: Settings, database: Database, clock: ManualClock
 ) -> None:
     billsync.ingest.ingest([event("acme", CPU, 1000, at=T0)])
-    common.ensure_catalog(billsync)  # the first start: adopted
+    common.ensure_catalog(billsync)  # the first start: its catalog is the ledger's pricing
     starting = built(settings, database, clock, NEW)
-    if database.is_sqlite:
+    with pytest.raises(typer.Exit):  # a command, or any process on PostgreSQL: apply it first
         common.ensure_catalog(starting)
-        assert cpu_amounts(starting)[("acme", NOVEMBER)] == (300, 2)
+    if database.is_sqlite:  # `billsync serve`, which owns a SQLite ledger, applies it
+        common.ensure_catalog(starting, apply=True)
     else:
         with pytest.raises(typer.Exit):
-            common.ensure_catalog(starting)
+            common.ensure_catalog(starting, apply=True)
         assert cpu_amounts(starting)[("acme", NOVEMBER)] == (100, 1)
         CatalogPrices(database, NEW, clock).apply()
-        common.ensure_catalog(starting)  # applied: it starts
-    # A version from a later period start re-prices nothing yet: any process applies it.
-    later = parse_catalog(
-        document(
-            [
-                {"effective_from": "2026-11-01", "price": {"usd": "0.003", "eur": "0.0027"}},
-                {"effective_from": "2027-01-01", "price": {"usd": "0.004", "eur": "0.0036"}},
-            ]
-        ),
-        "later.toml",
+    assert cpu_amounts(starting)[("acme", NOVEMBER)] == (300, 2)
+    common.ensure_catalog(starting)  # applied: it starts
+    # A process restarted with the old catalog does not put the old prices back.
+    with pytest.raises(typer.Exit):
+        common.ensure_catalog(built(settings, database, clock, OLD), apply=False)
+    assert cpu_amounts(starting)[("acme", NOVEMBER)] == (300, 2)
+
+
+def test_what_the_refusal_to_start_says(
+    billsync: Billsync,
+    settings: Settings,
+    database: Database,
+    clock: ManualClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    CatalogPrices(database, NEW, clock).apply()
+    with pytest.raises(typer.Exit):
+        common.ensure_catalog(built(settings, database, clock, OLD))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the catalog old.toml: its prices differ from those applied to the ledger" in said
+    assert "from new.toml (cpu.seconds in EUR, periods starting from 2026-11-01;" in said
+    assert "run `billsync catalog apply` with it" in said
+    assert "if it is an old one, start billsync with new.toml instead" in said
+
+
+@pytest.mark.parametrize(
+    "status",
+    [PeriodStatus.CLOSING, PeriodStatus.REVIEW, PeriodStatus.HELD, PeriodStatus.FINALIZED],
+)
+def test_a_change_reaching_a_period_past_open_is_refused_whatever_its_state(
+    billsync: Billsync, database: Database, clock: ManualClock, status: PeriodStatus
+) -> None:
+    billsync.ingest.ingest([event("acme", CPU, 1000, at=T0)])
+    CatalogPrices(database, OLD, clock).apply()
+    with database.transaction() as connection:
+        ledger.set_period_status(connection, "acme", NOVEMBER, status, clock.now())
+    with pytest.raises(CatalogChangeRefused) as refused:
+        CatalogPrices(database, NEW, clock).apply()
+    assert f"1 {status.value} period(s) of USD accounts starting 2026-11-01" in (
+        refused.value.message
     )
-    common.ensure_catalog(built(settings, database, clock, later))
-    assert CatalogPrices(database, later, clock).plan().kind == "unchanged"
+    assert cpu_amounts(billsync)[("acme", NOVEMBER)] == (100, 1)
+
+
+def test_late_usage_keeps_its_own_periods_prices(
+    billsync: Billsync, database: Database, clock: ManualClock
+) -> None:
+    """October's usage arriving in November goes on November's invoice at October's price:
+    a version from November does not change it."""
+    billsync.ingest.ingest([event("acme", CPU, 1000, at=T0 - timedelta(days=31))])
+    with database.transaction() as connection:
+        ledger.set_period_status(connection, "acme", OCTOBER, PeriodStatus.FINALIZED, clock.now())
+    billsync.ingest.ingest([event("acme", CPU, 500, at=T0 - timedelta(days=31))])  # late
+    CatalogPrices(database, OLD, clock).apply()
+    with database.read() as connection:
+        late = connection.execute(
+            select(lines.c.amount, lines.c.version).where(lines.c.late_from == OCTOBER)
+        ).one()
+    assert tuple(late) == (50, 1)
+    CatalogPrices(database, NEW, clock).apply()
+    with database.read() as connection:
+        again = connection.execute(
+            select(lines.c.amount, lines.c.version).where(lines.c.late_from == OCTOBER)
+        ).one()
+    assert tuple(again) == (50, 1)
+
+
+def test_a_period_that_enters_review_during_the_apply_keeps_its_prices_and_support_is_told(
+    billsync: Billsync, database: Database, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    billsync.ingest.ingest([event(a, CPU, 1000, at=T0) for a in ("acme", "beta", "gamma")])
+    CatalogPrices(database, OLD, clock).apply()
+    monkeypatch.setattr(catalog_prices, "RE_RATE_ACCOUNTS_PER_TRANSACTION", 1)
+    prices = CatalogPrices(database, NEW, clock)
+    page = prices._re_rate_page
+    pages: list[object] = []
+
+    def then_beta_enters_review(*args: Any) -> object:
+        if not pages:  # after acme's page, the lifecycle moves on
+            with database.transaction() as connection:
+                ledger.set_period_status(
+                    connection, "beta", NOVEMBER, PeriodStatus.REVIEW, clock.now()
+                )
+        pages.append(1)
+        return page(*args)
+
+    monkeypatch.setattr(prices, "_re_rate_page", then_beta_enters_review)
+    applied = prices.apply()
+    assert applied.kept == [("beta", NOVEMBER)]
+    amounts = cpu_amounts(billsync)
+    assert [amounts[(a, NOVEMBER)][0] for a in ("acme", "beta", "gamma")] == [300, 100, 300]
+    with database.read() as connection:
+        found = problem_repository.open_problems(connection, "beta")
+    assert [p.kind for p in found] == [catalog_prices.PRICES_KEPT]
+    assert "was review when the catalog new.toml was applied" in found[0].detail
+
+
+def test_an_applier_overtaken_by_another_catalog_stops(
+    billsync: Billsync, database: Database, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    billsync.ingest.ingest([event(a, CPU, 1000, at=T0) for a in ("acme", "beta", "gamma")])
+    CatalogPrices(database, OLD, clock).apply()
+    monkeypatch.setattr(catalog_prices, "RE_RATE_ACCOUNTS_PER_TRANSACTION", 1)
+    newer = parse_catalog(
+        document([{"effective_from": "2026-11-01", "price": {"usd": "0.004", "eur": "0.0036"}}]),
+        "newer.toml",
+    )
+    slow = CatalogPrices(database, NEW, clock)
+    page = slow._re_rate_page
+    overtaken: list[object] = []
+
+    def overtaken_after_one_page(*args: Any) -> object:
+        found = page(*args)
+        if not overtaken:
+            overtaken.append(CatalogPrices(database, newer, clock).apply())
+        return found
+
+    monkeypatch.setattr(slow, "_re_rate_page", overtaken_after_one_page)
+    assert slow.apply().superseded
+    # Every line at the newer price: the first page's at the slow applier's was re-rated by
+    # the newer one (it re-prices from the pricing before too), none put back after it.
+    assert {amount for amount, _ in cpu_amounts(billsync).values()} == {400}
+    assert CatalogPrices(database, newer, clock).plan().kind == "unchanged"
+
+
+def test_two_interrupted_changes_are_both_caught_up_by_the_next(
+    billsync: Billsync, database: Database, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OLD → NEW interrupted before any line, then → STORAGE (a new storage price) interrupted
+    too: applying STORAGE again finishes both, though NEW and STORAGE price CPU alike."""
+    billsync.ingest.ingest([event("acme", CPU, 1000, at=T0), event("acme", GB, "10", at=T0)])
+    CatalogPrices(database, OLD, clock).apply()
+    storage = parse_catalog(
+        {
+            **document(
+                [{"effective_from": "2026-11-01", "price": {"usd": "0.003", "eur": "0.0027"}}]
+            ),
+            "metric": [
+                document(
+                    [{"effective_from": "2026-11-01", "price": {"usd": "0.003", "eur": "0.0027"}}]
+                )["metric"][0],
+                {"id": GB, "unit": "GB", "decimals": 3, "price": {"usd": "0.2", "eur": "0.18"}},
+            ],
+        },
+        "storage.toml",
+    )
+
+    def stopped(*_args: object) -> None:
+        raise SystemExit("the applier was stopped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(catalog_prices.CatalogPrices, "_re_rate_page", stopped)
+        for catalog in (NEW, storage):  # each recorded, then stopped before its first page
+            with pytest.raises(SystemExit):
+                CatalogPrices(database, catalog, clock).apply()
+    assert cpu_amounts(billsync)[("acme", NOVEMBER)] == (100, 1)
+    assert CatalogPrices(database, storage, clock).plan().kind == "resume"
+    CatalogPrices(database, storage, clock).apply()
+    assert cpu_amounts(billsync)[("acme", NOVEMBER)] == (300, 2)
+    assert Verifier(database, None, catalog=storage).verify().violations == []
+
+
+def test_a_pricing_is_recorded_only_between_ledger_writes(
+    billsync: Billsync, database: Database, clock: ManualClock
+) -> None:
+    """PostgreSQL: a batch in flight holds the appliers' lock shared; the new pricing waits
+    for its commit, so the batch cannot rate with the prices replaced after they were."""
+    if database.is_sqlite:
+        pytest.skip("SQLite has one writer: the applier's transaction waits for the batch's")
+    CatalogPrices(database, OLD, clock).apply()
+    done: list[object] = []
+    with database.transaction() as connection:
+        billsync.ingest.pricing.check(connection, [(CPU, "usd", NOVEMBER)])
+        holder = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        applier = threading.Thread(
+            target=lambda: done.append(CatalogPrices(database, NEW, clock).apply())
+        )
+        applier.start()
+        wait_until(lambda: blocked_by(database, holder), "the applier waits for the batch")
+        assert not done
+    applier.join()
+    assert len(done) == 1
 
 
 def test_billsync_catalog_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

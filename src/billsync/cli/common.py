@@ -196,9 +196,11 @@ def open_billsync(
     *,
     wait: float | None = None,
     catalog_check: bool = True,
+    apply_catalog: bool = False,
 ) -> Billsync:
     """billsync wired from the settings, its database answering with the current schema and
-    its catalog's prices applied (``ensure_catalog``; not for ``billsync catalog apply``).
+    its catalog's prices applied (``ensure_catalog``; not for ``billsync catalog apply``;
+    ``apply_catalog``: applied here on SQLite).
     ``wait``: how long to wait for an unreachable database (default
     ``COMMAND_DATABASE_WAIT_SECONDS``; ``DATABASE_WAIT_SECONDS`` for the processes that keep
     running)."""
@@ -212,7 +214,7 @@ def open_billsync(
     ensure_schema(billsync.database, COMMAND_DATABASE_WAIT_SECONDS if wait is None else wait)
     if catalog_check:
         try:
-            ensure_catalog(billsync)
+            ensure_catalog(billsync, apply=apply_catalog)
         except typer.Exit:
             billsync.close()
             raise
@@ -236,35 +238,50 @@ def describe_pricing_plan(plan: PricingPlan, source: str) -> None:
         console.print(f"  {span.describe()}", highlight=False)
 
 
-def ensure_catalog(billsync: Billsync) -> None:
-    """The catalog's prices are the ones applied to the ledger (services.catalog_prices).
-    SQLite (one process owns it) applies them on the spot; PostgreSQL too when the change
-    re-prices no existing period (a version from a later date, a new metric or currency).
-    Otherwise PostgreSQL, shared by processes that may still run the old catalog, needs an
-    explicit ``billsync catalog apply``, which re-rates the open periods once."""
+def ensure_catalog(billsync: Billsync, *, apply: bool = False) -> None:
+    """The catalog's prices are the ones applied to the ledger (services.catalog_prices), or
+    the process does not start. The first catalog a ledger meets is recorded as its pricing.
+    ``apply`` (``billsync serve`` on SQLite: the process that owns the ledger) applies a new
+    one on the spot; elsewhere — PostgreSQL's processes may still run the old catalog, and a
+    process restarted with an older catalog must not put old prices back — it takes an
+    explicit ``billsync catalog apply``."""
     prices = CatalogPrices(billsync.database, billsync.catalog, billsync.clock)
     plan = prices.plan()
     if plan.kind == "unchanged":
         return
+    if plan.kind != "adopt" and not (apply and billsync.database.is_sqlite):
+        assert plan.applied is not None
+        applied = plan.applied
+        spans = "; ".join(span.describe() for span in plan.spans) or "no period priced otherwise"
+        when = f"{applied.applied_at:%Y-%m-%d %H:%M} UTC"
+        what = (
+            "its re-rating was interrupted"
+            if plan.kind == "resume"
+            else f"its prices differ from those applied to the ledger on {when} from "
+            f"{applied.source} ({spans})"
+        )
+        raise fail(
+            f"the catalog {billsync.catalog.source}: {what}. If it is the new catalog, run "
+            "`billsync catalog apply` with it (it re-rates the open periods once), then start "
+            f"billsync; if it is an old one, start billsync with {applied.source} instead"
+        )
     if plan.refused:
         raise fail(refusal_message(plan))
-    if not (billsync.database.is_sqlite or plan.kind == "adopt" or not plan.touched):
-        spans = "; ".join(span.describe() for span in plan.spans)
-        raise fail(
-            f"the catalog {billsync.catalog.source} prices {plan.open_periods} open period(s) "
-            f"otherwise than the catalog applied to the ledger ({spans}): run `billsync catalog "
-            "apply` with it first (it re-rates them once), then start billsync with it"
-        )
     try:
         result = prices.apply()
     except CatalogChangeRefused as refused:  # a period closed in between
         raise fail(refused.message) from None
-    if result.lines_re_rated:
+    if result.lines_re_rated or result.kept:
         errors.print(
             escape(
                 f"catalog {billsync.catalog.source}: new prices applied, "
                 f"{result.lines_re_rated} line(s) of {result.accounts_re_rated} account(s) "
-                "re-rated"
+                f"re-rated"
+                + (
+                    f"; {len(result.kept)} period(s) in review kept their prices"
+                    if result.kept
+                    else ""
+                )
             ),
             highlight=False,
         )

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from billsync.bootstrap import Billsync
 from billsync.cli.common import DATABASE_WAIT_SECONDS, console, errors, fail, open_billsync
+from billsync.errors import BillsyncError
 from billsync.jetstream import ConsumerSpec, ConsumerState, JetStreamError, JetStreamSource
 from billsync.observability.metrics import serve_metrics
 from billsync.runtime import settle_heap
@@ -147,6 +148,8 @@ def consume_command(
             f"the database refused a batch ({error.orig or error}); its messages were handed "
             "back to JetStream"
         ) from None
+    except BillsyncError as error:  # e.g. catalog_outdated: restart with the applied catalog
+        raise fail(f"{error.message}; the batch's messages were handed back to JetStream") from None
     finally:
         if out is not None:
             out.close()

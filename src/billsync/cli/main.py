@@ -312,7 +312,7 @@ def _serve(
     host = host or settings.host
     port = settings.port if port is None else port
     require_free_port(host, port, "--port (or BILLSYNC_PORT)")
-    billsync = open_billsync(settings, wait=DATABASE_WAIT_SECONDS)
+    billsync = open_billsync(settings, wait=DATABASE_WAIT_SECONDS, apply_catalog=True)
     billsync.close()
     token = api_token(settings)
     os.environ["BILLSYNC_API_TOKEN"] = ",".join([token, *settings.api_tokens()[1:]])

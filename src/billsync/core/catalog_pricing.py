@@ -28,26 +28,38 @@ from typing import Any
 
 import orjson
 
-from billsync.core.catalog import Catalog
-from billsync.core.pricing import price_document
+from billsync.core.catalog import Catalog, Price
+from billsync.core.money import decimal_text
 
 PricingDocument = Mapping[str, Any]
+
+
+def _price(price: Price) -> dict[str, Any]:
+    """A price as its document, each number in its shortest exact form: ``"0.0010"`` and
+    ``"0.001"``, or an ``up_to`` of ``"1000.0"`` and ``"1000"``, are one price."""
+    return {
+        "tiers": [
+            {
+                "up_to": None if tier.up_to is None else decimal_text(tier.up_to.normalize()),
+                "unit_price": decimal_text(tier.unit_price.normalize()),
+            }
+            for tier in price.tiers
+        ]
+    }
+
+
+def _prices(prices: Mapping[str, Price]) -> dict[str, Any]:
+    return {currency: _price(price) for currency, price in sorted(prices.items())}
 
 
 def pricing_document(catalog: Catalog) -> dict[str, Any]:
     return {
         metric.id: {
             "versions": [
-                {
-                    "from": None,
-                    "prices": {c: price_document(p) for c, p in sorted(metric.prices.items())},
-                },
+                {"from": None, "prices": _prices(metric.prices)},
                 *(
-                    {
-                        "from": version.effective_from.isoformat(),
-                        "prices": {c: price_document(p) for c, p in sorted(version.prices.items())},
-                    }
-                    for version in metric.price_versions
+                    {"from": v.effective_from.isoformat(), "prices": _prices(v.prices)}
+                    for v in metric.price_versions
                 ),
             ]
         }

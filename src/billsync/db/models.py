@@ -114,6 +114,8 @@ class BillingPeriod(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({PERIOD_STATUSES})", name="status"),
         Index("ix_billing_periods_status_end", "status", "end"),
+        # A catalog pricing change: the periods it re-prices, by start (catalog_pricings).
+        Index("ix_billing_periods_start_account_id", "start", "account_id"),
         # Month end: what the closing lane has to do, and the review windows that are over.
         Index(
             "ix_billing_periods_closing_work",

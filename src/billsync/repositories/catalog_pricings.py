@@ -36,13 +36,23 @@ def _record(row: Any) -> AppliedPricing:
     )  # fmt: skip
 
 
+# Per schema: installations (and test processes) in other schemas of the database are not held.
+APPLIERS_LOCK = "hashtextextended('billsync.catalog:' || current_schema(), 0)"
+
+
 def lock_appliers(connection: Connection) -> None:
-    """One applier of a catalog at a time, for the rest of the transaction (PostgreSQL; SQLite
-    has one writer)."""
+    """One applier of a catalog at a time, and no ledger write rating with the pricing it
+    replaces in flight (they hold it shared), for the rest of the transaction (PostgreSQL;
+    SQLite has one writer)."""
     if connection.dialect.name == "postgresql":
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended('billsync.catalog', 0))")
-        )
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({APPLIERS_LOCK})"))
+
+
+def share_appliers_lock(connection: Connection) -> None:
+    """A ledger write that rates with the applied pricing: until it commits, no new pricing is
+    recorded (PostgreSQL)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock_shared({APPLIERS_LOCK})"))
 
 
 def latest(connection: Connection) -> AppliedPricing | None:
@@ -50,6 +60,22 @@ def latest(connection: Connection) -> AppliedPricing | None:
         select(catalog_pricings).order_by(catalog_pricings.c.id.desc()).limit(1)
     ).first()
     return None if row is None else _record(row)
+
+
+def since_last_completed(connection: Connection) -> list[AppliedPricing]:
+    """The pricings from the last one whose re-rating finished on, oldest first: the ledger's
+    lines are at one of them. Empty when none was applied."""
+    last = (
+        select(func.max(catalog_pricings.c.id))
+        .where(catalog_pricings.c.completed_at.is_not(None))
+        .scalar_subquery()
+    )
+    rows = connection.execute(
+        select(catalog_pricings)
+        .where(or_(last.is_(None), catalog_pricings.c.id >= last))
+        .order_by(catalog_pricings.c.id)
+    )
+    return [_record(row) for row in rows]
 
 
 def get(connection: Connection, pricing_id: int) -> AppliedPricing | None:
@@ -160,7 +186,7 @@ def accounts_with_open_period(
     connection: Connection, start: date, currency: str, after: str | None, limit: int
 ) -> list[str]:
     """A page of the accounts in ``currency`` whose period starting on ``start`` is not
-    finalized, by id after ``after``."""
+    finalized, by id after ``after`` (the index on the periods' start and account)."""
     query = (
         select(billing_periods.c.account_id)
         .join(accounts, accounts.c.id == billing_periods.c.account_id)

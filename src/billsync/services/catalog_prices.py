@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, localcontext
 
 from sqlalchemy import Connection
@@ -46,6 +46,7 @@ from billsync.errors import CatalogOutdated, Conflict
 from billsync.repositories import catalog_pricings as repository
 from billsync.repositories import console as audit
 from billsync.repositories import ledger, ledger_bulk
+from billsync.repositories import problems as problem_repository
 from billsync.repositories import sync as sync_repository
 
 log = logging.getLogger("billsync.catalog")
@@ -60,6 +61,17 @@ class CatalogChangeRefused(Conflict):
     code = "catalog_change_refused"
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """The applied pricing a guard compares with, and its answers so far (one object, swapped
+    whole: threads of one process share the guard)."""
+
+    id: int
+    document: dict[str, object]
+    source: str
+    answers: dict[tuple[str, str, date], bool]
+
+
 class PricingGuard:
     """Whether this process's catalog rates a batch's periods as the applied pricing does;
     read in each ingest batch's transaction (one primary-key look-up; the applied document
@@ -68,36 +80,44 @@ class PricingGuard:
     def __init__(self, catalog: Catalog) -> None:
         self.document = pricing_document(catalog)
         self.digest = pricing_digest(self.document)
-        self._applied: tuple[int, dict[str, object], str] | None = None
-        self._same: dict[tuple[str, str, date], bool] = {}
+        self._applied: _Applied | None = None
 
     def check(self, connection: Connection, rated: Iterable[tuple[str, str, date]]) -> None:
         """``rated``: (metric, currency, period start) of each line the batch rates. Raises
-        :class:`CatalogOutdated` if one is priced otherwise than the applied pricing does."""
+        :class:`CatalogOutdated` if one is priced otherwise than the applied pricing does.
+        On PostgreSQL the batch holds the appliers' lock shared until it commits: a pricing is
+        recorded only between batches, so none rates with the pricing it replaced after."""
+        repository.share_appliers_lock(connection)
         found = repository.latest_digest(connection)
         if found is None or found[1] == self.digest:
             return
-        pricing_id = found[0]
         applied = self._applied
-        if applied is None or applied[0] != pricing_id:
-            record = repository.get(connection, pricing_id)
+        if applied is None or applied.id != found[0]:
+            record = repository.get(connection, found[0])
             assert record is not None
-            applied = self._applied = (pricing_id, record.document, record.source)
-            self._same = {}
+            applied = _Applied(record.id, record.document, record.source, {})
+            self._applied = applied
         for metric, currency, start in rated:
             key = (metric, currency, start)
-            same = self._same.get(key)
+            same = applied.answers.get(key)
             if same is None:
                 mine = (prices_on(self.document, metric, start) or {}).get(currency)
-                theirs = (prices_on(applied[1], metric, start) or {}).get(currency)
-                same = self._same[key] = mine == theirs
+                theirs = (prices_on(applied.document, metric, start) or {}).get(currency)
+                same = applied.answers[key] = mine == theirs
             if not same:
                 raise CatalogOutdated(
                     f"this billsync process rates {metric} in {currency.upper()} for the "
                     f"period starting {start} with other prices than the catalog applied to "
-                    f"the ledger ({applied[2]}): nothing was recorded; retry — a process "
+                    f"the ledger ({applied.source}): nothing was recorded; retry — a process "
                     "started with the applied catalog takes it — and restart this one with it"
                 )
+
+
+# What a pricing change re-rates: the periods whose usage is not final yet (closing takes late
+# usage until its grace ends). A period that entered review meanwhile keeps its prices and is
+# reported to support (``PRICES_KEPT``).
+RE_RATED = frozenset({PeriodStatus.OPEN, PeriodStatus.CLOSING})
+PRICES_KEPT = "catalog_prices_kept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +133,14 @@ class PricingPlan:
 
     @property
     def refused(self) -> list[repository.TouchedPeriods]:
-        """Periods the change would re-price that are no longer open."""
+        """Periods a change would re-price that are no longer open."""
         if self.kind != "change":
             return []
         return [t for t in self.touched if t.status is not PeriodStatus.OPEN]
 
     @property
     def open_periods(self) -> int:
-        return sum(t.count for t in self.touched if t.status is not PeriodStatus.FINALIZED)
+        return sum(t.count for t in self.touched if t.status in RE_RATED)
 
     def work(self) -> dict[tuple[date, str], set[str]]:
         """The metrics to re-rate per (period start, currency)."""
@@ -145,6 +165,10 @@ class PricingApplied:
     spans: list[Span]
     lines_re_rated: int
     accounts_re_rated: int
+    # Periods that entered review (or were held) during the apply: they kept their prices.
+    kept: list[tuple[str, date]] = field(default_factory=list)
+    # Another catalog was applied meanwhile: this one stopped, it finishes the re-rating.
+    superseded: bool = False
 
 
 def refusal_message(plan: PricingPlan) -> str:
@@ -160,6 +184,14 @@ def refusal_message(plan: PricingPlan) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    last: str
+    lines: int
+    accounts: int
+    kept: list[str]
+
+
 class CatalogPrices:
     def __init__(self, database: Database, catalog: Catalog, clock: Clock) -> None:
         self.database = database
@@ -173,17 +205,14 @@ class CatalogPrices:
             return self._plan(connection)
 
     def _plan(self, connection: Connection) -> PricingPlan:
-        applied = repository.latest(connection)
-        if applied is None:
+        chain = repository.since_last_completed(connection)
+        if not chain:
             return PricingPlan("adopt")
+        applied = chain[-1]
         if applied.digest == self.digest and applied.completed_at is not None:
             return PricingPlan("unchanged", applied=applied)
-        bases = [] if applied.digest == self.digest else [applied.document]
-        if applied.completed_at is None and applied.previous_id is not None:
-            # Its re-rating did not finish: lines may still be at the pricing before it.
-            previous = repository.get(connection, applied.previous_id)
-            if previous is not None:
-                bases.append(previous.document)
+        # Lines may be at any pricing since the last one whose re-rating finished.
+        bases = [p.document for p in chain if p.digest != self.digest]
         spans = sorted(
             {span for base in bases for span in changed_spans(base, self.document)},
             key=lambda s: (s.metric, s.currency, s.since or date.min),
@@ -199,6 +228,8 @@ class CatalogPrices:
         is no longer open. ``progress(lines, accounts)`` after each transaction."""
         now = self.clock.now()
         with self.database.transaction() as connection:
+            # Waits for the ledger writes in flight (they hold it shared): none of them can
+            # still rate with the pricing replaced once this one is recorded.
             repository.lock_appliers(connection)
             plan = self._plan(connection)
             if plan.kind == "unchanged":
@@ -228,15 +259,24 @@ class CatalogPrices:
                     },
                 )  # fmt: skip
         lines_done = accounts_done = 0
+        kept: list[tuple[str, date]] = []
         for (start, currency), metrics in sorted(plan.work().items()):
             after: str | None = None
             while True:
-                done = self._re_rate_page(pricing_id, start, currency, metrics, after)
-                if done is None:
+                page = self._re_rate_page(pricing_id, start, currency, metrics, after)
+                if page is None:
                     break
-                after, lines, accounts = done
-                lines_done += lines
-                accounts_done += accounts
+                if page is SUPERSEDED:
+                    log.warning("catalog.prices.superseded", extra={"pricing": pricing_id})
+                    return PricingApplied(
+                        plan.kind, pricing_id, plan.spans, lines_done, accounts_done, kept,
+                        superseded=True,
+                    )  # fmt: skip
+                assert isinstance(page, _Page)
+                after = page.last
+                lines_done += page.lines
+                accounts_done += page.accounts
+                kept += [(account, start) for account in page.kept]
                 if progress is not None:
                     progress(lines_done, accounts_done)
         if plan.touched:
@@ -246,26 +286,37 @@ class CatalogPrices:
             "catalog.prices.applied",
             extra={
                 "pricing": pricing_id, "kind": plan.kind, "lines": lines_done,
-                "accounts": accounts_done, "spans": [s.describe() for s in plan.spans],
+                "accounts": accounts_done, "kept": len(kept),
+                "spans": [s.describe() for s in plan.spans],
             },
         )  # fmt: skip
-        return PricingApplied(plan.kind, pricing_id, plan.spans, lines_done, accounts_done)
+        return PricingApplied(plan.kind, pricing_id, plan.spans, lines_done, accounts_done, kept)
 
     def _re_rate_page(
         self, pricing_id: int, start: date, currency: str, metrics: set[str], after: str | None
-    ) -> tuple[str, int, int] | None:
-        """Re-rate one page of accounts; None when there are no more."""
+    ) -> _Page | object | None:
+        """Re-rate one page of accounts; None when there are no more, ``SUPERSEDED`` when
+        another pricing was recorded since this one (its applier re-rates these lines)."""
         now = self.clock.now()
         with self.database.transaction() as connection:
+            latest = repository.latest_digest(connection)
+            if latest is None or latest[0] != pricing_id:
+                return SUPERSEDED
             page = repository.accounts_with_open_period(
                 connection, start, currency, after, RE_RATE_ACCOUNTS_PER_TRANSACTION
             )
             if not page:
                 return None
-            # As ingest: no batch rates these accounts' lines until this transaction commits.
+            # As ingest: no batch rates these accounts' lines until this transaction commits,
+            # and the lifecycle moves their periods under the same lock.
             ledger.lock_accounts(connection, page)
             statuses = repository.period_statuses(connection, page, start)
-            living = [a for a in page if statuses.get(a) not in {None, PeriodStatus.FINALIZED}]
+            living = [a for a in page if statuses.get(a) in RE_RATED]
+            kept = [
+                a for a in page if statuses.get(a) not in RE_RATED and statuses.get(a) is not None
+            ]
+            for account_id in kept:
+                self._report_kept(connection, account_id, start, statuses[account_id], now)
             terms = ledger_bulk.account_terms(connection, living)
             changes: list[ledger.LineChange] = []
             changed_accounts: set[str] = set()
@@ -290,4 +341,28 @@ class CatalogPrices:
             ledger_bulk.update_lines(connection, changes, now)
             sync_repository.mark_behind(connection, changed_accounts)
             repository.add_progress(connection, pricing_id, len(changes), len(changed_accounts))
-        return page[-1], len(changes), len(changed_accounts)
+        return _Page(page[-1], len(changes), len(changed_accounts), kept)
+
+    def _report_kept(
+        self, connection: Connection, account_id: str, start: date, status: PeriodStatus,
+        now: datetime,
+    ) -> None:  # fmt: skip
+        """A period that left the open states while the new prices were being applied: its
+        usage is final and its invoice is being made at the prices it had. Support decides
+        (an adjustment, or nothing)."""
+        problem_repository.report(
+            connection,
+            problem_repository.NewProblem(
+                kind=PRICES_KEPT,
+                fingerprint=f"{PRICES_KEPT}:{account_id}:{start.isoformat()}:{self.digest[:16]}",
+                account_id=account_id,
+                period_start=start,
+                detail=f"the period starting {start} was {status.value} when the catalog "
+                f"{self.catalog.source} was applied: it keeps the prices it had; the new ones "
+                "apply from the next period",
+            ),
+            now,
+        )
+
+
+SUPERSEDED = object()

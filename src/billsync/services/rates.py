@@ -203,6 +203,7 @@ class RateService:
         changed. Its late lines carry usage of earlier periods, rated with their prices: they
         do not change."""
         changes: list[ledger.LineChange] = []
+        from_catalog: set[tuple[str, str, date]] = set()
         for line in ledger.lines_of_period(connection, account.id, start):
             metric = self.catalog.metrics.get(line.metric)
             if line.metric == ADJUSTMENT_METRIC or line.late_from is not None or metric is None:
@@ -211,7 +212,7 @@ class RateService:
             if applied is None:
                 continue
             if applied.source == CATALOG:
-                self.pricing.check(connection, [(line.metric, line.currency, start)])
+                from_catalog.add((line.metric, line.currency, start))
             amount = line_amount(line.quantity, applied.price, line.currency)
             if amount != line.amount:
                 changes.append(
@@ -219,6 +220,7 @@ class RateService:
                         line.id, line.quantity, amount, line.version + 1, line.event_count
                     )
                 )
+        self.pricing.check(connection, from_catalog)  # this process's catalog is the applied
         if changes:
             ledger_bulk.update_lines(connection, changes, now)
             sync_repository.mark_behind(connection, [account.id])

@@ -7,7 +7,8 @@ Create Date: 2026-12-08
 ``catalog_pricings``: each catalog pricing (every metric's prices and price versions) the ledger
 was rated with, newest last (billsync.core.catalog_pricing). A catalog that prices an open
 period differently re-rates its lines when applied; ingest refuses to rate with prices that
-are no longer the applied ones.
+are no longer the applied ones. ``ix_billing_periods_start_account_id``: the periods such a
+change re-prices, found by their start.
 """
 
 from collections.abc import Sequence
@@ -41,7 +42,12 @@ def upgrade() -> None:
         sa.Column("accounts_re_rated", sa.Integer(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_catalog_pricings")),
     )
+    # The periods a pricing change re-prices, by start, and a page of their accounts.
+    op.create_index(
+        "ix_billing_periods_start_account_id", "billing_periods", ["start", "account_id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_billing_periods_start_account_id", table_name="billing_periods")
     op.drop_table("catalog_pricings")
