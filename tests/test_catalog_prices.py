@@ -242,17 +242,25 @@ def test_an_interrupted_re_rating_is_finished_by_the_next_apply(
 def test_a_process_still_running_the_old_catalog_cannot_rate_with_it(
     billsync: Billsync, settings: Settings, database: Database, clock: ManualClock
 ) -> None:
+    with database.transaction() as connection:  # gamma's CPU is priced by its own rate
+        billsync.rates.set(connection, "gamma", {CPU: "0.0005"}, None, actor="test")
     CatalogPrices(database, OLD, clock).apply()
     CatalogPrices(database, NEW, clock).apply()
     stale = billsync  # built with OLD
     with pytest.raises(CatalogOutdated) as outdated:
         stale.ingest.ingest([event("acme", CPU, 1000, at=T0, id="cpu-1")])
     assert "cpu.seconds in USD for the period starting 2026-11-01" in outdated.value.message
-    # What both catalogs price alike is taken: storage, and CPU of October's period.
+    # What both catalogs price alike is taken: storage, CPU of October's period, and CPU of an
+    # account whose negotiated rate prices it.
     report = stale.ingest.ingest(
-        [event("acme", GB, "2", at=T0), event("beta", CPU, 10, at=T0 - timedelta(days=31))]
+        [
+            event("acme", GB, "2", at=T0),
+            event("beta", CPU, 10, at=T0 - timedelta(days=31)),
+            event("gamma", CPU, 1000, at=T0),
+        ]
     )
-    assert report.accepted == 2
+    assert report.accepted == 3
+    assert cpu_amounts(stale)[("gamma", NOVEMBER)] == (50, 1)  # 1,000 s × $0.0005
     with TestClient(create_app(stale)) as client:
         answer = client.post(
             "/v1/usage",

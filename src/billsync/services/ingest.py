@@ -26,7 +26,7 @@ from billsync.core.event_storage import released_floor
 from billsync.core.folding import LineDelta, LineRef, fold, line_key
 from billsync.core.money import EXACT
 from billsync.core.periods import AnchorSchedule, Period, late_usage_target
-from billsync.core.pricing import RateCard, applied_price
+from billsync.core.pricing import RateCard, applied_price, card_on
 from billsync.core.rating import late_line_amount
 from billsync.core.usage import (
     Rejection,
@@ -148,6 +148,23 @@ class _Terms:
     currency: str
     periods: AnchorSchedule
     rate_cards: tuple[RateCard, ...]
+
+
+def _catalog_rated(
+    deltas: dict[LineRef, LineDelta], accounts: dict[str, _Terms]
+) -> set[tuple[str, str, date]]:
+    """(metric, currency, period start) of the lines a batch rates with the catalog's prices —
+    not those an account's negotiated rate prices (PricingGuard)."""
+    rated: set[tuple[str, str, date]] = set()
+    for ref, delta in deltas.items():
+        account = accounts[ref.account]
+        start = delta.late_from or ref.period_start
+        if account.rate_cards:
+            card = card_on(account.rate_cards, start)
+            if card is not None and delta.metric in card.prices:
+                continue
+        rated.add((delta.metric, account.currency, start))
+    return rated
 
 
 class IngestService:
@@ -466,13 +483,7 @@ class IngestService:
         self._line_ids.update((ref, state.id) for ref, state in states.items())
         # Late usage of the same period already on other invoices counts as billed before.
         earlier_late = ledger_bulk.quantity_elsewhere(connection, list(base_refs))
-        self.pricing.check(
-            connection,
-            {
-                (delta.metric, accounts[ref.account].currency, delta.late_from or ref.period_start)
-                for ref, delta in deltas.items()
-            },
-        )
+        self.pricing.check(connection, _catalog_rated(deltas, accounts))
         counted, marked = self._aggregate(connection, deltas, observed) if observed else ({}, {})
         marks: dict[LineRef, Mark] = {}
         new_lines: list[ledger.NewLine] = []
