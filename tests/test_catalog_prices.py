@@ -345,17 +345,17 @@ def test_late_usage_keeps_its_own_periods_prices(
         ledger.set_period_status(connection, "acme", OCTOBER, PeriodStatus.FINALIZED, clock.now())
     billsync.ingest.ingest([event("acme", CPU, 500, at=T0 - timedelta(days=31))])  # late
     CatalogPrices(database, OLD, clock).apply()
-    with database.read() as connection:
-        late = connection.execute(
-            select(lines.c.amount, lines.c.version).where(lines.c.late_from == OCTOBER)
-        ).one()
-    assert tuple(late) == (50, 1)
+
+    def late_line() -> tuple[int, int]:
+        with database.read() as connection:
+            found = connection.execute(
+                select(lines.c.amount, lines.c.version).where(lines.c.late_from == OCTOBER)
+            ).one()
+        return (found.amount, found.version)
+
+    assert late_line() == (50, 1)
     CatalogPrices(database, NEW, clock).apply()
-    with database.read() as connection:
-        again = connection.execute(
-            select(lines.c.amount, lines.c.version).where(lines.c.late_from == OCTOBER)
-        ).one()
-    assert tuple(again) == (50, 1)
+    assert late_line() == (50, 1)
 
 
 def test_a_period_that_enters_review_during_the_apply_keeps_its_prices_and_support_is_told(

@@ -42,7 +42,6 @@ from billsync.services.catalog_prices import (
     CatalogChangeRefused,
     CatalogPrices,
     PricingPlan,
-    refusal_message,
 )
 
 console = Console()
@@ -246,7 +245,7 @@ def ensure_catalog(billsync: Billsync, *, apply: bool = False) -> None:
     process restarted with an older catalog must not put old prices back — it takes an
     explicit ``billsync catalog apply``."""
     prices = CatalogPrices(billsync.database, billsync.catalog, billsync.clock)
-    plan = prices.plan()
+    plan = prices.plan(periods=False)
     if plan.kind == "unchanged":
         return
     if plan.kind != "adopt" and not (apply and billsync.database.is_sqlite):
@@ -265,11 +264,9 @@ def ensure_catalog(billsync: Billsync, *, apply: bool = False) -> None:
             "`billsync catalog apply` with it (it re-rates the open periods once), then start "
             f"billsync; if it is an old one, start billsync with {applied.source} instead"
         )
-    if plan.refused:
-        raise fail(refusal_message(plan))
     try:
         result = prices.apply()
-    except CatalogChangeRefused as refused:  # a period closed in between
+    except CatalogChangeRefused as refused:
         raise fail(refused.message) from None
     if result.lines_re_rated or result.kept:
         errors.print(

@@ -56,7 +56,7 @@ from billsync.errors import BillsyncError
 from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
 from billsync.observability.metrics import MULTIPROCESS_DIR
 from billsync.private_files import write_private
-from billsync.services.catalog_prices import CatalogChangeRefused, CatalogPrices, refusal_message
+from billsync.services.catalog_prices import CatalogChangeRefused, CatalogPrices
 
 if TYPE_CHECKING:
     from billsync.demo import DemoSummary
@@ -168,8 +168,6 @@ def catalog_apply(
         describe_pricing_plan(plan, billsync.catalog.source)
         if dry_run or plan.kind == "unchanged":
             return
-        if plan.refused:
-            raise fail(refusal_message(plan))
 
         def progress(lines: int, accounts: int) -> None:
             console.print(f"  re-rated {lines} line(s) of {accounts} account(s)…", highlight=False)

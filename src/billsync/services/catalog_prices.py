@@ -184,6 +184,10 @@ def refusal_message(plan: PricingPlan) -> str:
     )
 
 
+class _Superseded(Exception):
+    """Another catalog's pricing was recorded after this applier's."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Page:
     last: str
@@ -200,11 +204,13 @@ class CatalogPrices:
         self.document = pricing_document(catalog)
         self.digest = pricing_digest(self.document)
 
-    def plan(self) -> PricingPlan:
+    def plan(self, *, periods: bool = True) -> PricingPlan:
+        """What applying would do; without ``periods``, not which periods it touches (a pass
+        over the periods: a process's start only needs to know whether it would change)."""
         with self.database.read() as connection:
-            return self._plan(connection)
+            return self._plan(connection, periods=periods)
 
-    def _plan(self, connection: Connection) -> PricingPlan:
+    def _plan(self, connection: Connection, *, periods: bool = True) -> PricingPlan:
         chain = repository.since_last_completed(connection)
         if not chain:
             return PricingPlan("adopt")
@@ -218,7 +224,8 @@ class CatalogPrices:
             key=lambda s: (s.metric, s.currency, s.since or date.min),
         )
         kind = "resume" if applied.digest == self.digest else "change"
-        return PricingPlan(kind, spans, repository.periods_in(connection, spans), applied)
+        touched = repository.periods_in(connection, spans) if periods else []
+        return PricingPlan(kind, spans, touched, applied)
 
     def apply(
         self, actor: str = SYSTEM_ACTOR, *, progress: Callable[[int, int], None] | None = None
@@ -263,16 +270,16 @@ class CatalogPrices:
         for (start, currency), metrics in sorted(plan.work().items()):
             after: str | None = None
             while True:
-                page = self._re_rate_page(pricing_id, start, currency, metrics, after)
-                if page is None:
-                    break
-                if page is SUPERSEDED:
+                try:
+                    page = self._re_rate_page(pricing_id, start, currency, metrics, after)
+                except _Superseded:
                     log.warning("catalog.prices.superseded", extra={"pricing": pricing_id})
                     return PricingApplied(
                         plan.kind, pricing_id, plan.spans, lines_done, accounts_done, kept,
                         superseded=True,
                     )  # fmt: skip
-                assert isinstance(page, _Page)
+                if page is None:
+                    break
                 after = page.last
                 lines_done += page.lines
                 accounts_done += page.accounts
@@ -294,14 +301,14 @@ class CatalogPrices:
 
     def _re_rate_page(
         self, pricing_id: int, start: date, currency: str, metrics: set[str], after: str | None
-    ) -> _Page | object | None:
-        """Re-rate one page of accounts; None when there are no more, ``SUPERSEDED`` when
-        another pricing was recorded since this one (its applier re-rates these lines)."""
+    ) -> _Page | None:
+        """Re-rate one page of accounts; None when there are no more. Raises ``_Superseded``
+        when another pricing was recorded since this one (its applier re-rates these lines)."""
         now = self.clock.now()
         with self.database.transaction() as connection:
             latest = repository.latest_digest(connection)
             if latest is None or latest[0] != pricing_id:
-                return SUPERSEDED
+                raise _Superseded
             page = repository.accounts_with_open_period(
                 connection, start, currency, after, RE_RATE_ACCOUNTS_PER_TRANSACTION
             )
@@ -363,6 +370,3 @@ class CatalogPrices:
             ),
             now,
         )
-
-
-SUPERSEDED = object()
