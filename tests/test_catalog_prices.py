@@ -26,7 +26,7 @@ from billsync.clock import ManualClock
 from billsync.config import Settings
 from billsync.core.catalog import Catalog, parse_catalog
 from billsync.core.catalog_pricing import Span, changed_spans, pricing_document
-from billsync.core.periods import PeriodStatus
+from billsync.core.periods import Period, PeriodStatus
 from billsync.db.database import Database
 from billsync.db.tables import account_sync, audit_log, catalog_pricings, lines
 from billsync.errors import CatalogOutdated
@@ -502,3 +502,17 @@ def test_billsync_catalog_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "0 line(s) of 0 account(s) re-rated" in " ".join(applied.stdout.split())
     again = runner.invoke(cli, ["catalog", "apply"])
     assert "its prices are the ones applied" in " ".join(again.stdout.split())
+    # A change a dry run already knows would be refused says so, and changes nothing.
+    billsync = build(Settings())
+    create_account(billsync, "acme")
+    with billsync.database.transaction() as connection:
+        ledger.insert_periods(connection, [("acme", Period(OCTOBER, NOVEMBER))], T0)
+        ledger.set_period_status(connection, "acme", OCTOBER, PeriodStatus.FINALIZED, T0)
+    billsync.close()
+    catalog.write_text(catalog.read_text().replace('"2030-01-01"', '"2026-10-01"'))
+    for args in (["--dry-run"], []):
+        refused = runner.invoke(cli, ["catalog", "apply", *args])
+        assert refused.exit_code == 1, refused.output
+        assert "1 finalized period(s) of USD accounts starting 2026-10-01" in " ".join(
+            refused.stderr.split()
+        )

@@ -56,7 +56,7 @@ from billsync.errors import BillsyncError
 from billsync.observability.logs import configure_logging, resolve_format, uvicorn_log_config
 from billsync.observability.metrics import MULTIPROCESS_DIR
 from billsync.private_files import write_private
-from billsync.services.catalog_prices import CatalogChangeRefused, CatalogPrices
+from billsync.services.catalog_prices import CatalogChangeRefused, CatalogPrices, refusal_message
 
 if TYPE_CHECKING:
     from billsync.demo import DemoSummary
@@ -160,12 +160,14 @@ def catalog_apply(
 ) -> None:
     """Apply the configured catalog's prices (BILLSYNC_CATALOG) to the ledger: record them,
     and re-rate the open periods they price differently from the catalog applied before. Refused
-    (nothing changed) if they re-price a period that is closing, in review or finalized."""
+    (nothing changed) if they re-price a period that is closing, in review, held or finalized."""
     billsync = open_billsync(catalog_check=False)
     try:
         prices = CatalogPrices(billsync.database, billsync.catalog, billsync.clock)
         plan = prices.plan()
         describe_pricing_plan(plan, billsync.catalog.source)
+        if plan.refused:  # a dry run says so too
+            raise fail(refusal_message(plan))
         if dry_run or plan.kind == "unchanged":
             return
 
